@@ -1,0 +1,34 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Both set everything up first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+EXTRAS ?= gateway,cluster,jupyter,onnx,torch,dev
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+comma  := ,
+HOST   ?= 127.0.0.1
+PORT   ?= 8800
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml .ci/system-deps
+	bash .ci/system-deps
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/ooblex demo --host $(HOST) --port $(PORT)
+
+lint: setup
+	$(PY) -m ruff check .
+
+test: lint
+	$(PY) -m pytest -q -rs
+
+bench: setup
+	$(PY) benchmarks/engine_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -1,0 +1,67 @@
+"""The ``Broker`` interface: the only thing the engine knows about how frames travel.
+
+Two directions, both addressed by name:
+- tasks: gateway -> a queue per tensor thread -> whichever worker takes it first;
+- results: worker -> the reply queue of the gateway instance that owns the stream.
+
+A backend implements five coroutines. The in-process ``memory`` broker passes Frame objects
+by reference; network backends (``redis``, ``rabbitmq``) serialize with ``ooblex.wire``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..frame import Frame
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One task handed to a worker. ``ack`` once the result is published, ``nack`` to give it back."""
+
+    frame: Frame
+    ack: Callable[[], Any] = field(default=lambda: None)
+    nack: Callable[[], Any] = field(default=lambda: None)
+
+
+class BrokerError(RuntimeError):
+    """The broker cannot be reached or refused an operation."""
+
+
+class Broker(abc.ABC):
+    """Moves frames between gateways and workers. Every queue it owns is bounded."""
+
+    url: str = ""
+
+    async def start(self) -> None:
+        """Connect. Called once before use."""
+
+    async def close(self) -> None:
+        """Disconnect and release resources."""
+
+    @abc.abstractmethod
+    async def submit(self, frame: Frame, *, live: bool = True) -> None:
+        """Queue ``frame`` for the thread ``frame.thread``.
+
+        ``live`` tasks may be discarded by the broker when their queue is full (oldest first) or
+        when they expire; job tasks (``live=False``) are kept until a worker acknowledges them.
+        """
+
+    @abc.abstractmethod
+    def tasks(self, threads: list[str]) -> AsyncIterator[Delivery]:
+        """Yield tasks for any of ``threads``, competing with other consumers of the same names."""
+
+    @abc.abstractmethod
+    async def reply(self, frame: Frame) -> None:
+        """Send a processed frame to ``frame.reply_to``."""
+
+    @abc.abstractmethod
+    def results(self, reply_to: str) -> AsyncIterator[Frame]:
+        """Yield processed frames addressed to ``reply_to``."""
+
+    async def consumers(self, thread: str) -> int:
+        """How many workers currently serve ``thread`` (-1 if the broker cannot tell)."""
+        return -1

@@ -1,0 +1,111 @@
+"""The engine: opens streams, routes results back to them, and (embedded) hosts a worker.
+
+A gateway instance owns one ``Engine``. With the ``memory`` broker the engine also runs a
+``Worker`` in-process, so ``ooblex demo`` is a whole system in one process; with ``redis`` or
+``rabbitmq`` the workers are other processes, on any machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from ..broker import Broker, MemoryBroker, connect
+from ..builtin import identity
+from ..thread import TensorThread, as_thread
+from .stream import Stream
+from .worker import Worker
+
+log = logging.getLogger("ooblex.engine")
+
+
+class UnknownThread(KeyError):
+    """No tensor thread of that name is known to this engine."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Engine:
+    """Owns streams and the reply queue for one gateway instance."""
+
+    def __init__(self, broker: Broker | str = "memory://", threads: Iterable[Any] = (), *,
+                 embedded_worker: bool | None = None, max_streams: int = 64) -> None:
+        self.broker = connect(broker) if isinstance(broker, str) else broker
+        self.threads: dict[str, TensorThread] = {}
+        self.worker: Worker | None = None
+        for t in (identity, *threads):
+            self.add_thread(t)
+        self.embedded = isinstance(self.broker, MemoryBroker) if embedded_worker is None else embedded_worker
+        self.reply_to = f"gateway.{secrets.token_hex(6)}"
+        self.max_streams = max_streams
+        self.streams: dict[str, Stream] = {}
+        self._router: asyncio.Task[None] | None = None
+
+    def add_thread(self, thread: Any) -> TensorThread:
+        t = as_thread(thread)
+        self.threads[t.name] = t
+        if self.worker is not None and t.name not in self.worker.runners:
+            self.worker.add(t)
+        return t
+
+    async def start(self) -> Engine:
+        await self.broker.start()
+        if self.embedded:
+            self.worker = Worker(self.broker, self.threads.values())
+            await self.worker.start()
+        self._router = asyncio.create_task(self._route(), name="engine:router")
+        return self
+
+    async def close(self) -> None:
+        for s in list(self.streams.values()):
+            await s.close()
+        if self._router is not None:
+            self._router.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._router
+        if self.worker is not None:
+            await self.worker.stop()
+        await self.broker.close()
+
+    async def __aenter__(self) -> Engine:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def open(self, thread: str | Any, **options: Any) -> Stream:
+        """Open a stream through ``thread`` (a name or a tensor thread). See ``Stream`` for options."""
+        if len(self.streams) >= self.max_streams:
+            raise OverflowError(f"too many streams (limit {self.max_streams})")
+        t = self.resolve(thread)
+        stream = Stream(self, t, **options)
+        self.streams[stream.id] = stream
+        return stream
+
+    def resolve(self, thread: str | Any) -> TensorThread:
+        if isinstance(thread, str):
+            if thread not in self.threads:
+                known = ", ".join(sorted(self.threads)) or "none"
+                raise UnknownThread(f"unknown tensor thread {thread!r} (available: {known})")
+            return self.threads[thread]
+        t = as_thread(thread)
+        if self.threads.get(t.name) is not t:
+            self.add_thread(t)
+        return t
+
+    def forget(self, stream: Stream) -> None:
+        self.streams.pop(stream.id, None)
+
+    async def _route(self) -> None:
+        async for frame in self.broker.results(self.reply_to):
+            stream = self.streams.get(frame.stream_id)
+            if stream is not None:
+                try:
+                    await stream.on_result(frame)
+                except Exception:  # noqa: BLE001 - one stream's bug must not stop routing for all
+                    log.exception("stream %s: failed to handle a result", frame.stream_id)

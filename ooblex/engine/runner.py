@@ -1,0 +1,173 @@
+"""Runs user code off the event loop: a thread pool, a process pool, or a private loop for async code.
+
+One ``Runner`` per tensor thread per worker. It converts colour order, applies per-frame
+parameters, calls the user's code on one frame or a batch, and turns whatever comes back
+(or whatever was raised) into processed ``Frame``s. It never raises for user errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import threading
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from ..frame import Frame
+from ..thread import TensorThread, normalize_output
+
+log = logging.getLogger("ooblex.runner")
+
+
+class Runner:
+    """Executes one tensor thread's calls on its own pool, ``thread.concurrency`` at a time."""
+
+    def __init__(self, thread: TensorThread) -> None:
+        self.thread = thread
+        self._pool: cf.Executor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._logged: set[tuple[str, str]] = set()
+
+    def start(self) -> None:
+        if self.thread.executor == "process":
+            import cloudpickle
+
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = cf.ProcessPoolExecutor(self.thread.concurrency, mp_context=ctx, initializer=_init_child,
+                                                initargs=(cloudpickle.dumps(self.thread),))
+        elif self.thread.is_async:
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, name=f"ooblex-{self.thread.name}-loop",
+                             daemon=True).start()
+        else:
+            self._pool = cf.ThreadPoolExecutor(self.thread.concurrency, thread_name_prefix=f"ooblex-{self.thread.name}")
+
+    async def setup(self) -> None:
+        """Load the model (``setup()``) before the first frame, off the event loop."""
+        if self.thread.executor == "thread" and self.thread.is_class:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self.thread.instance)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self.thread.executor == "thread":
+            try:
+                self.thread.teardown()
+            except Exception:  # noqa: BLE001 - teardown problems must not block shutdown
+                log.exception("%s: teardown failed", self.thread.name)
+
+    async def process(self, frames: list[Frame]) -> list[Frame]:
+        """Run ``frames`` (one, or a batch) through the thread; errors become flagged frames.
+
+        A batch may mix streams with different parameters: each parameter set is one call.
+        """
+        groups: dict[str, list[Frame]] = {}
+        for f in frames:
+            groups.setdefault(repr(sorted(f.params.items())), []).append(f)
+        if len(groups) > 1:
+            await asyncio.gather(*(self._process(g) for g in groups.values()))
+        else:
+            await self._process(frames)
+        return frames
+
+    async def _process(self, frames: list[Frame]) -> None:
+        images = [f.image for f in frames]
+        params = frames[0].params
+        started = time.time()
+        try:
+            if self._loop is not None:
+                outs = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                    _call_async(self.thread, images, params), self._loop))
+            elif self.thread.executor == "process":
+                outs = await asyncio.get_running_loop().run_in_executor(self._pool, _call_in_child, images, params)
+            else:
+                outs = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, call_thread, self.thread, images, params)
+        except Exception as exc:  # noqa: BLE001 - user code may raise anything; the stream goes on
+            self._log_once(frames, exc)
+            outs = [(None, None)] * len(frames)
+            for f in frames:
+                f.error = f"{type(exc).__name__}: {exc}"
+        finished = time.time()
+        for f, (img, res) in zip(frames, outs):
+            f.stamps.setdefault("started", started)
+            f.stamps["finished"] = finished
+            if img is not None:
+                f.image = img
+            f.result = res
+
+    def _log_once(self, frames: list[Frame], exc: BaseException) -> None:
+        for f in frames:
+            key = (f.stream_id, type(exc).__name__)
+            if key not in self._logged:
+                self._logged.add(key)
+                tb = "".join(traceback.format_exception(exc))
+                log.error("tensor thread %s failed on stream %s (logged once per stream and error type; "
+                          "frames pass through flagged):\n%s", self.thread.name, f.stream_id, tb)
+
+
+Result = tuple[np.ndarray | None, dict[str, Any] | None]
+
+
+def call_thread(thread: TensorThread, images: list[np.ndarray], params: dict[str, Any]) -> list[Result]:
+    """Call user code synchronously on one image or a batch; returns (image, result) per input."""
+    fn = thread.instance()
+    inputs = [_to_user(thread, im) for im in images]
+    if thread.batched:
+        outs = fn(inputs, **params)
+        if not isinstance(outs, (list, tuple)) or len(outs) != len(inputs):
+            raise TypeError(f"{thread.name} is batched: it must return a list with one output per input frame "
+                            f"(got {type(outs).__name__}{'' if not hasattr(outs, '__len__') else ' of ' + str(len(outs))})")
+    else:
+        outs = [fn(inputs[0], **params)]
+    return [_from_user(thread, o, im) for o, im in zip(outs, images)]
+
+
+async def _call_async(thread: TensorThread, images: list[np.ndarray], params: dict[str, Any]) -> list[Result]:
+    fn = thread.instance()
+    inputs = [_to_user(thread, im) for im in images]
+    if thread.batched:
+        outs = await fn(inputs, **params)
+    else:
+        outs = [await fn(inputs[0], **params)]
+    return [_from_user(thread, o, im) for o, im in zip(outs, images)]
+
+
+def _to_user(thread: TensorThread, image: np.ndarray) -> np.ndarray:
+    if thread.color == "bgr":
+        return np.ascontiguousarray(image[:, :, ::-1])
+    # A read-only view: user code that writes into its input would corrupt the sender's buffer.
+    view = image.view()
+    view.flags.writeable = False
+    return view
+
+
+def _from_user(thread: TensorThread, out: Any, original: np.ndarray) -> Result:
+    o = normalize_output(thread, out, original)
+    img = o.image
+    if img is not None and thread.color == "bgr":
+        img = np.ascontiguousarray(img[:, :, ::-1])
+    return img, o.result
+
+
+_child_thread: TensorThread | None = None
+
+
+def _init_child(payload: bytes) -> None:
+    import cloudpickle
+
+    global _child_thread
+    _child_thread = cloudpickle.loads(payload)
+    _child_thread.instance()
+
+
+def _call_in_child(images: list[np.ndarray], params: dict[str, Any]) -> list[Result]:
+    assert _child_thread is not None
+    return call_thread(_child_thread, images, params)

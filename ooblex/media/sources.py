@@ -1,0 +1,218 @@
+"""Where frames come from: video files, webcams, RTSP and HTTP-MJPEG URLs, still images.
+
+Every source yields RGB uint8 frames with their capture time. Live sources (webcam, RTSP,
+MJPEG) are read by a background thread that keeps only the newest frame, so a slow consumer
+sees a fresh picture instead of a growing backlog in the camera's buffer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import jpeg
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+class SourceError(ValueError):
+    """The source cannot be opened or read."""
+
+
+class Source:
+    """Iterate for ``(image, captured_at)`` pairs. ``live`` sources drop frames; others do not."""
+
+    live: bool = False
+    fps: float = 30.0
+    frame_count: int | None = None
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the device or connection."""
+
+
+class AVSource(Source):
+    """Files and RTSP streams decoded by PyAV (FFmpeg)."""
+
+    def __init__(self, url: str, live: bool) -> None:
+        import av
+
+        options = {"rtsp_transport": "tcp", "fflags": "nobuffer", "flags": "low_delay"} if live else {}
+        try:
+            self._container = av.open(url, options=options, timeout=10)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise SourceError(f"cannot open {url!r}: {exc}") from None
+        if not self._container.streams.video:
+            raise SourceError(f"{url!r} has no video stream")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        self.live = live
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self.fps = float(rate) if rate else 30.0
+        self.frame_count = self._stream.frames or None
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        for frame in self._container.decode(self._stream):
+            yield frame.to_ndarray(format="rgb24"), time.time()
+
+    def close(self) -> None:
+        self._container.close()
+
+
+class WebcamSource(Source):
+    """A local camera by index, through OpenCV."""
+
+    live = True
+
+    def __init__(self, index: int) -> None:
+        import cv2
+
+        self._cap = cv2.VideoCapture(index)
+        if not self._cap.isOpened():
+            raise SourceError(f"cannot open webcam {index} (is a camera attached and free?)")
+        self.fps = self._cap.get(cv2.CAP_PROP_FPS) or 30.0
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        while True:
+            ok, bgr = self._cap.read()
+            if not ok:
+                return
+            yield np.ascontiguousarray(bgr[:, :, ::-1]), time.time()
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class MJPEGSource(Source):
+    """An HTTP ``multipart/x-mixed-replace`` stream of JPEGs (IP cameras, ``/mjpeg/...``)."""
+
+    live = True
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        try:
+            self._resp = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - user-given URL
+        except OSError as exc:
+            raise SourceError(f"cannot open {url!r}: {exc}") from None
+        ctype = self._resp.headers.get("Content-Type", "")
+        if "multipart" not in ctype:
+            raise SourceError(f"{url!r} is not an MJPEG stream (Content-Type {ctype!r})")
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        for data in iter_multipart_jpegs(self._resp):
+            yield jpeg.decode(data), time.time()
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+class ImageSource(Source):
+    """One still image, or every image in a folder (sorted by name)."""
+
+    def __init__(self, path: Path) -> None:
+        self._paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() \
+            else [path]
+        if not self._paths:
+            raise SourceError(f"no images in {path}")
+        self.frame_count = len(self._paths)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        for p in self._paths:
+            yield jpeg.decode(p.read_bytes()), time.time()
+
+
+class ArraySource(Source):
+    """Frames already in memory (tests, notebooks)."""
+
+    def __init__(self, frames: Any, live: bool = False, fps: float = 30.0) -> None:
+        self._frames = frames
+        self.live = live
+        self.fps = fps
+        self.frame_count = len(frames) if hasattr(frames, "__len__") else None
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        for f in self._frames:
+            if self.live:
+                time.sleep(1 / self.fps)
+            yield f, time.time()
+
+
+def open_source(spec: Any) -> Source:
+    """``0`` (webcam), ``"clip.mp4"``, ``"rtsp://..."``, ``"http://.../x.mjpg"``, an image or folder."""
+    if isinstance(spec, Source):
+        return spec
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+        return WebcamSource(int(spec))
+    if isinstance(spec, (list, tuple)) or (isinstance(spec, np.ndarray) and spec.ndim == 4):
+        return ArraySource(spec)
+    if not isinstance(spec, (str, Path)):
+        raise SourceError(f"unsupported source {spec!r}")
+    s = str(spec)
+    if s.startswith(("rtsp://", "rtsps://", "rtmp://")):
+        return AVSource(s, live=True)
+    if s.startswith(("http://", "https://")):
+        return MJPEGSource(s)
+    path = Path(s).expanduser()
+    if not path.exists():
+        raise SourceError(f"no such file or folder: {s}")
+    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageSource(path)
+    return AVSource(str(path), live=False)
+
+
+def iter_multipart_jpegs(fp: Any, max_part: int = 16 << 20) -> Iterator[bytes]:
+    """Yield JPEG parts of a multipart stream, reading part headers for Content-Length when present."""
+    buf = b""
+    while True:
+        chunk = fp.read1(65536) if hasattr(fp, "read1") else fp.read(65536)
+        if not chunk:
+            return
+        buf += chunk
+        while True:
+            start = buf.find(b"\xff\xd8")
+            end = buf.find(b"\xff\xd9", start + 2) if start >= 0 else -1
+            if start < 0 or end < 0:
+                if len(buf) > max_part:
+                    raise SourceError("MJPEG part larger than the limit")
+                break
+            yield buf[start:end + 2]
+            buf = buf[end + 2:]
+
+
+class LatestFrameReader:
+    """Reads a live source on a background thread; ``get()`` returns only the newest frame."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self._cond = threading.Condition()
+        self._item: tuple[np.ndarray, float] | None = None
+        self.done = False
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._read, name="ooblex-source", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for item in self.source:
+                with self._cond:
+                    self.dropped += self._item is not None
+                    self._item = item
+                    self._cond.notify()
+        finally:
+            with self._cond:
+                self.done = True
+                self._cond.notify()
+
+    def get(self, timeout: float = 5.0) -> tuple[np.ndarray, float] | None:
+        """The newest frame not yet taken, or None when the source has ended."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._item is not None or self.done, timeout)
+            item, self._item = self._item, None
+            return item
