@@ -74,7 +74,7 @@ class Worker:
                 t.cancel()
 
     async def _feed(self, thread: TensorThread, inbox: asyncio.Queue[Delivery]) -> None:
-        async for delivery in self.broker.tasks([thread.name]):
+        async for delivery in self.broker.tasks([thread.name], prefetch=thread.batch_size * thread.concurrency):
             frame = delivery.frame
             if frame.expired():  # too late to be worth computing: free the sender's slot at once
                 frame.skipped = True
