@@ -1,0 +1,145 @@
+"""Cluster end to end with real servers and workers in separate processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import numpy as np
+import pytest
+from cluster_fixtures import (SECRET, needs_rabbitmq, needs_redis, rabbit_server, redis_server,  # noqa: F401
+                              start_worker, stop)
+
+import ooblex as ob
+from ooblex.cluster.engine import ClusterEngine
+from ooblex.cluster.registry import Registry
+
+pytestmark = [pytest.mark.timeout(120), needs_redis]
+
+
+@ob.tensor_thread(name="invert")
+def invert(frame: np.ndarray, amount: int = 255) -> np.ndarray:
+    """Deployed by value: this module is not importable on the worker."""
+    return (amount - frame.astype(np.int16)).clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OOBLEX_SECRET", SECRET)
+
+
+async def wait_for(cond, timeout: float = 15.0, what: str = "condition"):  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = await cond() if asyncio.iscoroutinefunction(cond) else cond()
+        if v:
+            return v
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def stream_some(engine: ClusterEngine, thread: str, n: int = 10, **params) -> list:  # noqa: ANN003
+    stream = engine.open(thread, mode="every", max_in_flight=4, params=params)
+    img = np.full((96, 128, 3), 40, np.uint8)
+    out = []
+
+    async def feed() -> None:
+        for _ in range(n):
+            await stream.submit(img)
+
+    feeder = asyncio.create_task(feed())
+    for _ in range(n):
+        out.append(await stream.get(timeout=20))
+    await feeder
+    await stream.close()
+    return out
+
+
+@pytest.mark.parametrize("kind", ["redis", pytest.param("rabbitmq", marks=needs_rabbitmq)])
+async def test_deploy_and_stream_through_a_worker_process(kind, request) -> None:  # noqa: ANN001
+    store = request.getfixturevalue("redis_server").url
+    broker = store if kind == "redis" else request.getfixturevalue("rabbit_server").url
+    worker = start_worker(broker, store)
+    try:
+        dep = ob.deploy(invert, cluster=broker, store=store, wait=20)
+        assert dep.version >= 1 and dep.status()["serving"] == 1
+        async with ClusterEngine(broker, store=store) as engine:
+            await wait_for(lambda: "invert" in engine.threads, what="thread in engine")
+            frames = await stream_some(engine, "invert", 8, amount=200)
+        assert [f.seq for f in frames] == list(range(8))
+        assert all(f.error is None for f in frames)
+        assert abs(int(frames[0].image.mean()) - 160) <= 3  # 200 - 40, through JPEG
+        st = dep.status()
+        assert st["workers"][0]["host"] and st["refused"] == {}
+    finally:
+        stop(worker)
+
+
+async def test_new_version_and_rollback_without_restart(redis_server) -> None:  # noqa: F811
+    url = redis_server.url
+    worker = start_worker(url)
+    try:
+        v1 = ob.deploy(invert, cluster=url, wait=20)
+
+        @ob.tensor_thread(name="invert")
+        def invert2(frame: np.ndarray, amount: int = 255) -> np.ndarray:
+            return np.full_like(frame, 7)
+
+        t0 = time.monotonic()
+        v2 = ob.deploy(invert2, cluster=url, wait=20)
+        assert time.monotonic() - t0 < 2.5, "a worker should pick up a new version within ~2 s"
+        async with ClusterEngine(url) as engine:
+            await wait_for(lambda: "invert" in engine.threads)
+            assert int((await stream_some(engine, "invert", 2))[-1].image.mean()) in range(5, 10)
+            back = v2.rollback()
+            assert back.version == v1.version
+            await wait_for(lambda: back.status()["serving"] == 1, what="rollback served")
+            await asyncio.sleep(0.6)  # the worker switches the plain name to v1
+            assert int((await stream_some(engine, "invert", 2))[-1].image.mean()) in range(210, 220)
+        ob.undeploy("invert", cluster=url)
+        await wait_for(lambda: not Registry(url).records("worker")[0]["threads"], what="undeploy served")
+    finally:
+        stop(worker)
+
+
+async def test_tampered_and_unsigned_artifacts_are_refused(redis_server) -> None:  # noqa: F811
+    url = redis_server.url
+    worker = start_worker(url)
+    reg = Registry(url)
+    try:
+        dep = ob.deploy(invert, cluster=url, wait=20)
+        manifest = dict(dep.manifest)
+        manifest["requirements"] = ["evil-package"]  # changed after signing
+        reg.r.hset("ooblex:reg:invert", str(dep.version), json.dumps(manifest))
+        reg.r.incr("ooblex:reg:rev")
+        unsigned = {k: v for k, v in dep.manifest.items() if k != "signature"}
+        unsigned["version"] = 99
+        reg.r.hset("ooblex:reg:invert", "99", json.dumps(unsigned))
+        reg.r.sadd("ooblex:reg:invert:serving", 99)
+        reg.r.incr("ooblex:reg:rev")
+        refused = await wait_for(lambda: len(dep.status()["refused"]) == 2 and dep.status()["refused"],
+                                 what="refusals")
+        reasons = " | ".join(refused.values())
+        assert "bad signature" in reasons and "unsigned" in reasons
+        assert dep.status()["serving"] == 0
+    finally:
+        reg.close()
+        stop(worker)
+
+
+async def test_a_thread_nobody_serves_says_no_workers(redis_server) -> None:  # noqa: F811
+    url = redis_server.url
+    ob.deploy(invert, cluster=url)  # deployed, but no worker runs
+    async with ClusterEngine(url) as engine:
+        await wait_for(lambda: "invert" in engine.threads)
+        stream = engine.open("invert", mode="live")
+        await stream.submit(np.zeros((32, 32, 3), np.uint8))
+        await wait_for(lambda: stream.status == "no workers", timeout=5, what="no workers status")
+        assert stream.describe()["status"] == "no workers"
+
+
+def test_deploy_without_a_secret_is_a_clear_error(redis_server, monkeypatch) -> None:  # noqa: F811, ANN001
+    monkeypatch.delenv("OOBLEX_SECRET")
+    with pytest.raises(PermissionError, match="OOBLEX_SECRET"):
+        ob.deploy(invert, cluster=redis_server.url)
