@@ -143,3 +143,70 @@ def test_deploy_without_a_secret_is_a_clear_error(redis_server, monkeypatch) -> 
     monkeypatch.delenv("OOBLEX_SECRET")
     with pytest.raises(PermissionError, match="OOBLEX_SECRET"):
         ob.deploy(invert, cluster=redis_server.url)
+
+
+@ob.tensor_thread(name="stamp")
+def stamp(frame: np.ndarray, delay_ms: float = 0.0) -> tuple[np.ndarray, dict]:
+    """Slow enough that a job is still running when a worker is killed; reports who did it."""
+    import os
+
+    time.sleep(delay_ms / 1e3)
+    return frame, {"pid": os.getpid(), "mean": float(frame.mean())}
+
+
+def numbered_frames(n: int) -> list[np.ndarray]:
+    """Frame i is uniformly 3*i: identifiable after JPEG (which may move a flat value by 1)."""
+    assert n <= 85
+    return [np.full((32, 32, 3), 3 * i, np.uint8) for i in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["redis", pytest.param("rabbitmq", marks=needs_rabbitmq)])
+def test_job_survives_a_worker_killed_with_sigkill(kind, request) -> None:  # noqa: ANN001
+    import signal
+    import threading
+
+    store = request.getfixturevalue("redis_server").url
+    broker = store if kind == "redis" else request.getfixturevalue("rabbit_server").url
+    a, b = start_worker(broker, store), start_worker(broker, store)
+    try:
+        ob.deploy(stamp, cluster=broker, store=store, wait=20).wait_ready(20, workers=2)
+        n, killed = 80, threading.Event()
+
+        def progress(done: int, total: int | None) -> None:
+            if done >= 20 and not killed.is_set():
+                killed.set()
+                a.send_signal(signal.SIGKILL)
+
+        result = ob.process("stamp", numbered_frames(n), cluster=broker, store=store, params={"delay_ms": 15},
+                            progress=progress, max_in_flight=6)
+        assert killed.is_set() and a.wait(5) == -signal.SIGKILL
+        assert result.frames_in == result.frames_out == n
+        assert [s for s, _ in result.results] == list(range(n))  # every frame once, in order
+        assert [round(r["mean"] / 3) for _, r in result.results] == list(range(n))
+        pids = {r["pid"] for _, r in result.results}
+        assert pids == {a.pid, b.pid}, "both workers took part"
+        assert result.errors == 0
+    finally:
+        stop(a)
+        stop(b)
+
+
+def test_two_workers_share_a_stream(redis_server) -> None:  # noqa: F811
+    url = redis_server.url
+    a, b = start_worker(url), start_worker(url)
+    try:
+        ob.deploy(stamp, cluster=url).wait_ready(20, workers=2)
+        result = ob.process("stamp", numbered_frames(60), cluster=url, params={"delay_ms": 20}, progress=False)
+        per = {}
+        for _, r in result.results:
+            per[r["pid"]] = per.get(r["pid"], 0) + 1
+        assert set(per) == {a.pid, b.pid} and min(per.values()) >= 15, per
+    finally:
+        stop(a)
+        stop(b)
+
+
+def test_process_with_nobody_serving_fails_clearly(redis_server) -> None:  # noqa: F811
+    ob.deploy(stamp, cluster=redis_server.url)
+    with pytest.raises(ob.cluster.jobs.NoWorkers, match="no workers serve 'stamp'"):
+        ob.process("stamp", numbered_frames(3), cluster=redis_server.url, progress=False, no_workers_s=2)
