@@ -210,3 +210,47 @@ def test_process_with_nobody_serving_fails_clearly(redis_server) -> None:  # noq
     ob.deploy(stamp, cluster=redis_server.url)
     with pytest.raises(ob.cluster.jobs.NoWorkers, match="no workers serve 'stamp'"):
         ob.process("stamp", numbered_frames(3), cluster=redis_server.url, progress=False, no_workers_s=2)
+
+
+@pytest.mark.parametrize("kind", ["redis", pytest.param("rabbitmq", marks=needs_rabbitmq)])
+async def test_streams_resume_after_a_broker_restart(kind) -> None:  # noqa: ANN001
+    from ooblex.cluster.servers import RabbitMQServer, RedisServer
+
+    store = RedisServer(persist=True).start()
+    rabbit = RabbitMQServer().start() if kind == "rabbitmq" else None
+    server = rabbit or store
+    broker = server.url
+    worker = start_worker(broker, store.url)
+    try:
+        ob.deploy(invert, cluster=broker, store=store.url, wait=20)
+        async with ClusterEngine(broker, store=store.url) as engine:
+            await wait_for(lambda: "invert" in engine.threads)
+            stream = engine.open("invert", mode="live", max_latency_ms=300)
+            arrivals: list[float] = []
+
+            async def feed() -> None:
+                img = np.zeros((48, 64, 3), np.uint8)
+                while True:
+                    await stream.submit(img)
+                    await asyncio.sleep(0.03)
+
+            async def read() -> None:
+                while True:
+                    await stream.get()
+                    arrivals.append(time.monotonic())
+
+            tasks = [asyncio.create_task(feed()), asyncio.create_task(read())]
+            await wait_for(lambda: len(arrivals) > 10, what="frames before the restart")
+            await asyncio.to_thread(server.restart)
+            back = time.monotonic()
+            await wait_for(lambda: arrivals[-1] > back, timeout=10, what="frames after the restart")
+            resumed = arrivals[-1] - back
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            assert resumed < 5.0, f"stream resumed {resumed:.1f} s after the broker came back"
+    finally:
+        stop(worker)
+        if rabbit is not None:
+            rabbit.cleanup()
+        store.cleanup()

@@ -48,6 +48,8 @@ class RedisServer:
     host: str = "127.0.0.1"
     port: int = 0
     netns: str | None = None
+    #: Keep data across restarts (append-only file), as a production store would.
+    persist: bool = False
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     dir: str = ""
 
@@ -61,7 +63,8 @@ class RedisServer:
             raise ServerError("redis-server is not installed (apt-get install redis-server)")
         self.port = self.port or free_port(self.host if self.netns is None else "127.0.0.1")
         self.dir = self.dir or tempfile.mkdtemp(prefix="ooblex-redis-")
-        cmd = [exe, "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
+        cmd = [exe, "--port", str(self.port), "--bind", self.host, "--save", "",
+               "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
                "--dir", self.dir, "--protected-mode", "no", "--loglevel", "warning"]
         self.proc = subprocess.Popen(_in_netns(self.netns, cmd), stdout=subprocess.DEVNULL)
         self._wait()
@@ -91,7 +94,7 @@ class RedisServer:
         self.proc = None
 
     def restart(self) -> None:
-        """Stop and start again on the same port (all data is gone: no persistence)."""
+        """Stop and start again on the same port (data survives only with ``persist``)."""
         self.stop()
         self.proc = None
         self.start()
