@@ -8,8 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from cluster_fixtures import (SECRET, needs_rabbitmq, needs_redis, rabbit_server, redis_server,  # noqa: F401
-                              start_worker, stop)
+from cluster_fixtures import SECRET, needs_rabbitmq, needs_redis, rabbit_server, redis_server, start_worker, stop  # noqa: F401
 
 import ooblex as ob
 from ooblex.cluster.engine import ClusterEngine

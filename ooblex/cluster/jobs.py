@@ -13,7 +13,8 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..engine import Engine
 from ..media import Sink, open_sink, open_source
@@ -68,7 +69,7 @@ async def run_job(engine: Engine, thread: str | TensorThread, source: Any, sink:
                 frame = await stream.get(timeout=0.25)
             except asyncio.TimeoutError:
                 if feeder.done() and feeder.exception() is not None:
-                    raise feeder.exception()  # type: ignore[misc]
+                    raise feeder.exception() from None  # type: ignore[misc]
                 if stream.workers == 0 and time.monotonic() - idle_since > no_workers_s:
                     raise NoWorkers(f"no workers serve {stream.thread.name!r} (waited {no_workers_s:.0f} s with "
                                     f"{out.frames_in - out.frames_out} frame(s) pending)") from None

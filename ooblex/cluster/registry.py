@@ -187,7 +187,7 @@ class Registry:
             wanted = {int(v) for v in self.r.smembers(f"{P}:reg:{name}:serving")}
             manifests = self.r.hmget(f"{P}:reg:{name}", [str(v) for v in sorted(wanted)]) if wanted else []
             out[name] = {"active": self.active(name),
-                         "versions": {v: json.loads(m) for v, m in zip(sorted(wanted), manifests) if m}}
+                         "versions": {v: json.loads(m) for v, m in zip(sorted(wanted), manifests, strict=True) if m}}
         return out
 
     # --- cluster state written by workers and gateways ----------------------------------

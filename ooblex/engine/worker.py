@@ -146,7 +146,7 @@ class Worker:
         acked = 0
         try:
             frames = await s.runner.process([d.frame for d in batch])
-            for f, d in zip(frames, batch):
+            for f, d in zip(frames, batch, strict=True):
                 self.processed += 1
                 self.errors += f.error is not None
                 await self.broker.reply(f)
