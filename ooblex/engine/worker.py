@@ -122,6 +122,10 @@ class Worker:
                 for d in batch:
                     d.nack()
                 raise
+            batch = await self._drop_expired(batch)
+            if not batch:
+                slots.release()
+                continue
             task = asyncio.create_task(self._run(s, batch, slots))
             s.running.add(task)
             task.add_done_callback(s.running.discard)
@@ -129,18 +133,25 @@ class Worker:
     async def _feed(self, queue: str, s: _Serving) -> None:
         thread = s.runner.thread
         async for delivery in self.broker.tasks([queue], prefetch=thread.batch_size * thread.concurrency):
-            frame = delivery.frame
-            if frame.expired():  # too late to be worth computing: free the sender's slot at once
-                frame.skipped = True
-                self.skipped += 1
-                await self.broker.reply(frame)
-                delivery.ack()
-                continue
             try:
                 await s.inbox.put(delivery)
             except asyncio.CancelledError:
                 delivery.nack()
                 raise
+
+    async def _drop_expired(self, batch: list[Delivery]) -> list[Delivery]:
+        """Skip tasks whose deadline passed while they waited: tell the sender at once, run the rest."""
+        keep = []
+        for d in batch:
+            if d.frame.expired():
+                d.frame.skipped = True
+                d.frame.image = None  # nothing to show; spare the reply path the pixels
+                self.skipped += 1
+                await self.broker.reply(d.frame)
+                d.ack()
+            else:
+                keep.append(d)
+        return keep
 
     async def _run(self, s: _Serving, batch: list[Delivery], slots: asyncio.Semaphore) -> None:
         acked = 0
