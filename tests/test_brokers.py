@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import numpy as np
 import pytest
-from cluster_fixtures import needs_rabbitmq, needs_redis, rabbit_server, redis_server  # noqa: F401
 
 from ooblex import wire
 from ooblex.broker import connect
 from ooblex.frame import Frame
+
+from .cluster_fixtures import needs_rabbitmq, needs_redis, rabbit_server, redis_server  # noqa: F401
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -156,17 +158,17 @@ async def test_redis_unacked_job_is_reclaimed_from_a_dead_consumer(redis_server)
         first = await asyncio.wait_for(it.__anext__(), 5)
         assert first.frame.seq == 5
         await it.aclose()  # leaves without ack: its heartbeat entry is removed
-        got = []
+        got, seen = [], asyncio.Event()
 
         async def work() -> None:
             async for d in b.tasks(["jobs"]):
                 got.append(d.frame.seq)
                 d.ack()
+                seen.set()
 
         w = asyncio.create_task(work())
-        t0 = time.monotonic()
-        while not got and time.monotonic() - t0 < 10:
-            await asyncio.sleep(0.1)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(seen.wait(), 10)
         w.cancel()
         await asyncio.gather(w, return_exceptions=True)
         assert got == [5]

@@ -8,11 +8,12 @@ import time
 
 import numpy as np
 import pytest
-from cluster_fixtures import SECRET, needs_rabbitmq, needs_redis, rabbit_server, redis_server, start_worker, stop  # noqa: F401
 
 import ooblex as ob
 from ooblex.cluster.engine import ClusterEngine
 from ooblex.cluster.registry import Registry
+
+from .cluster_fixtures import SECRET, needs_rabbitmq, needs_redis, rabbit_server, redis_server, start_worker, stop  # noqa: F401
 
 pytestmark = [pytest.mark.timeout(120), needs_redis]
 

@@ -14,9 +14,10 @@ import subprocess
 import sys
 
 import pytest
-from cluster_fixtures import ROOT, env, needs_redis, start_worker, stop
 
 from ooblex.cluster.servers import RedisServer
+
+from .cluster_fixtures import ROOT, env, needs_redis, start_worker, stop
 
 pytestmark = [pytest.mark.timeout(120), needs_redis,
               pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2")]

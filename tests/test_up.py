@@ -11,9 +11,10 @@ import time
 
 import numpy as np
 import pytest
-from cluster_fixtures import ROOT, env, needs_rabbitmq, needs_redis
 
 import ooblex as ob
+
+from .cluster_fixtures import ROOT, env, needs_rabbitmq, needs_redis
 
 pytestmark = [pytest.mark.timeout(120), needs_redis]
 

@@ -12,8 +12,8 @@ import asyncio
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine import Engine

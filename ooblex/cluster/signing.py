@@ -33,7 +33,8 @@ def require_secret(explicit: str | bytes | None = None) -> bytes:
     secret = get_secret(explicit)
     if not secret:
         raise SignatureError(f"no cluster secret: set {ENV} (the same value on deployers, workers and "
-                             "gateways), e.g. export OOBLEX_SECRET=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+                             "gateways), e.g. export OOBLEX_SECRET=$(python -c "
+                             "'import secrets; print(secrets.token_urlsafe(32))')")
     return secret
 
 
