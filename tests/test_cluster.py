@@ -254,3 +254,86 @@ async def test_streams_resume_after_a_broker_restart(kind) -> None:  # noqa: ANN
         if rabbit is not None:
             rabbit.cleanup()
         store.cleanup()
+
+
+@ob.tensor_thread(name="weighted")
+def weighted(frame: np.ndarray) -> dict:
+    """Reads a deployed weight file through ob.weight."""
+    data = ob.weight("w.bin").read_bytes()
+    return {"n": len(data), "sum": int(sum(data[:1000]))}
+
+
+def test_weights_requirements_and_worker_record(redis_server, tmp_path) -> None:  # noqa: F811, ANN001
+    url = redis_server.url
+    blob = bytes(range(256)) * 9000  # ~2.3 MB: three chunks
+    (tmp_path / "w.bin").write_bytes(blob)
+    worker = start_worker(url, OOBLEX_CACHE=str(tmp_path / "cache"))
+    try:
+        dep = ob.deploy(weighted, cluster=url, weights=[tmp_path / "w.bin"], requirements=["numpy>=1.0"], wait=20)
+        assert dep.manifest["weights"][0]["size"] == len(blob)
+        out = ob.process("weighted", numbered_frames(2), cluster=url, progress=False)
+        assert out.results[0][1] == {"n": len(blob), "sum": sum(blob[:1000])}
+        assert len(list((tmp_path / "cache" / "blobs").iterdir())) == 2  # code + weights, cached by hash
+        deadline = time.monotonic() + 5
+        while (rec := Registry(url).records("worker")[0])["processed"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the record is refreshed with each heartbeat (1 s)
+        assert rec["processed"] == 2
+        assert rec["threads"]["weighted"]["version"] == dep.version and rec["pid"] == worker.pid
+        assert {"host", "load", "fps", "errors", "busy"} <= set(rec)
+        bad = ob.deploy(weighted, cluster=url, requirements=["ooblex-no-such-package-xyz==9.9"])
+        reason = await_refusal(bad)
+        assert "pip install ooblex-no-such-package-xyz==9.9 failed" in reason
+    finally:
+        stop(worker)
+
+
+def await_refusal(dep, timeout: float = 60.0) -> str:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        refused = dep.status()["refused"]
+        if refused:
+            return " | ".join(refused.values())
+        time.sleep(0.2)
+    raise AssertionError("no refusal reported")
+
+
+def test_sigterm_finishes_in_flight_work(redis_server) -> None:  # noqa: F811
+    """A worker told to stop mid-job finishes what it holds; another takes the rest; nothing is lost."""
+    import signal
+    import threading
+
+    url = redis_server.url
+    a = start_worker(url)
+    b = None
+    try:
+        ob.deploy(stamp, cluster=url, wait=20)
+        stopped = threading.Event()
+
+        def progress(done: int, total: int | None) -> None:
+            nonlocal b
+            if done >= 5 and not stopped.is_set():
+                stopped.set()
+                a.send_signal(signal.SIGTERM)
+                b = start_worker(url)
+
+        out = ob.process("stamp", numbered_frames(30), cluster=url, params={"delay_ms": 100}, progress=progress,
+                         max_in_flight=3)
+        assert a.wait(20) == 0, "graceful exit"
+        assert [s for s, _ in out.results] == list(range(30))
+        assert [round(r["mean"] / 3) for _, r in out.results] == list(range(30))
+        assert out.duplicates == 0, "in-flight frames were finished, not redelivered"
+        assert {r["pid"] for _, r in out.results} == {a.pid, b.pid}
+    finally:
+        stop(a)
+        if b is not None:
+            stop(b)
+
+
+def test_control_bearer_token() -> None:
+    from ooblex.cluster.signing import check_bearer, control_token
+
+    token = control_token("s3cret")
+    assert token and "s3cret" not in token
+    assert check_bearer(f"Bearer {token}", "s3cret")
+    assert not check_bearer("Bearer nope", "s3cret") and not check_bearer(None, "s3cret")
+    assert not check_bearer(token, "s3cret")  # scheme required
