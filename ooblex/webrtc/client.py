@@ -19,7 +19,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc.mediastreams import MediaStreamError
 
 from . import framecode
-from .ice import rtc_configuration
+from .ice import allow_loopback, rtc_configuration
 from .jitter import low_latency
 
 VIDEO_CLOCK = 90000
@@ -80,6 +80,8 @@ class _Client:
     def __init__(self, url: str, *, fast: bool = True, ice_servers: list[dict[str, Any]] | None = None) -> None:
         self.url = url
         self.fast = fast
+        if httpx.URL(url).host in ("127.0.0.1", "localhost", "::1"):
+            allow_loopback(True)  # the server is on this machine: let ICE use loopback
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
         self.remote: MediaStreamTrack | None = None
         self.location: str | None = None
