@@ -9,9 +9,9 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from gateway_server import running_gateway
 from websockets.asyncio.client import connect
 
-from gateway_server import running_gateway
 from ooblex import jpeg, tensor_thread
 from ooblex.gateway import Settings
 from ooblex.gateway.demo import demo_threads
@@ -141,7 +141,8 @@ async def test_websocket_stream_params_and_bad_frames(gw) -> None:  # noqa: ANN0
         await ws.send(body)
         info = json.loads(await ws.recv())
         assert abs(jpeg.decode(await ws.recv()).mean() - 40) < 4
-        listed = httpx.get(gw.url + "/api/v1/streams").json()
+        async with httpx.AsyncClient() as http:
+            listed = (await http.get(gw.url + "/api/v1/streams")).json()
         assert any(s["id"] == hello["stream_id"] and s["processed"] >= 2 for s in listed)
     await asyncio.sleep(0.2)
     assert hello["stream_id"] not in gw.state.engine.streams
@@ -189,8 +190,8 @@ async def test_mjpeg_viewer_of_websocket_stream(gw) -> None:  # noqa: ANN001
                     assert b"Content-Type: image/jpeg" in buf[:start]
                     assert abs(jpeg.decode(buf[start:end]).mean() - (255 - value)) < 4
                     buf = buf[end:]
-                metrics = httpx.get(gw.url + "/metrics").text
+                metrics = (await http.get(gw.url + "/metrics")).text
                 assert f'ooblex_stream_frames_total{{stream="{stream_id}",thread="invert",outcome="processed"}} 3' \
                     in metrics
                 assert 'ooblex_stream_latency_ms{' in metrics and 'quantile="0.99"' in metrics
-    assert httpx.get(gw.url + "/mjpeg/nostream").status_code == 404
+            assert (await http.get(gw.url + "/mjpeg/nostream")).status_code == 404

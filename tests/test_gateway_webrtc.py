@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
-
 from netns import in_netns
+
 from ooblex.webrtc import framecode
 from ooblex.webrtc.client import ImageTrack, WhepClient, WhipClient
 
@@ -67,7 +67,6 @@ async def test_whip_round_trip_identity(codec: str) -> None:
 @in_netns
 async def test_whep_viewers_and_mjpeg_of_a_whip_stream() -> None:
     import httpx
-
     from gateway_server import running_gateway
 
     with running_gateway() as gw:
@@ -119,8 +118,8 @@ async def _offer(direction: str = "sendrecv", codec: str = "vp8") -> str:
 @in_netns
 async def test_bad_webrtc_requests_get_clear_4xx() -> None:
     import httpx
-
     from gateway_server import running_gateway
+
     from ooblex.gateway import Settings
 
     with running_gateway(settings=Settings(loopback_candidates=True, max_sdp_bytes=20_000)) as gw:
@@ -146,7 +145,8 @@ async def test_bad_webrtc_requests_get_clear_4xx() -> None:
                 r = await http.post(gw.url + path, content=body, headers={"Content-Type": ctype})
                 assert r.status_code == status, (path, r.status_code, r.text)
                 assert words in r.json()["detail"], (path, r.text)
-            r = await http.post(gw.url + "/whip/identity", content=sendonly, headers={"Content-Type": "application/sdp"})
+            r = await http.post(gw.url + "/whip/identity", content=sendonly,
+                                headers={"Content-Type": "application/sdp"})
             assert r.status_code == 201, r.text
             stream_id = r.headers["X-Ooblex-Stream"]
             r2 = await http.post(f"{gw.url}/whep/{stream_id}", content=sendonly,
@@ -161,12 +161,12 @@ async def test_bad_webrtc_requests_get_clear_4xx() -> None:
 
 @in_netns
 async def test_session_limit_and_vanished_peer_cleanup() -> None:
-    import os
     import signal
     import subprocess
     import sys
 
     from gateway_server import running_gateway
+
     from ooblex.gateway import Settings
 
     settings = Settings(loopback_candidates=True, max_sessions=1, session_idle_s=2.0)
@@ -180,9 +180,9 @@ async def test_session_limit_and_vanished_peer_cleanup() -> None:
             "    await c.start(); await c.wait_connected(); print('connected', flush=True)\n"
             "    await asyncio.sleep(600)\n"
             "asyncio.run(main())\n")
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=os.environ)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=subprocess.PIPE)
         try:
-            assert proc.stdout.readline().strip() == "connected"
+            assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"connected"
             session = next(iter(gw.state.sessions.items.values()))
             with pytest.raises(Exception, match="429"):
                 async with WhipClient(gw.url + "/whip/identity", ImageTrack(moving_picture())):
@@ -190,9 +190,9 @@ async def test_session_limit_and_vanished_peer_cleanup() -> None:
             await asyncio.sleep(1.0)
             assert not session.closed and session.stream.stats.counters["processed"] > 10
             proc.send_signal(signal.SIGKILL)  # vanishes: no DELETE, no DTLS close
-            proc.wait()
+            await proc.wait()
             t0 = time.monotonic()
-            while gw.state.sessions.items and time.monotonic() - t0 < 10:
+            while gw.state.sessions.items and time.monotonic() - t0 < 10:  # noqa: ASYNC110 - another thread's state
                 await asyncio.sleep(0.1)
             print(f"vanished peer cleaned up after {time.monotonic() - t0:.1f} s")
             assert session.closed and not gw.state.sessions.items, "vanished peer's session not cleaned up"
@@ -200,4 +200,6 @@ async def test_session_limit_and_vanished_peer_cleanup() -> None:
             await asyncio.sleep(0.3)
             assert not session._tasks, f"tasks left behind: {session._tasks}"
         finally:
-            proc.kill()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
