@@ -91,6 +91,18 @@ def _api_router():  # noqa: ANN202 - an APIRouter
         s = gateway(request).stream(stream_id)
         return {**s.describe(), "mjpeg": f"/mjpeg/{s.id}", "whep": f"/whep/{s.id}"}
 
+    @router.patch("/api/v1/streams/{stream_id}")
+    async def update_stream(stream_id: str, request: Request) -> dict[str, Any]:
+        """Change a live stream's thread parameters: body ``{"params": {"name": value}}``."""
+        s = gateway(request).stream(stream_id)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ValueError("body must be JSON like {\"params\": {\"name\": value}}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("params"), dict):
+            raise ValueError('body must be JSON like {"params": {"name": value}}')
+        return {"params": s.set_params(**body["params"])}
+
     @router.get("/api/v1/sessions")
     async def sessions(request: Request) -> list[dict[str, Any]]:
         """Open WebRTC sessions (WHIP ingest and WHEP viewers)."""

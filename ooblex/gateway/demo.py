@@ -25,7 +25,7 @@ def edges(frame: np.ndarray, low: int = 60, high: int = 140) -> np.ndarray:
 
 @tensor_thread(name="invert", params={"amount": {"min": 0.0, "max": 1.0}})
 def invert(frame: np.ndarray, amount: float = 1.0) -> np.ndarray:
-    """Photographic negative, blended with the original by ``amount``."""
+    """Photographic negative, blended with the original picture by amount (0 to 1)."""
     if amount >= 1.0:
         return 255 - frame
     return cv2.addWeighted(frame, 1.0 - amount, 255 - frame, amount, 0.0)
