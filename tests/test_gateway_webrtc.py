@@ -203,3 +203,45 @@ async def test_session_limit_and_vanished_peer_cleanup() -> None:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+def write_clip(path, frames: int = 90, fps: int = 30) -> None:  # noqa: ANN001
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
+        nxt = moving_picture()
+        for _ in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(nxt(), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+@in_netns
+async def test_ooblex_send_cli_reports_fps_and_round_trip(tmp_path) -> None:  # noqa: ANN001
+    import sys
+
+    from gateway_server import running_gateway
+
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip)
+    with running_gateway() as gw:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ooblex", "send", "--source", str(clip), "--to", gw.url + "/whip/identity",
+            "--duration", "3", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        output = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+        assert proc.returncode == 0, output
+        assert "connected, stream" in output and "/mjpeg/" in output
+        reports = [line for line in output.splitlines() if line.startswith("sent ")]
+        assert len(reports) >= 2 and "round trip p50" in reports[-1], output
+        import re
+
+        sent, received = map(int, re.search(r"sent (\d+) frames, received (\d+)", output).groups())
+        assert sent >= 80 and received >= 0.9 * sent, output
+        bad = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ooblex", "send", "--source", str(clip), "--to", gw.url + "/whip/nope",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        output = (await asyncio.wait_for(bad.communicate(), 60))[0].decode()
+        assert bad.returncode == 1 and "404" in output and "unknown tensor thread" in output

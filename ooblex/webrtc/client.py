@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import time
 from collections.abc import Callable
@@ -62,7 +63,7 @@ class ImageTrack(MediaStreamTrack):
             self.stop()
             raise MediaStreamError
         n = self.count
-        if self.number:
+        if self.number and image.shape[1] >= 8 * framecode.BITS:
             image = framecode.stamp(np.array(image, copy=True), n)
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         frame.pts = int(n * VIDEO_CLOCK / self.fps)
@@ -159,3 +160,102 @@ class WhepClient(_Client):
         self.pc.addTransceiver("video", direction="recvonly")
         await self._negotiate()
         await asyncio.wait_for(self._got_track.wait(), 10)
+
+
+class RoundTrips:
+    """Reads a returned track, matching frame numbers to send times: fps, round trip, loss."""
+
+    def __init__(self, track: ImageTrack) -> None:
+        self.track = track
+        self.received = 0
+        self.rtts: list[float] = []  # seconds, one per numbered frame that came back
+        self.numbers: set[int] = set()
+
+    async def consume(self, remote: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await remote.recv()
+                now = time.time()
+                self.received += 1
+                n = framecode.read(await asyncio.to_thread(frame.to_ndarray, format="rgb24"))
+                if n is not None and n in self.track.sent and n not in self.numbers:
+                    self.numbers.add(n)
+                    self.rtts.append(now - self.track.sent[n])
+
+
+def percentiles_ms(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    p = np.percentile(np.array(values) * 1e3, [50, 95, 99])
+    return {"p50": round(float(p[0]), 2), "p95": round(float(p[1]), 2), "p99": round(float(p[2]), 2)}
+
+
+def _image_feed(spec: Any) -> tuple[Callable[[], Any], float, Callable[[], None]]:
+    """(next_image coroutine function, fps, close) for an ``open_source`` spec."""
+    from ..media.sources import LatestFrameReader, open_source
+
+    source = open_source(spec)
+    if source.live:
+        reader = LatestFrameReader(source)
+
+        async def next_live() -> np.ndarray | None:
+            item = await asyncio.to_thread(reader.get)
+            return None if item is None else item[0]
+        return next_live, source.fps or 30.0, source.close
+    frames = iter(source)
+
+    async def next_file() -> np.ndarray | None:
+        item = await asyncio.to_thread(next, frames, None)
+        return None if item is None else item[0]
+    return next_file, source.fps or 30.0, source.close
+
+
+async def send(source: Any, to: str, *, codec: str = "vp8", duration: float = 0.0, fps: float | None = None,
+               show_every: float = 1.0, out: Callable[[str], None] = print) -> int:
+    """Send ``source`` to a WHIP URL, read the processed video back, print fps and round-trip latency."""
+    from ..media.sources import SourceError
+
+    try:
+        next_image, source_fps, close_source = _image_feed(source)
+    except SourceError as exc:
+        out(f"ooblex send: {exc}")
+        return 2
+    track = ImageTrack(next_image, fps=fps or source_fps)
+    client = WhipClient(to, track, codec=codec)
+    try:
+        await client.start()
+        await client.wait_connected()
+    except (WebRTCError, httpx.HTTPError, asyncio.TimeoutError) as exc:
+        out(f"ooblex send: {exc}")
+        close_source()
+        return 1
+    out(f"ooblex send: connected, stream {client.stream_id} "
+        f"(watch: {httpx.URL(to).join('/mjpeg/' + str(client.stream_id))})")
+    trips = RoundTrips(track)
+    reader = asyncio.create_task(trips.consume(client.remote))
+    started = time.monotonic()
+    try:
+        await _report(track, trips, client, started, duration, show_every, out)
+    finally:
+        reader.cancel()
+        await client.close()
+        close_source()
+    summary = percentiles_ms(trips.rtts)
+    out(f"ooblex send: sent {track.count} frames, received {trips.received}, round trip ms {summary or 'n/a'}")
+    return 0
+
+
+async def _report(track: ImageTrack, trips: RoundTrips, client: _Client, started: float, duration: float,
+                  every: float, out: Callable[[str], None]) -> None:
+    last_sent, last_recv, last_rtt = 0, 0, 0
+    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+        while track.readyState == "live" and client.pc.connectionState == "connected":
+            await asyncio.sleep(every)
+            rtts = trips.rtts[last_rtt:]
+            p = percentiles_ms(rtts)
+            rtt = f"round trip p50 {p['p50']} ms p95 {p['p95']} ms" if p else "round trip n/a (picture changed)"
+            sent, received = (track.count - last_sent) / every, (trips.received - last_recv) / every
+            out(f"sent {sent:5.1f} fps  received {received:5.1f} fps  {rtt}")
+            last_sent, last_recv, last_rtt = track.count, trips.received, len(trips.rtts)
+            if duration and time.monotonic() - started >= duration:
+                return
