@@ -42,7 +42,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def serve(app: Any, host: str, port: int) -> int:
     import uvicorn
 
-
     print(f"ooblex: serving http://{host}:{port}/  (API docs: /docs, OpenAPI: /openapi.json)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=64 << 20)
     return 0
