@@ -20,11 +20,13 @@ from .registry import Registry, RegistryError, check_name
 from .signing import sha256
 
 #: Where a gateway's endpoints for a thread are, unless the gateway's record says otherwise.
+#: WHEP and MJPEG are per stream: ``{stream_id}`` is left for the caller (the id a WHIP answer gives).
 DEFAULT_ROUTES = {
-    "whip": "{base}/api/v1/threads/{thread}/whip",
-    "whep": "{base}/api/v1/threads/{thread}/whep",
-    "mjpeg": "{base}/api/v1/threads/{thread}/mjpeg",
-    "http": "{base}/api/v1/threads/{thread}/frames",
+    "whip": "{base}/whip/{thread}",
+    "whep": "{base}/whep/{{stream_id}}",
+    "mjpeg": "{base}/mjpeg/{{stream_id}}",
+    "http": "{base}/api/v1/frames/{thread}",
+    "ws": "{ws}/ws/{thread}",
 }
 
 
@@ -169,8 +171,9 @@ def code_digest(thread: TensorThread) -> str:
 def gateway_urls(record: dict[str, Any], thread: str) -> dict[str, str]:
     """A gateway record's endpoint templates filled in for ``thread``."""
     base = str(record.get("url", "")).rstrip("/")
+    ws = "ws" + base[4:] if base.startswith("http") else base
     routes = {**DEFAULT_ROUTES, **record.get("routes", {})}
-    return {k: v.format(base=base, thread=thread) for k, v in routes.items()}
+    return {k: v.format(base=base, ws=ws, thread=thread) for k, v in routes.items()}
 
 
 def thread_status(reg: Registry, name: str, version: int | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from ..broker import connect
@@ -24,7 +25,7 @@ class ClusterEngine(Engine):
     """``Engine`` on a network broker, with its thread table synced from the registry."""
 
     def __init__(self, cluster: str | None = None, *, store: str | None = None, poll_s: float = 0.5,
-                 **options: Any) -> None:
+                 public_url: str | None = None, **options: Any) -> None:
         self.config = resolve(cluster, store)
         super().__init__(connect(self.config.broker), embedded_worker=False, **options)
         self.registry = Registry(self.config.store)
@@ -32,6 +33,8 @@ class ClusterEngine(Engine):
         self._rev = -1
         self._remote: set[str] = set()
         self._follow: asyncio.Task[None] | None = None
+        self.public_url = public_url
+        self._announce: asyncio.Task[None] | None = None
 
     async def start(self) -> ClusterEngine:
         await super().start()
@@ -40,13 +43,19 @@ class ClusterEngine(Engine):
         except Exception as exc:  # noqa: BLE001 - the follower keeps trying
             log.warning("registry not reachable yet: %s", exc)
         self._follow = asyncio.create_task(self._follow_registry(), name="engine:registry")
+        if self.public_url:
+            self._announce = asyncio.create_task(self._announce_forever(), name="engine:announce")
         return self
 
     async def close(self) -> None:
-        if self._follow is not None:
-            self._follow.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follow
+        for task in (self._follow, self._announce):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._announce is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.registry.drop_record, "gateway", self.reply_to)
         await super().close()
         self.registry.close()
 
@@ -70,6 +79,17 @@ class ClusterEngine(Engine):
             self.threads.pop(gone, None)
         self._remote = names
         self._rev = rev
+
+    async def _announce_forever(self, every_s: float = 3.0) -> None:
+        """Keep this gateway's record (``url``, id) fresh so ``Deployment.urls`` can point at it."""
+        doc = {"id": self.reply_to, "url": self.public_url, "routes": {}}
+        while True:
+            try:
+                doc["heartbeat"], doc["streams"] = time.time(), len(self.streams)
+                await asyncio.to_thread(self.registry.put_record, "gateway", self.reply_to, doc, 3 * every_s)
+            except Exception as exc:  # noqa: BLE001 - keep announcing through store outages
+                log.debug("gateway announce failed: %s", exc)
+            await asyncio.sleep(every_s)
 
     async def _follow_registry(self) -> None:
         while True:

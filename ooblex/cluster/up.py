@@ -50,8 +50,9 @@ def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: i
         me = [sys.executable, "-m", "ooblex"]
         gateway_url = None
         if gateway_available():
-            children.append(("gateway", subprocess.Popen([*me, "gateway", "--broker", broker_url, "--host", host,
-                                                          "--port", str(port)], env=env)))
+            loopback = ["--loopback"] if host.startswith("127.") else []  # same-machine WebRTC peers
+            children.append(("gateway", subprocess.Popen([*me, "gateway", "--broker", broker_url, "--store", redis.url,
+                                                          "--host", host, "--port", str(port), *loopback], env=env)))
             gateway_url = f"http://{host}:{port}"
         else:
             print("ooblex up: this build has no gateway (ooblex.gateway); workers are up, reach them with "
