@@ -337,3 +337,15 @@ def test_control_bearer_token() -> None:
     assert check_bearer(f"Bearer {token}", "s3cret")
     assert not check_bearer("Bearer nope", "s3cret") and not check_bearer(None, "s3cret")
     assert not check_bearer(token, "s3cret")  # scheme required
+
+
+def test_process_a_thread_object_deploys_it_once(redis_server) -> None:  # noqa: F811
+    url = redis_server.url
+    worker = start_worker(url)
+    try:
+        first = ob.process(stamp, numbered_frames(4), cluster=url, progress=False)
+        second = ob.process(stamp, numbered_frames(4), cluster=url, progress=False)
+        assert first.frames_out == second.frames_out == 4
+        assert ob.deployment("stamp", url).version == 1, "same code: no new version"
+    finally:
+        stop(worker)
