@@ -29,6 +29,7 @@ test: lint
 
 bench: setup
 	$(PY) benchmarks/engine_overhead.py
+	$(PY) benchmarks/cluster.py
 	$(PY) benchmarks/webrtc_rtt.py
 
 clean:
