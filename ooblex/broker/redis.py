@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import wire
 from ..frame import Frame
-from .base import Broker, BrokerError, Delivery
+from .base import Broker, BrokerError, Delivery, redact
 
 log = logging.getLogger("ooblex.broker.redis")
 
@@ -59,7 +59,8 @@ class RedisBroker(Broker):
 
     def __init__(self, url: str, *, codec: wire.Codec = "jpeg", quality: int = 85, live_queue: int = 64,
                  result_queue: int = 1024, block_ms: int = 1000) -> None:
-        self.url = url
+        self.url = redact(url)
+        self._dial = url
         self.codec: wire.Codec = codec
         self.quality = quality
         self.live_queue = live_queue
@@ -76,7 +77,7 @@ class RedisBroker(Broker):
         return self._redis
 
     async def start(self) -> None:
-        self._redis = aioredis.from_url(self.url, socket_keepalive=True, socket_connect_timeout=2,
+        self._redis = aioredis.from_url(self._dial, socket_keepalive=True, socket_connect_timeout=2,
                                         retry_on_timeout=False)
         try:
             await self._redis.ping()

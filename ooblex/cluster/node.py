@@ -16,9 +16,9 @@ import socket
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ..broker import connect
+from ..broker.base import redact
 from ..engine.worker import Worker
 from ..thread import TensorThread
 from . import artifacts
@@ -162,11 +162,3 @@ class WorkerNode:
                 "load": os.getloadavg()[0], "busy": self.worker.busy, "fps": self._fps,
                 "processed": self.worker.processed, "errors": self.worker.errors, "skipped": self.worker.skipped}
 
-
-def redact(url: str) -> str:
-    """A URL without its password, fit for status records and logs."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
