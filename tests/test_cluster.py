@@ -349,3 +349,18 @@ def test_process_a_thread_object_deploys_it_once(redis_server) -> None:  # noqa:
         assert ob.deployment("stamp", url).version == 1, "same code: no new version"
     finally:
         stop(worker)
+
+
+async def test_workers_serve_identity_like_every_engine(redis_server) -> None:  # noqa: F811
+    url = redis_server.url
+    worker = start_worker(url)
+    try:
+        async with ClusterEngine(url) as engine:
+            async def served() -> bool:
+                return await engine.broker.consumers("identity") > 0
+
+            await wait_for(served, what="identity served")
+            frames = await stream_some(engine, "identity", 3)
+        assert [f.seq for f in frames] == [0, 1, 2] and all(f.error is None for f in frames)
+    finally:
+        stop(worker)
