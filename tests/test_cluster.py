@@ -98,7 +98,8 @@ async def test_new_version_and_rollback_without_restart(redis_server) -> None:  
             await asyncio.sleep(0.6)  # the worker switches the plain name to v1
             assert int((await stream_some(engine, "invert", 2))[-1].image.mean()) in range(210, 220)
         ob.undeploy("invert", cluster=url)
-        await wait_for(lambda: not Registry(url).records("worker")[0]["threads"], what="undeploy served")
+        await wait_for(lambda: not any(q.startswith("invert") for q in Registry(url).records("worker")[0]["threads"]),
+                       what="undeploy served")
     finally:
         stop(worker)
 
