@@ -365,3 +365,33 @@ async def test_workers_serve_identity_like_every_engine(redis_server) -> None:  
         assert [f.seq for f in frames] == [0, 1, 2] and all(f.error is None for f in frames)
     finally:
         stop(worker)
+
+
+def test_deploy_cli_replaces_a_local_thread(redis_server, tmp_path) -> None:  # noqa: F811, ANN001
+    """`ooblex deploy` publishes like ob.deploy; a deployed name shadows the worker's local thread."""
+    import subprocess
+    import sys
+
+    from .cluster_fixtures import ROOT, env
+
+    url = redis_server.url
+    (tmp_path / "mythreads.py").write_text(
+        "import ooblex as ob\n\n"
+        "@ob.tensor_thread(name='identity')\n"
+        "def tagged(frame):\n"
+        "    return frame, {'deployed': True}\n")
+    spec = f"{tmp_path / 'mythreads.py'}:tagged"
+    worker = start_worker(url)
+    try:
+        out = subprocess.run([sys.executable, "-m", "ooblex", "deploy", spec, "--cluster", url, "--wait", "20"],
+                             env=env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert '"version": 1' in out.stdout
+        bad = subprocess.run([sys.executable, "-m", "ooblex", "deploy", spec, "--cluster", url],
+                             env=env(OOBLEX_SECRET=""), cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "OOBLEX_SECRET" in bad.stderr
+        time.sleep(0.6)
+        result = ob.process("identity", numbered_frames(3), cluster=url, progress=False)
+        assert [r for _, r in result.results] == [{"deployed": True}] * 3
+    finally:
+        stop(worker)

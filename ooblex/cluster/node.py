@@ -106,6 +106,8 @@ class WorkerNode:
                 del self.queues[queue]
         for queue, key in wanted.items():
             if queue not in self.queues:
+                if queue in self.worker.runners:  # a deploy replaces a local thread of the same name
+                    await self.worker.remove(queue, self.drain_s)
                 self.worker.add(self.loaded[key], queue)
                 self.queues[queue] = key
                 log.info("serving %s (%s@%d)", queue, *key)
