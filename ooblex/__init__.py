@@ -24,6 +24,15 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> object:
+    """``ob.live`` is imported on first use, so ``import ooblex`` never pulls in ipywidgets."""
+    if name == "live":
+        from .jupyter import live
+
+        return live
+    raise AttributeError(f"module 'ooblex' has no attribute {name!r}")
+
+
 def stats(handle: RunHandle | Stream) -> dict:
     """Per-stage latency (p50/p95/p99 ms), fps and drop counters of a run or a stream."""
     return handle.stats.snapshot()
