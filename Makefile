@@ -1,7 +1,7 @@
 # Two commands on a fresh clone: `make demo` and `make test`. Both set everything up first.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= gateway,cluster,jupyter,onnx,torch,dev
+EXTRAS ?= gateway,cluster,jupyter,onnx,torch,tensorflow,dev
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
 HOST   ?= 127.0.0.1
