@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The notebook panel on screen (JupyterLab keeps other tabs in the DOM, hidden).
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 
 
 def free_port() -> int:
@@ -74,3 +78,33 @@ class JupyterServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def open_notebook(page: Any, lab: JupyterServer, name: str) -> None:
+    """Open ``name`` in JupyterLab (fresh workspace) and wait until its kernel is idle."""
+    page.goto(f"{lab.url}/lab/workspaces/test-{free_port()}/tree/{name}?reset&token={lab.token}")
+    idle = page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']")
+    select = page.locator(".jp-Dialog button", has_text="Select")  # "Select Kernel" in a fresh workspace
+    deadline = time.time() + 120
+    while not idle.is_visible():
+        if time.time() > deadline:
+            raise TimeoutError(f"the kernel of {name} did not become idle")
+        if select.is_visible():
+            select.click()
+        time.sleep(0.2)
+
+
+def run_cell(page: Any, index: int, attempts: int = 10) -> None:
+    """Run the notebook's ``index``-th cell with Shift+Enter, retrying until its prompt shows it ran.
+
+    Right after load JupyterLab may still move focus around, which can swallow the key press."""
+    cell = page.locator(f"{PANEL} .jp-Notebook .jp-Cell").nth(index)
+    for _ in range(attempts):
+        cell.locator(".cm-content").click()
+        page.keyboard.press("Shift+Enter")
+        try:
+            cell.locator(".jp-InputPrompt", has_text=re.compile(r"\[[*\d]")).wait_for(timeout=5_000)
+            return
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: try again
+            continue
+    raise TimeoutError(f"cell {index} did not run")

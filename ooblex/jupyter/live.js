@@ -92,6 +92,8 @@ function render({ model, el }) {
   let seq = 0;
   const pending = new Map();    // browser seq -> send time (performance.now())
   let rtts = [];
+  let kernelMs = [];            // comm arrival to processed JPEG sent, measured by the kernel
+  let captureMs = [];           // draw + JPEG encode in the browser
   let unsentRtts = [];
   let shown = 0;
   let capturing = false;
@@ -138,6 +140,9 @@ function render({ model, el }) {
     const p50 = pct(sorted, 50), p95 = pct(sorted, 95);
     el.dataset.rttP50 = p50 == null ? "" : p50.toFixed(2);
     el.dataset.rttP95 = p95 == null ? "" : p95.toFixed(2);
+    const k50 = pct([...kernelMs].sort((a, b) => a - b), 50), c50 = pct([...captureMs].sort((a, b) => a - b), 50);
+    el.dataset.kernelP50 = k50 == null ? "" : k50.toFixed(2);
+    el.dataset.captureP50 = c50 == null ? "" : c50.toFixed(2);
     const lat = kernelStats.latency_ms || {};
     const stages = ["queue", "compute", "return", "engine", "total"]
       .filter((s) => lat[s])
@@ -195,6 +200,8 @@ function render({ model, el }) {
       const buf = await blob.arrayBuffer();
       const s = seq++;
       pending.set(s, t0);
+      captureMs.push(performance.now() - t0);
+      if (captureMs.length > RTT_WINDOW) captureMs = captureMs.slice(-RTT_WINDOW);
       model.send({ type: "frame", seq: s, t: t0 }, undefined, [buf]);
     } finally {
       capturing = false;
@@ -228,6 +235,8 @@ function render({ model, el }) {
       if (t0 != null) {
         const rtt = performance.now() - t0;
         rtts.push(rtt); unsentRtts.push(rtt);
+        if (msg.kernel_ms != null) kernelMs.push(msg.kernel_ms);
+        if (kernelMs.length > RTT_WINDOW) kernelMs = kernelMs.slice(-RTT_WINDOW);
         if (rtts.length > RTT_WINDOW) rtts = rtts.slice(-RTT_WINDOW);
       }
       resultEl.textContent = msg.error ? `error: ${msg.error}` : (msg.result ? JSON.stringify(msg.result) : "");

@@ -16,7 +16,7 @@ _live: dict[str, LiveWidget] = {}
 
 def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, Any] | None = None,
          name: str | None = None, width: int = 640, height: int = 480, quality: float = 0.8,
-         max_in_flight: int = 2, max_latency_ms: float = 500.0, autostart: bool = True,
+         max_in_flight: int = 1, max_latency_ms: float = 500.0, autostart: bool = True,
          loop: bool = True) -> LiveWidget:
     """Show ``source`` and its processed output side by side, with a control per keyword parameter.
 
@@ -24,6 +24,8 @@ def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, A
     ipywebrtc ``CameraStream`` (its constraints are used), or a kernel-side source: a video file,
     ``rtsp://`` / ``http://`` MJPEG URL, camera index of the kernel's machine (``loop``: replay files).
     Calling again with a thread of the same name (or the same ``name``) swaps the code in place.
+    ``max_in_flight``: browser frames unanswered at once; 1 gives the lowest latency, 2 more fps
+    when the network round trip is long (a remote hub).
     """
     thread = as_thread(thread_or_function)
     key = name or thread.name

@@ -159,16 +159,17 @@ class LiveSession:
             self.stream.set_params(**params)
 
     # --- input -----------------------------------------------------------------------------
-    def submit_jpeg(self, data: bytes, browser_seq: int | None) -> None:
-        """A JPEG from the browser: decoded off the loop, then into the stream (never blocks)."""
+    def submit_jpeg(self, data: bytes, browser_seq: int | None, arrived: float) -> None:
+        """A JPEG from the browser (``arrived``: when the comm delivered it): decoded off the loop,
+        then into the stream (never blocks)."""
         if self.stream is None or self._decoding >= MAX_DECODING:
             self.counters["refused"] += 1
             self.send({"type": "ack", "ack": browser_seq}, [])
             return
         self._decoding += 1
-        asyncio.ensure_future(self._submit_jpeg(data, browser_seq))
+        asyncio.ensure_future(self._submit_jpeg(data, browser_seq, arrived))
 
-    async def _submit_jpeg(self, data: bytes, browser_seq: int | None) -> None:
+    async def _submit_jpeg(self, data: bytes, browser_seq: int | None, arrived: float) -> None:
         try:
             image = await asyncio.get_running_loop().run_in_executor(self._codec, jpeg.decode, data)
         except (jpeg.ImageDecodeError, ValueError) as exc:
@@ -177,7 +178,7 @@ class LiveSession:
             return
         finally:
             self._decoding -= 1
-        await self._submit(image, time.time(), browser_seq, send_input=False)
+        await self._submit(image, arrived, browser_seq, send_input=False)
 
     def submit_image(self, image: np.ndarray, captured: float) -> None:
         """A frame from a kernel-side source (file, URL, camera on the kernel's machine)."""
@@ -237,7 +238,8 @@ class LiveSession:
                 self.recordings.remove(rec)
         content = {"type": "frame", "ack": browser_seq, "seq": frame.seq, "error": frame.error,
                    "result": _jsonable(frame.result), "input": send_input and image is not None,
-                   "latency_ms": None if total is None else round(total, 2)}
+                   "latency_ms": None if total is None else round(total, 2),
+                   "kernel_ms": round((time.time() - frame.stamps.get("captured", time.time())) * 1e3, 2)}
         self.send(content, buffers)
 
     # --- stats -----------------------------------------------------------------------------

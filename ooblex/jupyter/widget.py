@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,11 @@ class LiveWidget(anywidget.AnyWidget):
     source_label = t.Unicode("webcam").tag(sync=True)
     constraints = t.Dict({}).tag(sync=True)
     quality = t.Float(0.8).tag(sync=True)
-    max_in_flight = t.Int(2).tag(sync=True)
+    max_in_flight = t.Int(1).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
 
     def __init__(self, thread: TensorThread, source: Any = "webcam", *, params: dict[str, Any] | None = None,
-                 constraints: dict[str, Any] | None = None, max_in_flight: int = 2, max_latency_ms: float = 500.0,
+                 constraints: dict[str, Any] | None = None, max_in_flight: int = 1, max_latency_ms: float = 500.0,
                  quality: float = 0.8, autostart: bool = True, loop_file: bool = True) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -191,7 +192,7 @@ class LiveWidget(anywidget.AnyWidget):
             return self._post({"type": "ack", "ack": seq}, [])
         if not self.running or self.source_kind != "browser":
             return self._post({"type": "ack", "ack": seq}, [])
-        self._loop.call(self._session.submit_jpeg, data, seq)
+        self._loop.call(self._session.submit_jpeg, data, seq, time.time())
 
     def _on_params(self, change: dict[str, Any]) -> None:
         try:

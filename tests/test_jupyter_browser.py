@@ -1,0 +1,74 @@
+"""End to end: JupyterLab in headless Chromium with a fake webcam runs the quickstart's live cell.
+
+The browser captures the fake camera, sends JPEGs over the widget's comm, the kernel runs them
+through the engine and the processed frames are drawn; the widget's own round-trip measurement
+(capture to processed frame drawn) is read back and kept in test-artifacts/ with a screenshot.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("jupyterlab")
+playwright = pytest.importorskip("playwright.sync_api")
+from jupyter_proc import ROOT, JupyterServer, open_notebook, run_cell  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+         "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = ROOT / "test-artifacts"
+FRAMES = 150
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400),
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (.ci/system-deps)")]
+
+
+def test_quickstart_cell_in_jupyterlab_shows_processed_webcam_frames(tmp_path, monkeypatch):
+    monkeypatch.delenv("OOBLEX_SOURCE", raising=False)  # the browser's (fake) webcam
+    shutil.copy(ROOT / "notebooks" / "01_quickstart.ipynb", tmp_path / "quickstart.ipynb")
+    ARTIFACTS.mkdir(exist_ok=True)
+    config = {"JUPYTER_CONFIG_PATH": str(ROOT / "server_ext" / "jupyter-config")}  # as installed
+    with JupyterServer(tmp_path, app="jupyterlab", env=config) as lab, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            console: list[str] = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            open_notebook(page, lab, "quickstart.ipynb")
+            run_cell(page, 1)
+            widget = page.wait_for_selector(".ooblex-live", timeout=60_000)
+            deadline = time.time() + 120
+            while int(widget.get_attribute("data-frames-shown") or 0) < FRAMES:
+                assert time.time() < deadline, f"only {widget.get_attribute('data-frames-shown')} frames shown: " \
+                    f"{page.locator('.ooblex-status').inner_text()}"
+                time.sleep(0.5)
+            p50, p95 = float(widget.get_attribute("data-rtt-p50")), float(widget.get_attribute("data-rtt-p95"))
+            out = page.evaluate("""() => {
+                const c = document.querySelector('.ooblex-live canvas.ooblex-output');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let dark = 0; for (let i = 0; i < d.length; i += 4) dark += (d[i] + d[i+1] + d[i+2]) < 60;
+                return {w: c.width, h: c.height, dark: dark / (d.length / 4)};
+            }""")
+            time.sleep(1.0)  # let a stats message with the stage latencies render for the screenshot
+            page.locator(".ooblex-live").screenshot(path=str(ARTIFACTS / "jupyter_live.png"))
+            stats_line = page.locator(".ooblex-stats").inner_text()
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "jupyter_live_failure.png"))
+            (ARTIFACTS / "jupyter_live_console.txt").write_text("\n".join(console) + "\n\n" + lab.log())
+            raise
+        finally:
+            browser.close()
+    result = {"frames_shown": FRAMES, "round_trip_ms": {"p50": p50, "p95": p95}, "output": out,
+              "stats_line": stats_line}
+    (ARTIFACTS / "jupyter_live_rtt.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+    assert out["w"] == 640 and out["h"] == 480
+    assert 0.001 < out["dark"] < 0.9, "the output is not the cartoon of a camera picture (no black outlines)"
+    assert 0 < p50 <= p95 < 5000
+    assert "fps" in stats_line and "compute" in stats_line
