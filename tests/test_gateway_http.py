@@ -9,7 +9,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from gateway_server import running_gateway
+from .gateway_server import running_gateway
 from websockets.asyncio.client import connect
 
 from ooblex import jpeg, tensor_thread

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from netns import in_netns
+from .netns import in_netns
 
 from ooblex.webrtc import framecode
 from ooblex.webrtc.client import ImageTrack, WhepClient, WhipClient
@@ -46,7 +46,7 @@ async def collect_numbers(track, count: int, sent: dict[int, float] | None = Non
 @in_netns
 @pytest.mark.parametrize("codec", ["vp8", "h264"])
 async def test_whip_round_trip_identity(codec: str) -> None:
-    from gateway_server import running_gateway
+    from .gateway_server import running_gateway
 
     with running_gateway() as gw:
         track = ImageTrack(moving_picture(), fps=30)
@@ -67,7 +67,7 @@ async def test_whip_round_trip_identity(codec: str) -> None:
 @in_netns
 async def test_whep_viewers_and_mjpeg_of_a_whip_stream() -> None:
     import httpx
-    from gateway_server import running_gateway
+    from .gateway_server import running_gateway
 
     with running_gateway() as gw:
         track = ImageTrack(moving_picture(), fps=30)
@@ -118,7 +118,7 @@ async def _offer(direction: str = "sendrecv", codec: str = "vp8") -> str:
 @in_netns
 async def test_bad_webrtc_requests_get_clear_4xx() -> None:
     import httpx
-    from gateway_server import running_gateway
+    from .gateway_server import running_gateway
 
     from ooblex.gateway import Settings
 
@@ -165,7 +165,7 @@ async def test_session_limit_and_vanished_peer_cleanup() -> None:
     import subprocess
     import sys
 
-    from gateway_server import running_gateway
+    from .gateway_server import running_gateway
 
     from ooblex.gateway import Settings
 
@@ -223,7 +223,7 @@ def write_clip(path, frames: int = 90, fps: int = 30) -> None:  # noqa: ANN001
 async def test_ooblex_send_cli_reports_fps_and_round_trip(tmp_path) -> None:  # noqa: ANN001
     import sys
 
-    from gateway_server import running_gateway
+    from .gateway_server import running_gateway
 
     clip = tmp_path / "clip.mp4"
     write_clip(clip)
