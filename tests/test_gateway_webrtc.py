@@ -7,10 +7,11 @@ import time
 
 import numpy as np
 import pytest
-from .netns import in_netns
 
 from ooblex.webrtc import framecode
 from ooblex.webrtc.client import ImageTrack, WhepClient, WhipClient
+
+from .netns import in_netns
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -67,6 +68,7 @@ async def test_whip_round_trip_identity(codec: str) -> None:
 @in_netns
 async def test_whep_viewers_and_mjpeg_of_a_whip_stream() -> None:
     import httpx
+
     from .gateway_server import running_gateway
 
     with running_gateway() as gw:
@@ -118,9 +120,10 @@ async def _offer(direction: str = "sendrecv", codec: str = "vp8") -> str:
 @in_netns
 async def test_bad_webrtc_requests_get_clear_4xx() -> None:
     import httpx
-    from .gateway_server import running_gateway
 
     from ooblex.gateway import Settings
+
+    from .gateway_server import running_gateway
 
     with running_gateway(settings=Settings(loopback_candidates=True, max_sdp_bytes=20_000)) as gw:
         good = await _offer("sendrecv")
@@ -165,9 +168,9 @@ async def test_session_limit_and_vanished_peer_cleanup() -> None:
     import subprocess
     import sys
 
-    from .gateway_server import running_gateway
-
     from ooblex.gateway import Settings
+
+    from .gateway_server import running_gateway
 
     settings = Settings(loopback_candidates=True, max_sessions=1, session_idle_s=2.0)
     with running_gateway(settings=settings) as gw:
