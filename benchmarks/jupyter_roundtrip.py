@@ -21,9 +21,8 @@ import nbformat
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from jupyter_proc import JupyterServer, open_notebook, run_cell  # noqa: E402
-from test_jupyter_browser import CHROMIUM, FLAGS  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from tests.jupyter_proc import CHROMIUM, FLAGS, JupyterServer, open_notebook, run_cell  # noqa: E402
 
 CARTOON = '''
 @ob.tensor_thread(params={"levels": {"min": 2, "max": 16}})

@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+         "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 #: The notebook panel on screen (JupyterLab keeps other tabs in the DOM, hidden).
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 

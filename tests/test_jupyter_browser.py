@@ -10,18 +10,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("jupyterlab")
 playwright = pytest.importorskip("playwright.sync_api")
-from jupyter_proc import ROOT, JupyterServer, open_notebook, run_cell  # noqa: E402
+from .jupyter_proc import CHROMIUM, FLAGS, ROOT, JupyterServer, open_notebook, run_cell  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
-         "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = ROOT / "test-artifacts"
 FRAMES = 150
 

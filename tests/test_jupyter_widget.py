@@ -11,8 +11,10 @@ import pytest
 
 from ooblex import jpeg
 
+from .media import write_video
+
 pytest.importorskip("anywidget")
-from kernel_frontend import ROOT, KernelFrontend  # noqa: E402
+from .kernel_frontend import ROOT, KernelFrontend  # noqa: E402
 
 SETUP = """
 import logging, ooblex as ob
@@ -162,9 +164,7 @@ def test_stop_refuses_frames_and_snapshot_returns_numpy(kernel, comm_id):
 
 
 def test_kernel_side_video_source_pushes_input_and_output(kernel, comm_id, tmp_path):
-    from clips import make_clip
-
-    clip = make_clip(tmp_path / "clip.mp4")
+    clip = write_video(tmp_path / "clip.mp4", 30)
     out = kernel.execute(f"""
 def darker(frame, gain: float = 0.5):
     return (frame * gain).astype("uint8"), {{"mean": float(frame.mean())}}

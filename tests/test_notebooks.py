@@ -10,15 +10,16 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
-from clips import make_clip  # noqa: E402
-from kernel_frontend import ROOT  # noqa: E402
+from .kernel_frontend import ROOT  # noqa: E402
+from .media import write_video  # noqa: E402
 
 NOTEBOOKS = ROOT / "notebooks"
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return make_clip(tmp_path_factory.mktemp("clip") / "webcam.mp4", frames=60, width=320, height=240)
+def webcam(tmp_path_factory):
+    """The stand-in for a webcam: 2 s of 320x240 video (the notebooks loop it)."""
+    return write_video(tmp_path_factory.mktemp("clip") / "webcam.mp4", 60, width=320, height=240)
 
 
 def run_notebook(name: str, clip: Path, monkeypatch: pytest.MonkeyPatch, timeout: int = 180) -> list[str]:
@@ -47,23 +48,23 @@ def test_every_notebook_is_tested():
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} <= tested
 
 
-def test_01_quickstart(clip, monkeypatch):
-    texts = run_notebook("01_quickstart.ipynb", clip, monkeypatch)
+def test_01_quickstart(webcam, monkeypatch):
+    texts = run_notebook("01_quickstart.ipynb", webcam, monkeypatch)
     assert recorded_frames(texts) >= 20  # 2 s of a 30 fps clip
     assert any("'levels': 6" in t for t in texts)
     assert any("output (240, 320, 3)" in t for t in texts)
 
 
-def test_02_torch_model(clip, monkeypatch):
+def test_02_torch_model(webcam, monkeypatch):
     pytest.importorskip("torch")
-    texts = run_notebook("02_torch_model.ipynb", clip, monkeypatch)
+    texts = run_notebook("02_torch_model.ipynb", webcam, monkeypatch)
     assert recorded_frames(texts) >= 10
     assert any("{'edge_pixels': 240}" in t for t in texts)  # the step edge: 2 columns x 120 rows
 
 
-def test_03_tensorflow_model(clip, monkeypatch):
+def test_03_tensorflow_model(webcam, monkeypatch):
     if importlib.util.find_spec("tensorflow") is None:
         pytest.skip("tensorflow not installed: add it to EXTRAS in the Makefile to run notebook 03")
-    texts = run_notebook("03_tensorflow_model.ipynb", clip, monkeypatch, timeout=300)
+    texts = run_notebook("03_tensorflow_model.ipynb", webcam, monkeypatch, timeout=300)
     assert recorded_frames(texts) >= 5
     assert any("output size (240, 320, 3)" in t for t in texts)

@@ -13,7 +13,7 @@ from ooblex.frame import Frame
 from ooblex.media.sinks import MJPEGServerSink
 
 pytest.importorskip("jupyter_server")
-from jupyter_proc import ROOT, JupyterServer  # noqa: E402
+from .jupyter_proc import ROOT, JupyterServer  # noqa: E402
 
 SECRET = "cluster-s3cret"
 ENABLE = '--ServerApp.jpserver_extensions={"server_ext": True}'
