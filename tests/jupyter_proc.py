@@ -88,14 +88,19 @@ def open_notebook(page: Any, lab: JupyterServer, name: str) -> None:
     """Open ``name`` in JupyterLab (fresh workspace) and wait until its kernel is idle."""
     page.goto(f"{lab.url}/lab/workspaces/test-{free_port()}/tree/{name}?reset&token={lab.token}")
     idle = page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']")
-    select = page.locator(".jp-Dialog button", has_text="Select")  # "Select Kernel" in a fresh workspace
     deadline = time.time() + 120
     while not idle.is_visible():
         if time.time() > deadline:
             raise TimeoutError(f"the kernel of {name} did not become idle")
-        if select.is_visible():
-            select.click()
+        _select_kernel(page)
         time.sleep(0.2)
+
+
+def _select_kernel(page: Any) -> None:
+    """Accept the "Select Kernel" dialog a fresh workspace may show (also after the kernel started)."""
+    select = page.locator(".jp-Dialog button", has_text="Select")
+    if select.is_visible():
+        select.click()
 
 
 def run_cell(page: Any, index: int, attempts: int = 10) -> None:
@@ -104,11 +109,12 @@ def run_cell(page: Any, index: int, attempts: int = 10) -> None:
     Right after load JupyterLab may still move focus around, which can swallow the key press."""
     cell = page.locator(f"{PANEL} .jp-Notebook .jp-Cell").nth(index)
     for _ in range(attempts):
-        cell.locator(".cm-content").click()
-        page.keyboard.press("Shift+Enter")
+        _select_kernel(page)
         try:
+            cell.locator(".cm-content").click(timeout=5_000)
+            page.keyboard.press("Shift+Enter")
             cell.locator(".jp-InputPrompt", has_text=re.compile(r"\[[*\d]")).wait_for(timeout=5_000)
             return
         except Exception:  # noqa: BLE001 - playwright's TimeoutError: try again
-            continue
+            time.sleep(0.5)
     raise TimeoutError(f"cell {index} did not run")
