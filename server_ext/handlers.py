@@ -29,7 +29,7 @@ class OoblexHandler(APIHandler):
             return await self.cluster.call(what, *args, **kwargs)
         except ClusterUnavailable as exc:
             raise web.HTTPError(503, str(exc), reason="Cluster Unavailable") from None
-        except (KeyError, LookupError) as exc:
+        except LookupError as exc:
             raise web.HTTPError(404, str(exc).strip("'\"")) from None
         except (ValueError, TypeError) as exc:
             raise web.HTTPError(400, str(exc)) from None

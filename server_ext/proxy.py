@@ -3,7 +3,8 @@
 For browsers that can reach only the Jupyter origin. Responses are streamed chunk by chunk
 (an endless MJPEG stream flows through without buffering); ``Location`` headers of WHIP/WHEP
 sessions are rewritten to stay on this proxy. The browser's Jupyter credentials (cookie, token)
-are never forwarded; the server's ``OOBLEX_SECRET`` is sent as a bearer token instead.
+are never forwarded; the control token derived from the server's ``OOBLEX_SECRET`` is sent instead
+(when the cluster package is installed: it defines the derivation).
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ class GatewayProxyHandler(APIHandler):
             raise web.HTTPError(404, f"the gateway proxy forwards only {', '.join(ALLOWED)}; not {path!r}")
         url = f"{self.ob_settings.gateway}/{path}" + (f"?{self.request.query}" if self.request.query else "")
         headers = {k: v for k, v in self.request.headers.get_all() if k.lower() not in SKIP}
-        if self.ob_settings.secret:
-            headers["Authorization"] = f"Bearer {self.ob_settings.secret}"
+        token = self.ob_settings.control_token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
             request = client.build_request(self.request.method or "GET", url, headers=headers,
                                            content=self.request.body or None)
