@@ -20,17 +20,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Engine", "Frame", "Param", "RunHandle", "Stream", "StreamClosed", "TensorThread", "TensorThreadError",
-    "UnknownThread", "Worker", "__version__", "identity", "run", "stats", "tensor_thread",
+    "UnknownThread", "Worker", "__version__", "identity", "live", "run", "stats", "tensor_thread",
 ]
 
 
-def __getattr__(name: str) -> object:
-    """``ob.live`` is imported on first use, so ``import ooblex`` never pulls in ipywidgets."""
-    if name == "live":
-        from .jupyter import live
+def live(thread_or_function: object, source: object = "webcam", **options: object) -> object:
+    """Live-test a tensor thread or function in a notebook: see ``ooblex.jupyter.live`` and docs/jupyter.md.
 
-        return live
-    raise AttributeError(f"module 'ooblex' has no attribute {name!r}")
+    Imports the widget (ipywidgets, anywidget) only when called, so ``import ooblex`` stays light.
+    """
+    from .jupyter import live as live_widget
+
+    return live_widget(thread_or_function, source, **options)
 
 
 def stats(handle: RunHandle | Stream) -> dict:
