@@ -84,12 +84,17 @@ class JupyterServer:
         self.stop()
 
 
-def open_notebook(page: Any, lab: JupyterServer, name: str) -> None:
-    """Open ``name`` in JupyterLab (fresh workspace) and wait until its kernel is idle."""
-    page.goto(f"{lab.url}/lab/workspaces/test-{free_port()}/tree/{name}?reset&token={lab.token}")
-    idle = page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']")
+def open_notebook(page: Any, server: JupyterServer, name: str) -> None:
+    """Open ``name`` in JupyterLab (fresh workspace) or Notebook 7 and wait until its kernel is idle."""
+    if server.app == "jupyterlab":
+        page.goto(f"{server.url}/lab/workspaces/test-{free_port()}/tree/{name}?reset&token={server.token}")
+    else:
+        page.goto(f"{server.url}/notebooks/{name}?token={server.token}")
+    idle = page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle'], "
+                        ".jp-NotebookKernelStatus-idle, #jp-NotebookKernelStatus[data-status='idle']")
+    cells = page.locator(f"{PANEL} .jp-Notebook .jp-Cell")
     deadline = time.time() + 120
-    while not idle.is_visible():
+    while not (idle.first.is_visible() or server.app != "jupyterlab" and cells.first.is_visible()):
         if time.time() > deadline:
             raise TimeoutError(f"the kernel of {name} did not become idle")
         _select_kernel(page)

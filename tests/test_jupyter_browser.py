@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-pytest.importorskip("jupyterlab")
 playwright = pytest.importorskip("playwright.sync_api")
 from .jupyter_proc import CHROMIUM, FLAGS, ROOT, JupyterServer, open_notebook, run_cell  # noqa: E402
 
@@ -24,18 +23,22 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(400),
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (.ci/system-deps)")]
 
 
-def test_quickstart_cell_in_jupyterlab_shows_processed_webcam_frames(tmp_path, monkeypatch):
+@pytest.mark.parametrize("app", ["jupyterlab", "notebook"])
+def test_quickstart_cell_shows_processed_webcam_frames(app, tmp_path, monkeypatch):
+    """JupyterLab 4 and Notebook 7 (same widget, same comm transport)."""
+    pytest.importorskip(app)
     monkeypatch.delenv("OOBLEX_SOURCE", raising=False)  # the browser's (fake) webcam
     shutil.copy(ROOT / "notebooks" / "01_quickstart.ipynb", tmp_path / "quickstart.ipynb")
     ARTIFACTS.mkdir(exist_ok=True)
     config = {"JUPYTER_CONFIG_PATH": str(ROOT / "server_ext" / "jupyter-config")}  # as installed
-    with JupyterServer(tmp_path, app="jupyterlab", env=config) as lab, playwright.sync_playwright() as p:
+    shot = "jupyter_live.png" if app == "jupyterlab" else f"jupyter_live_{app}.png"
+    with JupyterServer(tmp_path, app=app, env=config) as server, playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             console: list[str] = []
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            open_notebook(page, lab, "quickstart.ipynb")
+            open_notebook(page, server, "quickstart.ipynb")
             run_cell(page, 1)
             widget = page.wait_for_selector(".ooblex-live", timeout=60_000)
             deadline = time.time() + 120
@@ -51,17 +54,17 @@ def test_quickstart_cell_in_jupyterlab_shows_processed_webcam_frames(tmp_path, m
                 return {w: c.width, h: c.height, dark: dark / (d.length / 4)};
             }""")
             time.sleep(1.0)  # let a stats message with the stage latencies render for the screenshot
-            page.locator(".ooblex-live").screenshot(path=str(ARTIFACTS / "jupyter_live.png"))
+            page.locator(".ooblex-live").screenshot(path=str(ARTIFACTS / shot))
             stats_line = page.locator(".ooblex-stats").inner_text()
         except Exception:
-            page.screenshot(path=str(ARTIFACTS / "jupyter_live_failure.png"))
-            (ARTIFACTS / "jupyter_live_console.txt").write_text("\n".join(console) + "\n\n" + lab.log())
+            page.screenshot(path=str(ARTIFACTS / f"jupyter_live_{app}_failure.png"))
+            (ARTIFACTS / f"jupyter_live_{app}_console.txt").write_text("\n".join(console) + "\n\n" + server.log())
             raise
         finally:
             browser.close()
     result = {"frames_shown": FRAMES, "round_trip_ms": {"p50": p50, "p95": p95}, "output": out,
               "stats_line": stats_line}
-    (ARTIFACTS / "jupyter_live_rtt.json").write_text(json.dumps(result, indent=2))
+    (ARTIFACTS / f"jupyter_live_{app}_rtt.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
     assert out["w"] == 640 and out["h"] == 480
     assert 0.001 < out["dark"] < 0.9, "the output is not the cartoon of a camera picture (no black outlines)"
