@@ -38,9 +38,8 @@ CONFIGS = [("identity", 320, 240, 1), ("identity", 640, 480, 1), ("identity", 64
            ("cartoon", 640, 480, 1), ("cartoon", 640, 480, 2)]
 
 
-#: NAGLE=1 measures without the server extension's TCP_NODELAY kernel websockets.
-ARGS = [] if os.environ.get("NAGLE") else \
-    ["--ServerApp.kernel_websocket_connection_class=server_ext.nodelay.NoDelayWebsocketConnection"]
+#: The server extension's installed config (TCP_NODELAY kernel websockets); NAGLE=1 measures stock Jupyter.
+CONFIG = {} if os.environ.get("NAGLE") else {"JUPYTER_CONFIG_PATH": str(ROOT / "server_ext" / "jupyter-config")}
 
 
 def notebook(path: Path, thread: str, w: int, h: int, in_flight: int) -> None:
@@ -78,7 +77,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=250)
     args = ap.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, JupyterServer(Path(tmp), app="jupyterlab", args=ARGS) as lab, \
+    with tempfile.TemporaryDirectory() as tmp, JupyterServer(Path(tmp), app="jupyterlab", env=CONFIG) as lab, \
             sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
         for i, (thread, w, h, n) in enumerate(CONFIGS):

@@ -13,6 +13,7 @@ from typing import Any
 
 from .cluster import Settings
 from .handlers import setup_handlers
+from .nodelay import use_nodelay_websockets
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
@@ -22,5 +23,6 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     settings = Settings.from_env()
     setup_handlers(serverapp.web_app, settings)
+    use_nodelay_websockets(serverapp)
     serverapp.log.info("ooblex: /ooblex/ endpoints enabled (cluster %s, gateway %s)",
                        "configured" if settings.cluster else "not configured", settings.gateway or "not configured")

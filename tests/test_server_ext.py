@@ -236,3 +236,20 @@ def test_cluster_endpoints_on_a_live_cluster(tmp_path):
         worker.terminate()
         worker.wait(20)
         redis.cleanup()
+
+
+def test_loading_the_extension_turns_nagle_off_for_kernel_websockets(tmp_path, monkeypatch):
+    from jupyter_server.serverapp import ServerApp
+
+    from server_ext.nodelay import NoDelayWebsocketConnection
+
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    app = ServerApp()
+    app.initialize(["--allow-root", "--ServerApp.port=0", f"--ServerApp.root_dir={tmp_path}", ENABLE,
+                    "--ServerApp.open_browser=False"])
+    try:
+        assert app.web_app.settings["kernel_websocket_connection_class"] is NoDelayWebsocketConnection
+    finally:
+        app.http_server.stop()
+        ServerApp.clear_instance()
