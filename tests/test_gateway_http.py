@@ -190,8 +190,12 @@ async def test_mjpeg_viewer_of_websocket_stream(gw) -> None:  # noqa: ANN001
                     assert b"Content-Type: image/jpeg" in buf[:start]
                     assert abs(jpeg.decode(buf[start:end]).mean() - (255 - value)) < 4
                     buf = buf[end:]
+                stream = gw.state.engine.streams[stream_id]
+                assert len(stream._listeners) == 1
                 metrics = (await http.get(gw.url + "/metrics")).text
                 assert f'ooblex_stream_frames_total{{stream="{stream_id}",thread="invert",outcome="processed"}} 3' \
                     in metrics
                 assert 'ooblex_stream_latency_ms{' in metrics and 'quantile="0.99"' in metrics
+            await asyncio.sleep(0.3)
+            assert not stream._listeners, "the MJPEG viewer left its queue behind"
             assert (await http.get(gw.url + "/mjpeg/nostream")).status_code == 404
