@@ -159,49 +159,81 @@ async def test_bad_webrtc_requests_get_clear_4xx() -> None:
             assert (await http.get(gw.url + "/healthz")).json()["status"] == "ok"
 
 
-@in_netns
-async def test_session_limit_and_vanished_peer_cleanup() -> None:
-    import signal
+PUBLISHER = """
+import asyncio, numpy as np
+from ooblex.webrtc.client import ImageTrack, WhipClient
+async def main():
+    img = np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    c = WhipClient("{url}/whip/identity", ImageTrack(lambda: np.roll(img, 3, 1)), receive=False)
+    await c.start(); await c.wait_connected(); print(c.stream_id, flush=True)
+    await asyncio.sleep(600)
+asyncio.run(main())
+"""
+VIEWER = """
+import asyncio
+from ooblex.webrtc.client import WhepClient
+async def main():
+    c = WhepClient("{url}/whep/{stream}")
+    await c.start(); await c.wait_connected(); print("watching", flush=True)
+    while True:
+        await c.remote.recv()
+asyncio.run(main())
+"""
+
+
+async def _spawn(script: str) -> tuple[asyncio.subprocess.Process, str]:
+    """Start a peer in another process (so it can vanish without a goodbye); returns its first line."""
     import subprocess
     import sys
 
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=subprocess.PIPE)
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    return proc, line.decode().strip()
+
+
+async def _gone(gw, session, timeout: float = 10.0) -> float:  # noqa: ANN001
+    t0 = time.monotonic()
+    while not session.closed and time.monotonic() - t0 < timeout:  # noqa: ASYNC110 - another thread's state
+        await asyncio.sleep(0.1)
+    assert session.closed, f"vanished {session.kind} peer's session not cleaned up"
+    await asyncio.sleep(0.3)
+    assert not session._tasks, f"tasks left behind: {session._tasks}"
+    return time.monotonic() - t0
+
+
+@in_netns
+async def test_session_limit_and_vanished_peers_cleanup() -> None:
     from gateway_server import running_gateway
 
     from ooblex.gateway import Settings
 
-    settings = Settings(loopback_candidates=True, max_sessions=1, session_idle_s=2.0)
+    settings = Settings(loopback_candidates=True, max_sessions=2, session_idle_s=2.0)
+    procs = []
     with running_gateway(settings=settings) as gw:
-        script = (
-            "import asyncio, numpy as np\n"
-            "from ooblex.webrtc.client import ImageTrack, WhipClient\n"
-            "async def main():\n"
-            "    img = np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8)\n"
-            f"    c = WhipClient('{gw.url}/whip/identity', ImageTrack(lambda: np.roll(img, 3, 1)))\n"
-            "    await c.start(); await c.wait_connected(); print('connected', flush=True)\n"
-            "    await asyncio.sleep(600)\n"
-            "asyncio.run(main())\n")
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=subprocess.PIPE)
         try:
-            assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"connected"
-            session = next(iter(gw.state.sessions.items.values()))
+            publisher, stream_id = await _spawn(PUBLISHER.format(url=gw.url))
+            procs.append(publisher)
+            viewer, line = await _spawn(VIEWER.format(url=gw.url, stream=stream_id))
+            procs.append(viewer)
+            assert line == "watching"
+            whip = next(s for s in gw.state.sessions.items.values() if s.kind == "whip")
+            whep = next(s for s in gw.state.sessions.items.values() if s.kind == "whep")
             with pytest.raises(Exception, match="429"):
                 async with WhipClient(gw.url + "/whip/identity", ImageTrack(moving_picture())):
                     pass
-            await asyncio.sleep(1.0)
-            assert not session.closed and session.stream.stats.counters["processed"] > 10
-            proc.send_signal(signal.SIGKILL)  # vanishes: no DELETE, no DTLS close
-            await proc.wait()
-            t0 = time.monotonic()
-            while gw.state.sessions.items and time.monotonic() - t0 < 10:  # noqa: ASYNC110 - another thread's state
-                await asyncio.sleep(0.1)
-            print(f"vanished peer cleaned up after {time.monotonic() - t0:.1f} s")
-            assert session.closed and not gw.state.sessions.items, "vanished peer's session not cleaned up"
-            assert not gw.state.engine.streams
-            await asyncio.sleep(0.3)
-            assert not session._tasks, f"tasks left behind: {session._tasks}"
+            await asyncio.sleep(3 * settings.session_idle_s)  # live peers outlast the idle limit
+            assert not whip.closed and not whep.closed
+            assert whip.stream.stats.counters["processed"] > 30
+            viewer.kill()  # vanishes: no DELETE, no DTLS close; only its RTCP reports stop
+            print(f"vanished WHEP viewer cleaned up after {await _gone(gw, whep):.1f} s")
+            assert not whip.closed
+            publisher.kill()  # the media stops
+            print(f"vanished WHIP publisher cleaned up after {await _gone(gw, whip):.1f} s")
+            assert not gw.state.sessions.items and not gw.state.engine.streams
         finally:
-            if proc.returncode is None:
-                proc.kill()
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
                 await proc.wait()
 
 
