@@ -59,6 +59,11 @@ async def test_demo_page_autostart_plays_processed_video(thread: str) -> None:
                 assert "fps" in await page.text_content("#fps")
                 assert await page.locator("#latency tbody tr").count() >= 3
                 assert stream.id in await page.text_content("#whep-url")
+                if thread == "invert":  # moving the slider changes the live stream's parameter
+                    await page.eval_on_selector("input[name=amount]",
+                                                "el => { el.value = 0.25; el.dispatchEvent(new Event('input')); }")
+                    await asyncio.sleep(0.6)
+                    assert stream.params == {"amount": 0.25}
                 await page.click("#stop")
                 await asyncio.sleep(1.0)
                 assert not gw.state.sessions.items and not gw.state.engine.streams

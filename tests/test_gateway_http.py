@@ -27,7 +27,7 @@ def broken(frame: np.ndarray) -> np.ndarray:
 @tensor_thread(name="stats")
 def stats(frame: np.ndarray) -> dict:
     """Result only: the picture passes through unchanged."""
-    return {"mean": float(frame.mean()), "shape": list(frame.shape)}
+    return {"mean": np.float32(frame.mean()), "shape": np.array(frame.shape)}  # numpy types on purpose
 
 
 SETTINGS = Settings(loopback_candidates=True, max_image_bytes=200_000, max_image_pixels=1000 * 1000)
@@ -143,7 +143,9 @@ async def test_websocket_stream_params_and_bad_frames(gw) -> None:  # noqa: ANN0
         assert abs(jpeg.decode(await ws.recv()).mean() - 40) < 4
         async with httpx.AsyncClient() as http:
             listed = (await http.get(gw.url + "/api/v1/streams")).json()
-        assert any(s["id"] == hello["stream_id"] and s["processed"] >= 2 for s in listed)
+        mine = next(s for s in listed if s["id"] == hello["stream_id"])
+        assert mine["processed"] >= 2 and mine["mjpeg"] == f"/mjpeg/{hello['stream_id']}"
+        assert "total" in mine["latency_ms"] and mine["error"] is None
     await asyncio.sleep(0.2)
     assert hello["stream_id"] not in gw.state.engine.streams
 
@@ -190,6 +192,8 @@ async def test_mjpeg_viewer_of_websocket_stream(gw) -> None:  # noqa: ANN001
                     assert b"Content-Type: image/jpeg" in buf[:start]
                     assert abs(jpeg.decode(buf[start:end]).mean() - (255 - value)) < 4
                     buf = buf[end:]
+                info = (await http.get(f"{gw.url}/api/v1/streams/{stream_id}")).json()
+                assert info["thread"] == "invert" and info["processed"] == 3
                 stream = gw.state.engine.streams[stream_id]
                 assert len(stream._listeners) == 1
                 metrics = (await http.get(gw.url + "/metrics")).text

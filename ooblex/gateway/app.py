@@ -10,6 +10,7 @@ Errors are JSON ``{"detail": "..."}`` with a 4xx status that says what was wrong
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from ..engine import Engine, UnknownThread
+from ..engine import Engine, Stream, UnknownThread
 from ..webrtc import allow_loopback
 from . import frames, metrics, mjpeg, whep, whip
 from .sessions import TooManySessions
@@ -82,14 +83,12 @@ def _api_router():  # noqa: ANN202 - an APIRouter
     @router.get("/api/v1/streams")
     async def streams(request: Request) -> list[dict[str, Any]]:
         """Open streams: thread, params, fps, per-stage latency p50/p95/p99 (ms), counters, viewer URLs."""
-        return [{**s.describe(), "mjpeg": f"/mjpeg/{s.id}", "whep": f"/whep/{s.id}"}
-                for s in gateway(request).engine.streams.values()]
+        return [_stream_info(s) for s in gateway(request).engine.streams.values()]
 
     @router.get("/api/v1/streams/{stream_id}")
     async def stream(stream_id: str, request: Request) -> dict[str, Any]:
         """One open stream (404 if it is not open)."""
-        s = gateway(request).stream(stream_id)
-        return {**s.describe(), "mjpeg": f"/mjpeg/{s.id}", "whep": f"/whep/{s.id}"}
+        return _stream_info(gateway(request).stream(stream_id))
 
     @router.patch("/api/v1/streams/{stream_id}")
     async def update_stream(stream_id: str, request: Request) -> dict[str, Any]:
@@ -117,6 +116,14 @@ def _api_router():  # noqa: ANN202 - an APIRouter
                 "sessions": len(gw.sessions.items)}
 
     return router
+
+
+def _stream_info(s: Stream) -> dict[str, Any]:
+    """``Stream.describe()`` plus the newest result/error and where to watch the stream."""
+    latest = s.latest
+    result = json.loads(frames.to_json(latest.result)) if latest and latest.result is not None else None
+    return {**s.describe(), "result": result, "error": latest.error if latest else None,
+            "mjpeg": f"/mjpeg/{s.id}", "whep": f"/whep/{s.id}"}
 
 
 def _error_handlers(app: FastAPI) -> None:

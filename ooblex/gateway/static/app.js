@@ -192,6 +192,7 @@ async function refreshStats() {
     }
     $("counters").textContent =
       `received ${s.received} · processed ${s.processed} · dropped ${s.dropped} · stale ${s.stale} · errors ${s.errors}`;
+    $("result").textContent = s.error ? `thread error: ${s.error}` : s.result ? `result: ${JSON.stringify(s.result)}` : "";
   } catch (e) { setStatus(`Stream ended (${e.message}).`); stop(); return; }
   const report = await session?.pc.getStats();
   report?.forEach((r) => {
