@@ -1,9 +1,9 @@
 # Two commands on a fresh clone: `make demo` and `make test`. Both set everything up first.
+comma  := ,
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXTRAS ?= gateway,cluster,jupyter,onnx,torch,dev
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-comma  := ,
 HOST   ?= 127.0.0.1
 PORT   ?= 8800
 

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from netns import ROOT, in_netns
+
+from .netns import ROOT, in_netns
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -33,10 +34,11 @@ async def _output_playing(page, seconds: float = 20.0) -> dict:  # noqa: ANN001
 @in_netns
 @pytest.mark.parametrize("thread", ["identity", "invert"])
 async def test_demo_page_autostart_plays_processed_video(thread: str) -> None:
-    from gateway_server import running_gateway
     from playwright.async_api import async_playwright
 
     from ooblex.gateway.demo import demo_threads
+
+    from .gateway_server import running_gateway
 
     ARTIFACTS.mkdir(exist_ok=True)
     with running_gateway(threads=demo_threads()) as gw:

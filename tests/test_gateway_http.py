@@ -9,12 +9,13 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from gateway_server import running_gateway
 from websockets.asyncio.client import connect
 
 from ooblex import jpeg, tensor_thread
 from ooblex.gateway import Settings
 from ooblex.gateway.demo import demo_threads
+
+from .gateway_server import running_gateway
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,10 +7,11 @@ import time
 
 import numpy as np
 import pytest
-from netns import in_netns
 
 from ooblex.webrtc import framecode
 from ooblex.webrtc.client import ImageTrack, WhepClient, WhipClient
+
+from .netns import in_netns
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,7 +47,7 @@ async def collect_numbers(track, count: int, sent: dict[int, float] | None = Non
 @in_netns
 @pytest.mark.parametrize("codec", ["vp8", "h264"])
 async def test_whip_round_trip_identity(codec: str) -> None:
-    from gateway_server import running_gateway
+    from .gateway_server import running_gateway
 
     with running_gateway() as gw:
         track = ImageTrack(moving_picture(), fps=30)
@@ -67,7 +68,8 @@ async def test_whip_round_trip_identity(codec: str) -> None:
 @in_netns
 async def test_whep_viewers_and_mjpeg_of_a_whip_stream() -> None:
     import httpx
-    from gateway_server import running_gateway
+
+    from .gateway_server import running_gateway
 
     with running_gateway() as gw:
         track = ImageTrack(moving_picture(), fps=30)
@@ -118,9 +120,10 @@ async def _offer(direction: str = "sendrecv", codec: str = "vp8") -> str:
 @in_netns
 async def test_bad_webrtc_requests_get_clear_4xx() -> None:
     import httpx
-    from gateway_server import running_gateway
 
     from ooblex.gateway import Settings
+
+    from .gateway_server import running_gateway
 
     with running_gateway(settings=Settings(loopback_candidates=True, max_sdp_bytes=20_000)) as gw:
         good = await _offer("sendrecv")
@@ -203,9 +206,9 @@ async def _gone(gw, session, timeout: float = 10.0) -> float:  # noqa: ANN001
 
 @in_netns
 async def test_session_limit_and_vanished_peers_cleanup() -> None:
-    from gateway_server import running_gateway
-
     from ooblex.gateway import Settings
+
+    from .gateway_server import running_gateway
 
     settings = Settings(loopback_candidates=True, max_sessions=2, session_idle_s=2.0)
     procs = []
@@ -255,7 +258,7 @@ def write_clip(path, frames: int = 90, fps: int = 30) -> None:  # noqa: ANN001
 async def test_ooblex_send_cli_reports_fps_and_round_trip(tmp_path) -> None:  # noqa: ANN001
     import sys
 
-    from gateway_server import running_gateway
+    from .gateway_server import running_gateway
 
     clip = tmp_path / "clip.mp4"
     write_clip(clip)
