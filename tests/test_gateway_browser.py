@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.timeout(150), pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")]
 
 
-async def _output_playing(page, seconds: float = 20.0) -> dict:  # noqa: ANN001
+async def _output_playing(page, seconds: float = 20.0) -> dict:
     """Wait for #output to show frames; returns its size and how far currentTime advanced."""
     await page.wait_for_function("document.getElementById('output').videoWidth > 0", timeout=seconds * 1000)
     t0 = await page.evaluate("document.getElementById('output').currentTime")

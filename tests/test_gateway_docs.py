@@ -22,14 +22,14 @@ def blocks(kind: str) -> list[str]:
     return re.findall(rf"```{kind}\n(.*?)```", DOC.read_text(), re.S)
 
 
-def test_python_examples(capsys) -> None:  # noqa: ANN001
+def test_python_examples(capsys) -> None:
     app_example, ws_example = blocks("python")
     namespace: dict = {"__name__": "docs"}
-    exec(compile(app_example, "docs/gateway.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    exec(compile(app_example, "docs/gateway.md", "exec"), namespace)
     assert "blur" in namespace["app"].state.gateway.engine.threads
     with running_gateway(threads=demo_threads()) as gw:
         code = ws_example.replace("127.0.0.1:8800", f"127.0.0.1:{gw.port}")
-        exec(compile(code, "docs/gateway.md", "exec"), namespace)  # noqa: S102
+        exec(compile(code, "docs/gateway.md", "exec"), namespace)
         picture = jpeg.encode(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8))
         asyncio.run(namespace["main"]([picture] * 3))
     out = capsys.readouterr().out.splitlines()

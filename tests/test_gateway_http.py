@@ -47,11 +47,11 @@ def picture(h: int = 120, w: int = 160, value: int | None = None) -> np.ndarray:
     return np.stack([x * 255 // w, y * 255 // h, (x + y) % 256], axis=2).astype(np.uint8)
 
 
-def post(gw, path: str, body: bytes, ctype: str = "image/jpeg") -> httpx.Response:  # noqa: ANN001
+def post(gw, path: str, body: bytes, ctype: str = "image/jpeg") -> httpx.Response:
     return httpx.post(gw.url + path, content=body, headers={"Content-Type": ctype}, timeout=20)
 
 
-def test_health_threads_openapi(gw) -> None:  # noqa: ANN001
+def test_health_threads_openapi(gw) -> None:
     assert httpx.get(gw.url + "/healthz").json()["status"] == "ok"
     threads = {t["name"]: t for t in httpx.get(gw.url + "/api/v1/threads").json()}
     assert {"identity", "edges", "invert", "cartoon"} <= set(threads)
@@ -63,7 +63,7 @@ def test_health_threads_openapi(gw) -> None:  # noqa: ANN001
         assert p in paths, p
 
 
-def test_frame_identity_jpeg_and_png(gw) -> None:  # noqa: ANN001
+def test_frame_identity_jpeg_and_png(gw) -> None:
     img = picture()
     r = post(gw, "/api/v1/frames/identity", jpeg.encode(img, 95))
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
@@ -75,7 +75,7 @@ def test_frame_identity_jpeg_and_png(gw) -> None:  # noqa: ANN001
     assert r.status_code == 200 and np.abs(jpeg.decode(r.content).astype(int) - img).mean() < 6
 
 
-def test_frame_params_and_outputs(gw) -> None:  # noqa: ANN001
+def test_frame_params_and_outputs(gw) -> None:
     body = jpeg.encode(picture(value=40), 95)
     inverted = jpeg.decode(post(gw, "/api/v1/frames/invert", body).content)
     assert abs(inverted.mean() - 215) < 4
@@ -90,7 +90,7 @@ def test_frame_params_and_outputs(gw) -> None:  # noqa: ANN001
     assert json.loads(r.headers["x-ooblex-result"])["shape"] == [120, 160, 3]
 
 
-def test_frame_thread_error_is_reported_not_raised(gw) -> None:  # noqa: ANN001
+def test_frame_thread_error_is_reported_not_raised(gw) -> None:
     r = post(gw, "/api/v1/frames/broken?output=json", jpeg.encode(picture()))
     assert r.status_code == 200 and "model exploded" in r.json()["error"]
     assert post(gw, "/api/v1/frames/identity", jpeg.encode(picture())).status_code == 200
@@ -107,13 +107,13 @@ def test_frame_thread_error_is_reported_not_raised(gw) -> None:  # noqa: ANN001
     ("/api/v1/frames/identity", b"", "image/jpeg", 400, "empty body"),
     ("/api/v1/frames/identity", b"\0" * 300_000, "image/jpeg", 413, "limit is 200000"),
 ])
-def test_frame_bad_input(gw, path, body, ctype, status, words) -> None:  # noqa: ANN001
+def test_frame_bad_input(gw, path, body, ctype, status, words) -> None:
     r = post(gw, path, jpeg.encode(picture()) if body is None else body, ctype)
     assert r.status_code == status, r.text
     assert words in r.json()["detail"]
 
 
-def test_frame_too_many_pixels(gw) -> None:  # noqa: ANN001
+def test_frame_too_many_pixels(gw) -> None:
     big = jpeg.encode(np.zeros((1100, 1000, 3), np.uint8), 30)  # small file, too many pixels
     assert len(big) < SETTINGS.max_image_bytes
     r = post(gw, "/api/v1/frames/identity", big)
@@ -121,7 +121,7 @@ def test_frame_too_many_pixels(gw) -> None:  # noqa: ANN001
     assert httpx.get(gw.url + "/healthz").status_code == 200
 
 
-async def test_websocket_stream_params_and_bad_frames(gw) -> None:  # noqa: ANN001
+async def test_websocket_stream_params_and_bad_frames(gw) -> None:
     url = gw.url.replace("http", "ws") + "/ws/invert?amount=1"
     async with connect(url) as ws:
         hello = json.loads(await ws.recv())
@@ -151,7 +151,7 @@ async def test_websocket_stream_params_and_bad_frames(gw) -> None:  # noqa: ANN0
     assert hello["stream_id"] not in gw.state.engine.streams
 
 
-async def test_websocket_many_frames_latest_wins(gw) -> None:  # noqa: ANN001
+async def test_websocket_many_frames_latest_wins(gw) -> None:
     async with connect(gw.url.replace("http", "ws") + "/ws/identity?output=json") as ws:
         await ws.recv()
         body = jpeg.encode(picture(), 80)
@@ -168,7 +168,7 @@ async def test_websocket_many_frames_latest_wins(gw) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("path,code", [("/ws/nope", 4404), ("/ws/invert?amount=x", 4400)])
-async def test_websocket_refused(gw, path: str, code: int) -> None:  # noqa: ANN001
+async def test_websocket_refused(gw, path: str, code: int) -> None:
     async with connect(gw.url.replace("http", "ws") + path) as ws:
         msg = json.loads(await ws.recv())
         assert msg["status"] == code - 4000 and msg["error"]
@@ -176,7 +176,7 @@ async def test_websocket_refused(gw, path: str, code: int) -> None:  # noqa: ANN
         assert ws.close_code == code
 
 
-async def test_mjpeg_viewer_of_websocket_stream(gw) -> None:  # noqa: ANN001
+async def test_mjpeg_viewer_of_websocket_stream(gw) -> None:
     async with connect(gw.url.replace("http", "ws") + "/ws/invert?output=json") as ws:
         stream_id = json.loads(await ws.recv())["stream_id"]
         async with httpx.AsyncClient(timeout=10) as http:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from .netns import in_netns
 pytestmark = pytest.mark.timeout(120)
 
 
-def moving_picture(width: int = 640, height: int = 480):  # noqa: ANN201
+def moving_picture(width: int = 640, height: int = 480) -> Callable[[], np.ndarray]:
     """A textured picture that changes every frame (encoders need something to encode)."""
     base = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
     i = 0
@@ -28,7 +29,7 @@ def moving_picture(width: int = 640, height: int = 480):  # noqa: ANN201
     return next_image
 
 
-async def collect_numbers(track, count: int, sent: dict[int, float] | None = None,  # noqa: ANN001
+async def collect_numbers(track, count: int, sent: dict[int, float] | None = None,
                           timeout: float = 20.0) -> tuple[list[int], list[float]]:
     """Frame numbers read back from ``count`` received frames, and their round trips (s) if ``sent``."""
     numbers: list[int] = []
@@ -194,7 +195,7 @@ async def _spawn(script: str) -> tuple[asyncio.subprocess.Process, str]:
     return proc, line.decode().strip()
 
 
-async def _gone(gw, session, timeout: float = 10.0) -> float:  # noqa: ANN001
+async def _gone(gw, session, timeout: float = 10.0) -> float:
     t0 = time.monotonic()
     while not session.closed and time.monotonic() - t0 < timeout:  # noqa: ASYNC110 - another thread's state
         await asyncio.sleep(0.1)
@@ -240,7 +241,7 @@ async def test_session_limit_and_vanished_peers_cleanup() -> None:
                 await proc.wait()
 
 
-def write_clip(path, frames: int = 90, fps: int = 30) -> None:  # noqa: ANN001
+def write_clip(path, frames: int = 90, fps: int = 30) -> None:
     import av
 
     with av.open(str(path), "w") as out:
@@ -255,7 +256,7 @@ def write_clip(path, frames: int = 90, fps: int = 30) -> None:  # noqa: ANN001
 
 
 @in_netns
-async def test_ooblex_send_cli_reports_fps_and_round_trip(tmp_path) -> None:  # noqa: ANN001
+async def test_ooblex_send_cli_reports_fps_and_round_trip(tmp_path) -> None:
     import sys
 
     from .gateway_server import running_gateway

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -66,9 +66,7 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     return app
 
 
-def _api_router():  # noqa: ANN202 - an APIRouter
-    from fastapi import APIRouter
-
+def _api_router() -> APIRouter:
     router = APIRouter(tags=["status"])
 
     @router.get("/", include_in_schema=False)
@@ -127,7 +125,7 @@ def _stream_info(s: Stream) -> dict[str, Any]:
 
 
 def _error_handlers(app: FastAPI) -> None:
-    def handler(status: int):  # noqa: ANN202
+    def handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
         async def handle(request: Request, exc: Exception) -> JSONResponse:
             return JSONResponse({"detail": str(exc)}, status_code=status)
         return handle

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
@@ -81,7 +82,7 @@ def _session(request: Request, kind: str, session_id: str) -> Session:
     return session
 
 
-def _outputs(stream: Stream):  # noqa: ANN202 - a zero-argument coroutine function
+def _outputs(stream: Stream) -> Callable[[], Awaitable[Frame | None]]:
     async def next_frame() -> Frame | None:
         try:
             return await stream.get()
