@@ -113,6 +113,32 @@ def test_frame_bad_input(gw, path, body, ctype, status, words) -> None:
     assert words in r.json()["detail"]
 
 
+def test_cors_only_when_configured(gw) -> None:
+    headers = {"Origin": "https://player.example", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in httpx.options(gw.url + "/whip/identity", headers=headers).headers
+    with running_gateway(settings=Settings(cors_origins=["https://player.example"])) as other:
+        r = httpx.options(other.url + "/whip/identity", headers=headers)
+        assert r.headers["access-control-allow-origin"] == "https://player.example"
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OOBLEX_MAX_SESSIONS", "3")
+    monkeypatch.setenv("OOBLEX_LOOPBACK_CANDIDATES", "yes")
+    monkeypatch.setenv("OOBLEX_ICE_SERVERS", '[{"urls": "stun:stun.example.org:3478"}]')
+    monkeypatch.setenv("OOBLEX_CORS_ORIGINS", "https://a.example, https://b.example")
+    s = Settings.from_env(max_image_bytes=10)
+    assert (s.max_sessions, s.loopback_candidates, s.max_image_bytes) == (3, True, 10)
+    assert s.ice_servers == [{"urls": "stun:stun.example.org:3478"}]
+    assert s.cors_origins == ["https://a.example", "https://b.example"]
+    monkeypatch.setenv("OOBLEX_ICE_SERVERS", '["stun:x"]')
+    with pytest.raises(ValueError, match="OOBLEX_ICE_SERVERS must be a JSON list"):
+        Settings.from_env()
+    monkeypatch.setenv("OOBLEX_ICE_SERVERS", "[]")
+    monkeypatch.setenv("OOBLEX_MAX_SESSIONS", "many")
+    with pytest.raises(ValueError, match="OOBLEX_MAX_SESSIONS expects int"):
+        Settings.from_env()
+
+
 def test_frame_too_many_pixels(gw) -> None:
     big = jpeg.encode(np.zeros((1100, 1000, 3), np.uint8), 30)  # small file, too many pixels
     assert len(big) < SETTINGS.max_image_bytes

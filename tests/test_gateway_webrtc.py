@@ -281,3 +281,33 @@ async def test_ooblex_send_cli_reports_fps_and_round_trip(tmp_path) -> None:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         output = (await asyncio.wait_for(bad.communicate(), 60))[0].decode()
         assert bad.returncode == 1 and "404" in output and "unknown tensor thread" in output
+
+
+@in_netns
+async def test_slow_thread_gets_the_newest_frames_not_a_backlog() -> None:
+    import numpy as np
+
+    from ooblex import tensor_thread
+
+    from .gateway_server import running_gateway
+
+    @tensor_thread(name="slow")
+    def slow(frame: np.ndarray) -> np.ndarray:
+        time.sleep(0.08)  # ~12 fps while 30 fps arrive
+        return frame
+
+    with running_gateway(threads=[slow]) as gw:
+        track = ImageTrack(moving_picture(), fps=30)
+        async with WhipClient(gw.url + "/whip/slow", track) as client:
+            await client.wait_connected()
+            numbers, rtts = await collect_numbers(client.remote, 50, track.sent)
+            stream = gw.state.engine.streams[client.stream_id]
+            counters = stream.stats.counters
+        sent = numbers[-1] - numbers[0] + 1
+        print(f"slow thread: {len(numbers)} of {sent} frames back, last round trips "
+              f"{[round(r * 1e3) for r in rtts[-5:]]} ms, counters {counters}")
+        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+        assert len(numbers) < 0.7 * sent, "a slow thread should skip frames, not queue them"
+        assert counters["dropped"] > 0
+        # A FIFO would fall further behind every second (~1.4 s per s here); latest-wins stays near one compute.
+        assert np.median(rtts[-10:]) < 0.5, f"frames come back stale: {rtts[-10:]}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -58,6 +59,9 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     app = FastAPI(title="Ooblex gateway", version=__version__, lifespan=lifespan,
                   description="Live video through tensor threads: WebRTC (WHIP/WHEP), MJPEG, HTTP and WebSocket.")
     app.state.gateway = gw
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Location", "Link", "X-Ooblex-Stream"])
     for module in (whip, whep, mjpeg, frames, metrics):
         app.include_router(module.router)
     app.include_router(_api_router())

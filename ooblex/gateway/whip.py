@@ -31,13 +31,13 @@ SDP_BODY = {"content": {"application/sdp": {"schema": {"type": "string"}}}, "req
 async def whip(thread: str, request: Request) -> Response:
     """Start ingesting a WebRTC video stream into ``thread`` (body: SDP offer)."""
     gw = gateway(request)
-    gw.engine.resolve(thread)
+    target = gw.engine.resolve(thread)
     offer = await read_offer(request, gw.settings)
     if not offer.sends_video:
         raise HTTPException(400, f"WHIP offer's video is {offer.video_direction}; it must send video")
     gw.sessions.check_room()
     stream = gw.engine.open(thread, params=dict(request.query_params), mode="live",
-                            max_in_flight=gw.settings.max_in_flight, max_latency_ms=gw.settings.max_latency_ms)
+                            max_in_flight=gw.settings.window(target), max_latency_ms=gw.settings.max_latency_ms)
     session = gw.sessions.add("whip", new_peer(gw.settings), stream, owns_stream=True)
     ingest: list[Ingest] = []
 
