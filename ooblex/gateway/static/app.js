@@ -219,6 +219,7 @@ window.addEventListener("pagehide", () => { if (session?.location) fetch(session
 (async () => {
   health();
   setInterval(health, 5000);
+  if (query.get("codec")) $("codec").value = query.get("codec").toUpperCase();
   await loadThreads();
   if (query.get("autostart") === "1") start();
 })();
