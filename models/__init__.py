@@ -23,7 +23,7 @@ DEMOS = {
     "face_pixelate": "models.privacy:face_pixelate",
     "face_swap": "models.swap:face_swap",
     "cartoon": "models.cartoon:cartoon",
-    "cartoon_onnx": "models.cartoon:cartoon_onnx",
+    "cartoon_onnx": "models.cartoon_onnx:cartoon_onnx",
     "sketch": "models.sketch:sketch",
 }
 

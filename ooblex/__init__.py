@@ -24,6 +24,20 @@ __all__ = [
 ]
 
 
+_ADAPTERS = ("torch", "tensorflow", "onnx")
+
+
+def __getattr__(name: str) -> object:
+    """``ob.torch`` / ``ob.tensorflow`` / ``ob.onnx``: framework adapters, imported on first use only."""
+    if name in _ADAPTERS:
+        import importlib
+
+        module = importlib.import_module(f".adapters.{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'ooblex' has no attribute {name!r}")
+
+
 def stats(handle: RunHandle | Stream) -> dict:
     """Per-stage latency (p50/p95/p99 ms), fps and drop counters of a run or a stream."""
     return handle.stats.snapshot()
