@@ -51,7 +51,7 @@ class Frame:
     def durations(self) -> dict[str, float]:
         """Milliseconds spent between consecutive known stages, keyed ``"a->b"``, plus ``total``."""
         known = [(s, self.stamps[s]) for s in STAGES if s in self.stamps]
-        out = {f"{a}->{b}": (tb - ta) * 1e3 for (a, ta), (b, tb) in zip(known, known[1:])}
+        out = {f"{a}->{b}": (tb - ta) * 1e3 for (a, ta), (b, tb) in zip(known, known[1:], strict=False)}
         if len(known) > 1:
             out["total"] = (known[-1][1] - known[0][1]) * 1e3
         return out

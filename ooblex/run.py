@@ -24,6 +24,7 @@ from .thread import as_thread
 class RunHandle:
     """The outcome of (or a window into) a run: stats, counts and the JSON results per frame."""
 
+    mode: str = "every"
     stats: StreamStats = field(default_factory=StreamStats)
     results: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     frames_in: int = 0
@@ -67,9 +68,8 @@ def run(thread: Any, source: Any, sink: Any = None, *, params: dict[str, Any] | 
     except BaseException:
         src.close()
         raise
-    handle = RunHandle()
-    opts = dict(params=params, mode=mode or ("live" if src.live else "every"), max_latency_ms=max_latency_ms,
-                max_in_flight=max_in_flight)
+    handle = RunHandle(mode=mode or ("live" if src.live else "every"))
+    opts = dict(params=params, mode=handle.mode, max_latency_ms=max_latency_ms, max_in_flight=max_in_flight)
 
     def target() -> None:
         try:
@@ -95,7 +95,8 @@ async def _run(thread: Any, src: Source, snk: Sink, opts: dict[str, Any], handle
     async with Engine(threads=[thread]) as engine:
         stream = engine.open(thread, **opts)
         handle.stats = stream.stats
-        feeder = asyncio.create_task(_feed(stream, src, handle))
+        reader = LatestFrameReader(src) if src.live else None
+        feeder = asyncio.create_task(_feed(stream, reader or src, handle))
         try:
             while True:
                 try:
@@ -115,13 +116,16 @@ async def _run(thread: Any, src: Source, snk: Sink, opts: dict[str, Any], handle
             if bar is not None:
                 bar.close()
             await loop.run_in_executor(None, snk.close)
-            src.close()
+            if reader is not None:
+                reader.close()  # the reader thread closes the source when it stops
+            else:
+                src.close()
 
 
-async def _feed(stream: Stream, src: Source, handle: RunHandle) -> None:
+async def _feed(stream: Stream, src: Source | LatestFrameReader, handle: RunHandle) -> None:
     loop = asyncio.get_running_loop()
-    if src.live:
-        reader = LatestFrameReader(src)
+    if isinstance(src, LatestFrameReader):
+        reader = src
         while not handle._stop.is_set():
             item = await loop.run_in_executor(None, reader.get)
             if item is None:

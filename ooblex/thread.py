@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -242,8 +243,8 @@ def _check_result(thread: TensorThread, res: Any) -> dict[str, Any] | None:
 
 def _user_callable(target: Any) -> Callable[..., Any]:
     if inspect.isclass(target):
-        call = getattr(target, "__call__", None)
-        if call is None or call is object.__call__:
+        call = next((vars(c)["__call__"] for c in target.__mro__ if "__call__" in vars(c)), None)
+        if call is None:
             raise TensorThreadError(f"class {target.__name__} needs a __call__(self, frame, ...) method")
         return call
     if not callable(target):

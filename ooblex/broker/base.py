@@ -11,9 +11,9 @@ by reference; network backends (``redis``, ``rabbitmq``) serialize with ``ooblex
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..frame import Frame
 

@@ -96,7 +96,7 @@ class Runner:
             for f in frames:
                 f.error = f"{type(exc).__name__}: {exc}"
         finished = time.time()
-        for f, (img, res) in zip(frames, outs):
+        for f, (img, res) in zip(frames, outs, strict=False):
             f.stamps.setdefault("started", started)
             f.stamps["finished"] = finished
             if img is not None:
@@ -123,11 +123,12 @@ def call_thread(thread: TensorThread, images: list[np.ndarray], params: dict[str
     if thread.batched:
         outs = fn(inputs, **params)
         if not isinstance(outs, (list, tuple)) or len(outs) != len(inputs):
+            got = f"{type(outs).__name__} of {len(outs)}" if hasattr(outs, "__len__") else type(outs).__name__
             raise TypeError(f"{thread.name} is batched: it must return a list with one output per input frame "
-                            f"(got {type(outs).__name__}{'' if not hasattr(outs, '__len__') else ' of ' + str(len(outs))})")
+                            f"(got {got})")
     else:
         outs = [fn(inputs[0], **params)]
-    return [_from_user(thread, o, im) for o, im in zip(outs, images)]
+    return [_from_user(thread, o, im) for o, im in zip(outs, images, strict=False)]
 
 
 async def _call_async(thread: TensorThread, images: list[np.ndarray], params: dict[str, Any]) -> list[Result]:
@@ -137,7 +138,7 @@ async def _call_async(thread: TensorThread, images: list[np.ndarray], params: di
         outs = await fn(inputs, **params)
     else:
         outs = [await fn(inputs[0], **params)]
-    return [_from_user(thread, o, im) for o, im in zip(outs, images)]
+    return [_from_user(thread, o, im) for o, im in zip(outs, images, strict=False)]
 
 
 def _to_user(thread: TensorThread, image: np.ndarray) -> np.ndarray:

@@ -100,10 +100,6 @@ class Stream:
             self._pending = frame
         return frame
 
-    def submit_nowait(self, image: np.ndarray | Frame, captured: float | None = None) -> None:
-        """Live-mode submit from synchronous code on the loop's thread."""
-        asyncio.ensure_future(self.submit(image, captured))
-
     async def _send(self, frame: Frame, live: bool) -> None:
         frame.stamp("queued")
         self._in_flight[frame.seq] = (frame.deadline or time.time()) + LOST_GRACE_S

@@ -65,6 +65,10 @@ class Worker:
             while True:
                 batch = await _collect(inbox, thread.batch_size, thread.max_wait_ms / 1e3)
                 await slots.acquire()
+                batch = await self._drop_expired(batch)
+                if not batch:
+                    slots.release()
+                    continue
                 task = asyncio.create_task(self._run(runner, batch, slots))
                 running.add(task)
                 task.add_done_callback(running.discard)
@@ -75,19 +79,26 @@ class Worker:
 
     async def _feed(self, thread: TensorThread, inbox: asyncio.Queue[Delivery]) -> None:
         async for delivery in self.broker.tasks([thread.name]):
-            frame = delivery.frame
-            if frame.expired():  # too late to be worth computing: free the sender's slot at once
-                frame.skipped = True
-                self.skipped += 1
-                await self.broker.reply(frame)
-                delivery.ack()
-                continue
             await inbox.put(delivery)
+
+    async def _drop_expired(self, batch: list[Delivery]) -> list[Delivery]:
+        """Skip tasks whose deadline passed while they waited: tell the sender at once, run the rest."""
+        keep = []
+        for d in batch:
+            if d.frame.expired():
+                d.frame.skipped = True
+                d.frame.image = None  # nothing to show; spare the reply path the pixels
+                self.skipped += 1
+                await self.broker.reply(d.frame)
+                d.ack()
+            else:
+                keep.append(d)
+        return keep
 
     async def _run(self, runner: Runner, batch: list[Delivery], slots: asyncio.Semaphore) -> None:
         try:
             frames = await runner.process([d.frame for d in batch])
-            for f, d in zip(frames, batch):
+            for f, d in zip(frames, batch, strict=False):
                 self.processed += 1
                 self.errors += f.error is not None
                 await self.broker.reply(f)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +101,7 @@ class MJPEGServerSink(Sink):
                 try:
                     while True:
                         with sink._cond:
-                            sink._cond.wait_for(lambda: sink._jpeg is not last or sink._closed, 5.0)
+                            sink._cond.wait_for(lambda prev=last: sink._jpeg is not prev or sink._closed, 5.0)
                             if sink._closed:
                                 return
                             data = last = sink._jpeg
@@ -109,7 +109,7 @@ class MJPEGServerSink(Sink):
                             continue
                         self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                          + str(len(data)).encode() + b"\r\n\r\n" + data + b"\r\n")
-                except (BrokenPipeError, ConnectionResetError, socket.timeout):
+                except (TimeoutError, BrokenPipeError, ConnectionResetError):
                     return
 
             def log_message(self, *args: Any) -> None:

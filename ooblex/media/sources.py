@@ -45,7 +45,8 @@ class AVSource(Source):
     def __init__(self, url: str, live: bool) -> None:
         import av
 
-        options = {"rtsp_transport": "tcp", "fflags": "nobuffer", "flags": "low_delay"} if live else {}
+        # Live: no demuxer buffering. RTSP transport is left to FFmpeg (UDP, falling back to TCP).
+        options = {"fflags": "nobuffer", "flags": "low_delay"} if live else {}
         try:
             self._container = av.open(url, options=options, timeout=10)
         except (av.error.FFmpegError, OSError) as exc:
@@ -187,12 +188,17 @@ def iter_multipart_jpegs(fp: Any, max_part: int = 16 << 20) -> Iterator[bytes]:
 
 
 class LatestFrameReader:
-    """Reads a live source on a background thread; ``get()`` returns only the newest frame."""
+    """Reads a live source on a background thread; ``get()`` returns only the newest frame.
+
+    The reader thread owns the source: ``close()`` asks it to stop, and it closes the source
+    itself, since decoders must not be closed under a thread that is still reading them.
+    """
 
     def __init__(self, source: Source) -> None:
         self.source = source
         self._cond = threading.Condition()
         self._item: tuple[np.ndarray, float] | None = None
+        self._stop = threading.Event()
         self.done = False
         self.dropped = 0
         self._thread = threading.Thread(target=self._read, name="ooblex-source", daemon=True)
@@ -201,14 +207,20 @@ class LatestFrameReader:
     def _read(self) -> None:
         try:
             for item in self.source:
+                if self._stop.is_set():
+                    break
                 with self._cond:
                     self.dropped += self._item is not None
                     self._item = item
                     self._cond.notify()
         finally:
+            self.source.close()
             with self._cond:
                 self.done = True
                 self._cond.notify()
+
+    def close(self) -> None:
+        self._stop.set()
 
     def get(self, timeout: float = 5.0) -> tuple[np.ndarray, float] | None:
         """The newest frame not yet taken, or None when the source has ended."""

@@ -1,0 +1,33 @@
+"""Synthetic media for tests: numbered frames and small video files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def numbered_frame(n: int, width: int = 160, height: int = 120) -> np.ndarray:
+    """A frame whose pixels encode ``n`` (first row) and vary spatially (so codecs have work to do)."""
+    img = np.zeros((height, width, 3), np.uint8)
+    img[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
+    img[..., 1] = (n * 7) % 256
+    img[..., 2] = n % 256
+    return img
+
+
+def write_video(path: Path, frames: int, width: int = 160, height: int = 120, fps: int = 30) -> Path:
+    """Encode ``frames`` numbered frames into ``path`` with PyAV."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"qscale": "2"}
+        for i in range(frames):
+            vf = av.VideoFrame.from_ndarray(numbered_frame(i, width, height), format="rgb24")
+            for packet in stream.encode(vf):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -1,0 +1,140 @@
+"""@tensor_thread: declaration checks, plain-callable behaviour, parameters and outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ooblex as ob
+from ooblex.thread import TensorThreadError, normalize_output
+
+IMG = np.zeros((4, 6, 3), np.uint8)
+
+
+def test_function_stays_a_plain_callable() -> None:
+    @ob.tensor_thread
+    def invert(frame, amount: int = 255):
+        return amount - frame
+
+    assert isinstance(invert, ob.TensorThread)
+    assert invert.name == "invert"
+    out = invert(IMG)
+    assert out.dtype == np.uint8 and (out == 255).all()
+    assert (invert(IMG, amount=10) == 10).all()
+
+
+def test_options_and_description() -> None:
+    @ob.tensor_thread(name="edges", params={"threshold": {"min": 0, "max": 255}})
+    def f(frame, threshold: int = 100, mode: str = "fast", show: bool = False):
+        """Edge detector.
+
+        More text."""
+        return frame
+
+    d = f.describe()
+    assert d["name"] == "edges"
+    assert d["description"] == "Edge detector."
+    assert [p["name"] for p in d["params"]] == ["threshold", "mode", "show"]
+    assert d["params"][0] == {"name": "threshold", "default": 100, "type": "int", "choices": None,
+                              "min": 0, "max": 255}
+
+
+def test_class_setup_runs_once_and_teardown() -> None:
+    calls = []
+
+    @ob.tensor_thread(batch_size=4, max_wait_ms=5)
+    class Styler:
+        def setup(self):
+            calls.append("setup")
+            self.k = 2
+
+        def __call__(self, frames, gain: float = 1.0):
+            return [f * self.k for f in frames]
+
+        def teardown(self):
+            calls.append("teardown")
+
+    assert calls == []  # nothing loads at decoration time
+    out = Styler([np.ones((2, 2, 3), np.uint8)] * 3)
+    Styler([IMG])
+    assert calls == ["setup"] and len(out) == 3 and out[0][0, 0, 0] == 2
+    assert Styler.batched and Styler.batch_size == 4 and Styler.max_wait_ms == 5
+    Styler.teardown()
+    assert calls == ["setup", "teardown"]
+
+
+def test_async_function_is_callable_synchronously() -> None:
+    @ob.tensor_thread
+    async def later(frame):
+        return {"mean": float(frame.mean())}
+
+    assert later.is_async
+    assert later(IMG) == {"mean": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: ob.tensor_thread(lambda: None), "first argument"),
+        (lambda: ob.tensor_thread(lambda frame, k: frame), "needs a default"),
+        (lambda: ob.tensor_thread(batch_size=0)(lambda f: f), "batch_size"),
+        (lambda: ob.tensor_thread(batch_size=2.5)(lambda f: f), "batch_size"),
+        (lambda: ob.tensor_thread(max_wait_ms=-1)(lambda f: f), "max_wait_ms"),
+        (lambda: ob.tensor_thread(color="yuv")(lambda f: f), "color"),
+        (lambda: ob.tensor_thread(executor="gpu")(lambda f: f), "executor"),
+        (lambda: ob.tensor_thread(concurrency=0)(lambda f: f), "concurrency"),
+        (lambda: ob.tensor_thread(params={"nope": {}})(lambda f, k=1: f), "nope"),
+        (lambda: ob.tensor_thread(type("NoCall", (), {})), "__call__"),
+        (lambda: ob.tensor_thread(42), "function or a class"),
+    ],
+)
+def test_bad_declarations_fail_at_decoration_time(make, message) -> None:
+    with pytest.raises(TensorThreadError, match=message):
+        make()
+
+
+def test_async_cannot_use_process_executor() -> None:
+    async def f(frame):
+        return frame
+
+    with pytest.raises(TensorThreadError, match="async"):
+        ob.tensor_thread(executor="process")(f)
+
+
+def test_params_are_coerced_and_validated() -> None:
+    @ob.tensor_thread(params={"level": {"min": 0, "max": 10}, "mode": {"choices": ["a", "b"]}})
+    def f(frame, level: int = 3, mode: str = "a", on: bool = True, gain: float = 1.5):
+        return frame
+
+    p = f.resolve_params({"level": "7", "on": "false", "gain": "2"})
+    assert p == {"level": 7, "mode": "a", "on": False, "gain": 2.0}
+    for bad, msg in [({"level": "x"}, "expects int"), ({"level": 11}, "within"), ({"mode": "c"}, "one of"),
+                     ({"on": "maybe"}, "expects bool"), ({"zzz": 1}, "no parameter 'zzz'")]:
+        with pytest.raises(ValueError, match=msg):
+            f.resolve_params(bad)
+
+
+def test_output_normalization() -> None:
+    t = ob.tensor_thread(lambda frame: frame)
+    assert normalize_output(t, IMG, IMG).image is IMG
+    o = normalize_output(t, (IMG, {"a": 1}), IMG)
+    assert o.image is IMG and o.result == {"a": 1}
+    o = normalize_output(t, {"a": 1}, IMG)
+    assert o.image is None and o.result == {"a": 1}
+    assert normalize_output(t, np.zeros((4, 6), np.uint8), IMG).image.shape == (4, 6, 3)
+    assert normalize_output(t, np.full((4, 6, 3), 300.0), IMG).image.max() == 255
+    with pytest.raises(TypeError, match="expected a numpy image"):
+        normalize_output(t, "nope", IMG)
+    with pytest.raises(ValueError, match="shape"):
+        normalize_output(t, np.zeros((4, 6, 5), np.uint8), IMG)
+    with pytest.raises(TypeError, match="result"):
+        normalize_output(t, (IMG, [1, 2]), IMG)
+
+
+def test_as_thread_wraps_plain_functions() -> None:
+    from ooblex.thread import as_thread
+
+    t = as_thread(lambda frame, k=2: frame)
+    assert isinstance(t, ob.TensorThread) and "k" in t.params
+    with pytest.raises(TensorThreadError):
+        as_thread(3)
