@@ -69,7 +69,7 @@ class FaceDetector:
             rects, scores, _ = self._detector.run(gray, upsample, threshold)
         h, w = rgb.shape[:2]
         out = []
-        for r, s in zip(rects, scores):
+        for r, s in zip(rects, scores, strict=False):
             x0, y0 = max(0, int(r.left() / scale)), max(0, int(r.top() / scale))
             x1, y1 = min(w, int(r.right() / scale)), min(h, int(r.bottom() / scale))
             if x1 > x0 and y1 > y0:

@@ -53,7 +53,8 @@ def main() -> None:
     net.save_weights(args.out / "sketch.weights.h5")
     x, y = batch(Images(args.size, seed=321), 32)
     held = float(np.abs(net.predict(x, verbose=0) - y).mean())
-    print(f"held-out L1 {held:.4f} (a plain grey copy scores {float(np.abs(x.mean(-1, keepdims=True) - y).mean()):.4f});"
+    grey = float(np.abs(x.mean(-1, keepdims=True) - y).mean())
+    print(f"held-out L1 {held:.4f} (a plain grey copy scores {grey:.4f});"
           f" {net.count_params()} parameters")
 
 

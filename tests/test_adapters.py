@@ -105,9 +105,9 @@ async def test_torch_module_batches_frames_from_several_streams_through_the_engi
     async with Engine("memory://", threads=[thread]) as engine:
         streams = [engine.open("batched", mode="every") for _ in range(4)]
         frames = [RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in streams]
-        await asyncio.gather(*(s.submit(f, captured=time.time()) for s, f in zip(streams, frames)))
+        await asyncio.gather(*(s.submit(f, captured=time.time()) for s, f in zip(streams, frames, strict=False)))
         outs = await asyncio.gather(*(s.get(timeout=30) for s in streams))
-        for out, f in zip(outs, frames):
+        for out, f in zip(outs, frames, strict=False):
             assert out.error is None and np.abs(out.image.astype(int) - f[:, :, ::-1]).max() <= 1
         for s in streams:
             await s.close()

@@ -53,7 +53,7 @@ def test_face_detect_finds_the_known_faces(name: str) -> None:
     res = face_detect(load(name))
     faces = sorted(res["faces"], key=lambda f: f["box"][0])
     assert res["count"] == len(NOSES[name]) == len(faces)
-    for face, nose in zip(faces, NOSES[name]):
+    for face, nose in zip(faces, NOSES[name], strict=False):
         assert contains(face["box"], nose)
         assert 50 <= face["box"][2] <= 220
         assert len(face["landmarks"]) == 68

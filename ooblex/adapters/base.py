@@ -67,8 +67,8 @@ class Transform:
         multi = isinstance(out, (list, tuple))
         items = [[np.asarray(o)[i] for o in out] if multi else np.asarray(out)[i] for i in range(len(frames))]
         if self.postprocess is not None:
-            return [self.postprocess(o, f) for o, f in zip(items, frames)]
-        return [self._default(o[0] if multi else o, f) for o, f in zip(items, frames)]
+            return [self.postprocess(o, f) for o, f in zip(items, frames, strict=False)]
+        return [self._default(o[0] if multi else o, f) for o, f in zip(items, frames, strict=False)]
 
     def _default(self, out: np.ndarray, frame: np.ndarray) -> Any:
         layout = self.output_layout or self.layout
