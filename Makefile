@@ -1,7 +1,7 @@
 # Two commands on a fresh clone: `make demo` and `make test`. Both set everything up first.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= gateway,cluster,jupyter,onnx,torch,dev
+EXTRAS ?= gateway,cluster,jupyter,onnx,torch,tensorflow,models,dev
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
 HOST   ?= 127.0.0.1
@@ -29,6 +29,7 @@ test: lint
 
 bench: setup
 	$(PY) benchmarks/engine_overhead.py
+	$(PY) benchmarks/models.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
