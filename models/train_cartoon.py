@@ -41,7 +41,7 @@ def export_onnx(net: CartoonNet, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
@@ -50,8 +50,8 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     net, images = CartoonNet(), Images(args.size, seed=0)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=args.steps)
+    opt = torch.optim.Adam(net.parameters(), lr=4e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=4e-3, total_steps=args.steps)
     start = time.time()
     for step in range(1, args.steps + 1):
         x, y = batch(images, args.batch)

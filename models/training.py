@@ -33,7 +33,7 @@ def procedural(rng: np.random.Generator, size: int) -> np.ndarray:
         else:
             x2, y2 = (int(v) for v in rng.integers(0, size, 2))
             cv2.line(img, (x, y), (x2, y2), colour, int(rng.integers(1, 6)), cv2.LINE_AA)
-    noise = rng.normal(0, rng.uniform(0, 8), img.shape)
+    noise = rng.normal(0, rng.uniform(0, 3), img.shape)
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 

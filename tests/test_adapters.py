@@ -181,3 +181,18 @@ def test_tensorflow_model_from_an_object_and_a_keras_file(tmp_path) -> None:
     assert len(outs) == 2 and np.abs(outs[0].astype(int) - FRAME[:, :, ::-1]).max() <= 1
     with pytest.raises(FileNotFoundError, match="no Keras model"):
         ob.tensorflow.model(tmp_path / "missing.keras")
+
+
+def test_tensorflow_device_choice_and_gpu_path() -> None:
+    tf = pytest.importorskip("tensorflow")
+    from ooblex.adapters.tensorflow import pick_device
+
+    gpus = tf.config.list_physical_devices("GPU")
+    assert pick_device("auto") == ("/GPU:0" if gpus else "/CPU:0")
+    if not gpus:
+        with pytest.raises(RuntimeError, match="no GPU"):
+            pick_device("/GPU:0")
+        pytest.skip("TensorFlow sees no GPU on this machine")
+    inp = tf.keras.Input((None, None, 3))
+    out = ob.tensorflow.model(tf.keras.Model(inp, inp * 1.0), name="tf_gpu", device="/GPU:0", warmup=None)(FRAME)
+    assert np.abs(out.astype(int) - FRAME).max() <= 1
