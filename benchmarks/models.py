@@ -61,6 +61,12 @@ def timed(fn: Callable[[], Any], frames: int) -> tuple[float, float]:
     return float(p50), float(p95)
 
 
+def found(out: Any) -> str:
+    """How many faces a face thread reported ("-" for style threads)."""
+    result = out[1] if isinstance(out, tuple) else out
+    return str(result["count"]) if isinstance(result, dict) and "count" in result else "-"
+
+
 def cases(threads: int) -> list[tuple[str, str, Callable[[np.ndarray], Any], dict[str, Any]]]:
     loaded = {t.name: t for t in models.load_demo_threads()}
     out: list[tuple[str, str, Callable[[np.ndarray], Any], dict[str, Any]]] = []
@@ -95,13 +101,14 @@ def main() -> None:
     limit_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, {args.threads} compute thread(s), 640x480 frames\n")
-    print("| thread | frame | params | p50 ms | p95 ms | fps (1/p50) |")
-    print("| --- | --- | --- | ---: | ---: | ---: |")
+    print("| thread | frame | params | faces found | p50 ms | p95 ms | fps (1/p50) |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for name, image, thread, params in cases(args.threads):
         frame = load(image)
         p50, p95 = timed(lambda t=thread, f=frame, p=params: t(f, **p), args.frames)
         shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
-        print(f"| {name} | {image} | {shown} | {p50:.1f} | {p95:.1f} | {1e3 / p50:.0f} |", flush=True)
+        print(f"| {name} | {image} | {shown} | {found(thread(frame, **params))} | {p50:.1f} | {p95:.1f} "
+              f"| {1e3 / p50:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
