@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any
 
 from ooblex.thread import TensorThread
 
@@ -47,7 +46,3 @@ def load_demo_threads() -> list[TensorThread]:
                         name, exc)
     return threads
 
-
-def describe(thread: TensorThread) -> dict[str, Any]:
-    """A thread's listing entry plus where its weights come from and under which licence."""
-    return {**thread.describe(), "licence": getattr(thread, "licence", "")}

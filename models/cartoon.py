@@ -15,7 +15,6 @@ from . import licences
 from .cartoon_net import load_cartoon_net
 
 cartoon = ob.torch.module(
-    load_cartoon_net, name="cartoon",
+    load_cartoon_net, name="cartoon", licence=licences.OOBLEX_TRAINED,
     description="Cartoon style (flat colours, dark outlines) by a 19k-parameter CNN in PyTorch, "
                 "distilled from an OpenCV filter by models/train_cartoon.py.")
-cartoon.licence = licences.OOBLEX_TRAINED

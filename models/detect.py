@@ -13,7 +13,8 @@ from . import licences
 from .faces import check_frame, shared_detector
 
 
-@tensor_thread(name="face_detect", params={"scale": {"min": 0.1, "max": 2.0}, "upsample": {"min": 0, "max": 2}})
+@tensor_thread(name="face_detect", licence=licences.FACES,
+               params={"scale": {"min": 0.1, "max": 2.0}, "upsample": {"min": 0, "max": 2}})
 def face_detect(frame: np.ndarray, overlay: bool = False, landmarks: bool = True, scale: float = 1.0,
                 upsample: int = 0) -> Any:
     """Finds faces: boxes [x, y, w, h], scores and 68 landmarks as JSON; ``overlay`` draws them too."""
@@ -32,5 +33,3 @@ def face_detect(frame: np.ndarray, overlay: bool = False, landmarks: bool = True
                 cv2.circle(out, (int(px), int(py)), 2, (255, 64, 0), -1)
     return out, result
 
-
-face_detect.licence = licences.FACES

@@ -12,6 +12,10 @@ from ooblex import tensor_thread
 from . import licences
 from .faces import check_frame, shared_detector
 
+#: Parameter ranges both filters share: box margin and detector settings.
+DETECT_PARAMS = {"margin": {"min": 0.0, "max": 1.0}, "scale": {"min": 0.1, "max": 2.0},
+                 "upsample": {"min": 0, "max": 2}}
+
 
 def _expand(box: tuple[int, int, int, int], margin: float, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     """``box`` grown by ``margin`` of its size on every side (hair and chin too), clipped to the frame."""
@@ -30,8 +34,8 @@ def _result(boxes: list[tuple[int, int, int, int]]) -> dict[str, Any]:
     return {"faces": [{"box": list(b)} for b in boxes], "count": len(boxes)}
 
 
-@tensor_thread(name="face_blur", params={"strength": {"min": 0.0, "max": 1.0}, "margin": {"min": 0.0, "max": 1.0},
-                                         "scale": {"min": 0.1, "max": 2.0}, "upsample": {"min": 0, "max": 2}})
+@tensor_thread(name="face_blur", licence=licences.DLIB_HOG,
+               params={"strength": {"min": 0.0, "max": 1.0}, **DETECT_PARAMS})
 def face_blur(frame: np.ndarray, strength: float = 0.6, margin: float = 0.25, scale: float = 1.0,
               upsample: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
     """Blurs every face inside an elliptical mask; returns the boxes as JSON too.
@@ -57,8 +61,8 @@ def face_blur(frame: np.ndarray, strength: float = 0.6, margin: float = 0.25, sc
     return out, _result(boxes)
 
 
-@tensor_thread(name="face_pixelate", params={"blocks": {"min": 2, "max": 64}, "margin": {"min": 0.0, "max": 1.0},
-                                             "scale": {"min": 0.1, "max": 2.0}, "upsample": {"min": 0, "max": 2}})
+@tensor_thread(name="face_pixelate", licence=licences.DLIB_HOG,
+               params={"blocks": {"min": 2, "max": 64}, **DETECT_PARAMS})
 def face_pixelate(frame: np.ndarray, blocks: int = 8, margin: float = 0.2, scale: float = 1.0,
                   upsample: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
     """Pixelates every face into ``blocks`` x ``blocks`` squares; returns the boxes as JSON too."""
@@ -73,5 +77,3 @@ def face_pixelate(frame: np.ndarray, blocks: int = 8, margin: float = 0.2, scale
         roi[:] = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
     return out, _result(boxes)
 
-
-face_blur.licence = face_pixelate.licence = licences.DLIB_HOG

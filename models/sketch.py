@@ -10,7 +10,6 @@ from . import licences
 from .sketch_net import load_sketch_net
 
 sketch = ob.tensorflow.model(
-    load_sketch_net, name="sketch",
+    load_sketch_net, name="sketch", licence=licences.OOBLEX_TRAINED,
     description="Pencil sketch by a 4k-parameter Keras CNN, distilled from an OpenCV colour-dodge filter "
                 "by models/train_sketch.py.")
-sketch.licence = licences.OOBLEX_TRAINED

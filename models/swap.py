@@ -143,10 +143,10 @@ def _rect(points: np.ndarray, shape: tuple[int, ...], pad: int = 4) -> tuple[int
     return (int(x0), int(y0), int(x1 - x0), int(y1 - y0)) if x1 - x0 > 8 and y1 - y0 > 8 else None
 
 
-@tensor_thread(name="face_swap", params={"mode": {"choices": ["reference", "pair"]},
-                                         "blend": {"choices": ["seamless", "feather"]},
-                                         "smooth": {"min": 0.0, "max": 0.95}, "scale": {"min": 0.1, "max": 2.0},
-                                         "max_faces": {"min": 1, "max": 8}})
+@tensor_thread(name="face_swap", licence=licences.FACES_AND_REFERENCE,
+               params={"mode": {"choices": ["reference", "pair"]}, "blend": {"choices": ["seamless", "feather"]},
+                       "smooth": {"min": 0.0, "max": 0.95}, "scale": {"min": 0.1, "max": 2.0},
+                       "max_faces": {"min": 1, "max": 8}})
 class FaceSwap:
     """Swaps faces live: the shipped reference face onto every face, or two faces in view with each other.
 
@@ -189,4 +189,3 @@ class FaceSwap:
 
 
 face_swap = FaceSwap
-face_swap.licence = f"{licences.FACES}; reference face: Grace Hopper, US Navy portrait, public domain"

@@ -163,7 +163,7 @@ def test_demo_threads_load_with_licences() -> None:
     names = [t.name for t in models.load_demo_threads()]
     assert {"face_detect", "face_blur", "face_pixelate", "face_swap"} <= set(names)
     for t in models.load_demo_threads():
-        d = models.describe(t)
+        d = t.describe()
         assert d["description"] and d["licence"], t.name
 
 
