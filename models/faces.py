@@ -9,6 +9,7 @@ while landmarks are always fitted at full resolution.
 from __future__ import annotations
 
 import importlib.util
+import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,10 +55,11 @@ class FaceDetector:
     """dlib frontal HOG detector plus the 68-point shape predictor; safe to share between threads."""
 
     def __init__(self) -> None:
-        self._dlib = dlib
-        self._detector = dlib.get_frontal_face_detector()
+        # dlib: a shape_predictor may be used from many threads at once; an object_detector may not,
+        # so concurrent calls each borrow a HOG detector from a pool (one per call in flight, ~0.2 s to build).
         self._predictor = dlib.shape_predictor(str(landmarks_path()))
-        self._lock = threading.Lock()  # dlib objects are not documented as thread-safe
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._idle.put(dlib.get_frontal_face_detector())
 
     def boxes(self, rgb: np.ndarray, scale: float = 1.0, upsample: int = 0,
               threshold: float = 0.0) -> list[tuple[tuple[int, int, int, int], float]]:
@@ -65,8 +67,14 @@ class FaceDetector:
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         if scale != 1.0:
             gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        with self._lock:
-            rects, scores, _ = self._detector.run(gray, upsample, threshold)
+        try:
+            detector = self._idle.get_nowait()
+        except queue.Empty:
+            detector = dlib.get_frontal_face_detector()
+        try:
+            rects, scores, _ = detector.run(gray, upsample, threshold)
+        finally:
+            self._idle.put(detector)
         h, w = rgb.shape[:2]
         out = []
         for r, s in zip(rects, scores, strict=False):
@@ -79,9 +87,7 @@ class FaceDetector:
     def landmarks(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         """68 (x, y) points as float32, fitted inside ``box`` at full resolution."""
         x, y, w, h = box
-        rect = self._dlib.rectangle(int(x), int(y), int(x + w), int(y + h))
-        with self._lock:
-            shape = self._predictor(rgb, rect)
+        shape = self._predictor(rgb, dlib.rectangle(int(x), int(y), int(x + w), int(y + h)))
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
     def detect(self, rgb: np.ndarray, scale: float = 1.0, upsample: int = 0, with_landmarks: bool = True,
@@ -104,6 +110,15 @@ def shared_detector() -> FaceDetector:
         if _shared is None:
             _shared = FaceDetector()
         return _shared
+
+
+class FaceThread:
+    """Base of the face demo threads: ``setup()`` loads the shared detector before the first frame."""
+
+    detector: FaceDetector
+
+    def setup(self) -> None:
+        self.detector = shared_detector()
 
 
 def check_frame(frame: Any) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 from ooblex import tensor_thread
 
 from . import licences
-from .faces import FaceDetector, check_frame, shared_detector
+from .faces import FaceThread, check_frame
 
 REFERENCE = Path(__file__).parent / "assets" / "reference_face.jpg"
 
@@ -147,17 +147,15 @@ def _rect(points: np.ndarray, shape: tuple[int, ...], pad: int = 4) -> tuple[int
                params={"mode": {"choices": ["reference", "pair"]}, "blend": {"choices": ["seamless", "feather"]},
                        "smooth": {"min": 0.0, "max": 0.95}, "scale": {"min": 0.1, "max": 2.0},
                        "max_faces": {"min": 1, "max": 8}})
-class FaceSwap:
+class FaceSwap(FaceThread):
     """Swaps faces live: the shipped reference face onto every face, or two faces in view with each other.
 
     ``mode`` "reference" or "pair"; ``blend`` "seamless" (Poisson) or "feather" (soft mask + colour
     transfer); ``smooth`` 0..0.95 landmark smoothing; ``scale`` detection scale; ``max_faces``.
     """
 
-    detector: FaceDetector
-
     def setup(self) -> None:
-        self.detector = shared_detector()
+        super().setup()
         ref = cv2.cvtColor(cv2.imread(str(REFERENCE)), cv2.COLOR_BGR2RGB)
         faces = self.detector.detect(ref)
         if not faces or faces[0].landmarks is None:
