@@ -1,9 +1,9 @@
 # Two commands on a fresh clone: `make demo` and `make test`. Both set everything up first.
+comma  := ,
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXTRAS ?= gateway,cluster,jupyter,onnx,torch,tensorflow,models,dev
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-comma  := ,
 HOST   ?= 127.0.0.1
 PORT   ?= 8800
 
@@ -29,6 +29,7 @@ test: lint
 
 bench: setup
 	$(PY) benchmarks/engine_overhead.py
+	$(PY) benchmarks/webrtc_rtt.py
 	$(PY) benchmarks/models.py
 
 clean:

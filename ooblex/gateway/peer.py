@@ -1,0 +1,76 @@
+"""Shared WHIP/WHEP signalling steps: read the offer, make the peer connection, send the answer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from fastapi import HTTPException, Request, Response
+
+from ..webrtc import SDPError, check_offer, low_latency, rtc_configuration
+from ..webrtc.sdp import Offer
+from .bodies import read_body
+from .sessions import Session
+from .settings import Settings
+
+log = logging.getLogger("ooblex.gateway")
+
+
+async def read_offer(request: Request, settings: Settings) -> Offer:
+    """The request's SDP offer, checked; 415/413/400 naming the problem otherwise."""
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype != "application/sdp":
+        raise HTTPException(415, f"expected Content-Type application/sdp, got {ctype or 'none'!r}")
+    raw = await read_body(request, settings.max_sdp_bytes, "SDP offer")
+    try:
+        return check_offer(raw, settings.max_sdp_bytes)
+    except SDPError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+
+
+def new_peer(settings: Settings) -> RTCPeerConnection:
+    return RTCPeerConnection(rtc_configuration(settings.ice_servers))
+
+
+async def negotiate(session: Session, offer: Offer, attach: Callable[[], Awaitable[None] | None]) -> str:
+    """Apply ``offer``, let ``attach`` add tracks, and return the complete (non-trickle) answer SDP.
+
+    Any failure closes the session and becomes a 400 naming the cause.
+    """
+    pc = session.pc
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        low_latency(pc)
+        pending = attach()
+        if pending is not None:
+            await pending
+        await pc.setLocalDescription(await pc.createAnswer())
+    except Exception as exc:  # aiortc raises many types for offers it cannot answer
+        log.info("%s session %s: cannot answer offer: %s", session.kind, session.id, exc)
+        await session.close()
+        raise HTTPException(400, f"cannot answer the SDP offer: {type(exc).__name__}: {exc}") from None
+    return pc.localDescription.sdp
+
+
+def sdp_created(sdp: str, location: str, stream_id: str, ice_links: list[str]) -> Response:
+    """``201 Created`` with the answer, its resource ``Location`` and the stream id."""
+    headers = {"Location": location, "X-Ooblex-Stream": stream_id,
+               "Access-Control-Expose-Headers": "Location, X-Ooblex-Stream"}
+    if ice_links:
+        headers["Link"] = ", ".join(ice_links)
+    return Response(sdp, status_code=201, media_type="application/sdp", headers=headers)
+
+
+def ice_links(settings: Settings) -> list[str]:
+    """RFC 9725 ``Link: <stun:...>; rel="ice-server"`` headers for the configured servers."""
+    links = []
+    for server in settings.ice_servers:
+        urls = server["urls"] if isinstance(server["urls"], list) else [server["urls"]]
+        for url in urls:
+            link = f'<{url}>; rel="ice-server"'
+            if server.get("username"):
+                link += f'; username="{server["username"]}"; credential="{server.get("credential", "")}"'
+                link += '; credential-type="password"'
+            links.append(link)
+    return links

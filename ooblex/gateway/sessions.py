@@ -1,0 +1,126 @@
+"""WebRTC sessions (WHIP ingest, WHEP viewers): a bounded registry, cleanup and a liveness watchdog.
+
+A peer that vanishes without a DELETE (closed laptop, killed process) sends no more media or
+RTCP; the watchdog notices within ``idle_s`` and closes the session, its tasks and its stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from aiortc import RTCPeerConnection
+
+from ..engine import Stream
+
+log = logging.getLogger("ooblex.gateway")
+
+
+class TooManySessions(OverflowError):
+    """The gateway's WebRTC session limit is reached."""
+
+
+class Session:
+    """One peer connection, the tasks serving it and (for WHIP) the stream it owns."""
+
+    def __init__(self, registry: Sessions, kind: str, pc: RTCPeerConnection, stream: Stream,
+                 owns_stream: bool) -> None:
+        self.id = secrets.token_urlsafe(12)
+        self.registry = registry
+        self.kind = kind
+        self.pc = pc
+        self.stream = stream
+        self.owns_stream = owns_stream
+        self.created = time.monotonic()
+        self.closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._on_close: list[Callable[[], None]] = []
+        pc.on("connectionstatechange", self._on_state)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run ``coro`` for the session's lifetime; the session closes when it ends."""
+        task = asyncio.create_task(coro, name=f"{self.kind}:{self.id}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once when the session closes (release what it holds)."""
+        self._on_close.append(callback)
+
+    def watch(self, last_activity: Callable[[], Awaitable[float]], idle_s: float) -> None:
+        """Close the session once ``last_activity()`` (monotonic time) is older than ``idle_s``."""
+        self.spawn(self._watchdog(last_activity, idle_s), "watchdog")
+
+    async def _watchdog(self, last_activity: Callable[[], Awaitable[float]], idle_s: float) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, idle_s / 4))
+            last = max(await last_activity(), self.created)
+            if time.monotonic() - last > idle_s:
+                log.info("%s session %s: peer silent for %.1f s, closing", self.kind, self.id, idle_s)
+                return
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s session %s: task %s failed", self.kind, self.id, task.get_name(),
+                      exc_info=task.exception())
+        if not self.closed:
+            asyncio.ensure_future(self.close())
+
+    async def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            await self.close()
+
+    async def close(self) -> None:
+        """Idempotent: stop tasks, the peer connection and an owned stream."""
+        if self.closed:
+            return
+        self.closed = True
+        self.registry.items.pop(self.id, None)
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        for callback in self._on_close:
+            callback()
+        if self.owns_stream:
+            await self.stream.close()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "stream": self.stream.id, "state": self.pc.connectionState,
+                "age_s": round(time.monotonic() - self.created, 1)}
+
+
+class Sessions:
+    """All live sessions of one gateway, at most ``limit`` at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.items: dict[str, Session] = {}
+        self.opened = 0
+        self.rejected = 0
+
+    def check_room(self) -> None:
+        if len(self.items) >= self.limit:
+            self.rejected += 1
+            raise TooManySessions(f"too many WebRTC sessions (limit {self.limit}); try again later")
+
+    def add(self, kind: str, pc: RTCPeerConnection, stream: Stream, owns_stream: bool) -> Session:
+        self.check_room()
+        session = Session(self, kind, pc, stream, owns_stream)
+        self.items[session.id] = session
+        self.opened += 1
+        return session
+
+    def count(self, kind: str) -> int:
+        return sum(s.kind == kind for s in self.items.values())
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(s.close() for s in list(self.items.values())))

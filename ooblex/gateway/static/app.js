@@ -1,0 +1,225 @@
+// Ooblex demo page: webcam -> WHIP (sendrecv) -> processed video back on the same connection.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const query = new URLSearchParams(location.search);
+const STAGES = ["queue", "compute", "return", "engine", "total"];
+let threads = {};
+let session = null; // {pc, location, streamId, camera, timer}
+
+async function api(path, options) {
+  const r = await fetch(path, options);
+  if (!r.ok) {
+    let detail = r.statusText;
+    try { detail = (await r.json()).detail; } catch (_) { /* not JSON */ }
+    throw new Error(`${r.status}: ${detail}`);
+  }
+  return r;
+}
+
+function setStatus(text) { $("status").textContent = text; }
+
+async function loadThreads() {
+  const list = await (await api("/api/v1/threads")).json();
+  threads = Object.fromEntries(list.map((t) => [t.name, t]));
+  const select = $("thread");
+  select.innerHTML = "";
+  for (const t of list) select.add(new Option(t.name, t.name));
+  const wanted = query.get("thread");
+  if (wanted && threads[wanted]) select.value = wanted;
+  else if (wanted) setStatus(`Unknown thread "${wanted}".`);
+  showParams();
+}
+
+function paramControl(p) {
+  const wrap = document.createElement("label");
+  wrap.className = "param";
+  wrap.textContent = p.name;
+  const initial = query.has(p.name) ? query.get(p.name) : p.default;
+  let input;
+  if (p.choices) {
+    input = document.createElement("select");
+    for (const c of p.choices) input.add(new Option(String(c), String(c)));
+    input.value = String(initial);
+  } else if (p.type === "bool") {
+    input = document.createElement("input");
+    input.type = "checkbox";
+    input.checked = initial === true || initial === "true" || initial === "1";
+  } else if (p.type === "int" || p.type === "float") {
+    input = document.createElement("input");
+    const bounded = p.min !== null && p.max !== null;
+    input.type = bounded ? "range" : "number";
+    if (p.min !== null) input.min = p.min;
+    if (p.max !== null) input.max = p.max;
+    input.step = p.type === "int" ? 1 : bounded ? (p.max - p.min) / 100 : "any";
+    input.value = initial;
+  } else {
+    input = document.createElement("input");
+    input.type = "text";
+    input.value = initial ?? "";
+  }
+  input.name = p.name;
+  const value = document.createElement("span");
+  value.className = "value";
+  const show = () => { value.textContent = input.type === "checkbox" ? input.checked : input.value; };
+  show();
+  input.addEventListener("input", () => { show(); sendParams(); });
+  wrap.append(value, input);
+  return wrap;
+}
+
+function showParams() {
+  const t = threads[$("thread").value];
+  $("thread-description").textContent = t ? t.description : "";
+  const box = $("params");
+  box.innerHTML = "";
+  if (t) for (const p of t.params) box.append(paramControl(p));
+}
+
+function currentParams() {
+  const out = {};
+  for (const el of $("params").querySelectorAll("input, select")) {
+    out[el.name] = el.type === "checkbox" ? el.checked : el.value;
+  }
+  return out;
+}
+
+let paramTimer = null;
+function sendParams() {
+  if (!session) return;
+  clearTimeout(paramTimer);
+  paramTimer = setTimeout(async () => {
+    try {
+      await api(`/api/v1/streams/${session.streamId}`, {
+        method: "PATCH", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ params: currentParams() }),
+      });
+    } catch (e) { setStatus(`Parameters refused: ${e.message}`); }
+  }, 80);
+}
+
+function gatheringDone(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, timeoutMs); // send what we have: host candidates come first
+  });
+}
+
+async function start() {
+  $("start").disabled = true;
+  const thread = $("thread").value;
+  try {
+    setStatus("Opening camera…");
+    const camera = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } }, audio: false,
+    });
+    $("input").srcObject = camera;
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    const transceiver = pc.addTransceiver(camera.getVideoTracks()[0], { direction: "sendrecv", streams: [camera] });
+    preferCodec(transceiver, $("codec").value);
+    pc.ontrack = (ev) => {
+      if ("playoutDelayHint" in ev.receiver) ev.receiver.playoutDelayHint = 0; // render at once
+      if ("jitterBufferTarget" in ev.receiver) ev.receiver.jitterBufferTarget = 0;
+      $("output").srcObject = new MediaStream([ev.track]);
+    };
+    pc.onconnectionstatechange = () => {
+      setStatus(`Connection ${pc.connectionState}.`);
+      if (pc.connectionState === "failed") stop();
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    setStatus("Gathering network candidates…");
+    await gatheringDone(pc, 2000);
+    const qs = new URLSearchParams(currentParams());
+    setStatus(`Connecting to ${thread}…`);
+    const r = await api(`/whip/${encodeURIComponent(thread)}?${qs}`, {
+      method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
+    });
+    const streamId = r.headers.get("X-Ooblex-Stream");
+    session = { pc, camera, streamId, location: r.headers.get("Location"), timer: null };
+    await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+    const mjpeg = `${location.origin}/mjpeg/${streamId}`;
+    $("mjpeg-url").href = mjpeg;
+    $("mjpeg-url").textContent = mjpeg;
+    $("whep-url").textContent = `${location.origin}/whep/${streamId}`;
+    session.timer = setInterval(refreshStats, 1000);
+    $("stop").disabled = false;
+    $("thread").disabled = true;
+  } catch (e) {
+    setStatus(`Could not start: ${e.message}`);
+    await stop();
+  }
+}
+
+function preferCodec(transceiver, name) {
+  if (!name || !RTCRtpReceiver.getCapabilities || !transceiver.setCodecPreferences) return;
+  const codecs = RTCRtpReceiver.getCapabilities("video").codecs;
+  const wanted = codecs.filter((c) => c.mimeType.toLowerCase() === `video/${name.toLowerCase()}`);
+  const rest = codecs.filter((c) => !wanted.includes(c));
+  if (wanted.length) transceiver.setCodecPreferences([...wanted, ...rest]);
+}
+
+async function stop() {
+  const s = session;
+  session = null;
+  if (s) {
+    clearInterval(s.timer);
+    if (s.location) fetch(s.location, { method: "DELETE" }).catch(() => {});
+    s.pc.close();
+    s.camera.getTracks().forEach((t) => t.stop());
+  }
+  $("input").srcObject = null;
+  $("output").srcObject = null;
+  $("start").disabled = false;
+  $("stop").disabled = true;
+  $("thread").disabled = false;
+  $("fps").textContent = "– fps";
+}
+
+async function refreshStats() {
+  if (!session) return;
+  try {
+    const s = await (await api(`/api/v1/streams/${session.streamId}`)).json();
+    $("fps").textContent = `${s.fps.toFixed(1)} fps`;
+    const body = $("latency").tBodies[0];
+    body.innerHTML = "";
+    for (const stage of STAGES) {
+      const v = s.latency_ms[stage];
+      if (!v) continue;
+      const row = body.insertRow();
+      for (const cell of [stage, v.p50.toFixed(1), v.p95.toFixed(1), v.p99.toFixed(1)]) row.insertCell().textContent = cell;
+    }
+    $("counters").textContent =
+      `received ${s.received} · processed ${s.processed} · dropped ${s.dropped} · stale ${s.stale} · errors ${s.errors}`;
+    $("result").textContent = s.error ? `thread error: ${s.error}` : s.result ? `result: ${JSON.stringify(s.result)}` : "";
+  } catch (e) { setStatus(`Stream ended (${e.message}).`); stop(); return; }
+  const report = await session?.pc.getStats();
+  report?.forEach((r) => {
+    if (r.type === "inbound-rtp" && r.kind === "video" && r.framesDecoded) {
+      const jb = r.jitterBufferEmittedCount ? (1000 * r.jitterBufferDelay / r.jitterBufferEmittedCount).toFixed(1) : "–";
+      $("browser-stats").textContent =
+        `browser: ${r.framesPerSecond ?? "–"} fps decoded, ${r.frameWidth}x${r.frameHeight}, jitter buffer ${jb} ms`;
+    }
+  });
+}
+
+async function health() {
+  try {
+    const h = await (await api("/healthz")).json();
+    $("health").textContent = `${h.broker} · ${h.threads} threads · ${h.streams} streams`;
+  } catch (_) { $("health").textContent = "gateway unreachable"; }
+}
+
+$("thread").addEventListener("change", showParams);
+$("start").addEventListener("click", start);
+$("stop").addEventListener("click", stop);
+window.addEventListener("pagehide", () => { if (session?.location) fetch(session.location, { method: "DELETE", keepalive: true }); });
+
+(async () => {
+  health();
+  setInterval(health, 5000);
+  if (query.get("codec")) $("codec").value = query.get("codec").toUpperCase();
+  await loadThreads();
+  if (query.get("autostart") === "1") start();
+})();

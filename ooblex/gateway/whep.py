@@ -1,0 +1,66 @@
+"""WHEP egress: ``POST /whep/{stream_id}`` with a receive-only SDP offer watches a processed stream.
+
+Any number of viewers (within the session limit) per stream; each has its own latest-wins
+queue and encoder, so a slow viewer never holds back the others or the stream itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timezone
+
+from aiortc import RTCRtpSender
+from fastapi import APIRouter, HTTPException, Request, Response
+
+from ..webrtc.tracks import ProcessedTrack
+from .peer import ice_links, negotiate, new_peer, read_offer, sdp_created
+from .sessions import Session
+from .state import gateway
+from .whip import SDP_BODY, _session
+
+router = APIRouter(tags=["webrtc"])
+
+
+@router.post("/whep/{stream_id}", status_code=201, openapi_extra={"requestBody": SDP_BODY},
+             responses={201: {"content": {"application/sdp": {}}, "description": "SDP answer"}})
+async def whep(stream_id: str, request: Request) -> Response:
+    """Watch processed stream ``stream_id`` over WebRTC (body: SDP offer that receives video)."""
+    gw = gateway(request)
+    stream = gw.stream(stream_id)
+    offer = await read_offer(request, gw.settings)
+    if not offer.wants_video_back:
+        raise HTTPException(400, f"WHEP offer's video is {offer.video_direction}; it must receive video")
+    gw.sessions.check_room()
+    session = gw.sessions.add("whep", new_peer(gw.settings), stream, owns_stream=False)
+    queue = stream.listen()
+    track = ProcessedTrack(queue.get)
+    senders: list[RTCRtpSender] = []
+
+    def attach() -> None:
+        senders.append(session.pc.addTrack(track))
+
+    track.on("ended", lambda: asyncio.ensure_future(session.close()))
+    session.on_close(lambda: stream.unlisten(queue))
+    sdp = await negotiate(session, offer, attach)
+    session.watch(lambda: _last_report(session, senders[0]), gw.settings.session_idle_s)
+    gw.count("whep_sessions")
+    return sdp_created(sdp, f"/whep/{stream_id}/{session.id}", stream.id, ice_links(gw.settings))
+
+
+@router.delete("/whep/{stream_id}/{session_id}")
+async def whep_delete(stream_id: str, session_id: str, request: Request) -> dict[str, str]:
+    """Stop watching."""
+    session = _session(request, "whep", session_id)
+    await session.close()
+    return {"deleted": session_id}
+
+
+async def _last_report(session: Session, sender: RTCRtpSender) -> float:
+    """Monotonic time of the viewer's last RTCP receiver report (a live viewer sends one every ~1 s)."""
+    newest = session.created
+    for stats in (await sender.getStats()).values():
+        if stats.type == "remote-inbound-rtp":
+            age = (datetime.now(timezone.utc) - stats.timestamp).total_seconds()
+            newest = max(newest, time.monotonic() - age)
+    return newest

@@ -1,0 +1,102 @@
+"""WHIP ingest (RFC 9725): ``POST /whip/{thread}`` with an SDP offer starts a processed stream.
+
+Query parameters set the thread's keyword parameters. When the offer's video is ``sendrecv``
+the processed video comes back on the same peer connection; ``X-Ooblex-Stream`` names the
+stream, for ``/whep/{id}`` and ``/mjpeg/{id}`` viewers. ``DELETE`` on ``Location`` ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+from fastapi import APIRouter, HTTPException, Request, Response
+
+from ..engine import Stream, StreamClosed
+from ..frame import Frame
+from ..webrtc.tracks import Ingest, ProcessedTrack
+from .peer import ice_links, negotiate, new_peer, read_offer, sdp_created
+from .sessions import Session
+from .state import gateway
+
+router = APIRouter(tags=["webrtc"])
+SDP_BODY = {"content": {"application/sdp": {"schema": {"type": "string"}}}, "required": True}
+
+
+@router.post("/whip/{thread}", status_code=201, openapi_extra={"requestBody": SDP_BODY},
+             responses={201: {"content": {"application/sdp": {}}, "description": "SDP answer"}})
+async def whip(thread: str, request: Request) -> Response:
+    """Start ingesting a WebRTC video stream into ``thread`` (body: SDP offer)."""
+    gw = gateway(request)
+    target = gw.engine.resolve(thread)
+    offer = await read_offer(request, gw.settings)
+    if not offer.sends_video:
+        raise HTTPException(400, f"WHIP offer's video is {offer.video_direction}; it must send video")
+    gw.sessions.check_room()
+    stream = gw.engine.open(thread, params=dict(request.query_params), mode="live",
+                            max_in_flight=gw.settings.window(target), max_latency_ms=gw.settings.max_latency_ms)
+    session = gw.sessions.add("whip", new_peer(gw.settings), stream, owns_stream=True)
+    ingest: list[Ingest] = []
+
+    @session.pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        if track.kind == "video" and not ingest:
+            ingest.append(Ingest(track, stream))
+            session.spawn(ingest[0].run(), "ingest")
+        else:
+            session.spawn(_discard(track), f"discard-{track.kind}")
+
+    def attach() -> None:
+        if not ingest:
+            raise ValueError("the offer's video track did not arrive")
+        if offer.wants_video_back:
+            session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of))
+
+    sdp = await negotiate(session, offer, attach)
+    session.watch(lambda: _last_frame(ingest[0]), gw.settings.session_idle_s)
+    gw.count("whip_sessions")
+    return sdp_created(sdp, f"/whip/{thread}/{session.id}", stream.id, ice_links(gw.settings))
+
+
+@router.delete("/whip/{thread}/{session_id}")
+async def whip_delete(thread: str, session_id: str, request: Request) -> dict[str, str]:
+    """End a WHIP session and its stream."""
+    session = _session(request, "whip", session_id)
+    await session.close()
+    return {"deleted": session_id}
+
+
+@router.patch("/whip/{thread}/{session_id}", status_code=405)
+async def whip_patch(thread: str, session_id: str) -> Response:
+    """Trickle ICE is not used: offers and answers carry all candidates."""
+    raise HTTPException(405, "trickle ICE is not supported: send a complete offer (gathering done)")
+
+
+def _session(request: Request, kind: str, session_id: str) -> Session:
+    session = gateway(request).sessions.items.get(session_id)
+    if session is None or session.kind != kind:
+        raise HTTPException(404, f"no {kind.upper()} session {session_id!r}")
+    return session
+
+
+def _outputs(stream: Stream) -> Callable[[], Awaitable[Frame | None]]:
+    async def next_frame() -> Frame | None:
+        try:
+            return await stream.get()
+        except StreamClosed:
+            return None
+    return next_frame
+
+
+async def _last_frame(ingest: Ingest) -> float:
+    return ingest.last_frame_at
+
+
+async def _discard(track: MediaStreamTrack) -> None:
+    """Audio (or a second video) is not processed, but must be read so it does not pile up."""
+    with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
+        while True:
+            await track.recv()

@@ -1,0 +1,261 @@
+"""A WHIP/WHEP client on aiortc: ``ooblex send``, the tests and the latency benchmark use it.
+
+    async with WhipClient("http://127.0.0.1:8800/whip/identity", track) as c:
+        frame = await c.remote.recv()     # processed video (offer is sendrecv)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import time
+from collections.abc import Callable
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from . import framecode
+from .ice import allow_loopback, rtc_configuration
+from .jitter import low_latency
+
+VIDEO_CLOCK = 90000
+
+
+class WebRTCError(RuntimeError):
+    """The server refused the offer or the connection failed."""
+
+
+class ImageTrack(MediaStreamTrack):
+    """Sends images from ``next_image()`` (None ends the track) at ``fps``, numbering each one.
+
+    ``sent[n]`` is the wall-clock time frame ``n`` left this track (before encoding); with
+    ``number=True`` the number is drawn into the picture (``framecode``) for round-trip timing.
+    """
+
+    kind = "video"
+
+    def __init__(self, next_image: Callable[[], Any], fps: float = 30.0, number: bool = True) -> None:
+        super().__init__()
+        self._next_image = next_image
+        self.fps = fps
+        self.number = number
+        self.sent: dict[int, float] = {}
+        self.count = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self.count / self.fps - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        image = self._next_image()
+        if asyncio.iscoroutine(image):
+            image = await image
+        if image is None:
+            self.stop()
+            raise MediaStreamError
+        n = self.count
+        if self.number and image.shape[1] >= 8 * framecode.BITS:
+            image = framecode.stamp(np.array(image, copy=True), n)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = int(n * VIDEO_CLOCK / self.fps)
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self.sent[n & 0xFFFF] = time.time()
+        if len(self.sent) > 4096:
+            self.sent.pop(next(iter(self.sent)))
+        self.count += 1
+        return frame
+
+
+class _Client:
+    """Shared WHIP/WHEP steps: offer (all candidates gathered), POST, answer, DELETE on close."""
+
+    def __init__(self, url: str, *, fast: bool = True, ice_servers: list[dict[str, Any]] | None = None) -> None:
+        self.url = url
+        self.fast = fast
+        if httpx.URL(url).host in ("127.0.0.1", "localhost", "::1"):
+            allow_loopback(True)  # the server is on this machine: let ICE use loopback
+        self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self.remote: MediaStreamTrack | None = None
+        self.location: str | None = None
+        self.stream_id: str | None = None
+        self._got_track = asyncio.Event()
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "video":
+                self.remote = track
+                self._got_track.set()
+
+    async def _negotiate(self) -> None:
+        if self.fast:
+            low_latency(self.pc)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with httpx.AsyncClient(timeout=30) as http:
+            resp = await http.post(self.url, content=self.pc.localDescription.sdp,
+                                   headers={"Content-Type": "application/sdp"})
+        if resp.status_code != 201:
+            await self.pc.close()
+            raise WebRTCError(f"{self.url}: {resp.status_code} {resp.text}")
+        self.location = str(httpx.URL(self.url).join(resp.headers["Location"]))
+        self.stream_id = resp.headers.get("X-Ooblex-Stream")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=resp.text, type="answer"))
+
+    async def wait_connected(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.pc.connectionState != "connected":
+            if self.pc.connectionState in ("failed", "closed") or time.monotonic() > deadline:
+                raise WebRTCError(f"connection {self.pc.connectionState} to {self.url}")
+            await asyncio.sleep(0.02)
+
+    async def close(self, delete: bool = True) -> None:
+        if delete and self.location:
+            async with httpx.AsyncClient(timeout=10) as http:
+                await http.delete(self.location)
+        await self.pc.close()
+
+    async def __aenter__(self) -> _Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+
+class WhipClient(_Client):
+    """Publish ``track`` to a WHIP URL; with ``receive=True`` the processed video comes back (``remote``)."""
+
+    def __init__(self, url: str, track: MediaStreamTrack, *, receive: bool = True, codec: str = "vp8",
+                 **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.track = track
+        self.receive = receive
+        self.codec = codec
+
+    async def start(self) -> None:
+        transceiver = self.pc.addTransceiver(self.track, direction="sendrecv" if self.receive else "sendonly")
+        prefs = [c for c in RTCRtpSender.getCapabilities("video").codecs
+                 if c.mimeType.lower() in (f"video/{self.codec.lower()}", "video/rtx")]
+        transceiver.setCodecPreferences(prefs)
+        await self._negotiate()
+        if self.receive:
+            await asyncio.wait_for(self._got_track.wait(), 10)
+
+
+class WhepClient(_Client):
+    """Watch a processed stream from a WHEP URL (``remote`` is the video track)."""
+
+    async def start(self) -> None:
+        self.pc.addTransceiver("video", direction="recvonly")
+        await self._negotiate()
+        await asyncio.wait_for(self._got_track.wait(), 10)
+
+
+class RoundTrips:
+    """Reads a returned track, matching frame numbers to send times: fps, round trip, loss."""
+
+    def __init__(self, track: ImageTrack) -> None:
+        self.track = track
+        self.received = 0
+        self.rtts: list[float] = []  # seconds, one per numbered frame that came back
+        self.numbers: set[int] = set()
+
+    async def consume(self, remote: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await remote.recv()
+                now = time.time()
+                self.received += 1
+                n = framecode.read(await asyncio.to_thread(frame.to_ndarray, format="rgb24"))
+                if n is not None and n in self.track.sent and n not in self.numbers:
+                    self.numbers.add(n)
+                    self.rtts.append(now - self.track.sent[n])
+
+
+def percentiles_ms(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    p = np.percentile(np.array(values) * 1e3, [50, 95, 99])
+    return {"p50": round(float(p[0]), 2), "p95": round(float(p[1]), 2), "p99": round(float(p[2]), 2)}
+
+
+def _image_feed(spec: Any) -> tuple[Callable[[], Any], float, Callable[[], None]]:
+    """(next_image coroutine function, fps, close) for an ``open_source`` spec."""
+    from ..media.sources import LatestFrameReader, open_source
+
+    source = open_source(spec)
+    if source.live:
+        reader = LatestFrameReader(source)
+
+        async def next_live() -> np.ndarray | None:
+            item = await asyncio.to_thread(reader.get)
+            return None if item is None else item[0]
+        return next_live, source.fps or 30.0, source.close
+    frames = iter(source)
+
+    async def next_file() -> np.ndarray | None:
+        item = await asyncio.to_thread(next, frames, None)
+        return None if item is None else item[0]
+    return next_file, source.fps or 30.0, source.close
+
+
+async def send(source: Any, to: str, *, codec: str = "vp8", duration: float = 0.0, fps: float | None = None,
+               show_every: float = 1.0, out: Callable[[str], None] = print) -> int:
+    """Send ``source`` to a WHIP URL, read the processed video back, print fps and round-trip latency."""
+    from ..media.sources import SourceError
+
+    try:
+        next_image, source_fps, close_source = _image_feed(source)
+    except SourceError as exc:
+        out(f"ooblex send: {exc}")
+        return 2
+    track = ImageTrack(next_image, fps=fps or source_fps)
+    client = WhipClient(to, track, codec=codec)
+    try:
+        await client.start()
+        await client.wait_connected()
+    except (WebRTCError, httpx.HTTPError, asyncio.TimeoutError) as exc:
+        out(f"ooblex send: {exc}")
+        close_source()
+        return 1
+    out(f"ooblex send: connected, stream {client.stream_id} "
+        f"(watch: {httpx.URL(to).join('/mjpeg/' + str(client.stream_id))})")
+    trips = RoundTrips(track)
+    reader = asyncio.create_task(trips.consume(client.remote))
+    started = time.monotonic()
+    try:
+        await _report(track, trips, client, started, duration, show_every, out)
+    finally:
+        reader.cancel()
+        await client.close()
+        close_source()
+    summary = percentiles_ms(trips.rtts)
+    out(f"ooblex send: sent {track.count} frames, received {trips.received}, round trip ms {summary or 'n/a'}")
+    return 0
+
+
+async def _report(track: ImageTrack, trips: RoundTrips, client: _Client, started: float, duration: float,
+                  every: float, out: Callable[[str], None]) -> None:
+    last_sent, last_recv, last_rtt = 0, 0, 0
+    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+        while track.readyState == "live" and client.pc.connectionState == "connected":
+            await asyncio.sleep(every)
+            rtts = trips.rtts[last_rtt:]
+            p = percentiles_ms(rtts)
+            rtt = f"round trip p50 {p['p50']} ms p95 {p['p95']} ms" if p else "round trip n/a (picture changed)"
+            sent, received = (track.count - last_sent) / every, (trips.received - last_recv) / every
+            out(f"sent {sent:5.1f} fps  received {received:5.1f} fps  {rtt}")
+            last_sent, last_recv, last_rtt = track.count, trips.received, len(trips.rtts)
+            if duration and time.monotonic() - started >= duration:
+                return

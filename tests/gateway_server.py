@@ -1,0 +1,61 @@
+"""Run a real gateway (uvicorn on a free 127.0.0.1 port, in a background thread) for a test.
+
+    with running_gateway(threads=[my_thread]) as gw:
+        httpx.get(gw.url + "/healthz")
+        gw.app.state.gateway.sessions   # the live state, for assertions
+
+The server and its engine are shut down when the ``with`` block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from ooblex.gateway import Settings, create_app
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    port: int
+    app: FastAPI
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.gateway
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_gateway(threads: Any = (), settings: Settings | None = None, **kwargs: Any) -> Iterator[RunningGateway]:
+    settings = settings or Settings(loopback_candidates=True)
+    app = create_app(threads=threads, settings=settings, **kwargs)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           ws_max_size=64 << 20))
+    thread = threading.Thread(target=server.run, name="test-gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test gateway did not start")
+        time.sleep(0.02)
+    try:
+        yield RunningGateway(f"http://127.0.0.1:{port}", port, app)
+    finally:
+        server.should_exit = True
+        thread.join(15)

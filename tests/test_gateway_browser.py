@@ -1,0 +1,79 @@
+"""End to end in headless Chromium: the demo page streams a fake webcam through a thread and back."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .netns import ROOT, in_netns
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+         "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [pytest.mark.timeout(150), pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")]
+
+
+async def _output_playing(page, seconds: float = 20.0) -> dict:
+    """Wait for #output to show frames; returns its size and how far currentTime advanced."""
+    await page.wait_for_function("document.getElementById('output').videoWidth > 0", timeout=seconds * 1000)
+    t0 = await page.evaluate("document.getElementById('output').currentTime")
+    await asyncio.sleep(1.5)
+    return await page.evaluate(
+        """(t0) => { const v = document.getElementById('output');
+             return {width: v.videoWidth, height: v.videoHeight, advanced: v.currentTime - t0,
+                     status: document.getElementById('status').textContent}; }""", t0)
+
+
+@in_netns
+@pytest.mark.parametrize("thread,codec", [("identity", ""), ("invert", ""), ("identity", "H264")])
+async def test_demo_page_autostart_plays_processed_video(thread: str, codec: str) -> None:
+    from playwright.async_api import async_playwright
+
+    from ooblex.gateway.demo import demo_threads
+
+    from .gateway_server import running_gateway
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with running_gateway(threads=demo_threads()) as gw:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1280, "height": 820})
+                logs: list[str] = []
+                page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
+                await page.goto(f"{gw.url}/?thread={thread}&autostart=1&codec={codec}")
+                try:
+                    state = await _output_playing(page)
+                finally:
+                    shot = ARTIFACTS / f"demo-{thread}{'-' + codec if codec else ''}.png"
+                    await page.screenshot(path=str(shot), full_page=True)
+                assert state["width"] > 0 and state["advanced"] > 0.5, (state, logs)
+                assert gw.state.sessions.count("whip") == 1
+                if codec:  # the browser encodes what it was asked for
+                    sdp = next(iter(gw.state.sessions.items.values())).pc.localDescription.sdp
+                    video = sdp[sdp.index("m=video"):]
+                    first_pt = video.split("\r\n")[0].split()[3]
+                    assert f"a=rtpmap:{first_pt} {codec}/90000" in video, video[:600]
+                stream = next(iter(gw.state.engine.streams.values()))
+                assert stream.thread.name == thread and stream.stats.counters["processed"] > 10
+                await asyncio.sleep(1.2)  # the page polls stream stats every second
+                assert "fps" in await page.text_content("#fps")
+                assert await page.locator("#latency tbody tr").count() >= 3
+                assert stream.id in await page.text_content("#whep-url")
+                if thread == "invert":  # moving the slider changes the live stream's parameter
+                    await page.eval_on_selector("input[name=amount]",
+                                                "el => { el.value = 0.25; el.dispatchEvent(new Event('input')); }")
+                    await asyncio.sleep(0.6)
+                    assert stream.params == {"amount": 0.25}
+                await page.click("#stop")
+                await asyncio.sleep(1.0)
+                assert not gw.state.sessions.items and not gw.state.engine.streams
+            finally:
+                await browser.close()

@@ -1,0 +1,76 @@
+"""Pure logic of the WebRTC helpers: the marker-bit jitter buffer, frame numbers, offer checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rtp import RtpPacket
+
+from ooblex import jpeg
+from ooblex.webrtc import SDPError, check_offer, framecode
+from ooblex.webrtc.jitter import MarkerJitterBuffer
+
+
+def packets(frame_ts: int, first_seq: int, count: int) -> list[RtpPacket]:
+    out = []
+    for i in range(count):
+        p = RtpPacket(payload_type=96, sequence_number=(first_seq + i) & 0xFFFF, timestamp=frame_ts,
+                      marker=int(i == count - 1))
+        p._data = bytes([first_seq + i & 0xFF])  # type: ignore[attr-defined]
+        out.append(p)
+    return out
+
+
+def feed(buffer: JitterBuffer, pkts: list[RtpPacket]) -> list[tuple[int, bytes]]:
+    """Frames released, with the index of the packet that released them."""
+    released = []
+    for i, p in enumerate(pkts):
+        _, frame = buffer.add(p)
+        if frame is not None:
+            released.append((i, frame.data))
+    return released
+
+
+def test_marker_releases_frame_on_its_last_packet() -> None:
+    pkts = packets(3000, 65533, 3) + packets(6000, 0, 2)  # also crosses the sequence wrap
+    ours = feed(MarkerJitterBuffer(capacity=128, is_video=True), pkts)
+    stock = feed(JitterBuffer(capacity=128, is_video=True), pkts)
+    assert ours == [(2, bytes([253, 254, 255])), (4, bytes([0, 1]))]
+    assert stock == [(3, bytes([253, 254, 255]))]  # one frame late, the last one still waiting
+
+
+def test_marker_buffer_waits_for_a_missing_packet() -> None:
+    pkts = packets(3000, 10, 4)
+    buffer = MarkerJitterBuffer(capacity=128, is_video=True)
+    assert feed(buffer, [pkts[0], pkts[1], pkts[3]]) == []  # packet 12 lost so far
+    _, frame = buffer.add(pkts[2])  # retransmission arrives
+    assert frame is not None and frame.data == bytes([10, 11, 12, 13])
+
+
+def test_framecode_survives_jpeg_and_rejects_noise() -> None:
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 1234, 65535):
+        img = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+        framecode.stamp(img, n)
+        assert framecode.read(jpeg.decode(jpeg.encode(img, 40))) == n
+    assert framecode.read(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)) is None
+    assert framecode.read(np.zeros((480, 640, 3), np.uint8)) is None  # all-black strip fails the check
+
+
+@pytest.mark.parametrize("sdp,words", [
+    ("", "not an SDP offer"),
+    ("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF abc\r\n", "malformed SDP"),
+    ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n", "no video m-line"),
+    ("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 98\r\na=rtpmap:98 VP9/90000\r\n", "offered: VP9"),
+    ("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n", "lacks ICE credentials"),
+])
+def test_check_offer_names_the_problem(sdp: str, words: str) -> None:
+    with pytest.raises(SDPError, match=words.replace("(", r"\(")):
+        check_offer(sdp)
+
+
+def test_check_offer_size_limit() -> None:
+    with pytest.raises(SDPError) as info:
+        check_offer("v=0\r\n" + "a=x\r\n" * 100, max_bytes=100)
+    assert info.value.status == 413
