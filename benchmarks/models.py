@@ -91,7 +91,7 @@ def cases(threads: int) -> list[tuple[str, str, Callable[[np.ndarray], Any], dic
     add("face_swap", "one_face.jpg", blend="feather")
     add("face_swap", "two_faces.jpg")
     add("face_swap", "two_faces.jpg", mode="pair")
-    add("cartoon", "one_face.jpg")
+    add("cartoon_torch", "one_face.jpg")
     if "cartoon_onnx" in loaded:
         import ooblex as ob
         from models.cartoon_onnx import ONNX

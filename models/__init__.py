@@ -21,7 +21,7 @@ DEMOS = {
     "face_blur": "models.privacy:face_blur",
     "face_pixelate": "models.privacy:face_pixelate",
     "face_swap": "models.swap:face_swap",
-    "cartoon": "models.cartoon:cartoon",
+    "cartoon_torch": "models.cartoon:cartoon_torch",
     "cartoon_onnx": "models.cartoon_onnx:cartoon_onnx",
     "sketch": "models.sketch:sketch",
 }

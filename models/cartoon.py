@@ -1,4 +1,4 @@
-"""``cartoon`` (PyTorch) and ``cartoon_onnx`` (the same trained network exported to ONNX).
+"""``cartoon_torch`` (PyTorch) and ``cartoon_onnx`` (the same trained network exported to ONNX).
 
 Both are built with the framework adapters (``ob.torch.module`` / ``ob.onnx.session``), so
 they double as runnable examples of them. The network imitates ``styles.cartoon_filter``;
@@ -14,7 +14,7 @@ import ooblex as ob
 from . import licences
 from .cartoon_net import load_cartoon_net
 
-cartoon = ob.torch.module(
-    load_cartoon_net, name="cartoon", licence=licences.OOBLEX_TRAINED,
+cartoon_torch = ob.torch.module(
+    load_cartoon_net, name="cartoon_torch", licence=licences.OOBLEX_TRAINED,
     description="Cartoon style (flat colours, dark outlines) by a 19k-parameter CNN in PyTorch, "
                 "distilled from an OpenCV filter by models/train_cartoon.py.")

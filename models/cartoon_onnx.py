@@ -14,5 +14,5 @@ ONNX = Path(__file__).parent / "weights" / "cartoon.onnx"
 
 cartoon_onnx = ob.onnx.session(
     ONNX, name="cartoon_onnx", licence=licences.OOBLEX_TRAINED,
-    description="Cartoon style by the same CNN as 'cartoon', exported to ONNX and run by onnxruntime "
+    description="Cartoon style by the same CNN as 'cartoon_torch', exported to ONNX and run by onnxruntime "
                 "(CUDA provider when available).")

@@ -30,29 +30,24 @@ _LAZY = {"deploy": "ooblex.cluster.deploy", "undeploy": "ooblex.cluster.deploy",
          "weight": "ooblex.cluster.weights", "ClusterEngine": "ooblex.cluster.engine"}
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
+#: Framework adapters (``ob.torch.module``, ``ob.tensorflow.model``, ``ob.onnx.session``), imported on first use.
+_ADAPTERS = ("torch", "tensorflow", "onnx")
 
+
+def __getattr__(name: str) -> object:
+    """Lazy attributes: ``import ooblex`` imports no framework and no cluster client."""
+    import importlib
+
+    if name in _ADAPTERS:
+        module = importlib.import_module(f".adapters.{name}", __name__)
+        globals()[name] = module
+        return module
+    if name in _LAZY:
         try:
             module = importlib.import_module(_LAZY[name])
         except ImportError as exc:
             raise ImportError(f"ooblex.{name} needs the cluster extra ({exc}): pip install 'ooblex[cluster]'") from exc
         return getattr(module, name)
-    raise AttributeError(f"module 'ooblex' has no attribute {name!r}")
-
-
-_ADAPTERS = ("torch", "tensorflow", "onnx")
-
-
-def __getattr__(name: str) -> object:
-    """``ob.torch`` / ``ob.tensorflow`` / ``ob.onnx``: framework adapters, imported on first use only."""
-    if name in _ADAPTERS:
-        import importlib
-
-        module = importlib.import_module(f".adapters.{name}", __name__)
-        globals()[name] = module
-        return module
     raise AttributeError(f"module 'ooblex' has no attribute {name!r}")
 
 

@@ -30,16 +30,16 @@ def test_weights_are_shipped_and_small() -> None:
 
 def test_cartoon_net_imitates_the_filter_in_torch_and_onnx() -> None:
     pytest.importorskip("torch")
-    from models.cartoon import cartoon
+    from models.cartoon import cartoon_torch
     from models.cartoon_onnx import cartoon_onnx
 
-    out = cartoon(FRAME)
+    out = cartoon_torch(FRAME)
     teacher = cartoon_filter(FRAME)
     assert out.shape == FRAME.shape and out.dtype == np.uint8
     # much closer to the teacher than the untouched photo is: it learnt the effect
     assert l1(out, teacher) < 0.6 * l1(FRAME, teacher)
     assert l1(cartoon_onnx(FRAME), out) < 1.0  # the export computes the same function
-    odd = cartoon(np.ascontiguousarray(FRAME[:101, :77]))
+    odd = cartoon_torch(np.ascontiguousarray(FRAME[:101, :77]))
     assert odd.shape == (101, 77, 3)
 
 
