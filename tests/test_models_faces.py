@@ -188,3 +188,22 @@ async def test_face_blur_through_the_engine_returns_boxes_as_json() -> None:
         await stream.close()
         with pytest.raises(ValueError, match="mode"):
             engine.open("face_swap", params={"mode": "nope"})
+
+
+async def test_face_swap_serves_two_live_streams_at_once() -> None:
+    """One shared instance, two streams of different sizes: each keeps its own landmark tracks."""
+    big = load("one_face.jpg")
+    small = cv2.resize(load("two_faces.jpg"), (320, 240), interpolation=cv2.INTER_AREA)
+    async with Engine("memory://", threads=[face_swap]) as engine:
+        a = engine.open("face_swap", params={"blend": "feather"}, mode="every")
+        b = engine.open("face_swap", params={"mode": "pair", "scale": 2.0}, mode="every")  # small faces
+        outs_a, outs_b = [], []
+        for _ in range(3):  # both streams in flight at once, interleaved on the one instance
+            await a.submit(big, captured=time.time())
+            await b.submit(small, captured=time.time())
+            outs_a.append(await a.get(timeout=30))
+            outs_b.append(await b.get(timeout=30))
+        await a.close()
+        await b.close()
+    assert all(f.error is None and f.result["swapped"] == 1 for f in outs_a)
+    assert all(f.error is None and f.image.shape == small.shape and f.result["swapped"] == 2 for f in outs_b)
