@@ -94,6 +94,14 @@ def test_face_blur_hides_faces_and_nothing_else(name: str) -> None:
     assert np.array_equal(out[keep], img[keep])
 
 
+def test_upsample_finds_small_faces_for_distant_cameras() -> None:
+    small = cv2.resize(load("two_faces.jpg"), None, fx=0.4, fy=0.4, interpolation=cv2.INTER_AREA)  # faces ~36, ~72 px
+    noses = [(int(x * 0.4), int(y * 0.4)) for x, y in NOSES["two_faces.jpg"]]
+    assert face_blur(small)[1]["count"] == 1
+    out, res = face_blur(small, upsample=1)
+    assert res["count"] == 2 and all(any(contains(f["box"], n) for f in res["faces"]) for n in noses)
+
+
 def test_face_pixelate_makes_blocks_and_reports_boxes() -> None:
     img = load("one_face.jpg")
     out, res = face_pixelate(img, blocks=6)
