@@ -30,10 +30,19 @@ _LAZY = {"deploy": "ooblex.cluster.deploy", "undeploy": "ooblex.cluster.deploy",
          "weight": "ooblex.cluster.weights", "ClusterEngine": "ooblex.cluster.engine"}
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
+#: Framework adapters (``ob.torch.module``, ``ob.tensorflow.model``, ``ob.onnx.session``), imported on first use.
+_ADAPTERS = ("torch", "tensorflow", "onnx")
 
+
+def __getattr__(name: str) -> object:
+    """Lazy attributes: ``import ooblex`` imports no framework and no cluster client."""
+    import importlib
+
+    if name in _ADAPTERS:
+        module = importlib.import_module(f".adapters.{name}", __name__)
+        globals()[name] = module
+        return module
+    if name in _LAZY:
         try:
             module = importlib.import_module(_LAZY[name])
         except ImportError as exc:
