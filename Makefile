@@ -2,7 +2,7 @@
 comma  := ,
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= gateway,cluster,jupyter,onnx,torch,tensorflow,dev
+EXTRAS ?= gateway,cluster,jupyter,onnx,torch,tensorflow,models,dev
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 HOST   ?= 127.0.0.1
 PORT   ?= 8800
@@ -30,6 +30,7 @@ test: lint
 bench: setup
 	$(PY) benchmarks/engine_overhead.py
 	$(PY) benchmarks/webrtc_rtt.py
+	$(PY) benchmarks/models.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
