@@ -18,6 +18,15 @@ import httpx
 NOT_AVAILABLE = "cluster support not installed/configured"
 
 
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:
+        return (OSError,)
+    return (OSError, RedisConnectionError, RedisTimeoutError)
+
+
 class ClusterUnavailable(RuntimeError):
     """The cluster cannot be reached from this server (missing package or settings): HTTP 503."""
 
@@ -62,7 +71,10 @@ class Cluster:
     async def call(self, what: str, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(self, f"_{what}")
         modules = self._modules()
-        return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(modules, *args, **kwargs))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(modules, *args, **kwargs))
+        except _unreachable_errors() as exc:
+            raise ClusterUnavailable(f"cannot reach the cluster's store: {exc}") from None
 
     def _modules(self) -> tuple[Any, Any]:
         if not self.settings.cluster:
