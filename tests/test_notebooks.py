@@ -14,6 +14,7 @@ from .kernel_frontend import ROOT  # noqa: E402
 from .media import write_video  # noqa: E402
 
 NOTEBOOKS = ROOT / "notebooks"
+pytestmark = pytest.mark.timeout(400)  # a kernel per notebook; TensorFlow's import alone is slow on 2 cores
 
 
 @pytest.fixture(scope="module")
