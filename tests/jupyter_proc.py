@@ -108,8 +108,8 @@ def _select_kernel(page: Any) -> None:
         select.click()
 
 
-def run_cell(page: Any, index: int, attempts: int = 10) -> None:
-    """Run the notebook's ``index``-th cell with Shift+Enter, retrying until its prompt shows it ran.
+def run_cell(page: Any, index: int, attempts: int = 10, ran: str = r"\[[*\d]") -> None:
+    """Run the notebook's ``index``-th cell with Shift+Enter, retrying until its prompt matches ``ran``.
 
     Right after load JupyterLab may still move focus around, which can swallow the key press."""
     cell = page.locator(f"{PANEL} .jp-Notebook .jp-Cell").nth(index)
@@ -118,7 +118,7 @@ def run_cell(page: Any, index: int, attempts: int = 10) -> None:
         try:
             cell.locator(".cm-content").click(timeout=5_000)
             page.keyboard.press("Shift+Enter")
-            cell.locator(".jp-InputPrompt", has_text=re.compile(r"\[[*\d]")).wait_for(timeout=5_000)
+            cell.locator(".jp-InputPrompt", has_text=re.compile(ran)).wait_for(timeout=5_000)
             return
         except Exception:  # noqa: BLE001 - playwright's TimeoutError: try again
             time.sleep(0.5)

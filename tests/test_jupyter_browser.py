@@ -14,10 +14,20 @@ import time
 import pytest
 
 playwright = pytest.importorskip("playwright.sync_api")
-from .jupyter_proc import CHROMIUM, FLAGS, ROOT, JupyterServer, open_notebook, run_cell  # noqa: E402
+from .jupyter_proc import CHROMIUM, FLAGS, PANEL, ROOT, JupyterServer, open_notebook, run_cell  # noqa: E402
 
 ARTIFACTS = ROOT / "test-artifacts"
 FRAMES = 150
+
+SWAPPED = """import ooblex as ob
+
+@ob.tensor_thread(params={"levels": {"min": 2, "max": 16}})
+def cartoon(frame, levels: int = 4):
+    return 255 - frame, {"swapped": True, "levels": levels}
+
+live = ob.live(cartoon)
+live
+"""
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400),
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (.ci/system-deps)")]
@@ -56,6 +66,7 @@ def test_quickstart_cell_shows_processed_webcam_frames(app, tmp_path, monkeypatc
             time.sleep(1.0)  # let a stats message with the stage latencies render for the screenshot
             page.locator(".ooblex-live").screenshot(path=str(ARTIFACTS / shot))
             stats_line = page.locator(".ooblex-stats").inner_text()
+            swap_and_tune(page)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / f"jupyter_live_{app}_failure.png"))
             (ARTIFACTS / f"jupyter_live_{app}_console.txt").write_text("\n".join(console) + "\n\n" + server.log())
@@ -70,3 +81,21 @@ def test_quickstart_cell_shows_processed_webcam_frames(app, tmp_path, monkeypatc
     assert 0.001 < out["dark"] < 0.9, "the output is not the cartoon of a camera picture (no black outlines)"
     assert 0 < p50 <= p95 < 5000
     assert "fps" in stats_line and "compute" in stats_line
+
+
+def swap_and_tune(page) -> None:
+    """Edit the cell and re-run it: the running widget takes the new code (no reload), then a
+    slider moved in the browser reaches the function while frames flow."""
+    editor = page.locator(f"{PANEL} .jp-Notebook .jp-Cell").nth(1).locator(".cm-content")
+    editor.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.insert_text(SWAPPED)
+    run_cell(page, 1, ran=r"\[2\]")
+    page.locator(".ooblex-title", has_text="v2").wait_for(timeout=60_000)
+    result = page.locator(".ooblex-result")
+    page.wait_for_function("() => document.querySelector('.ooblex-result').textContent.includes('swapped')",
+                           timeout=60_000)
+    assert '"levels":4' in result.inner_text()
+    page.locator("[data-param=levels]").fill("9")
+    page.wait_for_function("() => document.querySelector('.ooblex-result').textContent.includes('\"levels\":9')",
+                           timeout=30_000)
