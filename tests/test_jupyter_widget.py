@@ -194,3 +194,25 @@ def test_an_ipywebrtc_camera_stream_means_the_browser_camera_with_its_constraint
     assert _camera_stream_constraints(CameraStream()) == {"facingMode": "user", "width": 320}
     assert _describe_source("webcam")[0] == "browser"
     assert _describe_source("clip.mp4") == ("kernel", "clip.mp4") and _describe_source(0)[0] == "kernel"
+
+
+def test_swap_to_code_whose_setup_fails_keeps_the_running_version(kernel, comm_id):
+    out = kernel.execute("""
+@ob.tensor_thread(name="invert")
+class Broken:
+    def setup(self):
+        raise OSError("weights.bin not found")
+    def __call__(self, frame, k: int = 3):
+        return frame
+try:
+    ob.live(Broken)
+except OSError as exc:
+    print("raised:", exc)
+w.start()
+print(w.version, w.thread_name)
+""")
+    assert out.splitlines()[0] == "raised: weights.bin not found"
+    version = out.splitlines()[1]
+    content, _ = send_frame(kernel, comm_id, 600)
+    assert content["type"] == "frame" and content["error"] == "RuntimeError: boom"  # the previous code still runs
+    assert version.endswith(" invert")

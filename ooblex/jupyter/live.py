@@ -6,6 +6,7 @@ code into the running widget (same view, same camera, parameters kept) instead o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..thread import as_thread
@@ -32,7 +33,7 @@ def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, A
     widget = _live.get(key)
     if widget is not None and not widget.closed:
         widget.swap(thread, params)
-        if source is not widget._source and source != widget._source:
+        if not _same_source(source, widget._source):
             widget.set_source(source)
         return widget
     constraints = {"width": {"ideal": width}, "height": {"ideal": height}}
@@ -52,3 +53,8 @@ def close_all() -> None:
     for w in list(_live.values()):
         w.close()
     _live.clear()
+
+
+def _same_source(a: Any, b: Any) -> bool:
+    """Identity, or equality for specs that compare by value (never elementwise arrays)."""
+    return a is b or isinstance(a, (str, int, Path)) and isinstance(b, (str, int, Path)) and a == b

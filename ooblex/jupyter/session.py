@@ -134,9 +134,13 @@ class LiveSession:
     async def start(self, thread: TensorThread, params: dict[str, Any]) -> None:
         """Open a fresh engine and stream for ``thread``; replaces (swaps) any running one."""
         engine = Engine(threads=[thread])
-        await engine.start()
-        stream = engine.open(thread.name, params=params, mode="live", max_in_flight=self.max_in_flight,
-                             max_latency_ms=self.max_latency_ms)
+        try:
+            await engine.start()  # runs the thread's setup(): a model that fails to load raises here
+            stream = engine.open(thread.name, params=params, mode="live", max_in_flight=self.max_in_flight,
+                                 max_latency_ms=self.max_latency_ms)
+        except BaseException:
+            await engine.close()
+            raise
         old_engine, old_pump = self.engine, self._pump
         self.engine, self.stream = engine, stream
         self._inputs.clear()
