@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -18,7 +19,7 @@ from ooblex.media.sinks import MJPEGServerSink
 from server_ext.cluster import Settings
 
 pytest.importorskip("jupyter_server")
-from .jupyter_proc import ROOT, JupyterServer  # noqa: E402
+from .jupyter_proc import ROOT, JupyterServer, free_port  # noqa: E402
 
 SECRET = "cluster-s3cret"
 ENABLE = '--ServerApp.jpserver_extensions={"server_ext": True}'
@@ -214,13 +215,17 @@ def test_cluster_endpoints_on_a_live_cluster(tmp_path):
 
     (tmp_path / "mythreads.py").write_text(THREADS)
     redis = RedisServer().start()
-    env = {"OOBLEX_CLUSTER": redis.url, "OOBLEX_SECRET": SECRET}
-    worker = subprocess.Popen([sys.executable, "-m", "ooblex", "worker"], cwd=tmp_path,
-                              env={**os.environ, "PYTHONPATH": str(ROOT), "OOBLEX_BROKER": redis.url,
-                                   "OOBLEX_SECRET": SECRET})
+    gateway_port = free_port()
+    gateway_url = f"http://127.0.0.1:{gateway_port}"
+    env = {"OOBLEX_CLUSTER": redis.url, "OOBLEX_SECRET": SECRET, "OOBLEX_GATEWAY": gateway_url}
+    child_env = {**os.environ, "PYTHONPATH": str(ROOT), "OOBLEX_BROKER": redis.url, "OOBLEX_SECRET": SECRET}
+    worker = subprocess.Popen([sys.executable, "-m", "ooblex", "worker"], cwd=tmp_path, env=child_env)
+    gateway = subprocess.Popen([sys.executable, "-m", "ooblex", "gateway", "--broker", redis.url, "--port",
+                                str(gateway_port)], cwd=tmp_path, env=child_env)
     auth = {"Authorization": "token test-token"}
     try:
         with JupyterServer(tmp_path, args=[ENABLE], env=env) as srv:
+            wait_http(f"{gateway_url}/healthz")
             r = httpx.post(f"{srv.url}/ooblex/deployments", headers=auth, timeout=60,
                            json={"thread": f"{tmp_path / 'mythreads.py'}:invert", "wait": 30})
             assert r.status_code == 201, r.text
@@ -230,16 +235,31 @@ def test_cluster_endpoints_on_a_live_cluster(tmp_path):
             deployments = httpx.get(f"{srv.url}/ooblex/deployments", headers=auth, timeout=10).json()
             assert deployments[0]["name"] == "invert" and deployments[0]["serving"] >= 1
             assert len(httpx.get(f"{srv.url}/ooblex/workers", headers=auth, timeout=10).json()) == 1
-            assert httpx.get(f"{srv.url}/ooblex/streams", headers=auth, timeout=10).json() == []  # no gateway
+            streams = httpx.get(f"{srv.url}/ooblex/streams", headers=auth, timeout=10).json()
+            assert [g["url"] for g in streams] == [gateway_url] and "error" not in streams[0], streams
+            r = httpx.get(f"{srv.url}/ooblex/gateway/api/v1/threads", headers=auth, timeout=10)
+            assert r.status_code == 200 and "invert" in r.text  # the real gateway, through the proxy
             r = httpx.post(f"{srv.url}/ooblex/deployments", headers=auth, json={"thread": "nosuch:thing"}, timeout=30)
             assert r.status_code == 400 and "nosuch" in r.json()["message"]
             assert httpx.delete(f"{srv.url}/ooblex/deployments/invert", headers=auth, timeout=10).status_code == 200
             r = httpx.delete(f"{srv.url}/ooblex/deployments/invert", headers=auth, timeout=10)
             assert r.status_code == 404 and "not deployed" in r.json()["message"]
     finally:
-        worker.terminate()
-        worker.wait(20)
+        for proc in (gateway, worker):
+            proc.terminate()
+            proc.wait(20)
         redis.cleanup()
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.HTTPError:
+            assert time.time() < deadline, f"nothing answers at {url}"
+            time.sleep(0.2)
 
 
 def test_loading_the_extension_turns_nagle_off_for_kernel_websockets(tmp_path, monkeypatch):

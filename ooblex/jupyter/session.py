@@ -52,7 +52,7 @@ class Shot:
 class Recording:
     """Processed frames collected for ``seconds`` (at most ``max_frames``); fills in the background."""
 
-    def __init__(self, seconds: float, max_frames: int = 1000) -> None:
+    def __init__(self, seconds: float, max_frames: int = 300) -> None:
         if seconds <= 0:
             raise ValueError(f"seconds must be > 0, got {seconds!r}")
         self.seconds = seconds

@@ -127,7 +127,7 @@ class LiveWidget(anywidget.AnyWidget):
             raise RuntimeError(f"no processed frame yet: {hint}")
         return shot
 
-    def record(self, seconds: float, *, block: bool | None = None, max_frames: int = 1000) -> Recording:
+    def record(self, seconds: float, *, block: bool | None = None, max_frames: int = 300) -> Recording:
         """Collect processed frames for ``seconds``. Blocks for kernel-side sources; for the browser
         webcam it returns at once (frames arrive only while no cell runs) - read it in a later cell."""
         if block is None:
