@@ -216,3 +216,31 @@ print(w.version, w.thread_name)
     content, _ = send_frame(kernel, comm_id, 600)
     assert content["type"] == "frame" and content["error"] == "RuntimeError: boom"  # the previous code still runs
     assert version.endswith(" invert")
+
+
+def test_http_mjpeg_url_as_kernel_side_source():
+    """An IP-camera style MJPEG URL (here ooblex's own MJPEG sink) read in the kernel's process."""
+    import threading
+
+    import ooblex as ob
+    from ooblex.frame import Frame
+    from ooblex.media.sinks import MJPEGServerSink
+
+    sink, stop = MJPEGServerSink(), threading.Event()
+
+    def feed() -> None:
+        while not stop.is_set():
+            sink.write(Frame(np.full((60, 80, 3), 100, np.uint8)))
+            stop.wait(0.03)
+
+    threading.Thread(target=feed, daemon=True).start()
+    live = ob.live(lambda frame: 255 - frame, source=sink.url, name="mjpeg-test")
+    try:
+        assert live.source_kind == "kernel" and live.source_label == sink.url
+        rec = live.record(1.0)
+        assert len(rec.frames) >= 10
+        assert abs(int(rec.inputs[-1].mean()) - 100) < 4 and abs(int(rec.frames[-1].mean()) - 155) < 4
+    finally:
+        live.close()
+        stop.set()
+        sink.close()
