@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml .ci/system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	# editable installs skip data-files: place the server extension's enabling config as a wheel install does
+	install -D -m 644 server_ext/jupyter-config/jupyter_server_config.d/server_ext.json \
+		$(VENV)/etc/jupyter/jupyter_server_config.d/server_ext.json
 	touch $@
 
 demo: setup
