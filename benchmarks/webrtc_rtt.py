@@ -25,6 +25,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -93,7 +94,7 @@ def serve_baseline(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def moving_picture(width: int = 640, height: int = 480):  # noqa: ANN201
+def moving_picture(width: int = 640, height: int = 480) -> Callable[[], np.ndarray]:
     base = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
     state = {"i": 0}
 

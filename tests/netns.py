@@ -5,7 +5,7 @@ node id) under ``unshare -n`` with ``lo`` up, so ICE can only ever use 127.0.0.1
 reaches the real network. The outer test passes or fails with the inner run and shows its output.
 Async tests are run with ``asyncio.run`` inside the namespace.
 
-    from netns import in_netns
+    from .netns import in_netns
 
     @in_netns
     async def test_round_trip():

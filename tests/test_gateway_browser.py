@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from netns import ROOT, in_netns
+
+from .netns import ROOT, in_netns
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.timeout(150), pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")]
 
 
-async def _output_playing(page, seconds: float = 20.0) -> dict:  # noqa: ANN001
+async def _output_playing(page, seconds: float = 20.0) -> dict:
     """Wait for #output to show frames; returns its size and how far currentTime advanced."""
     await page.wait_for_function("document.getElementById('output').videoWidth > 0", timeout=seconds * 1000)
     t0 = await page.evaluate("document.getElementById('output').currentTime")
@@ -31,12 +32,13 @@ async def _output_playing(page, seconds: float = 20.0) -> dict:  # noqa: ANN001
 
 
 @in_netns
-@pytest.mark.parametrize("thread", ["identity", "invert"])
-async def test_demo_page_autostart_plays_processed_video(thread: str) -> None:
-    from gateway_server import running_gateway
+@pytest.mark.parametrize("thread,codec", [("identity", ""), ("invert", ""), ("identity", "H264")])
+async def test_demo_page_autostart_plays_processed_video(thread: str, codec: str) -> None:
     from playwright.async_api import async_playwright
 
     from ooblex.gateway.demo import demo_threads
+
+    from .gateway_server import running_gateway
 
     ARTIFACTS.mkdir(exist_ok=True)
     with running_gateway(threads=demo_threads()) as gw:
@@ -46,19 +48,30 @@ async def test_demo_page_autostart_plays_processed_video(thread: str) -> None:
                 page = await browser.new_page(viewport={"width": 1280, "height": 820})
                 logs: list[str] = []
                 page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
-                await page.goto(f"{gw.url}/?thread={thread}&autostart=1")
+                await page.goto(f"{gw.url}/?thread={thread}&autostart=1&codec={codec}")
                 try:
                     state = await _output_playing(page)
                 finally:
-                    await page.screenshot(path=str(ARTIFACTS / f"demo-{thread}.png"), full_page=True)
+                    shot = ARTIFACTS / f"demo-{thread}{'-' + codec if codec else ''}.png"
+                    await page.screenshot(path=str(shot), full_page=True)
                 assert state["width"] > 0 and state["advanced"] > 0.5, (state, logs)
                 assert gw.state.sessions.count("whip") == 1
+                if codec:  # the browser encodes what it was asked for
+                    sdp = next(iter(gw.state.sessions.items.values())).pc.localDescription.sdp
+                    video = sdp[sdp.index("m=video"):]
+                    first_pt = video.split("\r\n")[0].split()[3]
+                    assert f"a=rtpmap:{first_pt} {codec}/90000" in video, video[:600]
                 stream = next(iter(gw.state.engine.streams.values()))
                 assert stream.thread.name == thread and stream.stats.counters["processed"] > 10
                 await asyncio.sleep(1.2)  # the page polls stream stats every second
                 assert "fps" in await page.text_content("#fps")
                 assert await page.locator("#latency tbody tr").count() >= 3
                 assert stream.id in await page.text_content("#whep-url")
+                if thread == "invert":  # moving the slider changes the live stream's parameter
+                    await page.eval_on_selector("input[name=amount]",
+                                                "el => { el.value = 0.25; el.dispatchEvent(new Event('input')); }")
+                    await asyncio.sleep(0.6)
+                    assert stream.params == {"amount": 0.25}
                 await page.click("#stop")
                 await asyncio.sleep(1.0)
                 assert not gw.state.sessions.items and not gw.state.engine.streams

@@ -9,12 +9,13 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from gateway_server import running_gateway
 from websockets.asyncio.client import connect
 
 from ooblex import jpeg, tensor_thread
 from ooblex.gateway import Settings
 from ooblex.gateway.demo import demo_threads
+
+from .gateway_server import running_gateway
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,7 +28,7 @@ def broken(frame: np.ndarray) -> np.ndarray:
 @tensor_thread(name="stats")
 def stats(frame: np.ndarray) -> dict:
     """Result only: the picture passes through unchanged."""
-    return {"mean": float(frame.mean()), "shape": list(frame.shape)}
+    return {"mean": np.float32(frame.mean()), "shape": np.array(frame.shape)}  # numpy types on purpose
 
 
 SETTINGS = Settings(loopback_candidates=True, max_image_bytes=200_000, max_image_pixels=1000 * 1000)
@@ -46,11 +47,11 @@ def picture(h: int = 120, w: int = 160, value: int | None = None) -> np.ndarray:
     return np.stack([x * 255 // w, y * 255 // h, (x + y) % 256], axis=2).astype(np.uint8)
 
 
-def post(gw, path: str, body: bytes, ctype: str = "image/jpeg") -> httpx.Response:  # noqa: ANN001
+def post(gw, path: str, body: bytes, ctype: str = "image/jpeg") -> httpx.Response:
     return httpx.post(gw.url + path, content=body, headers={"Content-Type": ctype}, timeout=20)
 
 
-def test_health_threads_openapi(gw) -> None:  # noqa: ANN001
+def test_health_threads_openapi(gw) -> None:
     assert httpx.get(gw.url + "/healthz").json()["status"] == "ok"
     threads = {t["name"]: t for t in httpx.get(gw.url + "/api/v1/threads").json()}
     assert {"identity", "edges", "invert", "cartoon"} <= set(threads)
@@ -62,7 +63,7 @@ def test_health_threads_openapi(gw) -> None:  # noqa: ANN001
         assert p in paths, p
 
 
-def test_frame_identity_jpeg_and_png(gw) -> None:  # noqa: ANN001
+def test_frame_identity_jpeg_and_png(gw) -> None:
     img = picture()
     r = post(gw, "/api/v1/frames/identity", jpeg.encode(img, 95))
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
@@ -74,7 +75,7 @@ def test_frame_identity_jpeg_and_png(gw) -> None:  # noqa: ANN001
     assert r.status_code == 200 and np.abs(jpeg.decode(r.content).astype(int) - img).mean() < 6
 
 
-def test_frame_params_and_outputs(gw) -> None:  # noqa: ANN001
+def test_frame_params_and_outputs(gw) -> None:
     body = jpeg.encode(picture(value=40), 95)
     inverted = jpeg.decode(post(gw, "/api/v1/frames/invert", body).content)
     assert abs(inverted.mean() - 215) < 4
@@ -89,7 +90,7 @@ def test_frame_params_and_outputs(gw) -> None:  # noqa: ANN001
     assert json.loads(r.headers["x-ooblex-result"])["shape"] == [120, 160, 3]
 
 
-def test_frame_thread_error_is_reported_not_raised(gw) -> None:  # noqa: ANN001
+def test_frame_thread_error_is_reported_not_raised(gw) -> None:
     r = post(gw, "/api/v1/frames/broken?output=json", jpeg.encode(picture()))
     assert r.status_code == 200 and "model exploded" in r.json()["error"]
     assert post(gw, "/api/v1/frames/identity", jpeg.encode(picture())).status_code == 200
@@ -106,13 +107,39 @@ def test_frame_thread_error_is_reported_not_raised(gw) -> None:  # noqa: ANN001
     ("/api/v1/frames/identity", b"", "image/jpeg", 400, "empty body"),
     ("/api/v1/frames/identity", b"\0" * 300_000, "image/jpeg", 413, "limit is 200000"),
 ])
-def test_frame_bad_input(gw, path, body, ctype, status, words) -> None:  # noqa: ANN001
+def test_frame_bad_input(gw, path, body, ctype, status, words) -> None:
     r = post(gw, path, jpeg.encode(picture()) if body is None else body, ctype)
     assert r.status_code == status, r.text
     assert words in r.json()["detail"]
 
 
-def test_frame_too_many_pixels(gw) -> None:  # noqa: ANN001
+def test_cors_only_when_configured(gw) -> None:
+    headers = {"Origin": "https://player.example", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in httpx.options(gw.url + "/whip/identity", headers=headers).headers
+    with running_gateway(settings=Settings(cors_origins=["https://player.example"])) as other:
+        r = httpx.options(other.url + "/whip/identity", headers=headers)
+        assert r.headers["access-control-allow-origin"] == "https://player.example"
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OOBLEX_MAX_SESSIONS", "3")
+    monkeypatch.setenv("OOBLEX_LOOPBACK_CANDIDATES", "yes")
+    monkeypatch.setenv("OOBLEX_ICE_SERVERS", '[{"urls": "stun:stun.example.org:3478"}]')
+    monkeypatch.setenv("OOBLEX_CORS_ORIGINS", "https://a.example, https://b.example")
+    s = Settings.from_env(max_image_bytes=10)
+    assert (s.max_sessions, s.loopback_candidates, s.max_image_bytes) == (3, True, 10)
+    assert s.ice_servers == [{"urls": "stun:stun.example.org:3478"}]
+    assert s.cors_origins == ["https://a.example", "https://b.example"]
+    monkeypatch.setenv("OOBLEX_ICE_SERVERS", '["stun:x"]')
+    with pytest.raises(ValueError, match="OOBLEX_ICE_SERVERS must be a JSON list"):
+        Settings.from_env()
+    monkeypatch.setenv("OOBLEX_ICE_SERVERS", "[]")
+    monkeypatch.setenv("OOBLEX_MAX_SESSIONS", "many")
+    with pytest.raises(ValueError, match="OOBLEX_MAX_SESSIONS expects int"):
+        Settings.from_env()
+
+
+def test_frame_too_many_pixels(gw) -> None:
     big = jpeg.encode(np.zeros((1100, 1000, 3), np.uint8), 30)  # small file, too many pixels
     assert len(big) < SETTINGS.max_image_bytes
     r = post(gw, "/api/v1/frames/identity", big)
@@ -120,7 +147,7 @@ def test_frame_too_many_pixels(gw) -> None:  # noqa: ANN001
     assert httpx.get(gw.url + "/healthz").status_code == 200
 
 
-async def test_websocket_stream_params_and_bad_frames(gw) -> None:  # noqa: ANN001
+async def test_websocket_stream_params_and_bad_frames(gw) -> None:
     url = gw.url.replace("http", "ws") + "/ws/invert?amount=1"
     async with connect(url) as ws:
         hello = json.loads(await ws.recv())
@@ -143,12 +170,14 @@ async def test_websocket_stream_params_and_bad_frames(gw) -> None:  # noqa: ANN0
         assert abs(jpeg.decode(await ws.recv()).mean() - 40) < 4
         async with httpx.AsyncClient() as http:
             listed = (await http.get(gw.url + "/api/v1/streams")).json()
-        assert any(s["id"] == hello["stream_id"] and s["processed"] >= 2 for s in listed)
+        mine = next(s for s in listed if s["id"] == hello["stream_id"])
+        assert mine["processed"] >= 2 and mine["mjpeg"] == f"/mjpeg/{hello['stream_id']}"
+        assert "total" in mine["latency_ms"] and mine["error"] is None
     await asyncio.sleep(0.2)
     assert hello["stream_id"] not in gw.state.engine.streams
 
 
-async def test_websocket_many_frames_latest_wins(gw) -> None:  # noqa: ANN001
+async def test_websocket_many_frames_latest_wins(gw) -> None:
     async with connect(gw.url.replace("http", "ws") + "/ws/identity?output=json") as ws:
         await ws.recv()
         body = jpeg.encode(picture(), 80)
@@ -165,7 +194,7 @@ async def test_websocket_many_frames_latest_wins(gw) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("path,code", [("/ws/nope", 4404), ("/ws/invert?amount=x", 4400)])
-async def test_websocket_refused(gw, path: str, code: int) -> None:  # noqa: ANN001
+async def test_websocket_refused(gw, path: str, code: int) -> None:
     async with connect(gw.url.replace("http", "ws") + path) as ws:
         msg = json.loads(await ws.recv())
         assert msg["status"] == code - 4000 and msg["error"]
@@ -173,7 +202,7 @@ async def test_websocket_refused(gw, path: str, code: int) -> None:  # noqa: ANN
         assert ws.close_code == code
 
 
-async def test_mjpeg_viewer_of_websocket_stream(gw) -> None:  # noqa: ANN001
+async def test_mjpeg_viewer_of_websocket_stream(gw) -> None:
     async with connect(gw.url.replace("http", "ws") + "/ws/invert?output=json") as ws:
         stream_id = json.loads(await ws.recv())["stream_id"]
         async with httpx.AsyncClient(timeout=10) as http:
@@ -190,8 +219,14 @@ async def test_mjpeg_viewer_of_websocket_stream(gw) -> None:  # noqa: ANN001
                     assert b"Content-Type: image/jpeg" in buf[:start]
                     assert abs(jpeg.decode(buf[start:end]).mean() - (255 - value)) < 4
                     buf = buf[end:]
+                info = (await http.get(f"{gw.url}/api/v1/streams/{stream_id}")).json()
+                assert info["thread"] == "invert" and info["processed"] == 3
+                stream = gw.state.engine.streams[stream_id]
+                assert len(stream._listeners) == 1
                 metrics = (await http.get(gw.url + "/metrics")).text
                 assert f'ooblex_stream_frames_total{{stream="{stream_id}",thread="invert",outcome="processed"}} 3' \
                     in metrics
                 assert 'ooblex_stream_latency_ms{' in metrics and 'quantile="0.99"' in metrics
+            await asyncio.sleep(0.3)
+            assert not stream._listeners, "the MJPEG viewer left its queue behind"
             assert (await http.get(gw.url + "/mjpeg/nostream")).status_code == 404

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
-from netns import in_netns
 
 from ooblex.webrtc import framecode
 from ooblex.webrtc.client import ImageTrack, WhepClient, WhipClient
 
+from .netns import in_netns
+
 pytestmark = pytest.mark.timeout(120)
 
 
-def moving_picture(width: int = 640, height: int = 480):  # noqa: ANN201
+def moving_picture(width: int = 640, height: int = 480) -> Callable[[], np.ndarray]:
     """A textured picture that changes every frame (encoders need something to encode)."""
     base = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
     i = 0
@@ -27,7 +29,7 @@ def moving_picture(width: int = 640, height: int = 480):  # noqa: ANN201
     return next_image
 
 
-async def collect_numbers(track, count: int, sent: dict[int, float] | None = None,  # noqa: ANN001
+async def collect_numbers(track, count: int, sent: dict[int, float] | None = None,
                           timeout: float = 20.0) -> tuple[list[int], list[float]]:
     """Frame numbers read back from ``count`` received frames, and their round trips (s) if ``sent``."""
     numbers: list[int] = []
@@ -46,7 +48,7 @@ async def collect_numbers(track, count: int, sent: dict[int, float] | None = Non
 @in_netns
 @pytest.mark.parametrize("codec", ["vp8", "h264"])
 async def test_whip_round_trip_identity(codec: str) -> None:
-    from gateway_server import running_gateway
+    from .gateway_server import running_gateway
 
     with running_gateway() as gw:
         track = ImageTrack(moving_picture(), fps=30)
@@ -67,7 +69,8 @@ async def test_whip_round_trip_identity(codec: str) -> None:
 @in_netns
 async def test_whep_viewers_and_mjpeg_of_a_whip_stream() -> None:
     import httpx
-    from gateway_server import running_gateway
+
+    from .gateway_server import running_gateway
 
     with running_gateway() as gw:
         track = ImageTrack(moving_picture(), fps=30)
@@ -118,9 +121,10 @@ async def _offer(direction: str = "sendrecv", codec: str = "vp8") -> str:
 @in_netns
 async def test_bad_webrtc_requests_get_clear_4xx() -> None:
     import httpx
-    from gateway_server import running_gateway
 
     from ooblex.gateway import Settings
+
+    from .gateway_server import running_gateway
 
     with running_gateway(settings=Settings(loopback_candidates=True, max_sdp_bytes=20_000)) as gw:
         good = await _offer("sendrecv")
@@ -159,53 +163,85 @@ async def test_bad_webrtc_requests_get_clear_4xx() -> None:
             assert (await http.get(gw.url + "/healthz")).json()["status"] == "ok"
 
 
-@in_netns
-async def test_session_limit_and_vanished_peer_cleanup() -> None:
-    import signal
+PUBLISHER = """
+import asyncio, numpy as np
+from ooblex.webrtc.client import ImageTrack, WhipClient
+async def main():
+    img = np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    c = WhipClient("{url}/whip/identity", ImageTrack(lambda: np.roll(img, 3, 1)), receive=False)
+    await c.start(); await c.wait_connected(); print(c.stream_id, flush=True)
+    await asyncio.sleep(600)
+asyncio.run(main())
+"""
+VIEWER = """
+import asyncio
+from ooblex.webrtc.client import WhepClient
+async def main():
+    c = WhepClient("{url}/whep/{stream}")
+    await c.start(); await c.wait_connected(); print("watching", flush=True)
+    while True:
+        await c.remote.recv()
+asyncio.run(main())
+"""
+
+
+async def _spawn(script: str) -> tuple[asyncio.subprocess.Process, str]:
+    """Start a peer in another process (so it can vanish without a goodbye); returns its first line."""
     import subprocess
     import sys
 
-    from gateway_server import running_gateway
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=subprocess.PIPE)
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    return proc, line.decode().strip()
 
+
+async def _gone(gw, session, timeout: float = 10.0) -> float:
+    t0 = time.monotonic()
+    while not session.closed and time.monotonic() - t0 < timeout:  # noqa: ASYNC110 - another thread's state
+        await asyncio.sleep(0.1)
+    assert session.closed, f"vanished {session.kind} peer's session not cleaned up"
+    await asyncio.sleep(0.3)
+    assert not session._tasks, f"tasks left behind: {session._tasks}"
+    return time.monotonic() - t0
+
+
+@in_netns
+async def test_session_limit_and_vanished_peers_cleanup() -> None:
     from ooblex.gateway import Settings
 
-    settings = Settings(loopback_candidates=True, max_sessions=1, session_idle_s=2.0)
+    from .gateway_server import running_gateway
+
+    settings = Settings(loopback_candidates=True, max_sessions=2, session_idle_s=2.0)
+    procs = []
     with running_gateway(settings=settings) as gw:
-        script = (
-            "import asyncio, numpy as np\n"
-            "from ooblex.webrtc.client import ImageTrack, WhipClient\n"
-            "async def main():\n"
-            "    img = np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8)\n"
-            f"    c = WhipClient('{gw.url}/whip/identity', ImageTrack(lambda: np.roll(img, 3, 1)))\n"
-            "    await c.start(); await c.wait_connected(); print('connected', flush=True)\n"
-            "    await asyncio.sleep(600)\n"
-            "asyncio.run(main())\n")
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=subprocess.PIPE)
         try:
-            assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"connected"
-            session = next(iter(gw.state.sessions.items.values()))
+            publisher, stream_id = await _spawn(PUBLISHER.format(url=gw.url))
+            procs.append(publisher)
+            viewer, line = await _spawn(VIEWER.format(url=gw.url, stream=stream_id))
+            procs.append(viewer)
+            assert line == "watching"
+            whip = next(s for s in gw.state.sessions.items.values() if s.kind == "whip")
+            whep = next(s for s in gw.state.sessions.items.values() if s.kind == "whep")
             with pytest.raises(Exception, match="429"):
                 async with WhipClient(gw.url + "/whip/identity", ImageTrack(moving_picture())):
                     pass
-            await asyncio.sleep(1.0)
-            assert not session.closed and session.stream.stats.counters["processed"] > 10
-            proc.send_signal(signal.SIGKILL)  # vanishes: no DELETE, no DTLS close
-            await proc.wait()
-            t0 = time.monotonic()
-            while gw.state.sessions.items and time.monotonic() - t0 < 10:  # noqa: ASYNC110 - another thread's state
-                await asyncio.sleep(0.1)
-            print(f"vanished peer cleaned up after {time.monotonic() - t0:.1f} s")
-            assert session.closed and not gw.state.sessions.items, "vanished peer's session not cleaned up"
-            assert not gw.state.engine.streams
-            await asyncio.sleep(0.3)
-            assert not session._tasks, f"tasks left behind: {session._tasks}"
+            await asyncio.sleep(3 * settings.session_idle_s)  # live peers outlast the idle limit
+            assert not whip.closed and not whep.closed
+            assert whip.stream.stats.counters["processed"] > 30
+            viewer.kill()  # vanishes: no DELETE, no DTLS close; only its RTCP reports stop
+            print(f"vanished WHEP viewer cleaned up after {await _gone(gw, whep):.1f} s")
+            assert not whip.closed
+            publisher.kill()  # the media stops
+            print(f"vanished WHIP publisher cleaned up after {await _gone(gw, whip):.1f} s")
+            assert not gw.state.sessions.items and not gw.state.engine.streams
         finally:
-            if proc.returncode is None:
-                proc.kill()
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
                 await proc.wait()
 
 
-def write_clip(path, frames: int = 90, fps: int = 30) -> None:  # noqa: ANN001
+def write_clip(path, frames: int = 90, fps: int = 30) -> None:
     import av
 
     with av.open(str(path), "w") as out:
@@ -220,10 +256,10 @@ def write_clip(path, frames: int = 90, fps: int = 30) -> None:  # noqa: ANN001
 
 
 @in_netns
-async def test_ooblex_send_cli_reports_fps_and_round_trip(tmp_path) -> None:  # noqa: ANN001
+async def test_ooblex_send_cli_reports_fps_and_round_trip(tmp_path) -> None:
     import sys
 
-    from gateway_server import running_gateway
+    from .gateway_server import running_gateway
 
     clip = tmp_path / "clip.mp4"
     write_clip(clip)
@@ -245,3 +281,33 @@ async def test_ooblex_send_cli_reports_fps_and_round_trip(tmp_path) -> None:  # 
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         output = (await asyncio.wait_for(bad.communicate(), 60))[0].decode()
         assert bad.returncode == 1 and "404" in output and "unknown tensor thread" in output
+
+
+@in_netns
+async def test_slow_thread_gets_the_newest_frames_not_a_backlog() -> None:
+    import numpy as np
+
+    from ooblex import tensor_thread
+
+    from .gateway_server import running_gateway
+
+    @tensor_thread(name="slow")
+    def slow(frame: np.ndarray) -> np.ndarray:
+        time.sleep(0.08)  # ~12 fps while 30 fps arrive
+        return frame
+
+    with running_gateway(threads=[slow]) as gw:
+        track = ImageTrack(moving_picture(), fps=30)
+        async with WhipClient(gw.url + "/whip/slow", track) as client:
+            await client.wait_connected()
+            numbers, rtts = await collect_numbers(client.remote, 50, track.sent)
+            stream = gw.state.engine.streams[client.stream_id]
+            counters = stream.stats.counters
+        sent = numbers[-1] - numbers[0] + 1
+        print(f"slow thread: {len(numbers)} of {sent} frames back, last round trips "
+              f"{[round(r * 1e3) for r in rtts[-5:]]} ms, counters {counters}")
+        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+        assert len(numbers) < 0.7 * sent, "a slow thread should skip frames, not queue them"
+        assert counters["dropped"] > 0
+        # A FIFO would fall further behind every second (~1.4 s per s here); latest-wins stays near one compute.
+        assert np.median(rtts[-10:]) < 0.5, f"frames come back stale: {rtts[-10:]}"

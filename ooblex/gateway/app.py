@@ -10,16 +10,18 @@ Errors are JSON ``{"detail": "..."}`` with a 4xx status that says what was wrong
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from ..engine import Engine, UnknownThread
+from ..engine import Engine, Stream, UnknownThread
 from ..webrtc import allow_loopback
 from . import frames, metrics, mjpeg, whep, whip
 from .sessions import TooManySessions
@@ -68,6 +70,9 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     app = FastAPI(title="Ooblex gateway", version=__version__, lifespan=lifespan,
                   description="Live video through tensor threads: WebRTC (WHIP/WHEP), MJPEG, HTTP and WebSocket.")
     app.state.gateway = gw
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Location", "Link", "X-Ooblex-Stream"])
     for module in (whip, whep, mjpeg, frames, metrics):
         app.include_router(module.router)
     app.include_router(_api_router())
@@ -76,9 +81,7 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     return app
 
 
-def _api_router():  # noqa: ANN202 - an APIRouter
-    from fastapi import APIRouter
-
+def _api_router() -> APIRouter:
     router = APIRouter(tags=["status"])
 
     @router.get("/", include_in_schema=False)
@@ -93,14 +96,12 @@ def _api_router():  # noqa: ANN202 - an APIRouter
     @router.get("/api/v1/streams")
     async def streams(request: Request) -> list[dict[str, Any]]:
         """Open streams: thread, params, fps, per-stage latency p50/p95/p99 (ms), counters, viewer URLs."""
-        return [{**s.describe(), "mjpeg": f"/mjpeg/{s.id}", "whep": f"/whep/{s.id}"}
-                for s in gateway(request).engine.streams.values()]
+        return [_stream_info(s) for s in gateway(request).engine.streams.values()]
 
     @router.get("/api/v1/streams/{stream_id}")
     async def stream(stream_id: str, request: Request) -> dict[str, Any]:
         """One open stream (404 if it is not open)."""
-        s = gateway(request).stream(stream_id)
-        return {**s.describe(), "mjpeg": f"/mjpeg/{s.id}", "whep": f"/whep/{s.id}"}
+        return _stream_info(gateway(request).stream(stream_id))
 
     @router.patch("/api/v1/streams/{stream_id}")
     async def update_stream(stream_id: str, request: Request) -> dict[str, Any]:
@@ -130,8 +131,16 @@ def _api_router():  # noqa: ANN202 - an APIRouter
     return router
 
 
+def _stream_info(s: Stream) -> dict[str, Any]:
+    """``Stream.describe()`` plus the newest result/error and where to watch the stream."""
+    latest = s.latest
+    result = json.loads(frames.to_json(latest.result)) if latest and latest.result is not None else None
+    return {**s.describe(), "result": result, "error": latest.error if latest else None,
+            "mjpeg": f"/mjpeg/{s.id}", "whep": f"/whep/{s.id}"}
+
+
 def _error_handlers(app: FastAPI) -> None:
-    def handler(status: int):  # noqa: ANN202
+    def handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
         async def handle(request: Request, exc: Exception) -> JSONResponse:
             return JSONResponse({"detail": str(exc)}, status_code=status)
         return handle

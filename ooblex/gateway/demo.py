@@ -55,7 +55,7 @@ def demo_threads() -> list[TensorThread]:
         return threads
     try:
         loaded = list(load_demo_threads())
-    except Exception:  # noqa: BLE001 - a broken model must not stop the demo from starting
+    except Exception:  # a broken model must not stop the demo from starting
         log.exception("models.load_demo_threads() failed: serving the built-in demo threads only")
         return threads
     names = {t.name for t in loaded}

@@ -99,7 +99,8 @@ async def frames_socket(ws: WebSocket, thread: str) -> None:
     try:
         mode = output_mode(ws.query_params, ("jpeg", "json"))
         stream = gw.engine.open(thread, params=thread_params(ws.query_params), mode="live",
-                                max_in_flight=gw.settings.max_in_flight, max_latency_ms=gw.settings.max_latency_ms)
+                                max_in_flight=gw.settings.window(gw.engine.resolve(thread)),
+                                max_latency_ms=gw.settings.max_latency_ms)
     except (HTTPException, UnknownThread, ValueError, OverflowError) as exc:
         await _refuse(ws, exc)
         return

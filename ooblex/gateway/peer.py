@@ -46,7 +46,7 @@ async def negotiate(session: Session, offer: Offer, attach: Callable[[], Awaitab
         if pending is not None:
             await pending
         await pc.setLocalDescription(await pc.createAnswer())
-    except Exception as exc:  # noqa: BLE001 - aiortc raises many types for offers it cannot answer
+    except Exception as exc:  # aiortc raises many types for offers it cannot answer
         log.info("%s session %s: cannot answer offer: %s", session.kind, session.id, exc)
         await session.close()
         raise HTTPException(400, f"cannot answer the SDP offer: {type(exc).__name__}: {exc}") from None

@@ -39,6 +39,7 @@ class Session:
         self.created = time.monotonic()
         self.closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._on_close: list[Callable[[], None]] = []
         pc.on("connectionstatechange", self._on_state)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -46,6 +47,10 @@ class Session:
         task = asyncio.create_task(coro, name=f"{self.kind}:{self.id}:{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once when the session closes (release what it holds)."""
+        self._on_close.append(callback)
 
     def watch(self, last_activity: Callable[[], Awaitable[float]], idle_s: float) -> None:
         """Close the session once ``last_activity()`` (monotonic time) is older than ``idle_s``."""
@@ -81,6 +86,8 @@ class Session:
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
+        for callback in self._on_close:
+            callback()
         if self.owns_stream:
             await self.stream.close()
         with contextlib.suppress(Exception):

@@ -41,7 +41,7 @@ async def whep(stream_id: str, request: Request) -> Response:
         senders.append(session.pc.addTrack(track))
 
     track.on("ended", lambda: asyncio.ensure_future(session.close()))
-    session.spawn(_unlisten_on_close(session, queue), "unlisten")
+    session.on_close(lambda: stream.unlisten(queue))
     sdp = await negotiate(session, offer, attach)
     session.watch(lambda: _last_report(session, senders[0]), gw.settings.session_idle_s)
     gw.count("whep_sessions")
@@ -54,13 +54,6 @@ async def whep_delete(stream_id: str, session_id: str, request: Request) -> dict
     session = _session(request, "whep", session_id)
     await session.close()
     return {"deleted": session_id}
-
-
-async def _unlisten_on_close(session: Session, queue: asyncio.Queue) -> None:
-    try:
-        await asyncio.Event().wait()
-    finally:
-        session.stream.unlisten(queue)
 
 
 async def _last_report(session: Session, sender: RTCRtpSender) -> float:

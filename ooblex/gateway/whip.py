@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
@@ -30,13 +31,13 @@ SDP_BODY = {"content": {"application/sdp": {"schema": {"type": "string"}}}, "req
 async def whip(thread: str, request: Request) -> Response:
     """Start ingesting a WebRTC video stream into ``thread`` (body: SDP offer)."""
     gw = gateway(request)
-    gw.engine.resolve(thread)
+    target = gw.engine.resolve(thread)
     offer = await read_offer(request, gw.settings)
     if not offer.sends_video:
         raise HTTPException(400, f"WHIP offer's video is {offer.video_direction}; it must send video")
     gw.sessions.check_room()
     stream = gw.engine.open(thread, params=dict(request.query_params), mode="live",
-                            max_in_flight=gw.settings.max_in_flight, max_latency_ms=gw.settings.max_latency_ms)
+                            max_in_flight=gw.settings.window(target), max_latency_ms=gw.settings.max_latency_ms)
     session = gw.sessions.add("whip", new_peer(gw.settings), stream, owns_stream=True)
     ingest: list[Ingest] = []
 
@@ -81,7 +82,7 @@ def _session(request: Request, kind: str, session_id: str) -> Session:
     return session
 
 
-def _outputs(stream: Stream):  # noqa: ANN202 - a zero-argument coroutine function
+def _outputs(stream: Stream) -> Callable[[], Awaitable[Frame | None]]:
     async def next_frame() -> Frame | None:
         try:
             return await stream.get()

@@ -47,7 +47,7 @@ def check_offer(raw: bytes | str, max_bytes: int = 64 * 1024) -> Offer:
         raise SDPError("body is not an SDP offer (it must start with 'v=0')")
     try:
         session = SessionDescription.parse(text)
-    except Exception as exc:  # noqa: BLE001 - aiortc's parser raises many types on bad input
+    except Exception as exc:  # aiortc's parser raises many types on bad input
         raise SDPError(f"malformed SDP offer: {type(exc).__name__} {exc}".strip()) from None
     videos = [m for m in session.media if m.kind == "video"]
     if not videos:

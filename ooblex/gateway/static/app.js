@@ -192,6 +192,7 @@ async function refreshStats() {
     }
     $("counters").textContent =
       `received ${s.received} · processed ${s.processed} · dropped ${s.dropped} · stale ${s.stale} · errors ${s.errors}`;
+    $("result").textContent = s.error ? `thread error: ${s.error}` : s.result ? `result: ${JSON.stringify(s.result)}` : "";
   } catch (e) { setStatus(`Stream ended (${e.message}).`); stop(); return; }
   const report = await session?.pc.getStats();
   report?.forEach((r) => {
@@ -218,6 +219,7 @@ window.addEventListener("pagehide", () => { if (session?.location) fetch(session
 (async () => {
   health();
   setInterval(health, 5000);
+  if (query.get("codec")) $("codec").value = query.get("codec").toUpperCase();
   await loadThreads();
   if (query.get("autostart") === "1") start();
 })();
