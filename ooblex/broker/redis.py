@@ -96,8 +96,8 @@ class RedisBroker(Broker):
         data = wire.encode(frame, self.codec, self.quality)
         if live:
             try:
-                await self.redis.xadd(task_key(frame.thread, True), {"f": data}, maxlen=self.live_queue,
-                                      approximate=False)
+                await _blocking(self.redis.xadd(task_key(frame.thread, True), {"f": data}, maxlen=self.live_queue,
+                                                approximate=False))
             except DOWN:
                 self.discarded += 1  # a live frame is worth nothing later; the stream reclaims its slot
             return
@@ -119,11 +119,11 @@ class RedisBroker(Broker):
                         yield wire.decode(fields[b"f"])
         finally:
             with contextlib.suppress(RedisError, OSError, BrokerError, asyncio.TimeoutError):
-                await asyncio.wait_for(self.redis.delete(key), 2.0)
+                await asyncio.wait_for(_blocking(self.redis.delete(key)), 2.0)
 
     async def consumers(self, thread: str) -> int:
         try:
-            return int(await self.redis.zcount(consumers_key(thread), time.time(), "+inf"))
+            return int(await _blocking(self.redis.zcount(consumers_key(thread), time.time(), "+inf")))
         except DOWN:
             return -1
 
@@ -150,15 +150,15 @@ class RedisBroker(Broker):
                 try:
                     if time.monotonic() >= next_beat:
                         next_beat = time.monotonic() + 1.0
-                        await self._beat(threads, consumer, live_done)
-                        for d in await self._reclaim(threads, consumer):
+                        await _blocking(self._beat(threads, consumer, live_done))
+                        for d in await _blocking(self._reclaim(threads, consumer)):
                             yield d
                     got = await _blocking(self.redis.xreadgroup(GROUP, consumer, streams, count=prefetch,
                                                                 block=min(self.block_ms, 1000)))
                 except ResponseError as exc:
                     if "NOGROUP" not in str(exc):
                         raise
-                    await self._groups(streams)  # first use, or Redis restarted empty
+                    await _blocking(self._groups(streams))  # first use, or Redis restarted empty
                     next_beat = 0.0
                     continue
                 except DOWN as exc:
@@ -173,7 +173,7 @@ class RedisBroker(Broker):
         finally:
             # Best effort: a heartbeat that is not removed lapses by itself within HEARTBEAT_S.
             with contextlib.suppress(RedisError, OSError, BrokerError, asyncio.TimeoutError):
-                await asyncio.wait_for(self._leave(threads, consumer), 2.0)
+                await asyncio.wait_for(_blocking(self._leave(threads, consumer)), 2.0)
 
     async def _leave(self, threads: list[str], consumer: str) -> None:
         async with self.redis.pipeline(transaction=False) as p:
@@ -265,7 +265,7 @@ class RedisBroker(Broker):
         delay, n = 0.1, 0
         while True:
             try:
-                return await op()
+                return await _blocking(op())
             except DOWN as exc:
                 _reraise_cancel()
                 n += 1
@@ -290,10 +290,11 @@ def _reraise_cancel() -> None:
 
 
 async def _blocking(coro: Any) -> Any:
-    """Await a blocking read so that cancelling the caller takes effect at once.
+    """Await a Redis call so that cancelling the caller takes effect at once.
 
-    redis-py can lose a cancellation that lands while it sets up a connection and then wait on
-    that connection forever; shielded, the read finishes (or fails) on its own within ``BLOCK``.
+    redis-py (8.1) can lose a cancellation that lands while it sets up a connection (the caller
+    then loops on, or waits forever on a half-read reply); shielded, the call finishes or fails on
+    its own (a blocking read within ``BLOCK``) and our task is cancelled cleanly.
     """
     read = asyncio.ensure_future(coro)
     read.add_done_callback(lambda t: t.cancelled() or t.exception())  # an abandoned read's error is moot
