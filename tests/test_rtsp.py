@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 import ooblex as ob
+from ooblex.cluster.servers import free_port, wait_port
 
 SERVER = """
 use AnyEvent; use RTSP::Server;
@@ -20,22 +20,6 @@ my $srv = RTSP::Server->new(log_level => 0, client_listen_port => $ARGV[0], sour
   rtp_start_port => $ARGV[2], client_listen_address => '127.0.0.1', source_listen_address => '127.0.0.1');
 $srv->listen; AnyEvent->condvar->recv;
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 @pytest.fixture
@@ -47,8 +31,8 @@ def rtsp_server(tmp_path: Path):
     client, source = free_port(), free_port()
     proc = subprocess.Popen(["perl", str(script), str(client), str(source), str(free_port() // 2 * 2)])
     try:
-        wait_port(client)
-        wait_port(source)
+        wait_port("127.0.0.1", client, 10)
+        wait_port("127.0.0.1", source, 10)
         yield client, source
     finally:
         proc.terminate()
