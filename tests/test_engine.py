@@ -325,3 +325,40 @@ async def test_closed_stream_refuses_frames_and_wakes_readers() -> None:
         with pytest.raises(ob.StreamClosed):
             await s.submit(numbered_frame(0))
         assert s.id not in engine.streams
+
+
+async def test_unchanged_pixels_are_not_sent_back_but_reach_the_reader() -> None:
+    """A result-only or identity thread's reply carries no pixels; the stream restores its own."""
+    from ooblex.broker import MemoryBroker
+
+    replied_pixels: list[bool] = []
+
+    class RecordingBroker(MemoryBroker):
+        async def reply(self, frame: ob.Frame) -> None:
+            replied_pixels.append(frame.image is not None)
+            await super().reply(frame)
+
+    @ob.tensor_thread
+    def measure(frame):
+        return {"mean": float(frame.mean())}
+
+    @ob.tensor_thread(color="bgr")
+    def same_bgr(frame):
+        return frame
+
+    @ob.tensor_thread(name="invert")
+    def jittery_free_invert(frame):
+        return 255 - frame
+
+    async with Engine(RecordingBroker(), threads=[measure, same_bgr, jittery_free_invert]) as engine:
+        outs = []
+        for name in ("measure", "identity", "same_bgr", "invert"):
+            s = engine.open(name, mode="every")
+            img = numbered_frame(7)
+            await s.submit(img)
+            outs.append((img, await s.get(timeout=5)))
+    assert replied_pixels == [False, False, False, True]  # only the thread that changed pixels sends them
+    for img, f in outs[:3]:
+        assert f.image is img
+    assert tag(outs[3][1]) == 255 - 7
+    assert outs[0][1].result["mean"] == pytest.approx(numbered_frame(7).mean())

@@ -96,11 +96,10 @@ class Runner:
             for f in frames:
                 f.error = f"{type(exc).__name__}: {exc}"
         finished = time.time()
-        for f, (img, res) in zip(frames, outs, strict=False):
+        for f, (img, res) in zip(frames, outs, strict=True):
             f.stamps.setdefault("started", started)
             f.stamps["finished"] = finished
-            if img is not None:
-                f.image = img
+            f.image = img  # None: pixels unchanged, so no broker carries them back (the stream has them)
             f.result = res
 
     def _log_once(self, frames: list[Frame], exc: BaseException) -> None:
@@ -128,7 +127,7 @@ def call_thread(thread: TensorThread, images: list[np.ndarray], params: dict[str
                             f"(got {got})")
     else:
         outs = [fn(inputs[0], **params)]
-    return [_from_user(thread, o, im) for o, im in zip(outs, images, strict=False)]
+    return [_from_user(thread, o, im) for o, im in zip(outs, inputs, strict=True)]
 
 
 async def _call_async(thread: TensorThread, images: list[np.ndarray], params: dict[str, Any]) -> list[Result]:
@@ -138,7 +137,7 @@ async def _call_async(thread: TensorThread, images: list[np.ndarray], params: di
         outs = await fn(inputs, **params)
     else:
         outs = [await fn(inputs[0], **params)]
-    return [_from_user(thread, o, im) for o, im in zip(outs, images, strict=False)]
+    return [_from_user(thread, o, im) for o, im in zip(outs, inputs, strict=True)]
 
 
 def _to_user(thread: TensorThread, image: np.ndarray) -> np.ndarray:
@@ -150,9 +149,10 @@ def _to_user(thread: TensorThread, image: np.ndarray) -> np.ndarray:
     return view
 
 
-def _from_user(thread: TensorThread, out: Any, original: np.ndarray) -> Result:
-    o = normalize_output(thread, out, original)
-    img = o.image
+def _from_user(thread: TensorThread, out: Any, given: np.ndarray) -> Result:
+    """(image or None if the user's code left the frame it was given as it was, result)."""
+    o = normalize_output(thread, out, given)
+    img = None if o.image is given else o.image
     if img is not None and thread.color == "bgr":
         img = np.ascontiguousarray(img[:, :, ::-1])
     return img, o.result

@@ -54,7 +54,8 @@ class Stream:
         self.created = time.time()
         self.closed = False
         self._seq = 0
-        self._in_flight: dict[int, float] = {}  # seq -> time after which it is presumed lost
+        # seq -> (time after which it is presumed lost, its pixels: restored if a worker sends none back)
+        self._in_flight: dict[int, tuple[float, np.ndarray | None]] = {}
         self._pending: Frame | None = None
         self._last_out = -1
         self._error_logged = False
@@ -104,12 +105,12 @@ class Stream:
 
     async def _send(self, frame: Frame, live: bool) -> None:
         frame.stamp("queued")
-        self._in_flight[frame.seq] = (frame.deadline or time.time()) + LOST_GRACE_S
+        self._in_flight[frame.seq] = ((frame.deadline or time.time()) + LOST_GRACE_S, frame.image)
         await self.engine.broker.submit(frame, live=live)
 
     def _reclaim_lost(self) -> None:
         now = time.time()
-        lost = [s for s, t in self._in_flight.items() if t < now]
+        lost = [s for s, (t, _) in self._in_flight.items() if t < now]
         for s in lost:
             del self._in_flight[s]
         if lost:
@@ -119,8 +120,11 @@ class Stream:
     async def on_result(self, frame: Frame) -> None:
         """Called by the engine for each processed frame of this stream."""
         frame.stamp("returned")
-        if self._in_flight.pop(frame.seq, None) is None and self.mode == "live":
+        sent = self._in_flight.pop(frame.seq, None)
+        if sent is None and self.mode == "live":
             return  # already presumed lost; a late duplicate
+        if frame.image is None and not frame.skipped and sent is not None:
+            frame.image = sent[1]  # the worker left the pixels unchanged and did not send them back
         if self.mode == "every":
             if frame.seq <= self._last_out or frame.seq in self._reorder:
                 self.stats.count("duplicates")  # redelivered after a worker died: already have it
