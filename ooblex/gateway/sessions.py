@@ -14,7 +14,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from aiortc import RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
 
 from ..engine import Stream
 
@@ -23,6 +24,13 @@ log = logging.getLogger("ooblex.gateway")
 
 class TooManySessions(OverflowError):
     """The gateway's WebRTC session limit is reached."""
+
+
+class UnknownSession(KeyError):
+    """No open session of that kind has that id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class Session:
@@ -47,6 +55,10 @@ class Session:
         task = asyncio.create_task(coro, name=f"{self.kind}:{self.id}:{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+
+    def discard(self, track: MediaStreamTrack) -> None:
+        """Read and drop a track nobody uses (audio, a viewer's camera), so it cannot pile up frames."""
+        self.spawn(_drain(track), f"discard-{track.kind}")
 
     def on_close(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once when the session closes (release what it holds)."""
@@ -119,8 +131,20 @@ class Sessions:
         self.opened += 1
         return session
 
+    def get(self, kind: str, session_id: str) -> Session:
+        session = self.items.get(session_id)
+        if session is None or session.kind != kind:
+            raise UnknownSession(f"no {kind.upper()} session {session_id!r}")
+        return session
+
     def count(self, kind: str) -> int:
         return sum(s.kind == kind for s in self.items.values())
 
     async def close_all(self) -> None:
         await asyncio.gather(*(s.close() for s in list(self.items.values())))
+
+
+async def _drain(track: MediaStreamTrack) -> None:
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()

@@ -17,7 +17,7 @@ from ..webrtc.tracks import ProcessedTrack
 from .peer import ice_links, negotiate, new_peer, read_offer, sdp_created
 from .sessions import Session
 from .state import gateway
-from .whip import SDP_BODY, _session
+from .whip import SDP_BODY
 
 router = APIRouter(tags=["webrtc"])
 
@@ -40,6 +40,7 @@ async def whep(stream_id: str, request: Request) -> Response:
     def attach() -> None:
         senders.append(session.pc.addTrack(track))
 
+    session.pc.on("track", session.discard)  # a sendrecv viewer's own video is not wanted
     track.on("ended", lambda: asyncio.ensure_future(session.close()))
     session.on_close(lambda: stream.unlisten(queue))
     sdp = await negotiate(session, offer, attach)
@@ -51,7 +52,7 @@ async def whep(stream_id: str, request: Request) -> Response:
 @router.delete("/whep/{stream_id}/{session_id}")
 async def whep_delete(stream_id: str, session_id: str, request: Request) -> dict[str, str]:
     """Stop watching."""
-    session = _session(request, "whep", session_id)
+    session = gateway(request).sessions.get("whep", session_id)
     await session.close()
     return {"deleted": session_id}
 
