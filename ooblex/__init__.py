@@ -20,8 +20,26 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Engine", "Frame", "Param", "RunHandle", "Stream", "StreamClosed", "TensorThread", "TensorThreadError",
-    "UnknownThread", "Worker", "__version__", "identity", "run", "stats", "tensor_thread",
+    "UnknownThread", "Worker", "__version__", "deploy", "identity", "process", "run", "stats", "tensor_thread",
+    "undeploy", "weight",
 ]
+
+#: Cluster functions, imported on first use (they need the ``cluster`` extra: redis, aio-pika).
+_LAZY = {"deploy": "ooblex.cluster.deploy", "undeploy": "ooblex.cluster.deploy",
+         "deployment": "ooblex.cluster.deploy", "process": "ooblex.cluster.jobs",
+         "weight": "ooblex.cluster.weights", "ClusterEngine": "ooblex.cluster.engine"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        try:
+            module = importlib.import_module(_LAZY[name])
+        except ImportError as exc:
+            raise ImportError(f"ooblex.{name} needs the cluster extra ({exc}): pip install 'ooblex[cluster]'") from exc
+        return getattr(module, name)
+    raise AttributeError(f"module 'ooblex' has no attribute {name!r}")
 
 
 def stats(handle: RunHandle | Stream) -> dict:

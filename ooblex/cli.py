@@ -39,6 +39,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from .cluster.config import resolve
+    from .cluster.node import WorkerNode
+    from .loader import load_thread
+
+    config = resolve(args.broker, args.store)
+    node = WorkerNode(config.broker, config.store, threads=[load_thread(t) for t in args.thread],
+                      cache=args.cache, drain_s=args.drain_s)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await node.run(stop)
+
+    asyncio.run(serve())
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from .cluster.deploy import deploy
+    from .loader import load_thread
+
+    dep = deploy(load_thread(args.thread), args.cluster, store=args.store, requirements=args.requirement,
+                 weights=args.weights, keep_versions=args.keep_versions, wait=args.wait)
+    print(json.dumps({"name": dep.name, "version": dep.version, "urls": dep.urls}, indent=2))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .cluster.up import up
+
+    return up(workers=args.workers, broker=args.broker, host=args.host, port=args.port, threads=args.thread)
+
+
+def _add_cluster_args(p: argparse.ArgumentParser, flag: str = "--broker") -> None:
+    p.add_argument(flag, default=None, help="redis://host:6379/0 or amqp://user:pw@host/ (default $OOBLEX_BROKER)")
+    p.add_argument("--store", default=None, help="Redis for registry and state (default $OOBLEX_STORE, or the "
+                   "broker when it is Redis)")
+
 def serve(app: Any, host: str, port: int) -> int:
     import uvicorn
 
@@ -61,8 +105,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env(loopback_candidates=args.loopback or None)
     threads = [load_thread(spec) for spec in args.thread]
+    public = args.public_url or f"http://{args.host}:{args.port}"
     app = create_app(broker=args.broker, threads=threads, settings=settings,
-                     embedded_worker=args.broker.startswith("memory"))
+                     embedded_worker=args.broker.startswith("memory"), store=args.store, public_url=public)
     return serve(app, args.host, args.port)
 
 
@@ -96,6 +141,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("worker", help="serve the cluster's deployed tensor threads (and local ones)")
+    _add_cluster_args(p)
+    p.add_argument("--thread", action="append", default=[], help="also serve this local thread (repeatable)")
+    p.add_argument("--cache", default=None, help="blob/pip cache directory (default ~/.cache/ooblex)")
+    p.add_argument("--drain-s", type=float, default=10.0, help="on SIGTERM, time for in-flight work to finish")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("deploy", help="publish a tensor thread to a cluster (like ob.deploy)")
+    p.add_argument("thread", help="module:attr or path/to/file.py:attr")
+    _add_cluster_args(p, "--cluster")
+    p.add_argument("--requirement", action="append", default=[], help="pip requirement (repeatable)")
+    p.add_argument("--weights", action="append", default=[], help="weight file (repeatable)")
+    p.add_argument("--keep-versions", action="store_true", help="keep earlier versions loaded")
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a worker to serve it")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("up", help="a local cluster: redis (+ rabbitmq), a gateway and N workers; Ctrl-C stops all")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--broker", choices=["redis", "rabbitmq"], default="redis")
+    p.add_argument("--host", default="127.0.0.1", help="gateway address")
+    p.add_argument("--port", type=int, default=8800, help="gateway port")
+    p.add_argument("--thread", action="append", default=[], help="local thread every worker serves (repeatable)")
+    p.set_defaults(func=cmd_up)
+
     p = sub.add_parser("demo", help="gateway + embedded engine + demo threads in one process (no services needed)")
     add_server_args(p)
     p.add_argument("--no-loopback", action="store_true", help="do not offer 127.0.0.1 ICE candidates")
@@ -107,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thread", action="append", default=[], metavar="SPEC",
                    help="a thread the workers serve (name shown in listings); repeatable")
     p.add_argument("--loopback", action="store_true", help="offer 127.0.0.1 ICE candidates")
+    p.add_argument("--store", default=None, help="cluster Redis store (default $OOBLEX_STORE, or the Redis broker)")
+    p.add_argument("--public-url", default=None, help="where clients reach this gateway, announced to the cluster "
+                   "(default http://HOST:PORT)")
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("send", help="send video to a gateway over WHIP; prints fps and round-trip latency")
@@ -133,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except ValueError as exc:
+    except (ValueError, PermissionError, LookupError) as exc:
         print(f"ooblex: {exc}", file=sys.stderr)
         return 2
 

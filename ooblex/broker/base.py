@@ -51,8 +51,12 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    def tasks(self, threads: list[str]) -> AsyncIterator[Delivery]:
-        """Yield tasks for any of ``threads``, competing with other consumers of the same names."""
+    def tasks(self, threads: list[str], prefetch: int = 1) -> AsyncIterator[Delivery]:
+        """Yield tasks for any of ``threads``, competing with other consumers of the same names.
+
+        ``prefetch``: how many tasks a network broker may hand this consumer ahead of its acks
+        (a worker asks for what it can batch; more would starve competing workers).
+        """
 
     @abc.abstractmethod
     async def reply(self, frame: Frame) -> None:

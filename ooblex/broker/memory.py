@@ -39,7 +39,7 @@ class MemoryBroker(Broker):
             await q.put(frame)
         self._signal.set()
 
-    async def tasks(self, threads: list[str]) -> AsyncIterator[Delivery]:
+    async def tasks(self, threads: list[str], prefetch: int = 1) -> AsyncIterator[Delivery]:
         for t in threads:
             self._consumers[t] += 1
         try:

@@ -45,6 +45,7 @@ class Engine:
         self.max_streams = max_streams
         self.streams: dict[str, Stream] = {}
         self._router: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     def add_thread(self, thread: Any) -> TensorThread:
         t = as_thread(thread)
@@ -59,15 +60,18 @@ class Engine:
             self.worker = Worker(self.broker, self.threads.values())
             await self.worker.start()
         self._router = asyncio.create_task(self._route(), name="engine:router")
+        if not self.embedded:
+            self._watcher = asyncio.create_task(self._watch_workers(), name="engine:workers")
         return self
 
     async def close(self) -> None:
         for s in list(self.streams.values()):
             await s.close()
-        if self._router is not None:
-            self._router.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._router
+        for task in (self._router, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.worker is not None:
             await self.worker.stop()
         await self.broker.close()
@@ -100,6 +104,25 @@ class Engine:
 
     def forget(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
+
+    async def workers(self, thread: str) -> int:
+        """How many workers serve ``thread`` now (-1 if the broker cannot tell)."""
+        if self.embedded:
+            return 1 if thread in self.threads else 0
+        return await self.broker.consumers(thread)
+
+    async def _watch_workers(self, every_s: float = 1.0) -> None:
+        """Keep ``Stream.workers`` current, so a stream nobody serves says so instead of hanging."""
+        while True:
+            for name in {s.thread.name for s in self.streams.values()}:
+                try:
+                    n = await self.broker.consumers(name)
+                except Exception:  # noqa: BLE001 - a broker outage only makes the count unknown
+                    n = -1
+                for s in list(self.streams.values()):
+                    if s.thread.name == name:
+                        s.workers = n
+            await asyncio.sleep(every_s)
 
     async def _route(self) -> None:
         async for frame in self.broker.results(self.reply_to):

@@ -63,6 +63,8 @@ class Stream:
         size = output_size if mode == "live" else max_in_flight + 1
         self._out: asyncio.Queue[Frame | None] = asyncio.Queue(size)
         self.latest: Frame | None = None
+        #: Workers serving this thread, as last seen by the engine (-1: unknown).
+        self.workers = -1
         self._listeners: list[asyncio.Queue[Frame | None]] = []
 
     # --- input --------------------------------------------------------------------------
@@ -120,6 +122,9 @@ class Stream:
         if self._in_flight.pop(frame.seq, None) is None and self.mode == "live":
             return  # already presumed lost; a late duplicate
         if self.mode == "every":
+            if frame.seq <= self._last_out or frame.seq in self._reorder:
+                self.stats.count("duplicates")  # redelivered after a worker died: already have it
+                return
             self._reorder[frame.seq] = frame
             while self._last_out + 1 in self._reorder:
                 self._last_out += 1
@@ -200,10 +205,17 @@ class Stream:
         """Nothing at the workers, nothing waiting to be sent, nothing unread."""
         return not self._in_flight and self._pending is None and self._out.empty()
 
+    @property
+    def status(self) -> str:
+        """``ok``, ``closed``, or ``no workers`` when the broker knows nobody serves this thread."""
+        if self.closed:
+            return "closed"
+        return "no workers" if self.workers == 0 else "ok"
+
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "thread": self.thread.name, "mode": self.mode, "params": self.params,
-                "in_flight": self.in_flight, "age_s": round(time.time() - self.created, 1),
-                **self.stats.snapshot()}
+                "status": self.status, "workers": self.workers, "in_flight": self.in_flight,
+                "age_s": round(time.time() - self.created, 1), **self.stats.snapshot()}
 
     async def close(self) -> None:
         if self.closed:

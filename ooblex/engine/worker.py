@@ -1,24 +1,38 @@
 """A worker: takes tasks for the tensor threads it hosts from a broker, runs them, replies.
 
 Embedded in the demo process (memory broker) or run as ``ooblex worker`` on any machine
-(redis/rabbitmq). Each thread gets its own consumer, a batcher (``batch_size`` frames within
-``max_wait_ms``, across streams) and at most ``concurrency`` calls in flight, so nothing
-it holds is unbounded.
+(redis/rabbitmq). Each served queue gets its own consumer, a batcher (``batch_size`` frames
+within ``max_wait_ms``, across streams) and at most ``concurrency`` calls in flight, so nothing
+it holds is unbounded. One runner (one loaded model) may serve several queue names, e.g. a
+deployed thread's ``name`` and ``name@3``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from ..broker.base import Broker, Delivery
+from ..stats import StreamStats
 from ..thread import TensorThread
 from .runner import Runner
 
 log = logging.getLogger("ooblex.worker")
+
+
+@dataclass
+class _Serving:
+    """One queue being served: its consumer, its batch inbox and the calls in flight."""
+
+    runner: Runner
+    inbox: asyncio.Queue[Delivery]
+    loop: asyncio.Task[None] | None = None
+    feeder: asyncio.Task[None] | None = None
+    running: set[asyncio.Task[None]] = field(default_factory=set)
+    stats: StreamStats = field(default_factory=StreamStats)
 
 
 class Worker:
@@ -26,60 +40,104 @@ class Worker:
 
     def __init__(self, broker: Broker, threads: Iterable[TensorThread]) -> None:
         self.broker = broker
-        self.runners = {t.name: Runner(t) for t in threads}
-        self._tasks: list[asyncio.Task[None]] = []
+        self.runners: dict[str, Runner] = {t.name: Runner(t) for t in threads}
+        self._serving: dict[str, _Serving] = {}
+        self._started = False
         self.processed = 0
         self.skipped = 0
         self.errors = 0
 
     async def start(self) -> None:
-        for name, runner in self.runners.items():
+        self._started = True
+        for queue, runner in self.runners.items():
             runner.start()
             await runner.setup()
-            self._tasks.append(asyncio.create_task(self._serve(runner), name=f"worker:{name}"))
+            self._serve(queue, runner)
 
-    async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        self._tasks.clear()
-        for r in self.runners.values():
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """Stop serving. With ``drain_s``, calls in flight may finish and reply first (up to that long)."""
+        for queue in list(self._serving):
+            await self.remove(queue, drain_s)
+        for r in set(self.runners.values()):
             r.close()
+        self.runners.clear()
 
-    def add(self, thread: TensorThread) -> None:
-        """Serve another thread from now on (used by hot deploys)."""
-        runner = Runner(thread)
-        runner.start()
-        self.runners[thread.name] = runner
-        self._tasks.append(asyncio.create_task(self._serve(runner), name=f"worker:{thread.name}"))
+    def add(self, thread: TensorThread, queue: str | None = None) -> None:
+        """Serve ``thread`` on ``queue`` (default: its name) from now on, without a restart.
 
-    async def _serve(self, runner: Runner) -> None:
-        thread = runner.thread
-        inbox: asyncio.Queue[Delivery] = asyncio.Queue(thread.batch_size)
-        slots = asyncio.Semaphore(thread.concurrency)
-        running: set[asyncio.Task[None]] = set()
-        feeder = asyncio.create_task(self._feed(thread, inbox))
-        try:
-            while True:
-                batch = await _collect(inbox, thread.batch_size, thread.max_wait_ms / 1e3)
-                await slots.acquire()
-                batch = await self._drop_expired(batch)
-                if not batch:
-                    slots.release()
-                    continue
-                task = asyncio.create_task(self._run(runner, batch, slots))
-                running.add(task)
-                task.add_done_callback(running.discard)
-        finally:
-            feeder.cancel()
-            for t in list(running):
+        The same thread object added under several queues shares one runner (one loaded model).
+        """
+        queue = queue or thread.name
+        runner = next((r for r in self.runners.values() if r.thread is thread), None)
+        if runner is None:
+            runner = Runner(thread)
+            if self._started:
+                runner.start()
+        self.runners[queue] = runner
+        if self._started:
+            self._serve(queue, runner)
+
+    async def remove(self, queue: str, drain_s: float = 0.0) -> None:
+        """Stop taking tasks from ``queue``; in-flight calls get ``drain_s`` to finish, the rest go back."""
+        s = self._serving.pop(queue, None)
+        runner = self.runners.pop(queue, None)
+        if s is not None:
+            for t in (s.feeder, s.loop):
+                if t is not None:
+                    t.cancel()
+            await asyncio.gather(*(t for t in (s.feeder, s.loop) if t is not None), return_exceptions=True)
+            if s.running and drain_s > 0:
+                await asyncio.wait(s.running, timeout=drain_s)
+            for t in list(s.running):
                 t.cancel()
+            await asyncio.gather(*s.running, return_exceptions=True)
+            while not s.inbox.empty():
+                s.inbox.get_nowait().nack()
+        if runner is not None and runner not in self.runners.values():
+            runner.close()
 
-    async def _feed(self, thread: TensorThread, inbox: asyncio.Queue[Delivery]) -> None:
-        async for delivery in self.broker.tasks([thread.name]):
-            await inbox.put(delivery)
+    def stats(self) -> dict[str, dict]:
+        """Per served queue: fps and compute/queue latency percentiles over recent frames."""
+        return {q: s.stats.snapshot() for q, s in self._serving.items()}
+
+    @property
+    def busy(self) -> int:
+        """Calls in flight across all served queues."""
+        return sum(len(s.running) for s in self._serving.values())
+
+    def _serve(self, queue: str, runner: Runner) -> None:
+        s = _Serving(runner, asyncio.Queue(runner.thread.batch_size))
+        s.feeder = asyncio.create_task(self._feed(queue, s), name=f"worker:{queue}:feed")
+        s.loop = asyncio.create_task(self._batches(s), name=f"worker:{queue}")
+        self._serving[queue] = s
+
+    async def _batches(self, s: _Serving) -> None:
+        thread = s.runner.thread
+        slots = asyncio.Semaphore(thread.concurrency)
+        while True:
+            batch = await _collect(s.inbox, thread.batch_size, thread.max_wait_ms / 1e3)
+            try:
+                await slots.acquire()
+            except asyncio.CancelledError:
+                for d in batch:
+                    d.nack()
+                raise
+            batch = await self._drop_expired(batch)
+            if not batch:
+                slots.release()
+                continue
+            task = asyncio.create_task(self._run(s, batch, slots))
+            s.running.add(task)
+            task.add_done_callback(s.running.discard)
+
+    async def _feed(self, queue: str, s: _Serving) -> None:
+        thread = s.runner.thread
+        async for delivery in self.broker.tasks([queue], prefetch=thread.batch_size * thread.concurrency):
+            try:
+                await s.inbox.put(delivery)
+            except asyncio.CancelledError:
+                delivery.nack()
+                raise
 
     async def _drop_expired(self, batch: list[Delivery]) -> list[Delivery]:
         """Skip tasks whose deadline passed while they waited: tell the sender at once, run the rest."""
@@ -95,17 +153,24 @@ class Worker:
                 keep.append(d)
         return keep
 
-    async def _run(self, runner: Runner, batch: list[Delivery], slots: asyncio.Semaphore) -> None:
+    async def _run(self, s: _Serving, batch: list[Delivery], slots: asyncio.Semaphore) -> None:
+        acked = 0
         try:
-            frames = await runner.process([d.frame for d in batch])
-            for f, d in zip(frames, batch, strict=False):
+            frames = await s.runner.process([d.frame for d in batch])
+            for f, d in zip(frames, batch, strict=True):
                 self.processed += 1
                 self.errors += f.error is not None
                 await self.broker.reply(f)
                 d.ack()
+                acked += 1
+                s.stats.record(f)
+        except asyncio.CancelledError:
+            for d in batch[acked:]:
+                d.nack()
+            raise
         except Exception:  # noqa: BLE001 - a broker hiccup must not kill the serving loop
-            log.exception("%s: could not deliver a batch; returning it to the broker", runner.thread.name)
-            for d in batch:
+            log.exception("%s: could not deliver a batch; returning it to the broker", s.runner.thread.name)
+            for d in batch[acked:]:
                 d.nack()
         finally:
             slots.release()

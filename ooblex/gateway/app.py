@@ -32,11 +32,22 @@ STATIC = Path(__file__).parent / "static"
 
 
 def create_app(engine: Engine | None = None, *, broker: str = "memory://", threads: Iterable[Any] = (),
-               settings: Settings | None = None, embedded_worker: bool | None = None) -> FastAPI:
-    """A gateway app. Pass a started ``engine`` to share one, or let the app own and run its own."""
+               settings: Settings | None = None, embedded_worker: bool | None = None,
+               store: str | None = None, public_url: str | None = None) -> FastAPI:
+    """A gateway app. Pass a started ``engine`` to share one, or let the app own and run its own.
+
+    With a network broker (``redis://``, ``amqp://``) the app's engine is a ``ClusterEngine``: its
+    threads follow the cluster's registry (``store``: the Redis store, default the broker or
+    ``$OOBLEX_STORE``), and with ``public_url`` it announces itself so ``Deployment.urls`` finds it.
+    """
     settings = settings or Settings.from_env()
     owns_engine = engine is None
-    if engine is None:
+    if engine is None and broker.split(":", 1)[0].lower() in ("redis", "rediss", "amqp", "amqps") \
+            and not embedded_worker:
+        from ..cluster.engine import ClusterEngine
+
+        engine = ClusterEngine(broker, store=store, threads=threads, public_url=public_url)
+    elif engine is None:
         engine = Engine(broker, threads, embedded_worker=embedded_worker)
     else:
         for t in threads:

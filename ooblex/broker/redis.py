@@ -1,0 +1,262 @@
+"""The Redis broker: Redis streams alone carry tasks and results.
+
+- Live tasks: stream ``ooblex:q:live:<thread>`` trimmed to ``live_queue`` entries on every add
+  (oldest go first) and skipped by workers past the frame's deadline.
+- Job tasks: stream ``ooblex:q:job:<thread>``, never trimmed; a consumer group hands each entry
+  to one worker and keeps it pending until acknowledged. Entries held by a consumer whose
+  heartbeat lapsed (a killed worker) are claimed by the others, so nothing is lost.
+- Results: stream ``ooblex:r:<reply_to>``, one per gateway instance, bounded and expiring.
+
+Every loop survives a Redis restart: it backs off, reconnects, and recreates its group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .. import wire
+from ..frame import Frame
+from .base import Broker, BrokerError, Delivery
+
+log = logging.getLogger("ooblex.broker.redis")
+
+GROUP = "workers"
+PREFIX = "ooblex"
+#: A consumer that has not refreshed its heartbeat for this long is presumed dead.
+HEARTBEAT_S = 3.0
+#: Pending job entries idle this long are claimed even from a live consumer (a stuck worker).
+STUCK_S = 120.0
+DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def task_key(thread: str, live: bool) -> str:
+    return f"{PREFIX}:q:{'live' if live else 'job'}:{thread}"
+
+
+def result_key(reply_to: str) -> str:
+    return f"{PREFIX}:r:{reply_to}"
+
+
+def consumers_key(thread: str) -> str:
+    return f"{PREFIX}:c:{thread}"
+
+
+class RedisBroker(Broker):
+    """Tasks and results over Redis streams. ``url``: ``redis://host:port/db``."""
+
+    def __init__(self, url: str, *, codec: wire.Codec = "jpeg", quality: int = 85, live_queue: int = 64,
+                 result_queue: int = 1024, block_ms: int = 1000) -> None:
+        self.url = url
+        self.codec: wire.Codec = codec
+        self.quality = quality
+        self.live_queue = live_queue
+        self.result_queue = result_queue
+        self.block_ms = block_ms
+        self.discarded = 0
+        self._redis: aioredis.Redis | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise BrokerError("RedisBroker used before start()")
+        return self._redis
+
+    async def start(self) -> None:
+        self._redis = aioredis.from_url(self.url, socket_keepalive=True, socket_connect_timeout=2,
+                                        retry_on_timeout=False)
+        try:
+            await self._redis.ping()
+        except DOWN as exc:
+            log.warning("redis at %s is not reachable yet (%s); will keep trying", self.url, exc)
+
+    async def close(self) -> None:
+        for t in list(self._background):
+            t.cancel()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    # --- gateway side --------------------------------------------------------------------
+    async def submit(self, frame: Frame, *, live: bool = True) -> None:
+        data = wire.encode(frame, self.codec, self.quality)
+        if live:
+            try:
+                await self.redis.xadd(task_key(frame.thread, True), {"f": data}, maxlen=self.live_queue,
+                                      approximate=False)
+            except DOWN:
+                self.discarded += 1  # a live frame is worth nothing later; the stream reclaims its slot
+            return
+        await self._retry(lambda: self.redis.xadd(task_key(frame.thread, False), {"f": data}), "submit a job frame")
+
+    async def results(self, reply_to: str) -> AsyncIterator[Frame]:
+        key, last = result_key(reply_to), "0"
+        try:
+            while True:
+                try:
+                    got = await self.redis.xread({key: last}, count=64, block=self.block_ms)
+                except DOWN:
+                    await asyncio.sleep(0.2)
+                    continue
+                for _, entries in got or ():
+                    for entry_id, fields in entries:
+                        last = entry_id
+                        yield wire.decode(fields[b"f"])
+        finally:
+            with contextlib.suppress(RedisError, OSError, BrokerError):
+                await self.redis.delete(key)
+
+    async def consumers(self, thread: str) -> int:
+        try:
+            return int(await self.redis.zcount(consumers_key(thread), time.time(), "+inf"))
+        except DOWN:
+            return -1
+
+    # --- worker side ---------------------------------------------------------------------
+    async def reply(self, frame: Frame) -> None:
+        data = wire.encode(frame, self.codec, self.quality)
+        key = result_key(frame.reply_to)
+
+        async def send() -> None:
+            async with self.redis.pipeline(transaction=False) as p:
+                p.xadd(key, {"f": data}, maxlen=self.result_queue, approximate=True)
+                p.expire(key, 300)
+                await p.execute()
+
+        await self._retry(send, "reply")
+
+    async def tasks(self, threads: list[str], prefetch: int = 1) -> AsyncIterator[Delivery]:
+        consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        streams = {task_key(t, live): ">" for t in threads for live in (True, False)}
+        next_beat = 0.0
+        try:
+            while True:
+                try:
+                    if time.monotonic() >= next_beat:
+                        next_beat = time.monotonic() + 1.0
+                        await self._beat(threads, consumer)
+                        for d in await self._reclaim(threads, consumer):
+                            yield d
+                    got = await self.redis.xreadgroup(GROUP, consumer, streams, count=prefetch,
+                                                      block=min(self.block_ms, 1000))
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    await self._groups(streams)  # first use, or Redis restarted empty
+                    next_beat = 0.0
+                    continue
+                except DOWN as exc:
+                    log.warning("redis unreachable (%s); retrying", exc)
+                    await asyncio.sleep(0.5)
+                    next_beat = 0.0
+                    continue
+                for key, entries in got or ():
+                    for entry_id, fields in entries:
+                        yield self._delivery(key.decode(), entry_id, fields)
+        finally:
+            with contextlib.suppress(RedisError, OSError, BrokerError):
+                async with self.redis.pipeline(transaction=False) as p:
+                    for t in threads:
+                        p.zrem(consumers_key(t), consumer)
+                    await p.execute()
+
+    def _delivery(self, key: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Delivery:
+        data = fields[b"f"]
+        frame = wire.decode(data)
+        if ":q:live:" in key:
+            self._spawn(self._done(key, entry_id))  # live frames are never redelivered
+            return Delivery(frame)
+        return Delivery(frame, ack=lambda: self._spawn(self._done(key, entry_id)),
+                        nack=lambda: self._spawn(self._requeue(key, entry_id, data)))
+
+    async def _groups(self, streams: dict[str, str]) -> None:
+        for key in streams:
+            try:
+                await self.redis.xgroup_create(key, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def _beat(self, threads: list[str], consumer: str) -> None:
+        async with self.redis.pipeline(transaction=False) as p:
+            now = time.time()
+            for t in threads:
+                p.zadd(consumers_key(t), {consumer: now + HEARTBEAT_S})
+                p.zremrangebyscore(consumers_key(t), "-inf", now - 60)
+            await p.execute()
+
+    async def _reclaim(self, threads: list[str], consumer: str) -> list[Delivery]:
+        """Take over job entries held by consumers that stopped beating (or are stuck)."""
+        out: list[Delivery] = []
+        now = time.time()
+        for t in threads:
+            key = task_key(t, False)
+            try:
+                pending = await self.redis.xpending_range(key, GROUP, min="-", max="+", count=100, idle=1000)
+            except ResponseError:
+                continue  # no group yet
+            if not pending:
+                continue
+            alive = {m.decode(): s for m, s in await self.redis.zrange(consumers_key(t), 0, -1, withscores=True)}
+            ids = [p["message_id"] for p in pending
+                   if alive.get(p["consumer"].decode(), 0) < now or p["time_since_delivered"] > STUCK_S * 1e3]
+            if not ids:
+                continue
+            claimed = await self.redis.xclaim(key, GROUP, consumer, 1000, ids)
+            for entry_id, fields in claimed:
+                if fields:  # deleted entries come back empty
+                    log.info("reclaimed job frame %s from a dead worker", entry_id)
+                    out.append(self._delivery(key, entry_id, fields))
+        return out
+
+    async def _done(self, key: str, entry_id: bytes) -> None:
+        async def ack() -> None:
+            async with self.redis.pipeline(transaction=False) as p:
+                p.xack(key, GROUP, entry_id)
+                p.xdel(key, entry_id)
+                await p.execute()
+
+        await self._retry(ack, "acknowledge", attempts=20)
+
+    async def _requeue(self, key: str, entry_id: bytes, data: bytes) -> None:
+        async def requeue() -> None:
+            async with self.redis.pipeline(transaction=True) as p:
+                p.xadd(key, {"f": data})
+                p.xack(key, GROUP, entry_id)
+                p.xdel(key, entry_id)
+                await p.execute()
+
+        await self._retry(requeue, "return a job frame", attempts=20)
+
+    async def _retry(self, op: Any, what: str, attempts: int = 0) -> Any:
+        """Run ``op()`` until Redis answers; ``attempts=0`` means forever (job frames are never dropped)."""
+        delay, n = 0.1, 0
+        while True:
+            try:
+                return await op()
+            except DOWN as exc:
+                n += 1
+                if attempts and n >= attempts:
+                    raise BrokerError(f"redis at {self.url}: could not {what}: {exc}") from exc
+                if n == 1:
+                    log.warning("redis at %s unreachable while trying to %s (%s); retrying", self.url, what, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -1,0 +1,4 @@
+"""Cluster mode: network brokers, a signed model registry, workers, deploys and jobs.
+
+``ob.deploy`` / ``ob.undeploy`` / ``ob.process`` live here; see docs/cluster.md.
+"""

@@ -1,0 +1,91 @@
+"""Turn a signed manifest into a loaded tensor thread on a worker: verify, fetch, install, unpickle.
+
+Nothing is executed before the manifest's signature and every blob's hash check out.
+Blobs are cached on disk by content hash, so restarts and new versions that share weights
+download nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from ..thread import TensorThread
+from . import weights
+from .registry import Registry
+from .signing import verify
+
+
+class ArtifactError(RuntimeError):
+    """A deploy cannot be loaded here (wrong Python, failed install, bad code)."""
+
+
+def load(registry: Registry, manifest: dict[str, Any], secret: bytes | None, cache: Path) -> TensorThread:
+    """Verify ``manifest`` and return its thread, ready for a ``Worker``. Raises with a clear reason."""
+    verify(manifest, secret)
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if manifest.get("python") != here:
+        raise ArtifactError(f"deployed from Python {manifest.get('python')}, this worker runs {here} "
+                            "(pickled code only loads on the same minor version)")
+    install(manifest.get("requirements", []), cache)
+    for w in manifest.get("weights", []):
+        weights.register(w["name"], fetch(registry, w["sha256"], cache))
+    code = fetch(registry, manifest["code"], cache).read_bytes()
+    try:
+        thread = cloudpickle.loads(code)
+    except Exception as exc:  # noqa: BLE001 - any import/unpickle problem becomes a status
+        raise ArtifactError(f"cannot load the code: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(thread, TensorThread):
+        raise ArtifactError(f"the code is a {type(thread).__name__}, not a tensor thread")
+    return thread
+
+
+def fetch(registry: Registry, digest: str, cache: Path) -> Path:
+    """The cached file of blob ``digest``, downloaded (and hash-checked) if not here yet."""
+    path = cache / "blobs" / digest
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    registry.get_blob(digest, path)
+    return path
+
+
+def install(requirements: list[str], cache: Path) -> None:
+    """Make ``requirements`` importable: those not already satisfied go to a private pip target."""
+    missing = [r for r in requirements if not _satisfied(r)]
+    if not missing:
+        return
+    key = hashlib.sha256(json.dumps(sorted(missing)).encode()).hexdigest()[:16]
+    target = cache / "site" / key
+    if not (target / ".complete").exists():
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--retries", "1",
+               "--timeout", "15", "--target", str(target), *missing]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise ArtifactError(f"pip install {' '.join(missing)} failed: {' / '.join(tail)}")
+        (target / ".complete").touch()
+    if str(target) not in sys.path:
+        sys.path.insert(0, str(target))
+
+
+def _satisfied(requirement: str) -> bool:
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # pragma: no cover - packaging ships with pip/setuptools nearly everywhere
+        name, spec = requirement, None
+    else:
+        req = Requirement(requirement)
+        name, spec = req.name, req.specifier
+    try:
+        version = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return spec is None or spec.contains(version, prereleases=True)

@@ -1,0 +1,33 @@
+"""Where a cluster is: the broker URL and the Redis store URL, from arguments or ``OOBLEX_*`` env."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    broker: str
+    store: str
+
+
+def resolve(cluster: str | None = None, store: str | None = None) -> ClusterConfig:
+    """``cluster``: ``redis://...`` (broker and store in one) or ``amqp://...`` (plus a Redis ``store``).
+
+    Defaults: ``$OOBLEX_BROKER`` (or ``$OOBLEX_CLUSTER``) and ``$OOBLEX_STORE``.
+    """
+    broker = cluster or os.environ.get("OOBLEX_BROKER") or os.environ.get("OOBLEX_CLUSTER")
+    if not broker:
+        raise ValueError("no cluster given: pass cluster='redis://host:6379/0' (or amqp://...) "
+                         "or set OOBLEX_BROKER")
+    scheme = broker.split(":", 1)[0].lower()
+    if scheme in ("redis", "rediss"):
+        return ClusterConfig(broker, store or os.environ.get("OOBLEX_STORE") or broker)
+    if scheme in ("amqp", "amqps"):
+        store = store or os.environ.get("OOBLEX_STORE")
+        if not store:
+            raise ValueError("a RabbitMQ cluster keeps its registry and state in Redis: "
+                             "pass store='redis://host:6379/0' or set OOBLEX_STORE")
+        return ClusterConfig(broker, store)
+    raise ValueError(f"unknown cluster URL {broker!r}: use redis://host:port/db or amqp://user:pw@host/")

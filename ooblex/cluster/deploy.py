@@ -1,0 +1,211 @@
+"""``ob.deploy`` / ``ob.undeploy``: publish a tensor thread to a cluster in one call.
+
+The code travels by value (cloudpickle), so a function defined in a notebook cell works on a
+worker that has never seen the notebook. Weight files travel as content-addressed blobs.
+Workers watching the registry load the new version within about a second, no restart.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from ..thread import TensorThread, as_thread
+from .config import ClusterConfig, resolve
+from .registry import Registry, RegistryError, check_name
+from .signing import sha256
+
+#: Where a gateway's endpoints for a thread are, unless the gateway's record says otherwise.
+#: WHEP and MJPEG are per stream: ``{stream_id}`` is left for the caller (the id a WHIP answer gives).
+DEFAULT_ROUTES = {
+    "whip": "{base}/whip/{thread}",
+    "whep": "{base}/whep/{{stream_id}}",
+    "mjpeg": "{base}/mjpeg/{{stream_id}}",
+    "http": "{base}/api/v1/frames/{thread}",
+    "ws": "{ws}/ws/{thread}",
+}
+
+
+def pickle_thread(thread: TensorThread) -> bytes:
+    """The thread's code by value: its own module travels too unless it is an installed package."""
+    module = sys.modules.get(getattr(thread.target, "__module__", ""), None)
+    by_value = module is not None and _is_user_module(module)
+    if by_value:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps(thread)
+    finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _is_user_module(module: Any) -> bool:
+    name = module.__name__
+    if name == "__main__" or name.split(".")[0] in ("ooblex",):
+        return False
+    path = getattr(module, "__file__", None) or ""
+    return bool(path) and "site-packages" not in path and "dist-packages" not in path \
+        and not path.startswith(sys.base_prefix)
+
+
+@dataclass
+class Deployment:
+    """A deployed version: where to reach it, how it is doing, how to take it back."""
+
+    name: str
+    version: int
+    config: ClusterConfig
+    manifest: dict[str, Any]
+
+    def _registry(self) -> Registry:
+        return Registry(self.config.store)
+
+    @property
+    def urls(self) -> dict[str, Any]:
+        """Endpoints on the cluster's gateway(s): ``{"whip": ..., "whep": ..., ...}`` (first gateway)
+        plus ``"gateways"``: the same for every live gateway. Empty when no gateway is up."""
+        reg = self._registry()
+        try:
+            per = [gateway_urls(g, self.name) for g in reg.records("gateway")]
+        finally:
+            reg.close()
+        return {**(per[0] if per else {}), "gateways": per}
+
+    def status(self) -> dict[str, Any]:
+        """Workers serving this thread (this version or the active one), fps, latency, refusals."""
+        reg = self._registry()
+        try:
+            return thread_status(reg, self.name, self.version)
+        finally:
+            reg.close()
+
+    def wait_ready(self, timeout: float = 10.0, workers: int = 1) -> Deployment:
+        """Block until ``workers`` workers serve this version; raise naming refusals if not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            if st["serving"] >= workers:
+                return self
+            if time.monotonic() > deadline:
+                why = "; ".join(f"{w}: {r}" for w, r in st["refused"].items()) or \
+                    f"{len(st['workers_alive'])} worker(s) alive, none serving it"
+                raise TimeoutError(f"{self.name}@{self.version} not served by {workers} worker(s) after "
+                                   f"{timeout:.0f} s ({why})")
+            time.sleep(0.2)
+
+    def rollback(self) -> Deployment:
+        """Serve the version before this one under the plain name again."""
+        reg = self._registry()
+        try:
+            older = sorted(v for v in reg.versions(self.name) if v < self.version)
+            if not older:
+                raise RegistryError(f"{self.name}@{self.version} has no earlier version to roll back to")
+            reg.activate(self.name, older[-1])
+            return Deployment(self.name, older[-1], self.config, reg.versions(self.name)[older[-1]])
+        finally:
+            reg.close()
+
+    def undeploy(self) -> None:
+        undeploy(self.name, cluster=self.config.broker, store=self.config.store)
+
+    def __repr__(self) -> str:
+        return f"<Deployment {self.name}@{self.version} on {self.config.broker}>"
+
+
+def deploy(thread: Any, cluster: str | None = None, *, store: str | None = None,
+           requirements: list[str] | tuple[str, ...] = (), weights: list[Any] | tuple[Any, ...] = (),
+           secret: str | None = None, keep_versions: bool = False, wait: float = 0.0) -> Deployment:
+    """Publish ``thread`` as a new version on ``cluster`` and make it the active one.
+
+    ``requirements``: pip requirement strings workers install (in a private target) if missing.
+    ``weights``: file paths; on workers ``ob.weight("file.name")`` gives the local copy.
+    ``keep_versions``: keep earlier versions loaded (reachable as ``name@version``).
+    ``wait``: seconds to wait for a worker to serve it (0: return at once).
+    Needs ``OOBLEX_SECRET`` (or ``secret=``): workers only run signed code.
+    """
+    t = as_thread(thread)
+    check_name(t.name)
+    config = resolve(cluster, store)
+    reqs = sorted(set(requirements) | set(t.requirements))
+    reg = Registry(config.store, secret)
+    try:
+        manifest = reg.publish(t, pickle_thread(t), requirements=reqs, weights=list(weights),
+                               keep_versions=keep_versions)
+    finally:
+        reg.close()
+    dep = Deployment(t.name, manifest["version"], config, manifest)
+    return dep.wait_ready(wait) if wait else dep
+
+
+def undeploy(name: Any, cluster: str | None = None, *, store: str | None = None) -> None:
+    """Remove ``name`` (a name or a thread) from the cluster: workers stop serving it within a poll."""
+    config = resolve(cluster, store)
+    reg = Registry(config.store)
+    try:
+        reg.remove(name if isinstance(name, str) else as_thread(name).name)
+    finally:
+        reg.close()
+
+
+def deployment(name: str, cluster: str | None = None, *, store: str | None = None) -> Deployment:
+    """The active ``Deployment`` of ``name``."""
+    config = resolve(cluster, store)
+    reg = Registry(config.store)
+    try:
+        v = reg.active(name)
+        if v is None:
+            raise RegistryError(f"{name!r} is not deployed on {config.broker}")
+        return Deployment(name, v, config, reg.versions(name)[v])
+    finally:
+        reg.close()
+
+
+def code_digest(thread: TensorThread) -> str:
+    return sha256(pickle_thread(thread))
+
+
+def gateway_urls(record: dict[str, Any], thread: str) -> dict[str, str]:
+    """A gateway record's endpoint templates filled in for ``thread``."""
+    base = str(record.get("url", "")).rstrip("/")
+    ws = "ws" + base[4:] if base.startswith("http") else base
+    routes = {**DEFAULT_ROUTES, **record.get("routes", {})}
+    return {k: v.format(base=base, ws=ws, thread=thread) for k, v in routes.items()}
+
+
+def thread_status(reg: Registry, name: str, version: int | None = None) -> dict[str, Any]:
+    """Aggregate worker records for ``name``: who serves which version, fps, compute latency, refusals."""
+    active = reg.active(name)
+    target = f"{name}@{version}" if version is not None else name
+    workers, refused, fps, serving = [], {}, 0.0, 0
+    records = reg.records("worker")
+    for w in records:
+        for key, reason in w.get("refused", {}).items():
+            if key.split("@")[0] == name:
+                refused[f"{w['id']} ({key})"] = reason
+        queues = w.get("threads", {})
+        serving += target in queues
+        for queue, t in queues.items():
+            if queue.split("@")[0] != name:
+                continue
+            fps += t.get("fps", 0.0) if queue == name else 0.0
+            workers.append({"id": w["id"], "host": w["host"], "queue": queue, "version": t.get("version"),
+                            "fps": t.get("fps", 0.0), "latency_ms": t.get("latency_ms", {}),
+                            "load": w.get("load"), "busy": w.get("busy")})
+    return {"name": name, "version": version, "active": active, "serving": serving, "fps": round(fps, 2),
+            "workers": workers, "refused": refused, "workers_alive": [w["id"] for w in records]}
+
+
+def announce_gateway(store: str, ident: str, url: str, routes: dict[str, str] | None = None,
+                     ttl_s: float = 10.0, **extra: Any) -> None:
+    """For gateways: publish (refresh every few seconds) where this instance serves, so
+    ``Deployment.urls`` can point at it. ``routes``: templates with ``{base}`` and ``{thread}``."""
+    reg = Registry(store)
+    try:
+        reg.put_record("gateway", ident, {"id": ident, "url": url, "routes": routes or {}, "heartbeat": time.time(),
+                                          **extra}, ttl_s)
+    finally:
+        reg.close()

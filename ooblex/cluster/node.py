@@ -1,0 +1,172 @@
+"""``ooblex worker``: a process that serves deployed tensor threads from a cluster.
+
+It watches the registry (a cheap revision poll every ``poll_s``), loads new versions without
+a restart, competes with other workers for tasks through the broker, and publishes a status
+record (host, threads, load, fps, errors, refusals) with a heartbeat. On SIGTERM it stops taking
+tasks, lets calls in flight finish and reply (up to ``drain_s``) and gives the rest back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..broker import connect
+from ..engine.worker import Worker
+from ..thread import TensorThread
+from . import artifacts
+from .registry import Registry
+from .signing import SignatureError, get_secret
+
+log = logging.getLogger("ooblex.node")
+DEFAULT_CACHE = Path(os.environ.get("OOBLEX_CACHE", Path.home() / ".cache" / "ooblex"))
+
+
+class WorkerNode:
+    """Hosts a ``Worker`` whose threads follow the registry."""
+
+    def __init__(self, broker: str, store: str, *, threads: list[TensorThread] = (),  # type: ignore[assignment]
+                 secret: str | None = None, cache: Path | str | None = None, poll_s: float = 0.5,
+                 heartbeat_s: float = 1.0, drain_s: float = 10.0) -> None:
+        self.broker_url, self.store_url = broker, store
+        self.local = list(threads)
+        self.secret = get_secret(secret)
+        self.cache = Path(cache) if cache else DEFAULT_CACHE
+        self.poll_s, self.heartbeat_s, self.drain_s = poll_s, heartbeat_s, drain_s
+        self.id = f"{socket.gethostname()}-{os.getpid()}"
+        self.started = time.time()
+        #: (name, version) -> loaded thread; refusals keep their reason until the manifest changes.
+        self.loaded: dict[tuple[str, int], TensorThread] = {}
+        self.refused: dict[tuple[str, int], tuple[str, str]] = {}  # -> (manifest, reason)
+        self.queues: dict[str, tuple[str, int]] = {}  # queue -> (name, version)
+        self._docs: dict[tuple[str, int], str] = {}
+        self._rev = -1
+        self._last = (time.monotonic(), 0)
+        self._fps = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        broker = connect(self.broker_url)
+        await broker.start()
+        self.worker = Worker(broker, self.local)
+        await self.worker.start()
+        self.registry = Registry(self.store_url)
+        log.info("worker %s serving from %s (store %s)", self.id, redact(self.broker_url), redact(self.store_url))
+        try:
+            next_beat = 0.0
+            while not stop.is_set():
+                try:
+                    await self.sync()
+                    if time.monotonic() >= next_beat:
+                        next_beat = time.monotonic() + self.heartbeat_s
+                        await asyncio.to_thread(self.registry.put_record, "worker", self.id, self.status(),
+                                                3 * self.heartbeat_s)
+                except (OSError, ConnectionError, TimeoutError) as exc:
+                    log.warning("store unreachable (%s); serving what is loaded", exc)
+                    self._rev = -1
+                except Exception as exc:  # noqa: BLE001 - redis-py wraps outages in its own classes
+                    log.warning("registry sync failed (%s: %s); will retry", type(exc).__name__, exc)
+                    self._rev = -1
+                try:
+                    await asyncio.wait_for(stop.wait(), self.poll_s)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            log.info("worker %s stopping: finishing in-flight work (up to %.0f s)", self.id, self.drain_s)
+            await self.worker.stop(self.drain_s)
+            try:
+                await asyncio.to_thread(self.registry.drop_record, "worker", self.id)
+            except Exception:  # noqa: BLE001 - the record expires by itself anyway
+                pass
+            self.registry.close()
+            await broker.close()
+
+    async def sync(self) -> None:
+        """Make the served queues match the registry (only when its revision moved)."""
+        rev = await asyncio.to_thread(self.registry.rev)
+        if rev == self._rev:
+            return
+        snapshot = await asyncio.to_thread(self.registry.serving)
+        wanted: dict[str, tuple[str, int]] = {}
+        for name, info in snapshot.items():
+            for v, manifest in info["versions"].items():
+                if await self._ensure(name, v, manifest):
+                    wanted[f"{name}@{v}"] = (name, v)
+                    if v == info["active"]:
+                        wanted[name] = (name, v)
+        for queue, key in list(self.queues.items()):
+            if wanted.get(queue) != key:
+                await self.worker.remove(queue, self.drain_s)
+                del self.queues[queue]
+        for queue, key in wanted.items():
+            if queue not in self.queues:
+                self.worker.add(self.loaded[key], queue)
+                self.queues[queue] = key
+                log.info("serving %s (%s@%d)", queue, *key)
+        for key in [k for k in self.loaded if k not in self.queues.values()]:
+            del self.loaded[key]
+        for key in [k for k in self.refused if k[0] not in snapshot or k[1] not in snapshot[k[0]]["versions"]]:
+            del self.refused[key]
+        self._rev = rev
+
+    async def _ensure(self, name: str, version: int, manifest: dict[str, Any]) -> bool:
+        key = (name, version)
+        doc = json.dumps(manifest, sort_keys=True)  # any change to a stored manifest is re-verified
+        if key in self.loaded and self._docs.get(key) == doc:
+            return True
+        self.loaded.pop(key, None)
+        if key in self.refused and self.refused[key][0] == doc:
+            return False
+        try:
+            thread = await asyncio.to_thread(artifacts.load, self.registry, manifest, self.secret, self.cache)
+        except (SignatureError, artifacts.ArtifactError) as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - any failure to load is reported, never fatal
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            if thread.name != name:
+                reason = f"refusing artifact: manifest names {name!r} but the code is {thread.name!r}"
+            else:
+                self.loaded[key] = thread
+                self._docs[key] = doc
+                self.refused.pop(key, None)
+                return True
+        self.refused[key] = (doc, reason)
+        log.error("%s@%d not served: %s", name, version, reason)
+        return False
+
+    def status(self) -> dict[str, Any]:
+        """The record other machines read: who this worker is, what it serves, how it is doing."""
+        now = time.monotonic()
+        t0, n0 = self._last
+        if now - t0 >= 1.0:
+            self._fps = round((self.worker.processed - n0) / (now - t0), 2)
+            self._last = (now, self.worker.processed)
+        per_queue = self.worker.stats()
+        threads = {}
+        for queue in self.worker.runners:
+            name, version = self.queues.get(queue, (queue, 0))
+            s = per_queue.get(queue, {})
+            threads[queue] = {"name": name, "version": version, "status": "serving", "fps": s.get("fps", 0.0),
+                              "latency_ms": s.get("latency_ms", {}), "processed": s.get("processed", 0),
+                              "errors": s.get("errors", 0)}
+        return {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
+                "heartbeat": time.time(), "broker": redact(self.broker_url), "threads": threads,
+                "refused": {f"{n}@{v}": reason for (n, v), (_, reason) in self.refused.items()},
+                "load": os.getloadavg()[0], "busy": self.worker.busy, "fps": self._fps,
+                "processed": self.worker.processed, "errors": self.worker.errors, "skipped": self.worker.skipped}
+
+
+def redact(url: str) -> str:
+    """A URL without its password, fit for status records and logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

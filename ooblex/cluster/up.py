@@ -1,0 +1,95 @@
+"""``ooblex up``: a whole local cluster in one command, stopped with Ctrl-C.
+
+Starts ``redis-server`` (and ``rabbitmq-server``) as child processes on free ports, a gateway
+(``ooblex gateway --broker URL`` when this build has one) and N ``ooblex worker`` processes,
+all sharing one ``OOBLEX_SECRET``. Prints a ``ready`` line with the URLs, then supervises.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from .servers import RabbitMQServer, RedisServer
+
+
+def gateway_available() -> bool:
+    return importlib.util.find_spec("ooblex.gateway") is not None
+
+
+def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: int = 8800,
+       threads: list[str] = ()) -> int:  # type: ignore[assignment]
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
+    servers: list[Any] = []
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    stopping = {"now": False}
+
+    def on_signal(*_: object) -> None:
+        stopping["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        redis = RedisServer().start()
+        servers.append(redis)
+        broker_url = redis.url
+        if broker == "rabbitmq":
+            rabbit = RabbitMQServer().start()
+            servers.append(rabbit)
+            broker_url = rabbit.url
+        secret = os.environ.get("OOBLEX_SECRET") or secrets.token_urlsafe(32)
+        env = {**os.environ, "OOBLEX_BROKER": broker_url, "OOBLEX_STORE": redis.url, "OOBLEX_SECRET": secret}
+        me = [sys.executable, "-m", "ooblex"]
+        gateway_url = None
+        if gateway_available():
+            loopback = ["--loopback"] if host.startswith("127.") else []  # same-machine WebRTC peers
+            children.append(("gateway", subprocess.Popen([*me, "gateway", "--broker", broker_url, "--store", redis.url,
+                                                          "--host", host, "--port", str(port), *loopback], env=env)))
+            gateway_url = f"http://{host}:{port}"
+        else:
+            print("ooblex up: this build has no gateway (ooblex.gateway); workers are up, reach them with "
+                  "ob.process(...) or ClusterEngine. Install the gateway extra / a build with it for WHIP/WHEP.",
+                  file=sys.stderr)
+        extra = [a for t in threads for a in ("--thread", t)]
+        for i in range(workers):
+            children.append((f"worker{i + 1}", subprocess.Popen([*me, "worker", *extra], env=env)))
+        ready = {"broker": broker_url, "store": redis.url, "gateway": gateway_url, "workers": workers,
+                 "secret": secret}
+        print("ooblex up: ready " + json.dumps(ready), flush=True)
+        print(f"  export OOBLEX_BROKER={broker_url} OOBLEX_STORE={redis.url} OOBLEX_SECRET={secret}\n"
+              "  then: ob.deploy(my_thread)  |  Ctrl-C stops everything", flush=True)
+        return _supervise(children, stopping)
+    finally:
+        for _, proc in children:
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in children:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for s in reversed(servers):
+            s.cleanup()
+
+
+def _supervise(children: list[tuple[str, subprocess.Popen[bytes]]], stopping: dict[str, bool]) -> int:
+    """Wait for Ctrl-C; report a child that dies (the rest keep running)."""
+    reported: set[str] = set()
+    while not stopping["now"]:
+        for name, proc in children:
+            if proc.poll() is not None and name not in reported:
+                reported.add(name)
+                print(f"ooblex up: {name} exited with status {proc.returncode}", file=sys.stderr, flush=True)
+        if children and len(reported) == len(children):
+            return 1
+        time.sleep(0.2)
+    print("ooblex up: stopping", file=sys.stderr, flush=True)
+    return 0

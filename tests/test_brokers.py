@@ -1,0 +1,177 @@
+"""Network brokers against real servers: round trip, competing consumers, bounds, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import numpy as np
+import pytest
+
+from ooblex import wire
+from ooblex.broker import connect
+from ooblex.frame import Frame
+
+from .cluster_fixtures import needs_rabbitmq, needs_redis, rabbit_server, redis_server  # noqa: F401
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def frame(seq: int, thread: str = "t", reply_to: str = "gw.test", deadline: float = 0.0) -> Frame:
+    img = np.full((48, 64, 3), seq % 256, np.uint8)
+    return Frame(img, stream_id="s", seq=seq, thread=thread, reply_to=reply_to, deadline=deadline,
+                 params={"k": 1}, stamps={"received": time.time()})
+
+
+def test_wire_round_trip_raw_jpeg_and_result_only() -> None:
+    f = frame(7)
+    f.result = {"n": np.int64(3), "v": np.arange(2)}
+    raw = wire.decode(wire.encode(f, "raw"))
+    assert np.array_equal(raw.image, f.image) and raw.seq == 7 and raw.result == {"n": 3, "v": [0, 1]}
+    jp = wire.decode(wire.encode(f, "jpeg"))
+    assert jp.image.shape == f.image.shape and np.abs(jp.image.astype(int) - 7).max() <= 3
+    f.image = None
+    assert wire.decode(wire.encode(f)).image is None
+    with pytest.raises(wire.WireError):
+        wire.decode(b"\x00\x00\x00\x09{nope")
+
+
+async def _round_trip(url: str) -> None:
+    broker = connect(url)
+    await broker.start()
+    try:
+        results = broker.results("gw.test")
+        got: list[Frame] = []
+
+        async def read() -> None:
+            async for f in results:
+                got.append(f)
+                if len(got) == 10:
+                    return
+
+        reader = asyncio.create_task(read())
+
+        async def work() -> None:
+            async for d in broker.tasks(["t"]):
+                d.frame.result = {"seen": d.frame.seq}
+                await broker.reply(d.frame)
+                d.ack()
+
+        worker = asyncio.create_task(work())
+        for _ in range(50):
+            if await broker.consumers("t") > 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await broker.consumers("t") == 1
+        for i in range(5):
+            await broker.submit(frame(i), live=True)
+            await broker.submit(frame(100 + i), live=False)
+        await asyncio.wait_for(reader, 10)
+        assert sorted(f.seq for f in got) == [0, 1, 2, 3, 4, 100, 101, 102, 103, 104]
+        assert all(f.result == {"seen": f.seq} for f in got)
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        await results.aclose()
+    finally:
+        await broker.close()
+
+
+@needs_redis
+async def test_redis_round_trip(redis_server) -> None:  # noqa: F811
+    await _round_trip(redis_server.url)
+
+
+@needs_rabbitmq
+async def test_rabbitmq_round_trip(rabbit_server) -> None:  # noqa: F811
+    await _round_trip(rabbit_server.url)
+
+
+async def _live_bounded(url: str) -> None:
+    """With no consumer, a live queue keeps only its newest ``live_queue`` frames."""
+    broker = connect(url, live_queue=4)
+    await broker.start()
+    try:
+        for i in range(20):
+            await broker.submit(frame(i, thread="bounded"), live=True)
+        for i in range(3):
+            await broker.submit(frame(1000 + i, thread="bounded"), live=False)
+        seen = []
+
+        async def work() -> None:
+            async for d in broker.tasks(["bounded"]):
+                seen.append(d.frame.seq)
+                d.ack()
+
+        w = asyncio.create_task(work())
+        await asyncio.sleep(2.0)
+        w.cancel()
+        await asyncio.gather(w, return_exceptions=True)
+        assert sorted(s for s in seen if s < 1000) == [16, 17, 18, 19]
+        assert sorted(s for s in seen if s >= 1000) == [1000, 1001, 1002]
+    finally:
+        await broker.close()
+
+
+@needs_redis
+async def test_redis_live_queue_is_bounded(redis_server) -> None:  # noqa: F811
+    await _live_bounded(redis_server.url)
+
+
+@needs_rabbitmq
+async def test_rabbitmq_live_queue_is_bounded(rabbit_server) -> None:  # noqa: F811
+    await _live_bounded(rabbit_server.url)
+
+
+@needs_rabbitmq
+async def test_rabbitmq_expires_stale_live_frames(rabbit_server) -> None:  # noqa: F811
+    broker = connect(rabbit_server.url)
+    await broker.start()
+    try:
+        await broker.submit(frame(1, thread="stale", deadline=time.time() + 0.05), live=True)
+        await asyncio.sleep(0.3)
+        await broker.submit(frame(2, thread="stale", deadline=time.time() + 5), live=True)
+        seen = []
+
+        async def work() -> None:
+            async for d in broker.tasks(["stale"]):
+                seen.append(d.frame.seq)
+
+        w = asyncio.create_task(work())
+        await asyncio.sleep(1.0)
+        w.cancel()
+        await asyncio.gather(w, return_exceptions=True)
+        assert seen == [2]
+    finally:
+        await broker.close()
+
+
+@needs_redis
+async def test_redis_unacked_job_is_reclaimed_from_a_dead_consumer(redis_server) -> None:  # noqa: F811
+    """A consumer that takes a job frame and vanishes without ack: another one gets it."""
+    a, b = connect(redis_server.url), connect(redis_server.url)
+    await a.start()
+    await b.start()
+    try:
+        await a.submit(frame(5, thread="jobs"), live=False)
+        it = a.tasks(["jobs"])
+        first = await asyncio.wait_for(it.__anext__(), 5)
+        assert first.frame.seq == 5
+        await it.aclose()  # leaves without ack: its heartbeat entry is removed
+        got, seen = [], asyncio.Event()
+
+        async def work() -> None:
+            async for d in b.tasks(["jobs"]):
+                got.append(d.frame.seq)
+                d.ack()
+                seen.set()
+
+        w = asyncio.create_task(work())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(seen.wait(), 10)
+        w.cancel()
+        await asyncio.gather(w, return_exceptions=True)
+        assert got == [5]
+    finally:
+        await a.close()
+        await b.close()

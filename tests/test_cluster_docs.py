@@ -1,0 +1,49 @@
+"""docs/cluster.md examples run as written against a real Redis and a worker process;
+the deploy manifests are valid YAML naming the commands this package has."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ooblex.cli import build_parser
+
+from .cluster_fixtures import SECRET, needs_redis, redis_server, start_worker, stop  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@needs_redis
+@pytest.mark.timeout(120)
+def test_cluster_doc_examples_run(redis_server, monkeypatch, capsys) -> None:  # noqa: F811, ANN001
+    monkeypatch.setenv("OOBLEX_BROKER", redis_server.url)
+    monkeypatch.setenv("OOBLEX_SECRET", SECRET)
+    worker = start_worker(redis_server.url)
+    try:
+        text = (ROOT / "docs" / "cluster.md").read_text()
+        blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+        assert len(blocks) == 4
+        namespace: dict = {}
+        for block in blocks:
+            exec(compile(block, "docs/cluster.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    finally:
+        stop(worker)
+    out = capsys.readouterr().out
+    assert "<Deployment blur_faces@1" in out and " 1\n" in out
+    assert "12 0" in out
+    assert "0 (120, 160, 3) ok" in out
+    assert "2 -> 1" in out
+
+
+def test_deploy_manifests_parse_and_use_real_commands() -> None:
+    commands = set(build_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    assert compose["services"]["worker"]["command"][0] in commands
+    docs = [d for f in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())]
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "StatefulSet", "Service", "Secret", "Kustomization"} <= kinds
+    worker = next(d for d in docs if d.get("metadata", {}).get("name") == "ooblex-worker")
+    assert worker["spec"]["template"]["spec"]["containers"][0]["args"][0] in commands
