@@ -139,6 +139,14 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings.from_env()
 
 
+def test_oversized_chunked_upload_is_cut_off(gw) -> None:
+    def chunks():  # no Content-Length: the limit must hold while reading
+        for _ in range(40):
+            yield b"\0" * 10_000
+    r = httpx.post(gw.url + "/api/v1/frames/identity", content=chunks(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 413 and "exceeds the limit of 200000" in r.json()["detail"]
+
+
 def test_frame_too_many_pixels(gw) -> None:
     big = jpeg.encode(np.zeros((1100, 1000, 3), np.uint8), 30)  # small file, too many pixels
     assert len(big) < SETTINGS.max_image_bytes
