@@ -126,7 +126,8 @@ async def test_bad_webrtc_requests_get_clear_4xx() -> None:
 
     from .gateway_server import running_gateway
 
-    with running_gateway(settings=Settings(loopback_candidates=True, max_sdp_bytes=20_000)) as gw:
+    settings = Settings(loopback_candidates=True, max_sdp_bytes=20_000, connect_timeout_s=2.0)
+    with running_gateway(settings=settings) as gw:
         good = await _offer("sendrecv")
         sendonly = await _offer("sendonly")
         recvonly = await _offer("recvonly")
@@ -161,6 +162,16 @@ async def test_bad_webrtc_requests_get_clear_4xx() -> None:
             assert (await http.delete(gw.url + r.headers["Location"])).status_code == 200
             assert not gw.state.sessions.items and not gw.state.engine.streams
             assert (await http.get(gw.url + "/healthz")).json()["status"] == "ok"
+            # an answered peer that never connects (its side is already closed) is dropped on its own
+            r = await http.post(gw.url + "/whip/identity", content=sendonly,
+                                headers={"Content-Type": "application/sdp"})
+            assert r.status_code == 201
+            t0 = time.monotonic()
+            while gw.state.sessions.items and time.monotonic() - t0 < 10:  # noqa: ASYNC110 - another thread's state
+                await asyncio.sleep(0.1)
+            waited = time.monotonic() - t0
+            assert not gw.state.sessions.items and not gw.state.engine.streams, "unconnected session left behind"
+            assert 1.5 < waited < 5, f"closed after {waited:.1f} s, expected about connect_timeout_s (2 s)"
 
 
 PUBLISHER = """

@@ -64,16 +64,18 @@ class Session:
         """Call ``callback`` once when the session closes (release what it holds)."""
         self._on_close.append(callback)
 
-    def watch(self, last_activity: Callable[[], Awaitable[float]], idle_s: float) -> None:
-        """Close the session once ``last_activity()`` (monotonic time) is older than ``idle_s``."""
-        self.spawn(self._watchdog(last_activity, idle_s), "watchdog")
+    def watch(self, last_activity: Callable[[], Awaitable[float]], idle_s: float, connect_s: float) -> None:
+        """Close the session once ``last_activity()`` (monotonic time, 0.0 = none yet) is older than
+        ``idle_s``, or when nothing at all arrived within ``connect_s`` (ICE, DTLS, first keyframe)."""
+        self.spawn(self._watchdog(last_activity, idle_s, connect_s), "watchdog")
 
-    async def _watchdog(self, last_activity: Callable[[], Awaitable[float]], idle_s: float) -> None:
+    async def _watchdog(self, last_activity: Callable[[], Awaitable[float]], idle_s: float, connect_s: float) -> None:
         while True:
             await asyncio.sleep(min(1.0, idle_s / 4))
-            last = max(await last_activity(), self.created)
-            if time.monotonic() - last > idle_s:
-                log.info("%s session %s: peer silent for %.1f s, closing", self.kind, self.id, idle_s)
+            last = await last_activity()  # 0.0 until the peer's first media / report
+            limit = idle_s if last else connect_s
+            if time.monotonic() - (last or self.created) > limit:
+                log.info("%s session %s: peer silent for %.1f s, closing", self.kind, self.id, limit)
                 return
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:

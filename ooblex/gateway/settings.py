@@ -45,7 +45,9 @@ class Settings:
     #: STUN/TURN servers, as RTCIceServer dicts: [{"urls": "stun:..."}, {"urls": "turn:...", "username":..}].
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     #: A WebRTC session whose peer stops sending media for this long is closed.
-    session_idle_s: float = 10.0
+    session_idle_s: float = 5.0
+    #: A new WebRTC session whose peer sends nothing (no media, no RTCP) this long after the answer is closed.
+    connect_timeout_s: float = 15.0
     #: Origins allowed to call the API from other web pages (WHIP/WHEP players); empty = same origin only.
     cors_origins: list[str] = field(default_factory=list)
 

@@ -52,7 +52,7 @@ async def whip(thread: str, request: Request) -> Response:
             session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of))
 
     sdp = await negotiate(session, offer, attach)
-    session.watch(lambda: _last_frame(ingest[0]), gw.settings.session_idle_s)
+    session.watch(lambda: _last_frame(ingest[0]), gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whip_sessions")
     return sdp_created(sdp, f"/whip/{thread}/{session.id}", stream.id, ice_links(gw.settings))
 

@@ -55,7 +55,7 @@ class Ingest:
         self.track = track
         self.stream = stream
         self.pts: dict[int, int] = {}
-        self.last_frame_at = time.monotonic()
+        self.last_frame_at = 0.0  # monotonic time of the newest decoded frame; 0.0 = none yet
         self.frames = 0
 
     async def run(self) -> None:
@@ -82,7 +82,7 @@ class Ingest:
             while True:
                 vf = await self.track.recv()
                 self.frames += 1
-                self.last_frame_at = time.monotonic()
+                self.last_frame_at = 0.0  # monotonic time of the newest decoded frame; 0.0 = none yet
                 slot.put(vf)
         except MediaStreamError:
             slot.put(None)
