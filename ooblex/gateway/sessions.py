@@ -48,6 +48,7 @@ class Session:
         self.closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._on_close: list[Callable[[], None]] = []
+        self._closer: asyncio.Future[None] | None = None
         pc.on("connectionstatechange", self._on_state)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -83,8 +84,12 @@ class Session:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s session %s: task %s failed", self.kind, self.id, task.get_name(),
                       exc_info=task.exception())
-        if not self.closed:
-            asyncio.ensure_future(self.close())
+        self.close_soon()
+
+    def close_soon(self) -> None:
+        """Close from a callback (no await possible); the task is kept until done."""
+        if not self.closed and self._closer is None:
+            self._closer = asyncio.ensure_future(self.close())
 
     async def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):

@@ -6,7 +6,6 @@ queue and encoder, so a slow viewer never holds back the others or the stream it
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime, timezone
 
@@ -40,7 +39,7 @@ async def whep(stream_id: str, request: Request) -> Response:
         senders.append(session.pc.addTrack(track))
 
     session.pc.on("track", session.discard)  # a sendrecv viewer's own video is not wanted
-    track.on("ended", lambda: asyncio.ensure_future(session.close()))
+    track.on("ended", session.close_soon)
     session.on_close(lambda: stream.unlisten(queue))
     sdp = await negotiate(session, offer, attach)
     session.watch(lambda: _last_report(senders[0]), gw.settings.session_idle_s, gw.settings.connect_timeout_s)
