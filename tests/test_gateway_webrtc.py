@@ -222,7 +222,7 @@ async def test_session_limit_and_vanished_peers_cleanup() -> None:
 
     from .gateway_server import running_gateway
 
-    settings = Settings(loopback_candidates=True, max_sessions=2, session_idle_s=2.0)
+    settings = Settings(loopback_candidates=True, max_sessions=2, session_idle_s=2.0, connect_timeout_s=3.0)
     procs = []
     with running_gateway(settings=settings) as gw:
         try:
@@ -236,14 +236,18 @@ async def test_session_limit_and_vanished_peers_cleanup() -> None:
             with pytest.raises(Exception, match="429"):
                 async with WhipClient(gw.url + "/whip/identity", ImageTrack(moving_picture())):
                     pass
-            await asyncio.sleep(3 * settings.session_idle_s)  # live peers outlast the idle limit
+            await asyncio.sleep(3 * settings.session_idle_s)  # live peers outlast the idle and connect limits
             assert not whip.closed and not whep.closed
             assert whip.stream.stats.counters["processed"] > 30
             viewer.kill()  # vanishes: no DELETE, no DTLS close; only its RTCP reports stop
-            print(f"vanished WHEP viewer cleaned up after {await _gone(gw, whep):.1f} s")
+            took = await _gone(gw, whep)
+            print(f"vanished WHEP viewer cleaned up after {took:.1f} s")
+            assert took < settings.session_idle_s + 2.5
             assert not whip.closed
             publisher.kill()  # the media stops
-            print(f"vanished WHIP publisher cleaned up after {await _gone(gw, whip):.1f} s")
+            took = await _gone(gw, whip)
+            print(f"vanished WHIP publisher cleaned up after {took:.1f} s")
+            assert took < settings.session_idle_s + 2.5
             assert not gw.state.sessions.items and not gw.state.engine.streams
         finally:
             for proc in procs:

@@ -82,7 +82,7 @@ class Ingest:
             while True:
                 vf = await self.track.recv()
                 self.frames += 1
-                self.last_frame_at = 0.0  # monotonic time of the newest decoded frame; 0.0 = none yet
+                self.last_frame_at = time.monotonic()
                 slot.put(vf)
         except MediaStreamError:
             slot.put(None)
