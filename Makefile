@@ -2,7 +2,7 @@
 comma  := ,
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= gateway,cluster,jupyter,onnx,torch,dev
+EXTRAS ?= gateway,cluster,jupyter,onnx,torch,tensorflow,models,dev
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 HOST   ?= 127.0.0.1
 PORT   ?= 8800
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml .ci/system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	# editable installs skip data-files: place the server extension's enabling config as a wheel install does
+	install -D -m 644 server_ext/jupyter-config/jupyter_server_config.d/server_ext.json \
+		$(VENV)/etc/jupyter/jupyter_server_config.d/server_ext.json
 	touch $@
 
 demo: setup
@@ -30,6 +33,7 @@ test: lint
 bench: setup
 	$(PY) benchmarks/engine_overhead.py
 	$(PY) benchmarks/webrtc_rtt.py
+	$(PY) benchmarks/models.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

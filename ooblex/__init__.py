@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Engine", "Frame", "Param", "RunHandle", "Stream", "StreamClosed", "TensorThread", "TensorThreadError",
-    "UnknownThread", "Worker", "__version__", "deploy", "identity", "process", "run", "stats", "tensor_thread",
+    "UnknownThread", "Worker", "__version__", "deploy", "identity", "live", "process", "run", "stats", "tensor_thread",
     "undeploy", "weight",
 ]
 
@@ -30,16 +30,35 @@ _LAZY = {"deploy": "ooblex.cluster.deploy", "undeploy": "ooblex.cluster.deploy",
          "weight": "ooblex.cluster.weights", "ClusterEngine": "ooblex.cluster.engine"}
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
+#: Framework adapters (``ob.torch.module``, ``ob.tensorflow.model``, ``ob.onnx.session``), imported on first use.
+_ADAPTERS = ("torch", "tensorflow", "onnx")
 
+
+def __getattr__(name: str) -> object:
+    """Lazy attributes: ``import ooblex`` imports no framework and no cluster client."""
+    import importlib
+
+    if name in _ADAPTERS:
+        module = importlib.import_module(f".adapters.{name}", __name__)
+        globals()[name] = module
+        return module
+    if name in _LAZY:
         try:
             module = importlib.import_module(_LAZY[name])
         except ImportError as exc:
             raise ImportError(f"ooblex.{name} needs the cluster extra ({exc}): pip install 'ooblex[cluster]'") from exc
         return getattr(module, name)
     raise AttributeError(f"module 'ooblex' has no attribute {name!r}")
+
+
+def live(thread_or_function: object, source: object = "webcam", **options: object) -> object:
+    """Live-test a tensor thread or function in a notebook: see ``ooblex.jupyter.live`` and docs/jupyter.md.
+
+    Imports the widget (ipywidgets, anywidget) only when called, so ``import ooblex`` stays light.
+    """
+    from .jupyter import live as live_widget
+
+    return live_widget(thread_or_function, source, **options)
 
 
 def stats(handle: RunHandle | Stream) -> dict:

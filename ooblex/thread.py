@@ -87,6 +87,7 @@ class TensorThread:
         description: str | None = None,
         params: dict[str, dict[str, Any]] | None = None,
         requirements: tuple[str, ...] | list[str] = (),
+        licence: str = "",
     ) -> None:
         self.target = target
         self.is_class = inspect.isclass(target)
@@ -102,6 +103,7 @@ class TensorThread:
         self.executor: Executor = executor
         self.description = description or inspect.getdoc(target) or ""
         self.requirements = tuple(requirements)
+        self.licence = licence  # where the weights come from and under which terms (shown in listings)
         call = _user_callable(target)
         self.is_async = inspect.iscoroutinefunction(call)
         if self.is_async and executor == "process":
@@ -174,6 +176,7 @@ class TensorThread:
             "max_wait_ms": self.max_wait_ms,
             "color": self.color,
             "executor": self.executor,
+            "licence": self.licence,
         }
 
     def __repr__(self) -> str:
@@ -186,7 +189,8 @@ def tensor_thread(target: Callable[..., Any] | type | None = None, **options: An
     Options: ``name``, ``batch_size``, ``max_wait_ms`` (how long a batch may wait to fill),
     ``color`` ("rgb" or "bgr": the order your code expects), ``executor`` ("thread", or
     "process" for GIL-bound Python), ``concurrency`` (calls at once per worker),
-    ``description``, ``params`` (per-parameter ``choices``/``min``/``max``), ``requirements``.
+    ``description``, ``params`` (per-parameter ``choices``/``min``/``max``), ``requirements``,
+    ``licence`` (of the weights, shown in thread listings).
     """
     if target is None:
         return lambda t: TensorThread(t, **options)

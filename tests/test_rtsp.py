@@ -92,4 +92,6 @@ def test_rtsp_source_runs_live(rtsp_server) -> None:
     assert got[0].image.shape == (120, 160, 3)
     assert handle.mode == "live"
     tags = [int(np.median(f.image[..., 2])) for f in got]
-    assert all(b >= a - 1 for a, b in zip(tags, tags[1:], strict=False)) and tags[-1] > tags[0]  # advancing, in order
+    assert tags[-1] > tags[0]  # the picture advances (UDP loss under load may garble single frames)
+    seqs = [f.seq for f in got]
+    assert seqs == sorted(set(seqs))  # output never goes backwards or repeats

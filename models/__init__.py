@@ -1,0 +1,48 @@
+"""Demo tensor threads that ship their weights: face detection, privacy filters, face swap, style nets.
+
+Nothing here downloads anything: face weights come from pip packages (``dlib-bin``,
+``face_recognition_models``), the style networks' weights are committed under ``models/weights``.
+Submodules import their optional dependencies at import time, so ``load_demo_threads`` can skip
+a demo whose dependencies are missing with a warning instead of failing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from ooblex.thread import TensorThread
+
+log = logging.getLogger("ooblex.models")
+
+#: thread name -> "module:attribute", in the order the demo lists them.
+DEMOS = {
+    "face_detect": "models.detect:face_detect",
+    "face_blur": "models.privacy:face_blur",
+    "face_pixelate": "models.privacy:face_pixelate",
+    "face_swap": "models.swap:face_swap",
+    "cartoon_torch": "models.cartoon:cartoon_torch",
+    "cartoon_onnx": "models.cartoon_onnx:cartoon_onnx",
+    "sketch": "models.sketch:sketch",
+}
+
+
+def load_demo_thread(name: str) -> TensorThread:
+    """One demo thread by name; raises ``ImportError`` if its optional dependencies are missing."""
+    if name not in DEMOS:
+        raise KeyError(f"no demo thread {name!r} (demo threads: {', '.join(DEMOS)})")
+    module, attr = DEMOS[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load_demo_threads() -> list[TensorThread]:
+    """Every demo thread whose dependencies are installed; each missing one is logged and skipped."""
+    threads = []
+    for name in DEMOS:
+        try:
+            threads.append(load_demo_thread(name))
+        except ImportError as exc:
+            log.warning("demo thread %s skipped: %s (pip install 'ooblex[models]' or the framework extra)",
+                        name, exc)
+    return threads
+

@@ -1,0 +1,15 @@
+"""``sketch``: pencil-sketch style by a small Keras CNN, served with ``ob.tensorflow.model``."""
+
+from __future__ import annotations
+
+import tensorflow  # noqa: F401 - a missing TensorFlow makes the demo loader skip this thread
+
+import ooblex as ob
+
+from . import licences
+from .sketch_net import load_sketch_net
+
+sketch = ob.tensorflow.model(
+    load_sketch_net, name="sketch", licence=licences.OOBLEX_TRAINED,
+    description="Pencil sketch by a 4k-parameter Keras CNN, distilled from an OpenCV colour-dodge filter "
+                "by models/train_sketch.py.")

@@ -1,0 +1,28 @@
+"""Ooblex Jupyter server extension: cluster control and a gateway proxy under ``/ooblex/``.
+
+Everything sits behind Jupyter's own authentication, so a browser that can reach only the
+Jupyter origin (a remote JupyterHub) can list and deploy tensor threads and watch deployed
+streams. Enabled on install (``etc/jupyter/jupyter_server_config.d/server_ext.json``) or with
+``jupyter server extension enable server_ext``. Settings come from the server's environment:
+``OOBLEX_CLUSTER`` (broker URL), ``OOBLEX_SECRET`` and ``OOBLEX_GATEWAY`` (gateway base URL).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .cluster import Settings
+from .handlers import setup_handlers
+from .nodelay import use_nodelay_websockets
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "server_ext"}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    settings = Settings.from_env()
+    setup_handlers(serverapp.web_app, settings)
+    use_nodelay_websockets(serverapp)
+    serverapp.log.info("ooblex: /ooblex/ endpoints enabled (cluster %s, gateway %s)",
+                       "configured" if settings.cluster else "not configured", settings.gateway or "not configured")

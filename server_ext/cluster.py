@@ -1,0 +1,149 @@
+"""How the extension reaches the cluster: settings plus a narrow adapter over ``ooblex.cluster``.
+
+The cluster package (``ooblex[cluster]``: registry, workers, ``ob.deploy``) owns deploying and
+listing. This module only adapts it to the extension's handlers, and turns "not installed" or
+"not configured" into a clear ``ClusterUnavailable`` (HTTP 503) instead of pretending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+NOT_AVAILABLE = "cluster support not installed/configured"
+
+
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:
+        return (OSError,)
+    return (OSError, RedisConnectionError, RedisTimeoutError)
+
+
+class ClusterUnavailable(RuntimeError):
+    """The cluster cannot be reached from this server (missing package or settings): HTTP 503."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster: str = ""
+    store: str = ""
+    secret: str = ""
+    gateway: str = ""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(os.environ.get("OOBLEX_CLUSTER") or os.environ.get("OOBLEX_BROKER", ""),
+                   os.environ.get("OOBLEX_STORE", ""), os.environ.get("OOBLEX_SECRET", ""),
+                   os.environ.get("OOBLEX_GATEWAY", "").rstrip("/"))
+
+    def describe(self) -> dict[str, Any]:
+        """What a client may see: never the secret, never credentials inside the broker URL."""
+        return {"cluster_configured": bool(self.cluster), "secret_set": bool(self.secret),
+                "gateway": self.gateway or None, "cluster_installed": _module("deploy") is not None}
+
+    def control_token(self) -> str | None:
+        """Bearer token for gateway control endpoints, derived from the secret (which never travels)."""
+        signing = _module("signing")
+        return signing.control_token(self.secret) if signing is not None and self.secret else None
+
+
+def _module(name: str) -> Any:
+    try:
+        return importlib.import_module(f"ooblex.cluster.{name}")
+    except ImportError:
+        return None
+
+
+class Cluster:
+    """The cluster operations the handlers offer, run off the server's event loop (they block on Redis)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def call(self, what: str, *args: Any, **kwargs: Any) -> Any:
+        fn = getattr(self, f"_{what}")
+        modules = self._modules()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(modules, *args, **kwargs))
+        except _unreachable_errors() as exc:
+            raise ClusterUnavailable(f"cannot reach the cluster's store: {exc}") from None
+
+    def _modules(self) -> tuple[Any, Any]:
+        if not self.settings.cluster:
+            raise ClusterUnavailable(f"{NOT_AVAILABLE}: set OOBLEX_CLUSTER (and OOBLEX_SECRET) for the Jupyter server")
+        deploy, registry = _module("deploy"), _module("registry")
+        if deploy is None or registry is None:
+            raise ClusterUnavailable(f"{NOT_AVAILABLE}: install ooblex[cluster] on the Jupyter server")
+        return deploy, registry
+
+    def _registry(self, modules: tuple[Any, Any]) -> Any:
+        config = importlib.import_module("ooblex.cluster.config").resolve(self.settings.cluster,
+                                                                          self.settings.store or None)
+        return modules[1].Registry(config.store, self.settings.secret or None)
+
+    def _threads(self, modules: tuple[Any, Any]) -> list[dict[str, Any]]:
+        reg = self._registry(modules)
+        try:
+            out = []
+            for name, entry in sorted(reg.serving().items()):
+                active = entry["versions"].get(entry["active"], {})
+                out.append({"name": name, "active": entry["active"], "versions": sorted(entry["versions"]),
+                            **active.get("meta", {})})
+            return out
+        finally:
+            reg.close()
+
+    def _deployments(self, modules: tuple[Any, Any]) -> list[dict[str, Any]]:
+        reg = self._registry(modules)
+        try:
+            return [modules[0].thread_status(reg, name) for name in sorted(reg.serving())]
+        finally:
+            reg.close()
+
+    def _workers(self, modules: tuple[Any, Any]) -> list[dict[str, Any]]:
+        reg = self._registry(modules)
+        try:
+            return reg.records("worker")
+        finally:
+            reg.close()
+
+    def _streams(self, modules: tuple[Any, Any]) -> list[dict[str, Any]]:
+        """Every live gateway's open streams (asked from each gateway's ``/api/v1/streams``)."""
+        reg = self._registry(modules)
+        try:
+            gateways = reg.records("gateway")
+        finally:
+            reg.close()
+        token = self.settings.control_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        out = []
+        for g in gateways:
+            entry: dict[str, Any] = {"gateway": g.get("id"), "url": g.get("url")}
+            try:
+                r = httpx.get(f"{str(g.get('url', '')).rstrip('/')}/api/v1/streams", headers=headers, timeout=5)
+                r.raise_for_status()
+                entry["streams"] = r.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                entry["error"] = f"gateway unreachable: {exc}"
+            out.append(entry)
+        return out
+
+    def _deploy(self, modules: tuple[Any, Any], spec: str, wait: float = 0.0, **options: Any) -> dict[str, Any]:
+        from ooblex.loader import load_thread
+
+        thread = load_thread(spec)
+        dep = modules[0].deploy(thread, cluster=self.settings.cluster, store=self.settings.store or None,
+                                secret=self.settings.secret or None, wait=float(wait), **options)
+        return {"name": dep.name, "version": dep.version, "urls": dep.urls, "status": dep.status()}
+
+    def _undeploy(self, modules: tuple[Any, Any], name: str) -> dict[str, Any]:
+        modules[0].undeploy(name, cluster=self.settings.cluster, store=self.settings.store or None)
+        return {"name": name, "undeployed": True}

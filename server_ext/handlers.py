@@ -1,0 +1,105 @@
+"""REST endpoints under ``/ooblex/``: status, listings, deploy/undeploy, and the gateway proxy.
+
+All handlers are ``APIHandler``s with ``@tornado.web.authenticated``: a request without valid
+Jupyter credentials gets 403, exactly like Jupyter's own ``/api/`` endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+
+from .cluster import Cluster, ClusterUnavailable, Settings
+from .proxy import GatewayProxyHandler
+
+LISTINGS = ("threads", "deployments", "workers", "streams")
+
+
+class OoblexHandler(APIHandler):
+    def initialize(self, settings: Settings) -> None:
+        self.ob_settings = settings
+        self.cluster = Cluster(settings)
+
+    async def cluster_call(self, what: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await self.cluster.call(what, *args, **kwargs)
+        except ClusterUnavailable as exc:
+            raise web.HTTPError(503, str(exc), reason="Cluster Unavailable") from None
+        except LookupError as exc:
+            raise web.HTTPError(404, str(exc).strip("'\"")) from None
+        except (ValueError, TypeError) as exc:
+            raise web.HTTPError(400, str(exc)) from None
+
+    def reply(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data, default=_jsonable))
+
+
+class StatusHandler(OoblexHandler):
+    @web.authenticated
+    def get(self) -> None:
+        from ooblex import __version__
+
+        self.reply({"ooblex": __version__, **self.ob_settings.describe(),
+                    "endpoints": [*LISTINGS, "deployments (POST)", "deployments/<name> (DELETE)", "gateway/<path>"]})
+
+
+class ListHandler(OoblexHandler):
+    @web.authenticated
+    async def get(self, what: str) -> None:
+        self.reply(await self.cluster_call(what))
+
+
+class DeploymentsHandler(OoblexHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        self.reply(await self.cluster_call("deployments"))
+
+    @web.authenticated
+    async def post(self) -> None:
+        body = self._json_body()
+        thread = body.pop("thread", None)
+        if not isinstance(thread, str) or not thread:
+            raise web.HTTPError(400, "body needs \"thread\": a built-in name, module:attr or path.py:attr")
+        self.reply(await self.cluster_call("deploy", thread, **body), status=201)
+
+    def _json_body(self) -> dict[str, Any]:
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError as exc:
+            raise web.HTTPError(400, f"body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "body must be a JSON object")
+        return body
+
+
+class DeploymentHandler(OoblexHandler):
+    @web.authenticated
+    async def delete(self, name: str) -> None:
+        self.reply(await self.cluster_call("undeploy", name))
+
+
+def setup_handlers(web_app: Any, settings: Settings) -> None:
+    base = url_path_join(web_app.settings["base_url"], "ooblex")
+    kw = {"settings": settings}
+    web_app.add_handlers(".*$", [
+        (base + "/?", StatusHandler, kw),
+        (url_path_join(base, "deployments") + "/?", DeploymentsHandler, kw),
+        (url_path_join(base, "deployments", "([^/]+)") + "/?", DeploymentHandler, kw),
+        (url_path_join(base, f"({'|'.join(LISTINGS)})") + "/?", ListHandler, kw),
+        (url_path_join(base, "gateway", "(.*)"), GatewayProxyHandler, kw),
+    ])
+
+
+def _jsonable(obj: Any) -> Any:
+    for attr in ("describe", "to_dict", "_asdict"):
+        if hasattr(obj, attr):
+            return getattr(obj, attr)()
+    if hasattr(obj, "__dict__"):
+        return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+    return repr(obj)

@@ -1,0 +1,29 @@
+"""The examples in docs/jupyter.md run as written (with a video file where a notebook would use the webcam)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from .media import write_video
+
+pytest.importorskip("anywidget")
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_jupyter_examples_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_video(tmp_path / "clip.mp4", 30)
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / "jupyter.md").read_text(), re.S)
+    assert len(blocks) == 3
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/jupyter.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "{'levels': 8, 'gray': False}"
+    assert re.match(r"<Recording (\d+) frames over 1.0s, done> \1 \[None\]", printed[1]), printed[1]
+    assert int(printed[1].split()[1]) >= 15
+    assert printed[2] == "(120, 160, 3) True"
+    assert namespace["live"].closed

@@ -1,0 +1,246 @@
+"""The live widget's kernel side, driven through a real kernel's comm channel like a browser would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ooblex import jpeg
+
+from .media import write_video
+
+pytest.importorskip("anywidget")
+from .kernel_frontend import ROOT, KernelFrontend  # noqa: E402
+
+SETUP = """
+import logging, ooblex as ob
+warnings = []
+class Keep(logging.Handler):
+    def emit(self, record): warnings.append(record.getMessage())
+logging.getLogger("ooblex.live").addHandler(Keep())
+
+@ob.tensor_thread(params={"k": {"min": 1, "max": 9}})
+def invert(frame, k: int = 3):
+    return 255 - frame, {"k": k}
+
+w = ob.live(invert)
+print(w.model_id)
+"""
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    k = KernelFrontend()
+    yield k
+    k.close()
+
+
+@pytest.fixture(scope="module")
+def comm_id(kernel):
+    return kernel.execute(SETUP).strip()
+
+
+def frame_jpeg(value: int) -> bytes:
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[:, :32] = value
+    return jpeg.encode(img, 95)
+
+
+def send_frame(kernel: KernelFrontend, comm_id: str, seq: int, value: int = 40) -> tuple[dict, list[bytes]]:
+    kernel.send_custom(comm_id, {"type": "frame", "seq": seq, "t": time.time()}, [frame_jpeg(value)])
+    return kernel.wait_custom(comm_id, lambda c: c.get("type") in ("frame", "ack") and c.get("ack") == seq)
+
+
+def test_import_ooblex_does_not_import_ipywidgets():
+    code = "import sys, ooblex; assert callable(ooblex.live); assert 'ipywidgets' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_frame_in_processed_frame_out(kernel, comm_id):
+    content, buffers = send_frame(kernel, comm_id, 0, value=40)
+    assert content["type"] == "frame" and content["error"] is None
+    assert content["result"] == {"k": 3}
+    assert len(buffers) == 1 and not content["input"]
+    out = jpeg.decode(buffers[0])
+    assert out.shape == (48, 64, 3)
+    assert abs(int(out[:, :32].mean()) - 215) < 6 and abs(int(out[:, 32:].mean()) - 255) < 6  # inverted
+
+
+def test_parameter_change_from_frontend_applies_to_next_frames(kernel, comm_id):
+    kernel.send_state(comm_id, {"params": {"k": 7}})
+    content, _ = send_frame(kernel, comm_id, 1)
+    assert content["result"] == {"k": 7}
+    assert kernel.execute("print(w.params['k'])").strip() == "7"
+
+
+def test_invalid_parameter_is_refused_and_reverted(kernel, comm_id):
+    kernel.send_state(comm_id, {"params": {"k": 99}})
+    time.sleep(0.3)
+    out = kernel.execute("print(w.params['k'], '|', w.status)")
+    assert out.startswith("7 |") and "within [1, 9]" in out
+    content, _ = send_frame(kernel, comm_id, 2)
+    assert content["result"] == {"k": 7}
+
+
+@pytest.mark.parametrize("content, buffers, why", [
+    ("just text", [], "not an object"),
+    ({"type": "selfdestruct"}, [], "unknown message type"),
+    ({"type": "frame", "seq": "x"}, [b"\xff\xd8"], "expected an integer"),
+    ({"type": "frame", "seq": 100}, [], "carries 0 buffers"),
+    ({"type": "frame", "seq": 101}, [b"not a jpeg at all"], "not a decodable image"),
+    ({"type": "rtt", "ms": 5}, [], "without a list"),
+])
+def test_bad_messages_are_ignored_with_a_warning(kernel, comm_id, content, buffers, why):
+    before = int(kernel.execute("print(w._session.counters['bad_messages'])"))
+    kernel.send_custom(comm_id, content, buffers)
+    if isinstance(content, dict) and isinstance(content.get("seq"), int):  # the browser's slot is freed
+        ack, _ = kernel.wait_custom(comm_id, lambda c: c.get("ack") == content["seq"])
+        assert ack["type"] == "ack"
+    deadline = time.time() + 10
+    while int(kernel.execute("print(w._session.counters['bad_messages'])")) == before:
+        assert time.time() < deadline, "bad message was not counted"
+        time.sleep(0.1)
+    assert why in kernel.execute("print(warnings[-1])")
+    content, _ = send_frame(kernel, comm_id, 200 + len(why))  # still serving
+    assert content["type"] == "frame"
+
+
+def test_burst_is_bounded_latest_frame_wins(kernel, comm_id):
+    kernel.execute("""
+import time
+@ob.tensor_thread
+def slow(frame):
+    time.sleep(0.05)
+    return frame
+w2 = ob.live(slow, max_in_flight=1)
+print(w2.model_id)
+""")
+    cid = kernel.execute("print(w2.model_id)").strip()
+    for seq in range(30):
+        kernel.send_custom(cid, {"type": "frame", "seq": seq, "t": 0}, [frame_jpeg(seq * 8)])
+    last, buffers = kernel.wait_custom(cid, lambda c: c.get("ack") == 29, timeout=20)
+    assert last["type"] in ("frame", "ack")
+    stats = eval(kernel.execute("print(w2.stats())"))  # noqa: S307 - our own kernel's repr of a dict
+    assert stats["processed"] < 30, "every frame was computed: nothing was dropped under a burst"
+    assert stats["processed"] + stats["dropped"] + stats["refused"] + stats["stale"] >= 29
+    kernel.execute("w2.close()")
+
+
+def test_code_swap_on_rerun_keeps_widget_and_params(kernel, comm_id):
+    out = kernel.execute("""
+def invert(frame, k: int = 3, flip: bool = False):
+    return (frame[:, ::-1] if flip else frame), {"k": k, "swapped": True}
+w_again = ob.live(invert)
+print(w_again is w, w.version, w.params, [c['kind'] for c in w.controls])
+""")
+    assert out.strip() == "True 2 {'k': 7, 'flip': False} ['slider', 'checkbox']"
+    content, buffers = send_frame(kernel, comm_id, 300, value=40)
+    assert content["result"] == {"k": 7, "swapped": True}
+    out = jpeg.decode(buffers[0])
+    assert abs(int(out[:, :32].mean()) - 40) < 6  # no longer inverted
+
+
+def test_user_error_comes_back_flagged(kernel, comm_id):
+    kernel.execute("""
+def invert(frame, k: int = 3):
+    raise RuntimeError("boom")
+ob.live(invert)
+""")
+    content, buffers = send_frame(kernel, comm_id, 400)
+    assert content["error"] == "RuntimeError: boom" and buffers  # original pixels pass through
+
+
+def test_stop_refuses_frames_and_snapshot_returns_numpy(kernel, comm_id):
+    out = kernel.execute("s = w.snapshot(); print(type(s.output).__name__, s.output.shape, s.error)")
+    assert out.strip() == "ndarray (48, 64, 3) RuntimeError: boom"
+    kernel.execute("w.stop()")
+    content, buffers = send_frame(kernel, comm_id, 500)
+    assert content["type"] == "ack" and not buffers
+
+
+def test_kernel_side_video_source_pushes_input_and_output(kernel, comm_id, tmp_path):
+    clip = write_video(tmp_path / "clip.mp4", 30)
+    out = kernel.execute(f"""
+def darker(frame, gain: float = 0.5):
+    return (frame * gain).astype("uint8"), {{"mean": float(frame.mean())}}
+v = ob.live(darker, source={str(clip)!r})
+rec = v.record(1.0)
+print(v.source_kind, len(rec.frames), len(rec.inputs), rec.array().shape, rec.results[0] is not None)
+print(v.model_id)
+""")
+    first, cid = out.strip().splitlines()
+    kind, n_frames, n_inputs, *_ = first.split()
+    assert kind == "kernel" and int(n_frames) >= 15 and n_frames == n_inputs  # ~30 fps, looped clip
+    assert "120, 160, 3)" in first and first.endswith("True")
+    content, buffers = kernel.wait_custom(cid, lambda c: c.get("type") == "frame")
+    assert content["input"] and len(buffers) == 2
+    inp, outp = jpeg.decode(buffers[0]), jpeg.decode(buffers[1])
+    assert abs(inp.mean() * 0.5 - outp.mean()) < 4
+    kernel.execute("v.close()")
+
+
+def test_an_ipywebrtc_camera_stream_means_the_browser_camera_with_its_constraints():
+    """Pure logic (no ipywebrtc needed): a CameraStream is recognised by its type name and constraints."""
+    from ooblex.jupyter.widget import _camera_stream_constraints, _describe_source
+
+    class CameraStream:  # the shape of ipywebrtc.CameraStream that ob.live relies on
+        constraints = {"audio": False, "video": {"facingMode": "user", "width": 320}}
+
+    assert _describe_source(CameraStream()) == ("browser", "ipywebrtc CameraStream (browser)")
+    assert _camera_stream_constraints(CameraStream()) == {"facingMode": "user", "width": 320}
+    assert _describe_source("webcam")[0] == "browser"
+    assert _describe_source("clip.mp4") == ("kernel", "clip.mp4") and _describe_source(0)[0] == "kernel"
+
+
+def test_swap_to_code_whose_setup_fails_keeps_the_running_version(kernel, comm_id):
+    out = kernel.execute("""
+@ob.tensor_thread(name="invert")
+class Broken:
+    def setup(self):
+        raise OSError("weights.bin not found")
+    def __call__(self, frame, k: int = 3):
+        return frame
+try:
+    ob.live(Broken)
+except OSError as exc:
+    print("raised:", exc)
+w.start()
+print(w.version, w.thread_name)
+""")
+    assert out.splitlines()[0] == "raised: weights.bin not found"
+    version = out.splitlines()[1]
+    content, _ = send_frame(kernel, comm_id, 600)
+    assert content["type"] == "frame" and content["error"] == "RuntimeError: boom"  # the previous code still runs
+    assert version.endswith(" invert")
+
+
+def test_http_mjpeg_url_as_kernel_side_source():
+    """An IP-camera style MJPEG URL (here ooblex's own MJPEG sink) read in the kernel's process."""
+    import threading
+
+    import ooblex as ob
+    from ooblex.frame import Frame
+    from ooblex.media.sinks import MJPEGServerSink
+
+    sink, stop = MJPEGServerSink(), threading.Event()
+
+    def feed() -> None:
+        while not stop.is_set():
+            sink.write(Frame(np.full((60, 80, 3), 100, np.uint8)))
+            stop.wait(0.03)
+
+    threading.Thread(target=feed, daemon=True).start()
+    live = ob.live(lambda frame: 255 - frame, source=sink.url, name="mjpeg-test")
+    try:
+        assert live.source_kind == "kernel" and live.source_label == sink.url
+        rec = live.record(1.0)
+        assert len(rec.frames) >= 10
+        assert abs(int(rec.inputs[-1].mean()) - 100) < 4 and abs(int(rec.frames[-1].mean()) - 155) < 4
+    finally:
+        live.close()
+        stop.set()
+        sink.close()
