@@ -134,6 +134,10 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="OOBLEX_ICE_SERVERS must be a JSON list"):
         Settings.from_env()
     monkeypatch.setenv("OOBLEX_ICE_SERVERS", "[]")
+    monkeypatch.setenv("OOBLEX_RETURN_TIMESTAMPS", "sometimes")
+    with pytest.raises(ValueError, match="return_timestamps must be 'send' or 'input'"):
+        Settings.from_env()
+    monkeypatch.setenv("OOBLEX_RETURN_TIMESTAMPS", "input")
     monkeypatch.setenv("OOBLEX_MAX_SESSIONS", "many")
     with pytest.raises(ValueError, match="OOBLEX_MAX_SESSIONS expects int"):
         Settings.from_env()

@@ -46,11 +46,13 @@ async def collect_numbers(track, count: int, sent: dict[int, float] | None = Non
 
 
 @in_netns
-@pytest.mark.parametrize("codec", ["vp8", "h264"])
-async def test_whip_round_trip_identity(codec: str) -> None:
+@pytest.mark.parametrize("codec,stamps", [("vp8", "send"), ("h264", "input")])
+async def test_whip_round_trip_identity(codec: str, stamps: str) -> None:
+    from ooblex.gateway import Settings
+
     from .gateway_server import running_gateway
 
-    with running_gateway() as gw:
+    with running_gateway(settings=Settings(loopback_candidates=True, return_timestamps=stamps)) as gw:
         track = ImageTrack(moving_picture(), fps=30)
         async with WhipClient(gw.url + "/whip/identity", track, codec=codec) as client:
             await client.wait_connected()

@@ -49,7 +49,8 @@ async def whip(thread: str, request: Request) -> Response:
         if not ingest:
             raise ValueError("the offer's video track did not arrive")
         if offer.wants_video_back:
-            session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of))
+            keep = gw.settings.return_timestamps == "input"
+            session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of if keep else None))
 
     sdp = await negotiate(session, offer, attach)
     session.watch(lambda: _last_frame(ingest[0]), gw.settings.session_idle_s, gw.settings.connect_timeout_s)
