@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from ooblex import jpeg, tensor_thread
 from ooblex.gateway import Settings
-from ooblex.gateway.demo import demo_threads
+from ooblex.gateway.demo import BUILTIN_DEMO_THREADS
 
 from .gateway_server import running_gateway
 
@@ -36,7 +36,7 @@ SETTINGS = Settings(loopback_candidates=True, max_image_bytes=200_000, max_image
 
 @pytest.fixture(scope="module")
 def gw():
-    with running_gateway(threads=[*demo_threads(), broken, stats], settings=SETTINGS) as running:
+    with running_gateway(threads=[*BUILTIN_DEMO_THREADS, broken, stats], settings=SETTINGS) as running:
         yield running
 
 
