@@ -32,6 +32,7 @@ test: lint
 
 bench: setup
 	$(PY) benchmarks/engine_overhead.py
+	$(PY) benchmarks/cluster.py
 	$(PY) benchmarks/webrtc_rtt.py
 	$(PY) benchmarks/models.py
 

@@ -48,8 +48,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .loader import load_thread
 
     config = resolve(args.broker, args.store)
-    node = WorkerNode(config.broker, config.store, threads=[load_thread(t) for t in args.thread],
-                      cache=args.cache, drain_s=args.drain_s)
+    local = {t.name: t for t in map(load_thread, ["identity", *args.thread])}  # every engine has identity
+    node = WorkerNode(config.broker, config.store, threads=list(local.values()), cache=args.cache,
+                      drain_s=args.drain_s)
 
     async def serve() -> None:
         stop = asyncio.Event()

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 from .media import write_video
-
-# Helper modules (netns, gateway_server) are also imported by plain name in some tests.
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture

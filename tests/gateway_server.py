@@ -45,10 +45,10 @@ def running_gateway(threads: Any = (), settings: Settings | None = None, **kwarg
     settings = settings or Settings(loopback_candidates=True)
     app = create_app(threads=threads, settings=settings, **kwargs)
     port = free_port()
-    # log_config=None: uvicorn's dictConfig would close every existing logging handler, and a
-    # handler bound to pytest's capture stream (TensorFlow's absl one) then closes pytest's file.
+    # log_config=None: uvicorn's dictConfig would close every existing handler, including ones
+    # (absl's, once TensorFlow is imported) that hold pytest's captured streams.
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           log_config=None, ws_max_size=64 << 20))
+                                           ws_max_size=64 << 20, log_config=None))
     thread = threading.Thread(target=server.run, name="test-gateway", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15

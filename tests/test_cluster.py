@@ -98,7 +98,8 @@ async def test_new_version_and_rollback_without_restart(redis_server) -> None:  
             await asyncio.sleep(0.6)  # the worker switches the plain name to v1
             assert int((await stream_some(engine, "invert", 2))[-1].image.mean()) in range(210, 220)
         ob.undeploy("invert", cluster=url)
-        await wait_for(lambda: not Registry(url).records("worker")[0]["threads"], what="undeploy served")
+        await wait_for(lambda: not any(q.startswith("invert") for q in Registry(url).records("worker")[0]["threads"]),
+                       what="undeploy served")
     finally:
         stop(worker)
 
@@ -347,5 +348,50 @@ def test_process_a_thread_object_deploys_it_once(redis_server) -> None:  # noqa:
         second = ob.process(stamp, numbered_frames(4), cluster=url, progress=False)
         assert first.frames_out == second.frames_out == 4
         assert ob.deployment("stamp", url).version == 1, "same code: no new version"
+    finally:
+        stop(worker)
+
+
+async def test_workers_serve_identity_like_every_engine(redis_server) -> None:  # noqa: F811
+    url = redis_server.url
+    worker = start_worker(url)
+    try:
+        async with ClusterEngine(url) as engine:
+            async def served() -> bool:
+                return await engine.broker.consumers("identity") > 0
+
+            await wait_for(served, what="identity served")
+            frames = await stream_some(engine, "identity", 3)
+        assert [f.seq for f in frames] == [0, 1, 2] and all(f.error is None for f in frames)
+    finally:
+        stop(worker)
+
+
+def test_deploy_cli_replaces_a_local_thread(redis_server, tmp_path) -> None:  # noqa: F811, ANN001
+    """`ooblex deploy` publishes like ob.deploy; a deployed name shadows the worker's local thread."""
+    import subprocess
+    import sys
+
+    from .cluster_fixtures import ROOT, env
+
+    url = redis_server.url
+    (tmp_path / "mythreads.py").write_text(
+        "import ooblex as ob\n\n"
+        "@ob.tensor_thread(name='identity')\n"
+        "def tagged(frame):\n"
+        "    return frame, {'deployed': True}\n")
+    spec = f"{tmp_path / 'mythreads.py'}:tagged"
+    worker = start_worker(url)
+    try:
+        out = subprocess.run([sys.executable, "-m", "ooblex", "deploy", spec, "--cluster", url, "--wait", "20"],
+                             env=env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert '"version": 1' in out.stdout
+        bad = subprocess.run([sys.executable, "-m", "ooblex", "deploy", spec, "--cluster", url],
+                             env=env(OOBLEX_SECRET=""), cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "OOBLEX_SECRET" in bad.stderr
+        time.sleep(0.6)
+        result = ob.process("identity", numbered_frames(3), cluster=url, progress=False)
+        assert [r for _, r in result.results] == [{"deployed": True}] * 3
     finally:
         stop(worker)

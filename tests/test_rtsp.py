@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 import ooblex as ob
+from ooblex.cluster.servers import free_port, wait_port
 
 SERVER = """
 use AnyEvent; use RTSP::Server;
@@ -20,22 +20,6 @@ my $srv = RTSP::Server->new(log_level => 0, client_listen_port => $ARGV[0], sour
   rtp_start_port => $ARGV[2], client_listen_address => '127.0.0.1', source_listen_address => '127.0.0.1');
 $srv->listen; AnyEvent->condvar->recv;
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 @pytest.fixture
@@ -47,8 +31,8 @@ def rtsp_server(tmp_path: Path):
     client, source = free_port(), free_port()
     proc = subprocess.Popen(["perl", str(script), str(client), str(source), str(free_port() // 2 * 2)])
     try:
-        wait_port(client)
-        wait_port(source)
+        wait_port("127.0.0.1", client, 10)
+        wait_port("127.0.0.1", source, 10)
         yield client, source
     finally:
         proc.terminate()
@@ -61,6 +45,7 @@ def publish(url: str, stop: threading.Event) -> None:
     with av.open(url, "w", format="rtsp") as container:
         stream = container.add_stream("mpeg4", rate=30)
         stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.codec_context.gop_size = 5  # a late joiner decodes cleanly within 5 frames
         i = 0
         while not stop.is_set():
             img = np.zeros((120, 160, 3), np.uint8)
@@ -92,6 +77,8 @@ def test_rtsp_source_runs_live(rtsp_server) -> None:
     assert got[0].image.shape == (120, 160, 3)
     assert handle.mode == "live"
     tags = [int(np.median(f.image[..., 2])) for f in got]
-    assert tags[-1] > tags[0]  # the picture advances (UDP loss under load may garble single frames)
+    # The picture advances. Not asserted frame by frame: a late joiner's first frames and UDP loss
+    # under load can garble single frames.
+    assert max(tags) - min(tags) >= 9
     seqs = [f.seq for f in got]
     assert seqs == sorted(set(seqs))  # output never goes backwards or repeats

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 
+import httpx
 import numpy as np
 import pytest
 
 import ooblex as ob
+from ooblex.broker.base import redact
 
 from .cluster_fixtures import ROOT, env, needs_rabbitmq, needs_redis
 
@@ -33,8 +35,11 @@ def port_open(url: str) -> bool:
 
 @pytest.mark.parametrize("broker", ["redis", pytest.param("rabbitmq", marks=needs_rabbitmq)])
 def test_up_serves_a_deploy_and_stops_everything(broker: str) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "ooblex", "up", "--workers", "2", "--broker", broker],
-                            env=env(), cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    from ooblex.cluster.servers import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ooblex", "up", "--workers", "2", "--broker", broker,
+                             "--port", str(port)], env=env(), cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         line = ""
         deadline = time.monotonic() + 90
@@ -47,6 +52,16 @@ def test_up_serves_a_deploy_and_stops_everything(broker: str) -> None:
         out = ob.process("brighten", [np.full((16, 16, 3), 10, np.uint8)] * 5, cluster=info["broker"],
                          store=info["store"], progress=False)
         assert out.frames_out == 5
+        assert info["gateway"] == f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while not dep.urls["gateways"] and time.monotonic() < deadline:
+            time.sleep(0.2)  # the gateway announces itself every 3 s
+        assert dep.urls["whip"] == f"http://127.0.0.1:{port}/whip/brighten"
+        health = httpx.get(info["gateway"] + "/healthz", timeout=5).json()
+        assert health["status"] == "ok" and health["broker"] == redact(info["broker"])
+        assert "guest:guest" not in str(health), "no password on status pages"
+        threads = [t["name"] for t in httpx.get(info["gateway"] + "/api/v1/threads", timeout=5).json()]
+        assert "brighten" in threads
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
         assert not port_open(info["store"]) and not port_open(info["broker"])

@@ -27,6 +27,17 @@ class Delivery:
     nack: Callable[[], Any] = field(default=lambda: None)
 
 
+def redact(url: str) -> str:
+    """``url`` without its password: what status pages and logs may show."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class BrokerError(RuntimeError):
     """The broker cannot be reached or refused an operation."""
 
@@ -34,6 +45,7 @@ class BrokerError(RuntimeError):
 class Broker(abc.ABC):
     """Moves frames between gateways and workers. Every queue it owns is bounded."""
 
+    #: Where the broker is, password redacted (safe to show); backends keep the real URL to themselves.
     url: str = ""
 
     async def start(self) -> None:

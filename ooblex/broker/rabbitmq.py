@@ -27,7 +27,7 @@ from aiormq.exceptions import AMQPError
 
 from .. import wire
 from ..frame import Frame
-from .base import Broker, BrokerError, Delivery
+from .base import Broker, BrokerError, Delivery, redact
 
 log = logging.getLogger("ooblex.broker.rabbitmq")
 DOWN = (AMQPError, ConnectionError, OSError, asyncio.TimeoutError, RuntimeError)
@@ -50,7 +50,8 @@ class RabbitMQBroker(Broker):
 
     def __init__(self, url: str, *, codec: wire.Codec = "jpeg", quality: int = 85, live_queue: int = 64,
                  result_queue: int = 1024) -> None:
-        self.url = url
+        self.url = redact(url)
+        self._dial = url
         self.codec: wire.Codec = codec
         self.quality = quality
         self.live_length = live_queue
@@ -64,7 +65,7 @@ class RabbitMQBroker(Broker):
         deadline = time.monotonic() + 30
         while True:
             try:
-                self._conn = await aio_pika.connect_robust(self.url, reconnect_interval=0.5, timeout=5)
+                self._conn = await aio_pika.connect_robust(self._dial, reconnect_interval=0.5, timeout=5)
                 break
             except DOWN as exc:
                 if time.monotonic() > deadline:

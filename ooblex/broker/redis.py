@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import wire
 from ..frame import Frame
-from .base import Broker, BrokerError, Delivery
+from .base import Broker, BrokerError, Delivery, redact
 
 log = logging.getLogger("ooblex.broker.redis")
 
@@ -59,7 +59,8 @@ class RedisBroker(Broker):
 
     def __init__(self, url: str, *, codec: wire.Codec = "jpeg", quality: int = 85, live_queue: int = 64,
                  result_queue: int = 1024, block_ms: int = 1000) -> None:
-        self.url = url
+        self.url = redact(url)
+        self._dial = url
         self.codec: wire.Codec = codec
         self.quality = quality
         self.live_queue = live_queue
@@ -76,7 +77,7 @@ class RedisBroker(Broker):
         return self._redis
 
     async def start(self) -> None:
-        self._redis = aioredis.from_url(self.url, socket_keepalive=True, socket_connect_timeout=2,
+        self._redis = aioredis.from_url(self._dial, socket_keepalive=True, socket_connect_timeout=2,
                                         retry_on_timeout=False)
         try:
             await self._redis.ping()
@@ -95,8 +96,8 @@ class RedisBroker(Broker):
         data = wire.encode(frame, self.codec, self.quality)
         if live:
             try:
-                await self.redis.xadd(task_key(frame.thread, True), {"f": data}, maxlen=self.live_queue,
-                                      approximate=False)
+                await _blocking(self.redis.xadd(task_key(frame.thread, True), {"f": data}, maxlen=self.live_queue,
+                                                approximate=False))
             except DOWN:
                 self.discarded += 1  # a live frame is worth nothing later; the stream reclaims its slot
             return
@@ -107,8 +108,9 @@ class RedisBroker(Broker):
         try:
             while True:
                 try:
-                    got = await self.redis.xread({key: last}, count=64, block=self.block_ms)
+                    got = await _blocking(self.redis.xread({key: last}, count=64, block=self.block_ms))
                 except DOWN:
+                    _reraise_cancel()
                     await asyncio.sleep(0.2)
                     continue
                 for _, entries in got or ():
@@ -116,12 +118,12 @@ class RedisBroker(Broker):
                         last = entry_id
                         yield wire.decode(fields[b"f"])
         finally:
-            with contextlib.suppress(RedisError, OSError, BrokerError):
-                await self.redis.delete(key)
+            with contextlib.suppress(RedisError, OSError, BrokerError, asyncio.TimeoutError):
+                await asyncio.wait_for(_blocking(self.redis.delete(key)), 2.0)
 
     async def consumers(self, thread: str) -> int:
         try:
-            return int(await self.redis.zcount(consumers_key(thread), time.time(), "+inf"))
+            return int(await _blocking(self.redis.zcount(consumers_key(thread), time.time(), "+inf")))
         except DOWN:
             return -1
 
@@ -142,42 +144,51 @@ class RedisBroker(Broker):
         consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         streams = {task_key(t, live): ">" for t in threads for live in (True, False)}
         next_beat = 0.0
+        live_done: dict[str, list[bytes]] = {}
         try:
             while True:
                 try:
                     if time.monotonic() >= next_beat:
                         next_beat = time.monotonic() + 1.0
-                        await self._beat(threads, consumer)
-                        for d in await self._reclaim(threads, consumer):
+                        await _blocking(self._beat(threads, consumer, live_done))
+                        for d in await _blocking(self._reclaim(threads, consumer)):
                             yield d
-                    got = await self.redis.xreadgroup(GROUP, consumer, streams, count=prefetch,
-                                                      block=min(self.block_ms, 1000))
+                    got = await _blocking(self.redis.xreadgroup(GROUP, consumer, streams, count=prefetch,
+                                                                block=min(self.block_ms, 1000)))
                 except ResponseError as exc:
                     if "NOGROUP" not in str(exc):
                         raise
-                    await self._groups(streams)  # first use, or Redis restarted empty
+                    await _blocking(self._groups(streams))  # first use, or Redis restarted empty
                     next_beat = 0.0
                     continue
                 except DOWN as exc:
+                    _reraise_cancel()
                     log.warning("redis unreachable (%s); retrying", exc)
                     await asyncio.sleep(0.5)
                     next_beat = 0.0
                     continue
                 for key, entries in got or ():
                     for entry_id, fields in entries:
-                        yield self._delivery(key.decode(), entry_id, fields)
+                        yield self._delivery(key.decode(), entry_id, fields, live_done)
         finally:
-            with contextlib.suppress(RedisError, OSError, BrokerError):
-                async with self.redis.pipeline(transaction=False) as p:
-                    for t in threads:
-                        p.zrem(consumers_key(t), consumer)
-                    await p.execute()
+            # Best effort: a heartbeat that is not removed lapses by itself within HEARTBEAT_S.
+            with contextlib.suppress(RedisError, OSError, BrokerError, asyncio.TimeoutError):
+                await asyncio.wait_for(_blocking(self._leave(threads, consumer)), 2.0)
 
-    def _delivery(self, key: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Delivery:
+    async def _leave(self, threads: list[str], consumer: str) -> None:
+        async with self.redis.pipeline(transaction=False) as p:
+            for t in threads:
+                p.zrem(consumers_key(t), consumer)
+            await p.execute()
+
+    def _delivery(self, key: str, entry_id: bytes, fields: dict[bytes, bytes],
+                  live_done: dict[str, list[bytes]]) -> Delivery:
         data = fields[b"f"]
         frame = wire.decode(data)
         if ":q:live:" in key:
-            self._spawn(self._done(key, entry_id))  # live frames are never redelivered
+            # Live frames are never redelivered: acknowledged in bulk with the next heartbeat (no
+            # extra round trip per frame); MAXLEN trims the entries themselves.
+            live_done.setdefault(key, []).append(entry_id)
             return Delivery(frame)
         return Delivery(frame, ack=lambda: self._spawn(self._done(key, entry_id)),
                         nack=lambda: self._spawn(self._requeue(key, entry_id, data)))
@@ -190,12 +201,20 @@ class RedisBroker(Broker):
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    async def _beat(self, threads: list[str], consumer: str) -> None:
+    async def _beat(self, threads: list[str], consumer: str, live_done: dict[str, list[bytes]]) -> None:
+        """Refresh this consumer's heartbeat, acknowledge delivered live frames, forget dead consumers."""
+        now = time.time()
+        dead = {t: await self.redis.zrangebyscore(consumers_key(t), "-inf", now - 30) for t in threads}
+        done = dict(live_done)
+        live_done.clear()
         async with self.redis.pipeline(transaction=False) as p:
-            now = time.time()
             for t in threads:
                 p.zadd(consumers_key(t), {consumer: now + HEARTBEAT_S})
-                p.zremrangebyscore(consumers_key(t), "-inf", now - 60)
+                for name in dead[t]:  # drops their pending live entries too; job entries were claimed
+                    p.xgroup_delconsumer(task_key(t, True), GROUP, name)
+                    p.zrem(consumers_key(t), name)
+            for key, ids in done.items():
+                p.xack(key, GROUP, *ids)
             await p.execute()
 
     async def _reclaim(self, threads: list[str], consumer: str) -> list[Delivery]:
@@ -219,7 +238,7 @@ class RedisBroker(Broker):
             for entry_id, fields in claimed:
                 if fields:  # deleted entries come back empty
                     log.info("reclaimed job frame %s from a dead worker", entry_id)
-                    out.append(self._delivery(key, entry_id, fields))
+                    out.append(self._delivery(key, entry_id, fields, {}))
         return out
 
     async def _done(self, key: str, entry_id: bytes) -> None:
@@ -246,8 +265,9 @@ class RedisBroker(Broker):
         delay, n = 0.1, 0
         while True:
             try:
-                return await op()
+                return await _blocking(op())
             except DOWN as exc:
+                _reraise_cancel()
                 n += 1
                 if attempts and n >= attempts:
                     raise BrokerError(f"redis at {self.url}: could not {what}: {exc}") from exc
@@ -260,3 +280,26 @@ class RedisBroker(Broker):
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _reraise_cancel() -> None:
+    """redis-py may turn a cancelled read into a TimeoutError (an OSError): do not retry then."""
+    task = asyncio.current_task()
+    if task is not None and getattr(task, "cancelling", lambda: 0)():
+        raise asyncio.CancelledError
+
+
+async def _blocking(coro: Any) -> Any:
+    """Await a Redis call so that cancelling the caller takes effect at once.
+
+    redis-py (8.1) can lose a cancellation that lands while it sets up a connection (the caller
+    then loops on, or waits forever on a half-read reply); shielded, the call finishes or fails on
+    its own (a blocking read within ``BLOCK``) and our task is cancelled cleanly.
+    """
+    read = asyncio.ensure_future(coro)
+    read.add_done_callback(lambda t: t.cancelled() or t.exception())  # an abandoned read's error is moot
+    try:
+        return await asyncio.shield(read)
+    except asyncio.CancelledError:
+        read.cancel()
+        raise

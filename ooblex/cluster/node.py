@@ -16,9 +16,9 @@ import socket
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ..broker import connect
+from ..broker.base import redact
 from ..engine.worker import Worker
 from ..thread import TensorThread
 from . import artifacts
@@ -106,6 +106,8 @@ class WorkerNode:
                 del self.queues[queue]
         for queue, key in wanted.items():
             if queue not in self.queues:
+                if queue in self.worker.runners:  # a deploy replaces a local thread of the same name
+                    await self.worker.remove(queue, self.drain_s)
                 self.worker.add(self.loaded[key], queue)
                 self.queues[queue] = key
                 log.info("serving %s (%s@%d)", queue, *key)
@@ -162,11 +164,3 @@ class WorkerNode:
                 "load": os.getloadavg()[0], "busy": self.worker.busy, "fps": self._fps,
                 "processed": self.worker.processed, "errors": self.worker.errors, "skipped": self.worker.skipped}
 
-
-def redact(url: str) -> str:
-    """A URL without its password, fit for status records and logs."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url

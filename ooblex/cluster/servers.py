@@ -66,7 +66,8 @@ class RedisServer:
         cmd = [exe, "--port", str(self.port), "--bind", self.host, "--save", "",
                "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
                "--dir", self.dir, "--protected-mode", "no", "--loglevel", "warning"]
-        self.proc = subprocess.Popen(_in_netns(self.netns, cmd), stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(_in_netns(self.netns, cmd), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self._wait()
         return self
 
@@ -171,6 +172,16 @@ class RabbitMQServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the child: be stopped when the process that started us dies (even by SIGKILL). Linux only."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _in_netns(netns: str | None, cmd: list[str]) -> list[str]:

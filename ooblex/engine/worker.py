@@ -164,6 +164,8 @@ class Worker:
                 d.ack()
                 acked += 1
                 s.stats.record(f)
+                if f.error is not None:
+                    s.stats.count("errors")
         except asyncio.CancelledError:
             for d in batch[acked:]:
                 d.nack()
