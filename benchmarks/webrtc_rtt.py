@@ -10,7 +10,9 @@ Rows:
 - ooblex gateway (identity thread, embedded engine) with the ooblex client (``ooblex send``);
 - the same gateway with a stock aiortc client (what the gateway alone contributes);
 - baseline: the classic aiortc server (frames transformed in-process inside ``recv``,
-  stock jitter buffers), with a stock aiortc client.
+  stock jitter buffers), with a stock aiortc client;
+- with ``--cluster`` (needs redis-server): ``ooblex up`` (gateway -> Redis -> one ``ooblex worker``
+  process serving identity), with the ooblex client.
 Servers run as separate processes; everything runs inside a private network namespace with only
 ``lo`` up (re-executes itself under ``unshare -n`` unless --no-netns).
 """
@@ -22,6 +24,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -132,8 +135,10 @@ async def gateway_stages(url: str, stream_id: str | None) -> dict:
         return {}
     async with httpx.AsyncClient() as http:
         r = await http.get(str(httpx.URL(url).join(f"/api/v1/streams/{stream_id}")))
-    lat = r.json()["latency_ms"] if r.status_code == 200 else {}
-    return {"gateway_p50": lat.get("total", {}).get("p50"), "gateway_p99": lat.get("total", {}).get("p99")}
+    info = r.json() if r.status_code == 200 else {}
+    lat = info.get("latency_ms", {})
+    return {"gateway_p50": lat.get("total", {}).get("p50"), "gateway_p99": lat.get("total", {}).get("p99"),
+            "gateway_dropped": info.get("dropped", 0) + info.get("stale", 0)}
 
 
 def start(argv: list[str], health: str) -> subprocess.Popen:
@@ -151,12 +156,16 @@ def start(argv: list[str], health: str) -> subprocess.Popen:
 
 
 async def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
-    gw_port, base_port = 18931, 18932
+    gw_port, base_port, cluster_port = 18931, 18932, 18933
     servers = [
         start([sys.executable, "-m", "ooblex", "gateway", "--broker", "memory://", "--loopback",
                "--port", str(gw_port)], f"http://127.0.0.1:{gw_port}/healthz"),
         start([sys.executable, __file__, "--serve-baseline", str(base_port)], f"http://127.0.0.1:{base_port}/healthz"),
     ]
+    if args.cluster:
+        servers.append(start([sys.executable, "-m", "ooblex", "up", "--workers", "1", "--thread", "identity",
+                              "--port", str(cluster_port)], f"http://127.0.0.1:{cluster_port}/healthz"))
+        await asyncio.sleep(3)  # the worker registers and takes its queue
     rows = []
     try:
         configs = [
@@ -164,6 +173,9 @@ async def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
             ("ooblex gateway + stock aiortc client", f"http://127.0.0.1:{gw_port}/whip/identity", False),
             ("baseline: plain aiortc server + client", f"http://127.0.0.1:{base_port}/whip", False),
         ]
+        if args.cluster:
+            configs.append(("ooblex gateway -> Redis -> 1 worker process",
+                            f"http://127.0.0.1:{cluster_port}/whip/identity", True))
         if args.only is not None:
             configs = [configs[args.only]]
         for name, url, fast in configs:
@@ -172,21 +184,21 @@ async def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
             print(f"  {name}: {result}", flush=True)
     finally:
         for s in servers:
-            s.terminate()
-            s.wait(10)
+            s.send_signal(signal.SIGINT)  # `ooblex up` stops its children on SIGINT
+            s.wait(20)
     return rows
 
 
 def table(rows: list[tuple[str, dict]], args: argparse.Namespace) -> str:
     lines = [f"WebRTC round trip, {args.codec.upper()} 640x480 @ {args.fps:g} fps, {args.seconds:g} s per row "
              f"({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()})", "",
-             "| setup | frames | p50 ms | p95 ms | p99 ms | loss % | inside gateway p50 / p99 ms |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| setup | frames | p50 ms | p95 ms | p99 ms | loss % | inside gateway p50 / p99 ms | dropped there |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in rows:
         inside = f"{r['gateway_p50']} / {r['gateway_p99']}" if r.get("gateway_p50") is not None else "-"
         lines.append(f"| {name} | {r['sent']} | {r.get('p50', '-')} | {r.get('p95', '-')} | {r.get('p99', '-')} "
-                     f"| {r['loss_pct']} | {inside} |")
-    base, ours = rows[-1][1], rows[0][1]
+                     f"| {r['loss_pct']} | {inside} | {r.get('gateway_dropped', '-')} |")
+    base, ours = dict(rows).get("baseline: plain aiortc server + client", {}), rows[0][1]
     if base.get("p50") and ours.get("p50"):
         lines += ["", f"p50 speed-up over the baseline: {base['p50'] / ours['p50']:.1f}x"]
     return "\n".join(lines)
@@ -198,7 +210,8 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
     parser.add_argument("--json", help="also write the rows to this JSON file")
-    parser.add_argument("--only", type=int, help="run only this row (0, 1, 2)")
+    parser.add_argument("--only", type=int, help="run only this row (0, 1, 2, 3)")
+    parser.add_argument("--cluster", action="store_true", help="add the Redis cluster row (needs redis-server)")
     parser.add_argument("--no-netns", action="store_true", help="do not re-run inside unshare -n")
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()

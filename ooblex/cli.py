@@ -88,7 +88,9 @@ def serve(app: Any, host: str, port: int) -> int:
     import uvicorn
 
     print(f"ooblex: serving http://{host}:{port}/  (API docs: /docs, OpenAPI: /openapi.json)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=64 << 20)
+    # Our logging setup (main) stays in charge: uvicorn's own would replace every handler.
+    uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None, access_log=False,
+                ws_max_size=64 << 20)
     return 0
 
 

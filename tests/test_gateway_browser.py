@@ -75,5 +75,6 @@ async def test_demo_page_autostart_plays_processed_video(thread: str, codec: str
                 await page.click("#stop")
                 await asyncio.sleep(1.0)
                 assert not gw.state.sessions.items and not gw.state.engine.streams
+                assert await page.text_content("#whep-url") == "–"
             finally:
                 await browser.close()

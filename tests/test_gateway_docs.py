@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ooblex import jpeg
-from ooblex.gateway.demo import demo_threads
+from ooblex.gateway.demo import BUILTIN_DEMO_THREADS
 
 from .gateway_server import running_gateway
 
@@ -27,7 +27,7 @@ def test_python_examples(capsys) -> None:
     namespace: dict = {"__name__": "docs"}
     exec(compile(app_example, "docs/gateway.md", "exec"), namespace)
     assert "blur" in namespace["app"].state.gateway.engine.threads
-    with running_gateway(threads=demo_threads()) as gw:
+    with running_gateway(threads=BUILTIN_DEMO_THREADS) as gw:
         code = ws_example.replace("127.0.0.1:8800", f"127.0.0.1:{gw.port}")
         exec(compile(code, "docs/gateway.md", "exec"), namespace)
         picture = jpeg.encode(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8))
@@ -39,7 +39,7 @@ def test_python_examples(capsys) -> None:
 def test_curl_examples(tmp_path: Path) -> None:
     (tmp_path / "cat.jpg").write_bytes(jpeg.encode(np.full((120, 160, 3), 60, np.uint8)))
     script = next(b for b in blocks("bash") if "curl" in b)
-    with running_gateway(threads=demo_threads()) as gw:
+    with running_gateway(threads=BUILTIN_DEMO_THREADS) as gw:
         script = script.replace("127.0.0.1:8800", f"127.0.0.1:{gw.port}")
         done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
                               text=True, timeout=60)

@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from ooblex import jpeg, tensor_thread
 from ooblex.gateway import Settings
-from ooblex.gateway.demo import demo_threads
+from ooblex.gateway.demo import BUILTIN_DEMO_THREADS
 
 from .gateway_server import running_gateway
 
@@ -36,7 +36,7 @@ SETTINGS = Settings(loopback_candidates=True, max_image_bytes=200_000, max_image
 
 @pytest.fixture(scope="module")
 def gw():
-    with running_gateway(threads=[*demo_threads(), broken, stats], settings=SETTINGS) as running:
+    with running_gateway(threads=[*BUILTIN_DEMO_THREADS, broken, stats], settings=SETTINGS) as running:
         yield running
 
 
@@ -134,9 +134,21 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="OOBLEX_ICE_SERVERS must be a JSON list"):
         Settings.from_env()
     monkeypatch.setenv("OOBLEX_ICE_SERVERS", "[]")
+    monkeypatch.setenv("OOBLEX_RETURN_TIMESTAMPS", "sometimes")
+    with pytest.raises(ValueError, match="return_timestamps must be 'send' or 'input'"):
+        Settings.from_env()
+    monkeypatch.setenv("OOBLEX_RETURN_TIMESTAMPS", "input")
     monkeypatch.setenv("OOBLEX_MAX_SESSIONS", "many")
     with pytest.raises(ValueError, match="OOBLEX_MAX_SESSIONS expects int"):
         Settings.from_env()
+
+
+def test_oversized_chunked_upload_is_cut_off(gw) -> None:
+    def chunks():  # no Content-Length: the limit must hold while reading
+        for _ in range(40):
+            yield b"\0" * 10_000
+    r = httpx.post(gw.url + "/api/v1/frames/identity", content=chunks(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 413 and "exceeds the limit of 200000" in r.json()["detail"]
 
 
 def test_frame_too_many_pixels(gw) -> None:

@@ -46,11 +46,13 @@ async def collect_numbers(track, count: int, sent: dict[int, float] | None = Non
 
 
 @in_netns
-@pytest.mark.parametrize("codec", ["vp8", "h264"])
-async def test_whip_round_trip_identity(codec: str) -> None:
+@pytest.mark.parametrize("codec,stamps", [("vp8", "send"), ("h264", "input")])
+async def test_whip_round_trip_identity(codec: str, stamps: str) -> None:
+    from ooblex.gateway import Settings
+
     from .gateway_server import running_gateway
 
-    with running_gateway() as gw:
+    with running_gateway(settings=Settings(loopback_candidates=True, return_timestamps=stamps)) as gw:
         track = ImageTrack(moving_picture(), fps=30)
         async with WhipClient(gw.url + "/whip/identity", track, codec=codec) as client:
             await client.wait_connected()
@@ -126,7 +128,8 @@ async def test_bad_webrtc_requests_get_clear_4xx() -> None:
 
     from .gateway_server import running_gateway
 
-    with running_gateway(settings=Settings(loopback_candidates=True, max_sdp_bytes=20_000)) as gw:
+    settings = Settings(loopback_candidates=True, max_sdp_bytes=20_000, connect_timeout_s=2.0)
+    with running_gateway(settings=settings) as gw:
         good = await _offer("sendrecv")
         sendonly = await _offer("sendonly")
         recvonly = await _offer("recvonly")
@@ -161,6 +164,16 @@ async def test_bad_webrtc_requests_get_clear_4xx() -> None:
             assert (await http.delete(gw.url + r.headers["Location"])).status_code == 200
             assert not gw.state.sessions.items and not gw.state.engine.streams
             assert (await http.get(gw.url + "/healthz")).json()["status"] == "ok"
+            # an answered peer that never connects (its side is already closed) is dropped on its own
+            r = await http.post(gw.url + "/whip/identity", content=sendonly,
+                                headers={"Content-Type": "application/sdp"})
+            assert r.status_code == 201
+            t0 = time.monotonic()
+            while gw.state.sessions.items and time.monotonic() - t0 < 10:  # noqa: ASYNC110 - another thread's state
+                await asyncio.sleep(0.1)
+            waited = time.monotonic() - t0
+            assert not gw.state.sessions.items and not gw.state.engine.streams, "unconnected session left behind"
+            assert 1.5 < waited < 5, f"closed after {waited:.1f} s, expected about connect_timeout_s (2 s)"
 
 
 PUBLISHER = """
@@ -211,7 +224,7 @@ async def test_session_limit_and_vanished_peers_cleanup() -> None:
 
     from .gateway_server import running_gateway
 
-    settings = Settings(loopback_candidates=True, max_sessions=2, session_idle_s=2.0)
+    settings = Settings(loopback_candidates=True, max_sessions=2, session_idle_s=2.0, connect_timeout_s=3.0)
     procs = []
     with running_gateway(settings=settings) as gw:
         try:
@@ -225,14 +238,18 @@ async def test_session_limit_and_vanished_peers_cleanup() -> None:
             with pytest.raises(Exception, match="429"):
                 async with WhipClient(gw.url + "/whip/identity", ImageTrack(moving_picture())):
                     pass
-            await asyncio.sleep(3 * settings.session_idle_s)  # live peers outlast the idle limit
+            await asyncio.sleep(3 * settings.session_idle_s)  # live peers outlast the idle and connect limits
             assert not whip.closed and not whep.closed
             assert whip.stream.stats.counters["processed"] > 30
             viewer.kill()  # vanishes: no DELETE, no DTLS close; only its RTCP reports stop
-            print(f"vanished WHEP viewer cleaned up after {await _gone(gw, whep):.1f} s")
+            took = await _gone(gw, whep)
+            print(f"vanished WHEP viewer cleaned up after {took:.1f} s")
+            assert took < settings.session_idle_s + 2.5
             assert not whip.closed
             publisher.kill()  # the media stops
-            print(f"vanished WHIP publisher cleaned up after {await _gone(gw, whip):.1f} s")
+            took = await _gone(gw, whip)
+            print(f"vanished WHIP publisher cleaned up after {took:.1f} s")
+            assert took < settings.session_idle_s + 2.5
             assert not gw.state.sessions.items and not gw.state.engine.streams
         finally:
             for proc in procs:

@@ -24,7 +24,7 @@ from .. import __version__
 from ..engine import Engine, Stream, UnknownThread
 from ..webrtc import allow_loopback
 from . import frames, metrics, mjpeg, whep, whip
-from .sessions import TooManySessions
+from .sessions import TooManySessions, UnknownSession
 from .settings import Settings
 from .state import Gateway, UnknownStream, gateway
 
@@ -147,6 +147,7 @@ def _error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(UnknownThread, handler(404))
     app.add_exception_handler(UnknownStream, handler(404))
+    app.add_exception_handler(UnknownSession, handler(404))
     app.add_exception_handler(TooManySessions, handler(429))
     app.add_exception_handler(OverflowError, handler(429))
     app.add_exception_handler(ValueError, handler(400))

@@ -14,7 +14,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from aiortc import RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
 
 from ..engine import Stream
 
@@ -23,6 +24,13 @@ log = logging.getLogger("ooblex.gateway")
 
 class TooManySessions(OverflowError):
     """The gateway's WebRTC session limit is reached."""
+
+
+class UnknownSession(KeyError):
+    """No open session of that kind has that id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class Session:
@@ -40,6 +48,7 @@ class Session:
         self.closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._on_close: list[Callable[[], None]] = []
+        self._closer: asyncio.Future[None] | None = None
         pc.on("connectionstatechange", self._on_state)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -48,20 +57,26 @@ class Session:
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
+    def discard(self, track: MediaStreamTrack) -> None:
+        """Read and drop a track nobody uses (audio, a viewer's camera), so it cannot pile up frames."""
+        self.spawn(_drain(track), f"discard-{track.kind}")
+
     def on_close(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once when the session closes (release what it holds)."""
         self._on_close.append(callback)
 
-    def watch(self, last_activity: Callable[[], Awaitable[float]], idle_s: float) -> None:
-        """Close the session once ``last_activity()`` (monotonic time) is older than ``idle_s``."""
-        self.spawn(self._watchdog(last_activity, idle_s), "watchdog")
+    def watch(self, last_activity: Callable[[], Awaitable[float]], idle_s: float, connect_s: float) -> None:
+        """Close the session once ``last_activity()`` (monotonic time, 0.0 = none yet) is older than
+        ``idle_s``, or when nothing at all arrived within ``connect_s`` (ICE, DTLS, first keyframe)."""
+        self.spawn(self._watchdog(last_activity, idle_s, connect_s), "watchdog")
 
-    async def _watchdog(self, last_activity: Callable[[], Awaitable[float]], idle_s: float) -> None:
+    async def _watchdog(self, last_activity: Callable[[], Awaitable[float]], idle_s: float, connect_s: float) -> None:
         while True:
             await asyncio.sleep(min(1.0, idle_s / 4))
-            last = max(await last_activity(), self.created)
-            if time.monotonic() - last > idle_s:
-                log.info("%s session %s: peer silent for %.1f s, closing", self.kind, self.id, idle_s)
+            last = await last_activity()  # 0.0 until the peer's first media / report
+            limit = idle_s if last else connect_s
+            if time.monotonic() - (last or self.created) > limit:
+                log.info("%s session %s: peer silent for %.1f s, closing", self.kind, self.id, limit)
                 return
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
@@ -69,8 +84,12 @@ class Session:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s session %s: task %s failed", self.kind, self.id, task.get_name(),
                       exc_info=task.exception())
-        if not self.closed:
-            asyncio.ensure_future(self.close())
+        self.close_soon()
+
+    def close_soon(self) -> None:
+        """Close from a callback (no await possible); the task is kept until done."""
+        if not self.closed and self._closer is None:
+            self._closer = asyncio.ensure_future(self.close())
 
     async def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
@@ -119,8 +138,20 @@ class Sessions:
         self.opened += 1
         return session
 
+    def get(self, kind: str, session_id: str) -> Session:
+        session = self.items.get(session_id)
+        if session is None or session.kind != kind:
+            raise UnknownSession(f"no {kind.upper()} session {session_id!r}")
+        return session
+
     def count(self, kind: str) -> int:
         return sum(s.kind == kind for s in self.items.values())
 
     async def close_all(self) -> None:
         await asyncio.gather(*(s.close() for s in list(self.items.values())))
+
+
+async def _drain(track: MediaStreamTrack) -> None:
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()

@@ -45,7 +45,12 @@ class Settings:
     #: STUN/TURN servers, as RTCIceServer dicts: [{"urls": "stun:..."}, {"urls": "turn:...", "username":..}].
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     #: A WebRTC session whose peer stops sending media for this long is closed.
-    session_idle_s: float = 10.0
+    session_idle_s: float = 5.0
+    #: A new WebRTC session whose peer sends nothing (no media, no RTCP) this long after the answer is closed.
+    connect_timeout_s: float = 15.0
+    #: RTP timestamps of the processed video sent back to a WHIP publisher: "send" (when each frame is
+    #: sent; smallest browser jitter buffer) or "input" (the publisher's own frame timestamps).
+    return_timestamps: str = "send"
     #: Origins allowed to call the API from other web pages (WHIP/WHEP players); empty = same origin only.
     cors_origins: list[str] = field(default_factory=list)
 
@@ -59,6 +64,10 @@ class Settings:
                 values[f.name] = _parse(f.name, raw, cls.__dataclass_fields__[f.name].default)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.return_timestamps not in ("send", "input"):
+            raise ValueError(f"return_timestamps must be 'send' or 'input', got {self.return_timestamps!r}")
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

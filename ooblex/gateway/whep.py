@@ -6,7 +6,6 @@ queue and encoder, so a slow viewer never holds back the others or the stream it
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime, timezone
 
@@ -15,9 +14,8 @@ from fastapi import APIRouter, HTTPException, Request, Response
 
 from ..webrtc.tracks import ProcessedTrack
 from .peer import ice_links, negotiate, new_peer, read_offer, sdp_created
-from .sessions import Session
 from .state import gateway
-from .whip import SDP_BODY, _session
+from .whip import SDP_BODY
 
 router = APIRouter(tags=["webrtc"])
 
@@ -40,10 +38,11 @@ async def whep(stream_id: str, request: Request) -> Response:
     def attach() -> None:
         senders.append(session.pc.addTrack(track))
 
-    track.on("ended", lambda: asyncio.ensure_future(session.close()))
+    session.pc.on("track", session.discard)  # a sendrecv viewer's own video is not wanted
+    track.on("ended", session.close_soon)
     session.on_close(lambda: stream.unlisten(queue))
     sdp = await negotiate(session, offer, attach)
-    session.watch(lambda: _last_report(session, senders[0]), gw.settings.session_idle_s)
+    session.watch(lambda: _last_report(senders[0]), gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whep_sessions")
     return sdp_created(sdp, f"/whep/{stream_id}/{session.id}", stream.id, ice_links(gw.settings))
 
@@ -51,14 +50,14 @@ async def whep(stream_id: str, request: Request) -> Response:
 @router.delete("/whep/{stream_id}/{session_id}")
 async def whep_delete(stream_id: str, session_id: str, request: Request) -> dict[str, str]:
     """Stop watching."""
-    session = _session(request, "whep", session_id)
+    session = gateway(request).sessions.get("whep", session_id)
     await session.close()
     return {"deleted": session_id}
 
 
-async def _last_report(session: Session, sender: RTCRtpSender) -> float:
-    """Monotonic time of the viewer's last RTCP receiver report (a live viewer sends one every ~1 s)."""
-    newest = session.created
+async def _last_report(sender: RTCRtpSender) -> float:
+    """Monotonic time of the viewer's last RTCP receiver report (a live viewer sends one every ~1 s); 0.0 = none."""
+    newest = 0.0
     for stats in (await sender.getStats()).values():
         if stats.type == "remote-inbound-rtp":
             age = (datetime.now(timezone.utc) - stats.timestamp).total_seconds()

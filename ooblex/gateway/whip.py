@@ -7,19 +7,15 @@ stream, for ``/whep/{id}`` and ``/mjpeg/{id}`` viewers. ``DELETE`` on ``Location
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 from aiortc import MediaStreamTrack
-from aiortc.mediastreams import MediaStreamError
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from ..engine import Stream, StreamClosed
 from ..frame import Frame
 from ..webrtc.tracks import Ingest, ProcessedTrack
 from .peer import ice_links, negotiate, new_peer, read_offer, sdp_created
-from .sessions import Session
 from .state import gateway
 
 router = APIRouter(tags=["webrtc"])
@@ -47,16 +43,17 @@ async def whip(thread: str, request: Request) -> Response:
             ingest.append(Ingest(track, stream))
             session.spawn(ingest[0].run(), "ingest")
         else:
-            session.spawn(_discard(track), f"discard-{track.kind}")
+            session.discard(track)
 
     def attach() -> None:
         if not ingest:
             raise ValueError("the offer's video track did not arrive")
         if offer.wants_video_back:
-            session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of))
+            keep = gw.settings.return_timestamps == "input"
+            session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of if keep else None))
 
     sdp = await negotiate(session, offer, attach)
-    session.watch(lambda: _last_frame(ingest[0]), gw.settings.session_idle_s)
+    session.watch(lambda: _last_frame(ingest[0]), gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whip_sessions")
     return sdp_created(sdp, f"/whip/{thread}/{session.id}", stream.id, ice_links(gw.settings))
 
@@ -64,7 +61,7 @@ async def whip(thread: str, request: Request) -> Response:
 @router.delete("/whip/{thread}/{session_id}")
 async def whip_delete(thread: str, session_id: str, request: Request) -> dict[str, str]:
     """End a WHIP session and its stream."""
-    session = _session(request, "whip", session_id)
+    session = gateway(request).sessions.get("whip", session_id)
     await session.close()
     return {"deleted": session_id}
 
@@ -73,13 +70,6 @@ async def whip_delete(thread: str, session_id: str, request: Request) -> dict[st
 async def whip_patch(thread: str, session_id: str) -> Response:
     """Trickle ICE is not used: offers and answers carry all candidates."""
     raise HTTPException(405, "trickle ICE is not supported: send a complete offer (gathering done)")
-
-
-def _session(request: Request, kind: str, session_id: str) -> Session:
-    session = gateway(request).sessions.items.get(session_id)
-    if session is None or session.kind != kind:
-        raise HTTPException(404, f"no {kind.upper()} session {session_id!r}")
-    return session
 
 
 def _outputs(stream: Stream) -> Callable[[], Awaitable[Frame | None]]:
@@ -93,10 +83,3 @@ def _outputs(stream: Stream) -> Callable[[], Awaitable[Frame | None]]:
 
 async def _last_frame(ingest: Ingest) -> float:
     return ingest.last_frame_at
-
-
-async def _discard(track: MediaStreamTrack) -> None:
-    """Audio (or a second video) is not processed, but must be read so it does not pile up."""
-    with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
-        while True:
-            await track.recv()

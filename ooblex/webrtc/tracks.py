@@ -2,8 +2,8 @@
 
 ``Ingest`` reads a remote video track as fast as it decodes and keeps only the newest frame,
 so a slow consumer never works through a backlog of stale pictures; colour conversion of large
-frames runs in a worker thread. ``ProcessedTrack`` is a local track that sends processed frames as soon as
-they exist, stamped with the input frame's timestamp when it is known.
+frames runs in a worker thread. ``ProcessedTrack`` is a local track that sends processed frames
+as soon as they exist.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Ingest:
         self.track = track
         self.stream = stream
         self.pts: dict[int, int] = {}
-        self.last_frame_at = time.monotonic()
+        self.last_frame_at = 0.0  # monotonic time of the newest decoded frame; 0.0 = none yet
         self.frames = 0
 
     async def run(self) -> None:
@@ -99,7 +99,14 @@ class Ingest:
 
 
 class ProcessedTrack(MediaStreamTrack):
-    """A video track fed by ``next_frame`` (stream.get or a listen queue); ends when it returns None."""
+    """A video track fed by ``next_frame`` (stream.get or a listen queue); ends when it returns None.
+
+    Timestamps are the time each frame is sent, unless ``pts_of`` gives the input frame's own.
+    Send times keep the receiver's jitter buffer small: a browser buffers by how much arrival
+    times vary against RTP timestamps, and with input timestamps that variation is the thread's
+    compute-time variation (``benchmarks/browser_playout.py``, Chromium, a thread taking 5-50 ms:
+    about 30 ms of jitter buffer per frame with input timestamps, about 10 ms with send times).
+    """
 
     kind = "video"
 
@@ -126,8 +133,8 @@ class ProcessedTrack(MediaStreamTrack):
         return out
 
     def _pts(self, frame: Frame) -> int:
-        if self._pts_of is None:  # no input timestamps: capture time since the track started
-            pts: int | None = int((frame.captured - self._t0) * VIDEO_CLOCK)
+        if self._pts_of is None:  # the time it is sent: see the class docstring
+            pts: int | None = int((time.time() - self._t0) * VIDEO_CLOCK)
         else:
             pts = self._pts_of(frame)
             if pts is None:

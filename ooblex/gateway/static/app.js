@@ -175,6 +175,9 @@ async function stop() {
   $("stop").disabled = true;
   $("thread").disabled = false;
   $("fps").textContent = "– fps";
+  $("mjpeg-url").removeAttribute("href");
+  $("mjpeg-url").textContent = "–";
+  $("whep-url").textContent = "–";
 }
 
 async function refreshStats() {
