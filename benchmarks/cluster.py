@@ -78,6 +78,29 @@ async def broker_round_trip(url: str, codec: str, n: int) -> list[float]:
     return times
 
 
+async def engine_round_trip(url: str, codec: str, n: int) -> list[float]:
+    """The whole path a live stream takes: Stream.submit -> broker -> Worker (identity) -> broker -> Stream.get.
+
+    The identity thread leaves the pixels unchanged, so the worker sends none back: one wire
+    encode/decode per round trip instead of two (the same holds for every result-only thread).
+    """
+    engine = ob.Engine(connect(url, codec=codec), embedded_worker=True)
+    await engine.start()
+    stream = engine.open("identity", mode="live", max_in_flight=1)
+    img = make_frame().image
+    times = []
+    try:
+        for i in range(n + 20):
+            t0 = time.perf_counter()
+            await stream.submit(img)
+            await stream.get(timeout=10)
+            if i >= 20:
+                times.append(time.perf_counter() - t0)
+    finally:
+        await engine.close()
+    return times
+
+
 async def bare_redis(url: str, payload: bytes, n: int) -> list[float]:
     import redis.asyncio as aioredis
 
@@ -190,6 +213,9 @@ def main() -> None:
                 print(f"| bare {client} | {codec} | {len(payload)} | {b[0]:.3f} | {b[1]:.3f} | {b[2]:.3f} | - | - |")
                 print(f"| ooblex {name} broker | {codec} | {len(payload)} | {k[0]:.3f} | {k[1]:.3f} | {k[2]:.3f} "
                       f"| {k[0] - b[0]:+.3f} | {codec_ms[codec]:.3f} |", flush=True)
+                e = pct(asyncio.run(engine_round_trip(url, codec, args.frames)))
+                print(f"| ooblex {name} stream + worker, identity | {codec} | {len(payload)} | {e[0]:.3f} | "
+                      f"{e[1]:.3f} | {e[2]:.3f} | {e[0] - b[0]:+.3f} | {codec_ms[codec] / 2:.3f} |", flush=True)
         print(f"\nwire jpeg encode p50 {enc:.3f} ms, decode p50 {dec:.3f} ms; a round trip encodes and decodes "
               f"twice (task and result); raw frame is {len(raw)} bytes\n")
         print(f"## Job throughput, thread holding each frame 20 ms ({args.throughput_frames} frames of 640x480)\n")

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -23,7 +23,8 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..engine import Engine, Stream, UnknownThread
 from ..webrtc import allow_loopback
-from . import frames, metrics, mjpeg, whep, whip
+from . import frames, jobs, metrics, mjpeg, whep, whip
+from .control import require_control
 from .sessions import TooManySessions, UnknownSession
 from .settings import Settings
 from .state import Gateway, UnknownStream, gateway
@@ -73,7 +74,7 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Location", "Link", "X-Ooblex-Stream"])
-    for module in (whip, whep, mjpeg, frames, metrics):
+    for module in (whip, whep, mjpeg, frames, metrics, jobs):
         app.include_router(module.router)
     app.include_router(_api_router())
     _error_handlers(app)
@@ -93,7 +94,7 @@ def _api_router() -> APIRouter:
         """Tensor threads this gateway serves, with their parameters (name, type, default, bounds)."""
         return [t.describe() for t in gateway(request).engine.threads.values()]
 
-    @router.get("/api/v1/streams")
+    @router.get("/api/v1/streams", dependencies=[Depends(require_control)])
     async def streams(request: Request) -> list[dict[str, Any]]:
         """Open streams: thread, params, fps, per-stage latency p50/p95/p99 (ms), counters, viewer URLs."""
         return [_stream_info(s) for s in gateway(request).engine.streams.values()]
@@ -115,7 +116,7 @@ def _api_router() -> APIRouter:
             raise ValueError('body must be JSON like {"params": {"name": value}}')
         return {"params": s.set_params(**body["params"])}
 
-    @router.get("/api/v1/sessions")
+    @router.get("/api/v1/sessions", dependencies=[Depends(require_control)])
     async def sessions(request: Request) -> list[dict[str, Any]]:
         """Open WebRTC sessions (WHIP ingest and WHEP viewers)."""
         return [s.describe() for s in gateway(request).sessions.items.values()]

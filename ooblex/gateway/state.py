@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from fastapi import Request, WebSocket
 
 from .. import jpeg
+from ..cluster.jobs import Job
 from ..engine import Engine, Stream
 from ..frame import Frame
 from .sessions import Sessions
@@ -47,6 +48,7 @@ class Gateway:
     sessions: Sessions = field(init=False)
     jpegs: JpegCache = field(init=False)
     counters: dict[str, int] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sessions = Sessions(self.settings.max_sessions)
