@@ -11,7 +11,8 @@ Rows:
 - the same gateway with a stock aiortc client (what the gateway alone contributes);
 - baseline: the classic aiortc server (frames transformed in-process inside ``recv``,
   stock jitter buffers), with a stock aiortc client;
-- with ``--cluster`` (needs redis-server): ``ooblex up`` (gateway -> Redis -> one ``ooblex worker``
+- with ``--cluster [redis] [rabbitmq]`` (needs the servers installed; both when none is named):
+  ``ooblex up --broker B`` (gateway -> broker -> one ``ooblex worker``
   process serving identity), with the ooblex client.
 Servers run as separate processes; everything runs inside a private network namespace with only
 ``lo`` up (re-executes itself under ``unshare -n`` unless --no-netns).
@@ -156,16 +157,18 @@ def start(argv: list[str], health: str) -> subprocess.Popen:
 
 
 async def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
-    gw_port, base_port, cluster_port = 18931, 18932, 18933
+    gw_port, base_port = 18931, 18932
+    clusters = {b: 18933 + i for i, b in enumerate(args.cluster or ())}
     servers = [
         start([sys.executable, "-m", "ooblex", "gateway", "--broker", "memory://", "--loopback",
                "--port", str(gw_port)], f"http://127.0.0.1:{gw_port}/healthz"),
         start([sys.executable, __file__, "--serve-baseline", str(base_port)], f"http://127.0.0.1:{base_port}/healthz"),
     ]
-    if args.cluster:
-        servers.append(start([sys.executable, "-m", "ooblex", "up", "--workers", "1", "--thread", "identity",
-                              "--port", str(cluster_port)], f"http://127.0.0.1:{cluster_port}/healthz"))
-        await asyncio.sleep(3)  # the worker registers and takes its queue
+    for broker, port in clusters.items():
+        servers.append(start([sys.executable, "-m", "ooblex", "up", "--workers", "1", "--broker", broker,
+                              "--thread", "identity", "--port", str(port)], f"http://127.0.0.1:{port}/healthz"))
+    if clusters:
+        await asyncio.sleep(3)  # the workers register and take their queues
     rows = []
     try:
         configs = [
@@ -173,9 +176,9 @@ async def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
             ("ooblex gateway + stock aiortc client", f"http://127.0.0.1:{gw_port}/whip/identity", False),
             ("baseline: plain aiortc server + client", f"http://127.0.0.1:{base_port}/whip", False),
         ]
-        if args.cluster:
-            configs.append(("ooblex gateway -> Redis -> 1 worker process",
-                            f"http://127.0.0.1:{cluster_port}/whip/identity", True))
+        for broker, port in clusters.items():
+            configs.append((f"ooblex gateway -> {broker} -> 1 worker process",
+                            f"http://127.0.0.1:{port}/whip/identity", True))
         if args.only is not None:
             configs = [configs[args.only]]
         for name, url, fast in configs:
@@ -211,10 +214,13 @@ def main() -> int:
     parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--only", type=int, help="run only this row (0, 1, 2, 3)")
-    parser.add_argument("--cluster", action="store_true", help="add the Redis cluster row (needs redis-server)")
+    parser.add_argument("--cluster", nargs="*", choices=["redis", "rabbitmq"],
+                        help="add cluster rows through these brokers (default with no names: both)")
     parser.add_argument("--no-netns", action="store_true", help="do not re-run inside unshare -n")
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cluster == []:
+        args.cluster = ["redis", "rabbitmq"]
     if args.serve_baseline:
         serve_baseline(args.serve_baseline)
         return 0

@@ -184,14 +184,16 @@ print(v.model_id)
 
 
 def test_an_ipywebrtc_camera_stream_means_the_browser_camera_with_its_constraints():
-    """Pure logic (no ipywebrtc needed): a CameraStream is recognised by its type name and constraints."""
+    """A real ipywebrtc CameraStream selects the browser camera with that stream's constraints."""
+    from ipywebrtc import CameraStream
+
     from ooblex.jupyter.widget import _camera_stream_constraints, _describe_source
 
-    class CameraStream:  # the shape of ipywebrtc.CameraStream that ob.live relies on
-        constraints = {"audio": False, "video": {"facingMode": "user", "width": 320}}
-
-    assert _describe_source(CameraStream()) == ("browser", "ipywebrtc CameraStream (browser)")
-    assert _camera_stream_constraints(CameraStream()) == {"facingMode": "user", "width": 320}
+    camera = CameraStream(constraints={"audio": False, "video": {"facingMode": "user", "width": 320}})
+    assert _describe_source(camera) == ("browser", "ipywebrtc CameraStream (browser)")
+    assert _camera_stream_constraints(camera) == {"facingMode": "user", "width": 320}
+    assert _camera_stream_constraints(CameraStream.facing_environment(audio=False)) == {
+        "facingMode": "environment"}
     assert _describe_source("webcam")[0] == "browser"
     assert _describe_source("clip.mp4") == ("kernel", "clip.mp4") and _describe_source(0)[0] == "kernel"
 
