@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -45,23 +46,7 @@ class FaceBlur(FaceThread):
 
     def __call__(self, frame: np.ndarray, strength: float = 0.6, margin: float = 0.25, scale: float = 1.0,
                  upsample: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
-        frame = check_frame(frame)
-        boxes = _faces(self.detector, frame, scale, upsample)
-        out = frame.copy()
-        for box in boxes:
-            x0, y0, x1, y1 = _expand(box, margin, frame.shape)
-            roi = out[y0:y1, x0:x1]
-            h, w = roi.shape[:2]
-            # Shrink-then-grow is a strong blur whose cost does not depend on the face size.
-            k = max(2, int(round(2 + (1 - strength) * 14)))
-            small = cv2.resize(roi, (k, k), interpolation=cv2.INTER_AREA)
-            grown = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-            blurred = cv2.GaussianBlur(grown, (0, 0), max(1, w / 30))
-            mask = np.zeros((h, w), np.uint8)
-            cv2.ellipse(mask, (w // 2, h // 2), (w // 2, h // 2), 0, 0, 360, 255, -1)
-            mask = cv2.GaussianBlur(mask, (0, 0), max(1, w / 40)).astype(np.float32)[..., None] / 255
-            roi[:] = (blurred * mask + roi * (1 - mask)).astype(np.uint8)
-        return out, _result(boxes)
+        return _each_face(self.detector, frame, margin, scale, upsample, lambda roi: _blur(roi, strength))
 
 
 @tensor_thread(name="face_pixelate", licence=licences.DLIB_HOG,
@@ -71,16 +56,38 @@ class FacePixelate(FaceThread):
 
     def __call__(self, frame: np.ndarray, blocks: int = 8, margin: float = 0.2, scale: float = 1.0,
                  upsample: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
-        frame = check_frame(frame)
-        boxes = _faces(self.detector, frame, scale, upsample)
-        out = frame.copy()
-        for box in boxes:
-            x0, y0, x1, y1 = _expand(box, margin, frame.shape)
-            roi = out[y0:y1, x0:x1]
-            h, w = roi.shape[:2]
-            small = cv2.resize(roi, (min(blocks, w), min(blocks, h)), interpolation=cv2.INTER_AREA)
-            roi[:] = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
-        return out, _result(boxes)
+        return _each_face(self.detector, frame, margin, scale, upsample, lambda roi: _pixelate(roi, blocks))
 
 
 face_blur, face_pixelate = FaceBlur, FacePixelate
+
+
+def _each_face(detector: FaceDetector, frame: np.ndarray, margin: float, scale: float, upsample: int,
+               effect: Callable[[np.ndarray], None]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Apply ``effect`` in place to each (margin-grown) face box of a copy of ``frame``."""
+    frame = check_frame(frame)
+    boxes = _faces(detector, frame, scale, upsample)
+    out = frame.copy()
+    for box in boxes:
+        x0, y0, x1, y1 = _expand(box, margin, frame.shape)
+        effect(out[y0:y1, x0:x1])
+    return out, _result(boxes)
+
+
+def _blur(roi: np.ndarray, strength: float) -> None:
+    h, w = roi.shape[:2]
+    # Shrink-then-grow is a strong blur whose cost does not depend on the face size.
+    k = max(2, int(round(2 + (1 - strength) * 14)))
+    small = cv2.resize(roi, (k, k), interpolation=cv2.INTER_AREA)
+    grown = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    blurred = cv2.GaussianBlur(grown, (0, 0), max(1, w / 30))
+    mask = np.zeros((h, w), np.uint8)
+    cv2.ellipse(mask, (w // 2, h // 2), (w // 2, h // 2), 0, 0, 360, 255, -1)
+    mask = cv2.GaussianBlur(mask, (0, 0), max(1, w / 40)).astype(np.float32)[..., None] / 255
+    roi[:] = (blurred * mask + roi * (1 - mask)).astype(np.uint8)
+
+
+def _pixelate(roi: np.ndarray, blocks: int) -> None:
+    h, w = roi.shape[:2]
+    small = cv2.resize(roi, (min(blocks, w), min(blocks, h)), interpolation=cv2.INTER_AREA)
+    roi[:] = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
