@@ -123,24 +123,32 @@ async def _run(thread: Any, src: Source, snk: Sink, opts: dict[str, Any], handle
 
 
 async def _feed(stream: Stream, src: Source | LatestFrameReader, handle: RunHandle) -> None:
-    loop = asyncio.get_running_loop()
-    if isinstance(src, LatestFrameReader):
-        reader = src
-        while not handle._stop.is_set():
-            item = await loop.run_in_executor(None, reader.get)
-            if item is None:
-                if reader.done:
-                    return
-                continue
-            handle.frames_in += 1
-            await stream.submit(item[0], captured=item[1])
+    if not isinstance(src, LatestFrameReader):
+        await feed_every(stream, src, handle, handle._stop)
         return
-    frames = iter(src)
+    loop = asyncio.get_running_loop()
     while not handle._stop.is_set():
+        item = await loop.run_in_executor(None, src.get)
+        if item is None:
+            if src.done:
+                return
+            continue
+        handle.frames_in += 1
+        await stream.submit(item[0], captured=item[1])
+
+
+async def feed_every(stream: Stream, src: Source, counts: Any, stop: threading.Event | None = None) -> None:
+    """Submit every frame of a finite source, reading it off the loop; ``counts.frames_in`` counts them.
+
+    In every-frame mode ``submit`` waits for room, so this is also the backpressure on reading.
+    """
+    loop = asyncio.get_running_loop()
+    frames = iter(src)
+    while stop is None or not stop.is_set():
         item = await loop.run_in_executor(None, next, frames, None)
         if item is None:
             return
-        handle.frames_in += 1
+        counts.frames_in += 1
         await stream.submit(item[0], captured=item[1])
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..engine import Engine
 from ..media import Sink, open_sink, open_source
+from ..run import feed_every
 from ..thread import TensorThread
 
 Progress = Callable[[int, "int | None"], Any]
@@ -61,7 +62,7 @@ async def run_job(engine: Engine, thread: str | TensorThread, source: Any, sink:
     stream = engine.open(thread, params=params, mode="every", max_in_flight=max_in_flight)
     out = JobResult(stream.thread.name)
     started = time.monotonic()
-    feeder = asyncio.create_task(_feed(stream, src, out))
+    feeder = asyncio.create_task(feed_every(stream, src, out))
     idle_since = time.monotonic()
     try:
         while not (feeder.done() and out.frames_out >= out.frames_in):
@@ -92,17 +93,6 @@ async def run_job(engine: Engine, thread: str | TensorThread, source: Any, sink:
         src.close()
     out.seconds = round(time.monotonic() - started, 3)
     return out
-
-
-async def _feed(stream: Any, src: Any, out: JobResult) -> None:
-    loop = asyncio.get_running_loop()
-    frames = iter(src)
-    while True:
-        item = await loop.run_in_executor(None, next, frames, None)
-        if item is None:
-            return
-        out.frames_in += 1
-        await stream.submit(item[0], captured=item[1])
 
 
 @dataclass
