@@ -55,9 +55,9 @@ class Worker:
             self._serve(queue, runner)
 
     async def stop(self, drain_s: float = 0.0) -> None:
-        """Stop serving. With ``drain_s``, calls in flight may finish and reply first (up to that long)."""
-        for queue in list(self._serving):
-            await self.remove(queue, drain_s)
+        """Stop serving. With ``drain_s``, calls in flight may finish and reply first (up to that long in all:
+        the queues drain together, so a worker serving many threads still stops within ``drain_s``)."""
+        await asyncio.gather(*(self.remove(queue, drain_s) for queue in list(self._serving)))
         for r in set(self.runners.values()):
             r.close()
         self.runners.clear()
