@@ -11,7 +11,7 @@ import pytest
 
 import ooblex as ob
 from ooblex.cluster.engine import ClusterEngine
-from ooblex.cluster.registry import Registry
+from ooblex.cluster.registry import CHUNK, Registry
 
 from .cluster_fixtures import SECRET, needs_rabbitmq, needs_redis, rabbit_server, redis_server, start_worker, stop  # noqa: F401
 
@@ -395,3 +395,31 @@ def test_deploy_cli_replaces_a_local_thread(redis_server, tmp_path) -> None:  # 
         assert [r for _, r in result.results] == [{"deployed": True}] * 3
     finally:
         stop(worker)
+
+
+def test_undeploy_collects_blobs_only_it_used(redis_server, tmp_path) -> None:  # noqa: F811
+    """Weights shared with another deployment stay; the undeployed thread's own code and files go."""
+    url = redis_server.url
+    shared, own = tmp_path / "shared.bin", tmp_path / "own.bin"
+    shared.write_bytes(b"s" * 3000)
+    own.write_bytes(b"o" * (CHUNK + 10))  # two chunks
+
+    @ob.tensor_thread(name="keeper")
+    def keeper(frame):
+        return frame
+
+    reg = Registry(url)
+    try:
+        ob.deploy(keeper, cluster=url, weights=[shared])
+        dep = ob.deploy(invert, cluster=url, weights=[shared, own])
+        blobs = {k.decode().rsplit(":", 1)[1] for k in reg.r.scan_iter(match="ooblex:blob:*")}
+        own_digest = next(w["sha256"] for w in dep.manifest["weights"] if w["name"] == "own.bin")
+        assert {dep.manifest["code"], own_digest} <= blobs
+        reg.remove("invert", gc_grace_s=3600)  # too young to collect: a deploy may be uploading
+        assert reg.r.exists(f"ooblex:blob:{own_digest}")
+        assert reg.collect_garbage(grace_s=0) == 2  # invert's code and own.bin
+        left = {k.decode().rsplit(":", 1)[1] for k in reg.r.scan_iter(match="ooblex:blob:*")}
+        keeper_manifest = reg.versions("keeper")[1]
+        assert left == {keeper_manifest["code"], keeper_manifest["weights"][0]["sha256"]}
+    finally:
+        reg.close()

@@ -1,7 +1,8 @@
 """The model registry in Redis: signed manifests, content-addressed chunked blobs, versions.
 
 Keys (all under ``ooblex:``):
-- ``blob:<sha256>``: hash of 1 MiB chunks (``0``, ``1``, ...) plus ``size`` and ``chunks``;
+- ``blob:<sha256>``: hash of 1 MiB chunks (``0``, ``1``, ...) plus ``size``, ``chunks`` and
+  ``created``; blobs no manifest refers to are collected after an undeploy (``collect_garbage``);
 - ``reg:names``: set of deployed thread names; ``reg:<name>``: hash version -> signed manifest;
 - ``reg:<name>:active``: the version served under the plain name; ``reg:<name>:serving``: set of
   versions workers keep loaded (each also reachable as ``<name>@<version>``);
@@ -28,6 +29,8 @@ from .signing import SignatureError, require_secret, sha256, sign, verify
 
 CHUNK = 1 << 20
 P = "ooblex"
+#: Unreferenced blobs younger than this are kept: a deploy uploads its blobs before its manifest.
+GC_GRACE_S = 600.0
 TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 
 
@@ -75,10 +78,26 @@ class Registry:
         key = f"{P}:blob:{digest}"
         if self.r.hget(key, "complete") == b"1":
             return
+        self.r.hset(key, "created", time.time())
         n = 0
         for n, chunk in enumerate(chunks, 1):
             self.r.hset(key, str(n - 1), chunk)
         self.r.hset(key, mapping={"size": size, "chunks": n, "complete": 1})
+
+    def collect_garbage(self, grace_s: float = GC_GRACE_S) -> int:
+        """Delete blobs that no stored manifest refers to (and older than ``grace_s``); returns how many."""
+        referenced = set()
+        for raw in self.r.smembers(f"{P}:reg:names"):
+            for m in self.versions(raw.decode()).values():
+                referenced.add(m.get("code"))
+                referenced.update(w.get("sha256") for w in m.get("weights", []))
+        deleted = 0
+        for key in self.r.scan_iter(match=f"{P}:blob:*", count=500):
+            digest = key.decode().rsplit(":", 1)[1]
+            created = float(self.r.hget(key, "created") or 0)
+            if digest not in referenced and time.time() - created >= grace_s:
+                deleted += self.r.delete(key)
+        return deleted
 
     def get_blob(self, digest: str, dest: Path | None = None) -> bytes | Path:
         """Fetch a blob, verifying its hash; to ``dest`` (atomically) if given, else as bytes."""
@@ -166,8 +185,8 @@ class Registry:
             p.incr(f"{P}:reg:rev")
             p.execute()
 
-    def remove(self, name: str) -> None:
-        """Undeploy ``name``: workers stop serving it within a poll. Blobs stay (other versions may share them)."""
+    def remove(self, name: str, gc_grace_s: float = GC_GRACE_S) -> None:
+        """Undeploy ``name``: workers stop serving it within a poll; blobs only it used are collected."""
         if not self.r.sismember(f"{P}:reg:names", name):
             raise RegistryError(f"{name!r} is not deployed")
         with self.r.pipeline() as p:
@@ -175,6 +194,7 @@ class Registry:
             p.delete(f"{P}:reg:{name}", f"{P}:reg:{name}:active", f"{P}:reg:{name}:serving")
             p.incr(f"{P}:reg:rev")
             p.execute()
+        self.collect_garbage(gc_grace_s)
 
     def rev(self) -> int:
         return int(self.r.get(f"{P}:reg:rev") or 0)
