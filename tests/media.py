@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,3 +32,15 @@ def write_video(path: Path, frames: int, width: int = 160, height: int = 120, fp
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def moving_picture(width: int = 640, height: int = 480) -> Callable[[], np.ndarray]:
+    """A textured picture that changes every frame (encoders need something to encode)."""
+    base = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    i = 0
+
+    def next_image() -> np.ndarray:
+        nonlocal i
+        i += 1
+        return np.roll(base, i * 4, axis=1)
+    return next_image

@@ -10,21 +10,10 @@ import numpy as np
 import pytest
 
 from .cluster_fixtures import SECRET, needs_redis, start_worker, stop
+from .media import moving_picture
 from .netns import in_netns
 
 pytestmark = [pytest.mark.timeout(150), needs_redis]
-
-
-def moving_picture(width: int = 320, height: int = 240):  # noqa: ANN201
-    """A textured picture that changes every frame (encoders need something to encode)."""
-    base = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
-    i = 0
-
-    def next_image() -> np.ndarray:
-        nonlocal i
-        i += 1
-        return np.roll(base, i * 4, axis=1)
-    return next_image
 
 
 @in_netns
@@ -53,7 +42,7 @@ async def test_whip_round_trip_through_a_redis_cluster(monkeypatch: pytest.Monke
             async with httpx.AsyncClient() as http:
                 names = [t["name"] for t in (await http.get(gw.url + "/api/v1/threads")).json()]
             assert "relay" in names
-            track = ImageTrack(moving_picture(), fps=30)
+            track = ImageTrack(moving_picture(320, 240), fps=30)
             async with WhipClient(gw.url + "/whip/relay", track) as client:
                 await client.wait_connected()
                 numbers: list[int] = []

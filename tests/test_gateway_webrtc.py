@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -12,21 +11,10 @@ import pytest
 from ooblex.webrtc import framecode
 from ooblex.webrtc.client import ImageTrack, WhepClient, WhipClient
 
+from .media import moving_picture
 from .netns import in_netns
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def moving_picture(width: int = 640, height: int = 480) -> Callable[[], np.ndarray]:
-    """A textured picture that changes every frame (encoders need something to encode)."""
-    base = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
-    i = 0
-
-    def next_image() -> np.ndarray:
-        nonlocal i
-        i += 1
-        return np.roll(base, i * 4, axis=1)
-    return next_image
 
 
 async def collect_numbers(track, count: int, sent: dict[int, float] | None = None,
