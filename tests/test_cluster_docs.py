@@ -3,7 +3,6 @@ the deploy manifests are valid YAML naming the commands this package has."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import yaml
 from ooblex.cli import build_parser
 
 from .cluster_fixtures import SECRET, needs_redis, redis_server, start_worker, stop  # noqa: F401
+from .docs import code_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,7 @@ def test_cluster_doc_examples_run(redis_server, monkeypatch, capsys) -> None:  #
     monkeypatch.setenv("OOBLEX_SECRET", SECRET)
     worker = start_worker(redis_server.url)
     try:
-        text = (ROOT / "docs" / "cluster.md").read_text()
-        blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+        blocks = code_blocks("cluster.md")
         assert len(blocks) == 4
         namespace: dict = {}
         for block in blocks:

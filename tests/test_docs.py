@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+from .docs import code_blocks
 
 
 def test_sdk_examples_run(capsys) -> None:
-    text = (DOCS / "sdk.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = code_blocks("sdk.md")
     assert len(blocks) >= 5
     namespace: dict = {}
     for block in blocks:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 from pathlib import Path
 
@@ -13,13 +12,12 @@ import numpy as np
 from ooblex import jpeg
 from ooblex.gateway.demo import BUILTIN_DEMO_THREADS
 
+from .docs import code_blocks
 from .gateway_server import running_gateway
-
-DOC = Path(__file__).resolve().parent.parent / "docs" / "gateway.md"
 
 
 def blocks(kind: str) -> list[str]:
-    return re.findall(rf"```{kind}\n(.*?)```", DOC.read_text(), re.S)
+    return code_blocks("gateway.md", kind)
 
 
 def test_python_examples(capsys) -> None:

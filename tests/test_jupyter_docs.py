@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
+from .docs import code_blocks
 from .media import write_video
 
 pytest.importorskip("anywidget")
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def test_jupyter_examples_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_video(tmp_path / "clip.mp4", 30)
-    blocks = re.findall(r"```python\n(.*?)```", (DOCS / "jupyter.md").read_text(), re.S)
+    blocks = code_blocks("jupyter.md")
     assert len(blocks) == 3
     namespace: dict = {}
     for block in blocks:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
+
+from .docs import code_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -12,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_models_examples_run(capsys, monkeypatch) -> None:
     monkeypatch.chdir(ROOT)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "models.md").read_text(), re.S)
+    blocks = code_blocks("models.md")
     assert len(blocks) >= 5
     namespace: dict = {}
     for block in blocks:
