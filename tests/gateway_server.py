@@ -10,7 +10,6 @@ The server and its engine are shut down when the ``with`` block ends.
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from ooblex.cluster.servers import free_port
 from ooblex.gateway import Settings, create_app
 
 
@@ -32,12 +32,6 @@ class RunningGateway:
     @property
     def state(self) -> Any:
         return self.app.state.gateway
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from ooblex.cluster.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -19,12 +20,6 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-m
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 #: The notebook panel on screen (JupyterLab keeps other tabs in the DOM, hidden).
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class JupyterServer:
