@@ -261,14 +261,13 @@ function render({ model, el }) {
   }
 
   button.onclick = () => { model.set("running", !model.get("running")); model.save_changes(); };
-  model.on("msg:custom", onMsg);
-  model.on("change:running", sync);
-  model.on("change:source_kind", sync);
-  model.on("change:status", renderHead);
-  model.on("change:version", renderHead);
-  model.on("change:thread_name", renderHead);
-  model.on("change:controls", renderControls);
-  model.on("change:params", updateControls);
+  // One list for subscribing and unsubscribing, so the two cannot drift apart.
+  const listeners = [
+    ["msg:custom", onMsg], ["change:running", sync], ["change:source_kind", sync],
+    ["change:status", renderHead], ["change:version", renderHead], ["change:thread_name", renderHead],
+    ["change:controls", renderControls], ["change:params", updateControls],
+  ];
+  for (const [event, handler] of listeners) model.on(event, handler);
   renderControls();
   renderStats();
   sync();
@@ -276,14 +275,7 @@ function render({ model, el }) {
   return () => {
     alive = false;
     stopCamera();
-    model.off("msg:custom", onMsg);
-    model.off("change:running", sync);
-    model.off("change:source_kind", sync);
-    model.off("change:status", renderHead);
-    model.off("change:version", renderHead);
-    model.off("change:thread_name", renderHead);
-    model.off("change:controls", renderControls);
-    model.off("change:params", updateControls);
+    for (const [event, handler] of listeners) model.off(event, handler);
   };
 }
 
