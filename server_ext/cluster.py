@@ -50,9 +50,13 @@ class Settings:
                 "gateway": self.gateway or None, "cluster_installed": _module("deploy") is not None}
 
     def control_token(self) -> str | None:
-        """Bearer token for gateway control endpoints, derived from the secret (which never travels)."""
-        signing = _module("signing")
-        return signing.control_token(self.secret) if signing is not None and self.secret else None
+        """A short-lived control token for the gateway, signed with a key derived from the secret
+        (which never travels)."""
+        if not self.secret:
+            return None
+        from ooblex.tokens import mint
+
+        return mint("control", ttl_s=300, secret=self.secret)
 
 
 def _module(name: str) -> Any:

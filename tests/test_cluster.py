@@ -330,16 +330,6 @@ def test_sigterm_finishes_in_flight_work(redis_server) -> None:  # noqa: F811
             stop(b)
 
 
-def test_control_bearer_token() -> None:
-    from ooblex.cluster.signing import check_bearer, control_token
-
-    token = control_token("s3cret")
-    assert token and "s3cret" not in token
-    assert check_bearer(f"Bearer {token}", "s3cret")
-    assert not check_bearer("Bearer nope", "s3cret") and not check_bearer(None, "s3cret")
-    assert not check_bearer(token, "s3cret")  # scheme required
-
-
 def test_process_a_thread_object_deploys_it_once(redis_server) -> None:  # noqa: F811
     url = redis_server.url
     worker = start_worker(url)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 import ooblex as ob
-from ooblex.cluster.signing import control_token
+from ooblex.tokens import mint
 
 from .gateway_server import running_gateway
 
@@ -61,7 +61,7 @@ def test_bad_job_requests_get_4xx(clip: Path, body, status: int, message: str) -
 
 def test_control_endpoints_need_the_token_when_a_secret_is_set(clip: Path, monkeypatch) -> None:
     monkeypatch.setenv("OOBLEX_SECRET", "s3cret")
-    auth = {"Authorization": f"Bearer {control_token()}"}
+    auth = {"Authorization": f"Bearer {mint('control')}"}
     with running_gateway(threads=[mean]) as gw, httpx.Client(base_url=gw.url) as client:
         for path in ("/api/v1/streams", "/api/v1/sessions", "/api/v1/jobs"):
             r = client.get(path)
