@@ -60,8 +60,11 @@ class UnsupportedMediaType(OoblexError, ValueError):
     status = 415
 
 
-class TooManyRequests(OoblexError):
-    """A configured limit on concurrent work is reached (sessions, streams, jobs, per client)."""
+class TooManyRequests(OoblexError, OverflowError):
+    """A configured limit on concurrent work is reached (sessions, streams, jobs, per client).
+
+    Also an ``OverflowError``: what ``Engine.open`` raised for its stream limit before this class existed.
+    """
 
     status = 429
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import jpeg
+from .errors import BadRequest
 from .frame import Frame
 
 Codec = Literal["jpeg", "raw"]
@@ -22,8 +23,14 @@ CODECS = ("jpeg", "raw")
 _LEN = struct.Struct(">I")
 
 
-class WireError(ValueError):
-    """Bytes that are not an Ooblex frame message."""
+class WireError(BadRequest):
+    """Bytes that are not an Ooblex frame message, or a frame that cannot be made into one."""
+
+
+#: Header fields and the JSON types they must have: a message that decodes is a frame the engine can use.
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "stream_id": str, "seq": int, "thread": str, "params": dict, "stamps": dict, "result": (dict, type(None)),
+    "error": (str, type(None)), "deadline": (int, float), "reply_to": str, "skipped": bool}
 
 
 def encode(frame: Frame, codec: Codec = "jpeg", quality: int = 85) -> bytes:
@@ -40,13 +47,25 @@ def encode(frame: Frame, codec: Codec = "jpeg", quality: int = 85) -> bytes:
         image = np.ascontiguousarray(image)
         header["codec"], header["shape"], header["dtype"] = "raw", list(image.shape), image.dtype.str
         payload = image.tobytes()
-    head = json.dumps(header, separators=(",", ":"), default=_json_default).encode()
+    try:
+        head = json.dumps(header, separators=(",", ":"), default=_json_default).encode()
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"frame {frame.stream_id}#{frame.seq} cannot be sent: {exc}") from None
     return b"".join((_LEN.pack(len(head)), head, payload))
 
 
 def decode(data: bytes | bytearray | memoryview) -> Frame:
-    """bytes -> Frame; raises ``WireError`` naming what is wrong."""
-    data = memoryview(data)
+    """bytes -> Frame; raises ``WireError`` naming what is wrong (never anything else: a broker drops
+    such a message and goes on with the next)."""
+    try:
+        return _decode(memoryview(data))
+    except WireError:
+        raise
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:  # pixels that do not match the header
+        raise WireError(f"bad frame message: {type(exc).__name__}: {exc}") from None
+
+
+def _decode(data: memoryview) -> Frame:
     if len(data) < _LEN.size:
         raise WireError("frame message too short")
     (n,) = _LEN.unpack_from(data)
@@ -56,6 +75,7 @@ def decode(data: bytes | bytearray | memoryview) -> Frame:
         header = json.loads(bytes(data[_LEN.size:_LEN.size + n]))
     except ValueError as exc:
         raise WireError(f"frame header is not JSON: {exc}") from None
+    _check_header(header)
     payload = data[_LEN.size + n:]
     codec = header.pop("codec", None)
     shape, dtype = header.pop("shape", None), header.pop("dtype", None)
@@ -67,10 +87,22 @@ def decode(data: bytes | bytearray | memoryview) -> Frame:
         image = np.frombuffer(payload, dtype=np.dtype(dtype)).reshape(shape).copy()
     else:
         raise WireError(f"unknown codec {codec!r} in frame header")
-    try:
-        return Frame.from_header(header, image)
-    except TypeError as exc:
-        raise WireError(f"bad frame header: {exc}") from None
+    return Frame.from_header(header, image)
+
+
+def _check_header(header: Any) -> None:
+    if not isinstance(header, dict):
+        raise WireError(f"frame header is a JSON {type(header).__name__}, not an object")
+    for key, value in header.items():
+        if key in ("codec", "shape", "dtype"):
+            continue
+        expected = _FIELDS.get(key)
+        if expected is None:
+            raise WireError(f"unknown field {key!r} in frame header")
+        if not isinstance(value, expected) or isinstance(value, bool) and key != "skipped":
+            raise WireError(f"frame header field {key!r} has the wrong type ({type(value).__name__})")
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in header.get("stamps", {}).values()):
+        raise WireError("frame header field 'stamps' holds a value that is not a time")
 
 
 def _json_default(obj: Any) -> Any:

@@ -11,11 +11,16 @@ by reference; network backends (``redis``, ``rabbitmq``) serialize with ``ooblex
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import Unavailable
 from ..frame import Frame
+from ..supervision import Incidents
+
+log = logging.getLogger("ooblex.broker")
 
 
 @dataclass(slots=True)
@@ -38,7 +43,7 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class BrokerError(RuntimeError):
+class BrokerError(Unavailable, RuntimeError):
     """The broker cannot be reached or refused an operation."""
 
 
@@ -47,6 +52,11 @@ class Broker(abc.ABC):
 
     #: Where the broker is, password redacted (safe to show); backends keep the real URL to themselves.
     url: str = ""
+
+    def __init__(self) -> None:
+        #: Messages dropped because they could not be decoded or handled (``poisoned.count``). Each is
+        #: acknowledged, never redelivered: one bad message must not stop or loop the frames behind it.
+        self.poisoned = Incidents(log, "dropped a poisoned message")
 
     async def start(self) -> None:
         """Connect. Called once before use."""

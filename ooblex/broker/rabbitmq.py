@@ -27,6 +27,7 @@ from aiormq.exceptions import AMQPError
 
 from .. import wire
 from ..frame import Frame
+from ..supervision import Background
 from .base import Broker, BrokerError, Delivery, redact
 
 log = logging.getLogger("ooblex.broker.rabbitmq")
@@ -50,6 +51,7 @@ class RabbitMQBroker(Broker):
 
     def __init__(self, url: str, *, codec: wire.Codec = "jpeg", quality: int = 85, live_queue: int = 64,
                  result_queue: int = 1024) -> None:
+        super().__init__()
         self.url = redact(url)
         self._dial = url
         self.codec: wire.Codec = codec
@@ -60,6 +62,7 @@ class RabbitMQBroker(Broker):
         self._conn: AbstractRobustConnection | None = None
         self._pub: AbstractRobustChannel | None = None
         self._declared: set[str] = set()
+        self._background = Background(log)
 
     async def start(self) -> None:
         deadline = time.monotonic() + 30
@@ -74,6 +77,7 @@ class RabbitMQBroker(Broker):
         self._pub = await self._conn.channel()  # type: ignore[assignment]
 
     async def close(self) -> None:
+        await self._background.close(grace_s=2.0)  # acks in flight: else redelivered
         if self._conn is not None:
             with contextlib.suppress(*DOWN):
                 await self._conn.close()
@@ -125,7 +129,9 @@ class RabbitMQBroker(Broker):
         try:
             async with queue.iterator(no_ack=True) as it:
                 async for msg in it:
-                    yield wire.decode(msg.body)
+                    frame = self._decode(msg)
+                    if frame is not None:
+                        yield frame
         finally:
             await _quiet(_cleanup(queue.delete(if_unused=False, if_empty=False), channel.close()))
 
@@ -162,18 +168,31 @@ class RabbitMQBroker(Broker):
                     queue = await self._declare(channel, name)
                     tags.append((queue, await queue.consume(inbox.put)))
             while True:
-                msg = await inbox.get()
-                yield self._delivery(msg)
+                d = self._delivery(await inbox.get())
+                if d is not None:
+                    yield d
         finally:
             await _quiet(_cleanup(*(queue.cancel(tag) for queue, tag in tags), channel.close()))
 
-    def _delivery(self, msg: AbstractIncomingMessage) -> Delivery:
-        frame = wire.decode(msg.body)
+    def _decode(self, msg: AbstractIncomingMessage) -> Frame | None:
+        """The message's frame, or None (counted, logged) for a message that is not one."""
+        try:
+            return wire.decode(msg.body)
+        except wire.WireError as exc:
+            self.poisoned.report(f"{msg.routing_key} message: {exc}")
+            return None
+
+    def _delivery(self, msg: AbstractIncomingMessage) -> Delivery | None:
+        """The task in ``msg``; None for a poisoned message, which is rejected without requeueing."""
+        frame = self._decode(msg)
+        if frame is None:
+            self._background.spawn(_quiet(msg.reject(requeue=False)))
+            return None
         if msg.routing_key and msg.routing_key.startswith("ooblex.live."):
-            asyncio.ensure_future(_quiet(msg.ack()))
+            self._background.spawn(_quiet(msg.ack()))
             return Delivery(frame)
-        return Delivery(frame, ack=lambda: asyncio.ensure_future(_quiet(msg.ack())),
-                        nack=lambda: asyncio.ensure_future(_quiet(msg.nack(requeue=True))))
+        return Delivery(frame, ack=lambda: self._background.spawn(_quiet(msg.ack())),
+                        nack=lambda: self._background.spawn(_quiet(msg.nack(requeue=True))))
 
     async def _forever(self, op: Any, what: str, attempts: int = 0) -> Any:
         delay, n = 0.1, 0

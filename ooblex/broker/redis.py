@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import wire
 from ..frame import Frame
+from ..supervision import Background
 from .base import Broker, BrokerError, Delivery, redact
 
 log = logging.getLogger("ooblex.broker.redis")
@@ -59,6 +60,7 @@ class RedisBroker(Broker):
 
     def __init__(self, url: str, *, codec: wire.Codec = "jpeg", quality: int = 85, live_queue: int = 64,
                  result_queue: int = 1024, block_ms: int = 1000) -> None:
+        super().__init__()
         self.url = redact(url)
         self._dial = url
         self.codec: wire.Codec = codec
@@ -68,7 +70,7 @@ class RedisBroker(Broker):
         self.block_ms = block_ms
         self.discarded = 0
         self._redis: aioredis.Redis | None = None
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = Background(log)
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -85,8 +87,7 @@ class RedisBroker(Broker):
             log.warning("redis at %s is not reachable yet (%s); will keep trying", self.url, exc)
 
     async def close(self) -> None:
-        for t in list(self._background):
-            t.cancel()
+        await self._background.close(grace_s=2.0)  # acks in flight: else redelivered
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -116,7 +117,9 @@ class RedisBroker(Broker):
                 for _, entries in got or ():
                     for entry_id, fields in entries:
                         last = entry_id
-                        yield wire.decode(fields[b"f"])
+                        frame = self._decode(key, entry_id, fields)
+                        if frame is not None:
+                            yield frame
         finally:
             with contextlib.suppress(RedisError, OSError, BrokerError, asyncio.TimeoutError):
                 await asyncio.wait_for(_blocking(self.redis.delete(key)), 2.0)
@@ -169,7 +172,9 @@ class RedisBroker(Broker):
                     continue
                 for key, entries in got or ():
                     for entry_id, fields in entries:
-                        yield self._delivery(key.decode(), entry_id, fields, live_done)
+                        d = self._delivery(key.decode(), entry_id, fields, live_done)
+                        if d is not None:
+                            yield d
         finally:
             # Best effort: a heartbeat that is not removed lapses by itself within HEARTBEAT_S.
             with contextlib.suppress(RedisError, OSError, BrokerError, asyncio.TimeoutError):
@@ -181,17 +186,31 @@ class RedisBroker(Broker):
                 p.zrem(consumers_key(t), consumer)
             await p.execute()
 
+    def _decode(self, key: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Frame | None:
+        """The entry's frame, or None (counted, logged) for an entry that is not one."""
+        try:
+            if b"f" not in fields:
+                raise wire.WireError(f"no frame field (fields: {sorted(k.decode(errors='replace') for k in fields)})")
+            return wire.decode(fields[b"f"])
+        except wire.WireError as exc:
+            self.poisoned.report(f"{key} entry {entry_id.decode()}: {exc}")
+            return None
+
     def _delivery(self, key: str, entry_id: bytes, fields: dict[bytes, bytes],
-                  live_done: dict[str, list[bytes]]) -> Delivery:
-        data = fields[b"f"]
-        frame = wire.decode(data)
+                  live_done: dict[str, list[bytes]]) -> Delivery | None:
+        """The task in an entry; None for a poisoned entry, which is acknowledged (never redelivered)."""
+        frame = self._decode(key, entry_id, fields)
         if ":q:live:" in key:
             # Live frames are never redelivered: acknowledged in bulk with the next heartbeat (no
             # extra round trip per frame); MAXLEN trims the entries themselves.
             live_done.setdefault(key, []).append(entry_id)
-            return Delivery(frame)
-        return Delivery(frame, ack=lambda: self._spawn(self._done(key, entry_id)),
-                        nack=lambda: self._spawn(self._requeue(key, entry_id, data)))
+            return None if frame is None else Delivery(frame)
+        if frame is None:
+            self._background.spawn(self._done(key, entry_id))
+            return None
+        data = fields[b"f"]
+        return Delivery(frame, ack=lambda: self._background.spawn(self._done(key, entry_id)),
+                        nack=lambda: self._background.spawn(self._requeue(key, entry_id, data)))
 
     async def _groups(self, streams: dict[str, str]) -> None:
         for key in streams:
@@ -238,7 +257,9 @@ class RedisBroker(Broker):
             for entry_id, fields in claimed:
                 if fields:  # deleted entries come back empty
                     log.info("reclaimed job frame %s from a dead worker", entry_id)
-                    out.append(self._delivery(key, entry_id, fields, {}))
+                    d = self._delivery(key, entry_id, fields, {})
+                    if d is not None:
+                        out.append(d)
         return out
 
     async def _done(self, key: str, entry_id: bytes) -> None:
@@ -275,11 +296,6 @@ class RedisBroker(Broker):
                     log.warning("redis at %s unreachable while trying to %s (%s); retrying", self.url, what, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
 
 def _reraise_cancel() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..broker import connect
 from ..engine import Engine
+from ..supervision import cancel, supervise
 from .config import resolve
 from .registry import Registry, remote_thread
 
@@ -42,17 +43,13 @@ class ClusterEngine(Engine):
             await self.sync()
         except Exception as exc:  # noqa: BLE001 - the follower keeps trying
             log.warning("registry not reachable yet: %s", exc)
-        self._follow = asyncio.create_task(self._follow_registry(), name="engine:registry")
+        self._follow = supervise(self._follow_registry, "engine:registry", logger=log)
         if self.public_url:
-            self._announce = asyncio.create_task(self._announce_forever(), name="engine:announce")
+            self._announce = supervise(self._announce_forever, "engine:announce", logger=log)
         return self
 
     async def close(self) -> None:
-        for task in (self._follow, self._announce):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel(self._follow, self._announce)
         if self._announce is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.registry.drop_record, "gateway", self.reply_to)

@@ -8,7 +8,6 @@ A gateway instance owns one ``Engine``. With the ``memory`` broker the engine al
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Iterable
@@ -16,6 +15,8 @@ from typing import Any
 
 from ..broker import Broker, MemoryBroker, connect
 from ..builtin import identity
+from ..errors import NotFound, TooManyRequests
+from ..supervision import cancel, supervise
 from ..thread import TensorThread, as_thread
 from .stream import Stream
 from .worker import Worker
@@ -23,11 +24,8 @@ from .worker import Worker
 log = logging.getLogger("ooblex.engine")
 
 
-class UnknownThread(KeyError):
+class UnknownThread(NotFound, KeyError):
     """No tensor thread of that name is known to this engine."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class Engine:
@@ -59,19 +57,15 @@ class Engine:
         if self.embedded:
             self.worker = Worker(self.broker, self.threads.values())
             await self.worker.start()
-        self._router = asyncio.create_task(self._route(), name="engine:router")
+        self._router = supervise(self._route, "engine:router", logger=log)
         if not self.embedded:
-            self._watcher = asyncio.create_task(self._watch_workers(), name="engine:workers")
+            self._watcher = supervise(self._watch_workers, "engine:workers", logger=log)
         return self
 
     async def close(self) -> None:
         for s in list(self.streams.values()):
             await s.close()
-        for task in (self._router, self._watcher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel(self._router, self._watcher)
         if self.worker is not None:
             await self.worker.stop()
         await self.broker.close()
@@ -85,7 +79,7 @@ class Engine:
     def open(self, thread: str | Any, **options: Any) -> Stream:
         """Open a stream through ``thread`` (a name or a tensor thread). See ``Stream`` for options."""
         if len(self.streams) >= self.max_streams:
-            raise OverflowError(f"too many streams (limit {self.max_streams})")
+            raise TooManyRequests(f"too many streams (limit {self.max_streams})")
         t = self.resolve(thread)
         stream = Stream(self, t, **options)
         self.streams[stream.id] = stream
@@ -125,10 +119,13 @@ class Engine:
             await asyncio.sleep(every_s)
 
     async def _route(self) -> None:
+        """Hand each result to its stream. One result that cannot be handled is dropped (counted in
+        ``broker.poisoned``, logged rate-limited); the results behind it flow on."""
         async for frame in self.broker.results(self.reply_to):
-            stream = self.streams.get(frame.stream_id)
-            if stream is not None:
-                try:
+            try:
+                stream = self.streams.get(frame.stream_id)
+                if stream is not None:
                     await stream.on_result(frame)
-                except Exception:  # noqa: BLE001 - one stream's bug must not stop routing for all
-                    log.exception("stream %s: failed to handle a result", frame.stream_id)
+            except Exception as exc:  # noqa: BLE001 - one bad result (or stream bug) must not stop routing
+                self.broker.poisoned.report(f"result for stream {getattr(frame, 'stream_id', '?')!r} not handled",
+                                            exc)

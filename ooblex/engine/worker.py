@@ -16,8 +16,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..broker.base import Broker, Delivery
+from ..frame import Frame
 from ..stats import StreamStats
+from ..supervision import cancel, supervise
 from ..thread import TensorThread
+from ..wire import WireError
 from .runner import Runner
 
 log = logging.getLogger("ooblex.worker")
@@ -25,10 +28,15 @@ log = logging.getLogger("ooblex.worker")
 
 @dataclass
 class _Serving:
-    """One queue being served: its consumer, its batch inbox and the calls in flight."""
+    """One queue being served: its consumer, its batch inbox and the calls in flight.
+
+    ``slots`` bounds the calls in flight; it lives here, not in the batch loop, so that a restarted
+    loop still counts the calls its predecessor started.
+    """
 
     runner: Runner
     inbox: asyncio.Queue[Delivery]
+    slots: asyncio.Semaphore
     loop: asyncio.Task[None] | None = None
     feeder: asyncio.Task[None] | None = None
     running: set[asyncio.Task[None]] = field(default_factory=set)
@@ -82,10 +90,7 @@ class Worker:
         s = self._serving.pop(queue, None)
         runner = self.runners.pop(queue, None)
         if s is not None:
-            for t in (s.feeder, s.loop):
-                if t is not None:
-                    t.cancel()
-            await asyncio.gather(*(t for t in (s.feeder, s.loop) if t is not None), return_exceptions=True)
+            await cancel(s.feeder, s.loop)
             if s.running and drain_s > 0:
                 await asyncio.wait(s.running, timeout=drain_s)
             for t in list(s.running):
@@ -106,27 +111,31 @@ class Worker:
         return sum(len(s.running) for s in self._serving.values())
 
     def _serve(self, queue: str, runner: Runner) -> None:
-        s = _Serving(runner, asyncio.Queue(runner.thread.batch_size))
-        s.feeder = asyncio.create_task(self._feed(queue, s), name=f"worker:{queue}:feed")
-        s.loop = asyncio.create_task(self._batches(s), name=f"worker:{queue}")
+        thread = runner.thread
+        s = _Serving(runner, asyncio.Queue(thread.batch_size), asyncio.Semaphore(thread.concurrency))
+        s.feeder = supervise(lambda: self._feed(queue, s), f"worker:{queue}:feed", logger=log)
+        s.loop = supervise(lambda: self._batches(s), f"worker:{queue}", logger=log)
         self._serving[queue] = s
 
     async def _batches(self, s: _Serving) -> None:
         thread = s.runner.thread
-        slots = asyncio.Semaphore(thread.concurrency)
         while True:
             batch = await _collect(s.inbox, thread.batch_size, thread.max_wait_ms / 1e3)
             try:
-                await slots.acquire()
+                await s.slots.acquire()
             except asyncio.CancelledError:
                 for d in batch:
                     d.nack()
                 raise
-            batch = await self._drop_expired(batch)
+            try:
+                batch = await self._drop_expired(batch)
+            except BaseException:
+                s.slots.release()
+                raise
             if not batch:
-                slots.release()
+                s.slots.release()
                 continue
-            task = asyncio.create_task(self._run(s, batch, slots))
+            task = asyncio.create_task(self._run(s, batch), name=f"worker:{thread.name}:call")
             s.running.add(task)
             task.add_done_callback(s.running.discard)
 
@@ -140,27 +149,43 @@ class Worker:
                 raise
 
     async def _drop_expired(self, batch: list[Delivery]) -> list[Delivery]:
-        """Skip tasks whose deadline passed while they waited: tell the sender at once, run the rest."""
-        keep = []
-        for d in batch:
-            if d.frame.expired():
-                d.frame.skipped = True
-                d.frame.image = None  # nothing to show; spare the reply path the pixels
-                self.skipped += 1
-                await self.broker.reply(d.frame)
+        """Skip tasks whose deadline passed while they waited: tell the sender at once, run the rest.
+
+        A task that is not a frame at all (poisoned) is dropped here, counted in ``broker.poisoned``.
+        """
+        keep: list[Delivery] = []
+        for i, d in enumerate(batch):
+            try:
+                expired = d.frame.expired()
+            except Exception as exc:  # noqa: BLE001 - not a frame: drop it, serve the others
+                self.broker.poisoned.report(f"task is not a frame ({type(d.frame).__name__}: {exc})")
                 d.ack()
-            else:
+                continue
+            if not expired:
                 keep.append(d)
+                continue
+            d.frame.skipped = True
+            d.frame.image = None  # nothing to show; spare the reply path the pixels
+            self.skipped += 1
+            try:
+                await self._reply(d.frame)
+            except asyncio.CancelledError:
+                for rest in [*keep, *batch[i:]]:
+                    rest.nack()
+                raise
+            except Exception as exc:  # noqa: BLE001 - the sender presumes the frame lost in time
+                log.warning("could not report skipped frame %s#%s: %s", d.frame.stream_id, d.frame.seq, exc)
+            d.ack()
         return keep
 
-    async def _run(self, s: _Serving, batch: list[Delivery], slots: asyncio.Semaphore) -> None:
+    async def _run(self, s: _Serving, batch: list[Delivery]) -> None:
         acked = 0
         try:
             frames = await s.runner.process([d.frame for d in batch])
             for f, d in zip(frames, batch, strict=True):
                 self.processed += 1
                 self.errors += f.error is not None
-                await self.broker.reply(f)
+                await self._reply(f)
                 d.ack()
                 acked += 1
                 s.stats.record(f)
@@ -175,7 +200,16 @@ class Worker:
             for d in batch[acked:]:
                 d.nack()
         finally:
-            slots.release()
+            s.slots.release()
+
+    async def _reply(self, f: Frame) -> None:
+        """Send ``f`` back; a result the broker cannot carry (not JSON) goes back as the frame's error instead,
+        so the sender learns why and the task is not retried forever."""
+        try:
+            await self.broker.reply(f)
+        except WireError as exc:
+            f.result, f.error = None, f"{type(exc).__name__}: {exc}"
+            await self.broker.reply(f)
 
 
 async def _collect(inbox: asyncio.Queue[Delivery], size: int, wait_s: float) -> list[Delivery]:
@@ -193,4 +227,8 @@ async def _collect(inbox: asyncio.Queue[Delivery], size: int, wait_s: float) -> 
             batch.append(await asyncio.wait_for(inbox.get(), remaining))
         except asyncio.TimeoutError:
             break
+        except asyncio.CancelledError:
+            for d in batch:  # taken from the inbox, so nobody else would give them back
+                d.nack()
+            raise
     return batch
