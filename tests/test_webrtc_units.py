@@ -74,3 +74,24 @@ def test_check_offer_size_limit() -> None:
     with pytest.raises(SDPError) as info:
         check_offer("v=0\r\n" + "a=x\r\n" * 100, max_bytes=100)
     assert info.value.status == 413
+
+
+async def test_ingest_ends_when_reading_the_track_fails(caplog: pytest.LogCaptureFixture) -> None:
+    """A track whose decoder raises (not MediaStreamError) ends the ingest, logged, instead of hanging it."""
+    import asyncio
+
+    from aiortc import MediaStreamTrack
+
+    from ooblex import Engine
+    from ooblex.webrtc.tracks import Ingest
+
+    class Broken(MediaStreamTrack):
+        kind = "video"
+
+        async def recv(self):  # type: ignore[override]
+            raise RuntimeError("decoder fell over")
+
+    async with Engine() as engine:
+        stream = engine.open("identity")
+        await asyncio.wait_for(Ingest(Broken(), stream).run(), 10)
+    assert "decoder fell over" in caplog.text

@@ -19,6 +19,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from ..supervision import cancel
 from . import framecode
 from .ice import allow_loopback, rtc_configuration
 from .jitter import low_latency
@@ -237,7 +238,7 @@ async def send(source: Any, to: str, *, codec: str = "vp8", duration: float = 0.
     try:
         await _report(track, trips, client, started, duration, show_every, out)
     finally:
-        reader.cancel()
+        await cancel(reader)
         await client.close()
         close_source()
     summary = percentiles_ms(trips.rtts)

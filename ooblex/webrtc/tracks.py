@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -19,7 +20,9 @@ from aiortc.mediastreams import MediaStreamError
 
 from ..engine import Stream
 from ..frame import Frame
+from ..supervision import cancel
 
+log = logging.getLogger("ooblex.webrtc")
 VIDEO_CLOCK = 90000
 TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 #: How many input timestamps to remember for frames still in flight.
@@ -75,9 +78,10 @@ class Ingest:
                 frame = await self.stream.submit(image, captured=captured)
                 self._remember(frame.seq, vf)
         finally:
-            reader.cancel()
+            await cancel(reader)
 
     async def _read(self, slot: LatestSlot) -> None:
+        """Decode into ``slot``; whatever ends the track (its end, or a failure: logged) ends ``run``."""
         try:
             while True:
                 vf = await self.track.recv()
@@ -85,7 +89,10 @@ class Ingest:
                 self.last_frame_at = time.monotonic()
                 slot.put(vf)
         except MediaStreamError:
-            slot.put(None)
+            pass
+        except Exception:  # noqa: BLE001 - a decoder failure must end the ingest, not leave it waiting forever
+            log.exception("stream %s: reading the incoming track failed", self.stream.id)
+        slot.put(None)
 
     def _remember(self, seq: int, vf: av.VideoFrame) -> None:
         if vf.pts is not None and vf.time_base is not None:
