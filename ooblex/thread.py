@@ -9,19 +9,30 @@ is reported where it was made, not on the first frame of a live stream.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import inspect
+import math
 import threading
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import numpy as np
 
+from .errors import BadRequest
+
 Executor = Literal["thread", "process"]
 ColorOrder = Literal["rgb", "bgr"]
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+T = TypeVar("T")
+Outputs = TypeVar("Outputs", bound=Sequence[Any])
 
 
-class TensorThreadError(TypeError):
+class TensorThreadError(BadRequest, TypeError):
     """A tensor thread was declared or called in a way that cannot work."""
 
 
@@ -35,9 +46,13 @@ class Param:
     choices: tuple[Any, ...] | None = None
     min: float | None = None
     max: float | None = None
+    #: ``None`` is a value it takes (annotated ``X | None``, or None by default).
+    optional: bool = False
 
     def coerce(self, value: Any) -> Any:
-        """Convert ``value`` (often a query-string str) to this parameter's type, or raise."""
+        """Convert ``value`` (often a query-string str) to this parameter's type, or raise ``BadRequest``."""
+        if value is None and self.optional:
+            return None
         try:
             if self.type is bool and isinstance(value, str):
                 if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
@@ -47,14 +62,16 @@ class Param:
                 v = self.type(value)
             else:
                 v = value
-        except (TypeError, ValueError):
-            raise ValueError(
+        except (TypeError, ValueError, OverflowError):
+            raise BadRequest(
                 f"parameter {self.name!r} expects {self.type.__name__}, got {value!r}"
             ) from None
+        if isinstance(v, float) and not math.isfinite(v):
+            raise BadRequest(f"parameter {self.name!r} must be a finite number, got {value!r}")
         if self.choices is not None and v not in self.choices:
-            raise ValueError(f"parameter {self.name!r} must be one of {list(self.choices)}, got {v!r}")
+            raise BadRequest(f"parameter {self.name!r} must be one of {list(self.choices)}, got {v!r}")
         if self.min is not None and v < self.min or self.max is not None and v > self.max:
-            raise ValueError(f"parameter {self.name!r} must be within [{self.min}, {self.max}], got {v!r}")
+            raise BadRequest(f"parameter {self.name!r} must be within [{self.min}, {self.max}], got {v!r}")
         return v
 
     def describe(self) -> dict[str, Any]:
@@ -71,12 +88,17 @@ class Output:
     result: dict[str, Any] | None
 
 
-class TensorThread:
-    """A decorated function or class. Call it like the original; the engine uses the rest."""
+class TensorThread(Generic[P, R]):
+    """A decorated function or class. Call it like the original; the engine uses the rest.
+
+    Typed as what it wraps: ``TensorThread[P, R]`` is called with ``P`` and returns ``R`` (for an async
+    function, the awaited result: calling the thread runs it to completion); a class gives
+    ``TensorThread[..., Any]``.
+    """
 
     def __init__(
         self,
-        target: Callable[..., Any] | type,
+        target: Callable[P, Any] | type,
         *,
         name: str | None = None,
         batch_size: int = 1,
@@ -89,7 +111,7 @@ class TensorThread:
         requirements: tuple[str, ...] | list[str] = (),
         licence: str = "",
     ) -> None:
-        self.target = target
+        self.target: Callable[..., Any] = target
         self.is_class = inspect.isclass(target)
         self.name = name or getattr(target, "__name__", None) or "thread"
         self.batch_size = _check_int("batch_size", batch_size, 1)
@@ -108,7 +130,7 @@ class TensorThread:
         self.is_async = inspect.iscoroutinefunction(call)
         if self.is_async and executor == "process":
             raise TensorThreadError(f"{self.name}: async tensor threads cannot use executor='process'")
-        self.params = _declared_params(self.name, call, params or {})
+        self.params = _declared_params(self.name, call, params or {}, self.batch_size)
         self._instance: Any = None
         self._lock = threading.Lock()
         self.__wrapped__ = target
@@ -116,12 +138,17 @@ class TensorThread:
         self.__name__ = self.name
 
     # --- plain-callable behaviour -------------------------------------------------------
-    def __call__(self, frame: Any, **params: Any) -> Any:
-        """Call the user code directly: exactly what the undecorated object would return."""
+    @overload
+    def __call__(self: TensorThread[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+    @overload
+    def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        """Call the user code directly: what the undecorated object would return (awaited, if it is async)."""
         fn = self.instance()
         if self.is_async:
-            return _run_sync(fn(frame, **params))
-        return fn(frame, **params)
+            return _run_sync(fn(*args, **kwargs))
+        return fn(*args, **kwargs)
 
     def instance(self) -> Callable[..., Any]:
         """The callable to run frames through; for a class, one instance with ``setup()`` done."""
@@ -162,7 +189,7 @@ class TensorThread:
         for key, value in overrides.items():
             if key not in self.params:
                 known = ", ".join(self.params) or "none"
-                raise ValueError(f"{self.name} has no parameter {key!r} (parameters: {known})")
+                raise BadRequest(f"{self.name} has no parameter {key!r} (parameters: {known})")
             out[key] = self.params[key].coerce(value)
         return out
 
@@ -183,14 +210,66 @@ class TensorThread:
         return f"<tensor_thread {self.name!r} params={list(self.params)} batch_size={self.batch_size}>"
 
 
-def tensor_thread(target: Callable[..., Any] | type | None = None, **options: Any) -> Any:
+class FrameModel(Protocol[P, R_co]):
+    """A class whose instances are called on frames: what a decorated class is typed as (``setup()`` and
+    ``teardown()`` are optional, so not part of it)."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+
+class ThreadDecorator(Protocol):
+    """What ``@tensor_thread(...)`` with options returns: each call is one frame (``batch_size`` 1)."""
+
+    @overload
+    def __call__(self, target: type[FrameModel[P, R_co]], /) -> TensorThread[P, R_co]: ...
+    @overload
+    def __call__(self, target: Callable[P, R], /) -> TensorThread[P, R]: ...
+
+
+class BatchedThreadDecorator(Protocol):
+    """What ``@tensor_thread(batch_size=N)`` returns: the function receives a *list* of frames
+    (``frames: list[np.ndarray]``) and returns a list (or tuple) with one output per frame."""
+
+    @overload
+    def __call__(self, target: type[FrameModel[P, R_co]], /) -> TensorThread[P, R_co]: ...
+    @overload
+    def __call__(self, target: Callable[Concatenate[list[T], P], Outputs], /
+                 ) -> TensorThread[Concatenate[list[T], P], Outputs]: ...
+    @overload
+    def __call__(self, target: Callable[Concatenate[list[T], P], Coroutine[Any, Any, Outputs]], /
+                 ) -> TensorThread[Concatenate[list[T], P], Coroutine[Any, Any, Outputs]]: ...
+
+
+@overload
+def tensor_thread(target: type[FrameModel[P, R_co]], /) -> TensorThread[P, R_co]: ...
+@overload
+def tensor_thread(target: Callable[P, R], /) -> TensorThread[P, R]: ...
+@overload  # batch_size=1 also matches the next overload: this one, first, wins (as intended)
+def tensor_thread(target: None = None, /, *, name: str | None = None, batch_size: Literal[1] = 1,  # type: ignore[overload-overlap]
+                  max_wait_ms: float = 0.0, color: ColorOrder = "rgb", executor: Executor = "thread",
+                  concurrency: int = 1, description: str | None = None,
+                  params: dict[str, dict[str, Any]] | None = None, requirements: Sequence[str] = (),
+                  licence: str = "") -> ThreadDecorator: ...
+@overload
+def tensor_thread(target: None = None, /, *, name: str | None = None, batch_size: int,
+                  max_wait_ms: float = 0.0, color: ColorOrder = "rgb", executor: Executor = "thread",
+                  concurrency: int = 1, description: str | None = None,
+                  params: dict[str, dict[str, Any]] | None = None, requirements: Sequence[str] = (),
+                  licence: str = "") -> BatchedThreadDecorator: ...
+
+
+def tensor_thread(target: Any = None, **options: Any) -> Any:
     """Declare a tensor thread. Use bare (``@tensor_thread``) or with options.
 
-    Options: ``name``, ``batch_size``, ``max_wait_ms`` (how long a batch may wait to fill),
-    ``color`` ("rgb" or "bgr": the order your code expects), ``executor`` ("thread", or
-    "process" for GIL-bound Python), ``concurrency`` (calls at once per worker),
+    Options: ``name``, ``batch_size`` (above 1, the function receives a *list* of frames, from any
+    streams, and returns a list with one output per frame), ``max_wait_ms`` (how long a batch may
+    wait to fill), ``color`` ("rgb" or "bgr": the order your code expects), ``executor`` ("thread",
+    or "process" for GIL-bound Python), ``concurrency`` (calls at once per worker),
     ``description``, ``params`` (per-parameter ``choices``/``min``/``max``), ``requirements``,
     ``licence`` (of the weights, shown in thread listings).
+
+    Typed with overloads: a type checker sees ``TensorThread[P, R]`` with the wrapped function's
+    parameters and result, and refuses a batched thread whose first parameter is not a list.
     """
     if target is None:
         return lambda t: TensorThread(t, **options)
@@ -256,7 +335,8 @@ def _user_callable(target: Any) -> Callable[..., Any]:
     return target
 
 
-def _declared_params(name: str, call: Callable[..., Any], extra: dict[str, dict[str, Any]]) -> dict[str, Param]:
+def _declared_params(name: str, call: Callable[..., Any], extra: dict[str, dict[str, Any]],
+                     batch_size: int = 1) -> dict[str, Param]:
     try:
         sig = inspect.signature(call)
     except (TypeError, ValueError) as exc:
@@ -265,6 +345,8 @@ def _declared_params(name: str, call: Callable[..., Any], extra: dict[str, dict[
     positional = [p for p in args if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if not positional and not any(p.kind == p.VAR_POSITIONAL for p in args):
         raise TensorThreadError(f"{name} must take the frame as its first argument, e.g. def {name}(frame): ...")
+    if positional:
+        _check_frame_argument(name, positional[0].name, _annotation(call, positional[0]), batch_size)
     params: dict[str, Param] = {}
     for p in args[1:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -272,16 +354,66 @@ def _declared_params(name: str, call: Callable[..., Any], extra: dict[str, dict[
         if p.default is p.empty:
             raise TensorThreadError(
                 f"{name}: parameter {p.name!r} needs a default value (only the frame is passed positionally)")
-        ann = p.annotation if isinstance(p.annotation, type) else type(p.default)
-        if p.default is None and not isinstance(p.annotation, type):
-            ann = str
+        kind, optional = _param_type(_annotation(call, p), p.default)
         opts = extra.get(p.name, {})
-        params[p.name] = Param(p.name, p.default, ann, tuple(opts["choices"]) if "choices" in opts else None,
-                               opts.get("min"), opts.get("max"))
+        params[p.name] = Param(p.name, p.default, kind, tuple(opts["choices"]) if "choices" in opts else None,
+                               opts.get("min"), opts.get("max"), optional)
     unknown = set(extra) - set(params)
     if unknown:
         raise TensorThreadError(f"{name}: params= names {sorted(unknown)} that the function does not take")
     return params
+
+
+def _annotation(call: Callable[..., Any], p: inspect.Parameter) -> Any:
+    """``p``'s annotation as an object, or None if it has none we can use.
+
+    Under ``from __future__ import annotations`` annotations are strings: each is evaluated on its own
+    in the module of the function (so one that cannot be, e.g. a name local to the function that
+    defined this one, costs only its own type, which then comes from the default value).
+    """
+    ann = p.annotation
+    if ann is p.empty:
+        return None
+    if isinstance(ann, str):
+        namespace = getattr(inspect.unwrap(call), "__globals__", {})
+        try:
+            return eval(ann, namespace)  # noqa: S307 - what inspect.signature(eval_str=True) does
+        except Exception:  # noqa: BLE001 - any failure just means "unknown"
+            return None
+    return ann
+
+
+def _param_type(ann: Any, default: Any) -> tuple[type, bool]:
+    """(type to coerce values to, whether None is allowed) from an annotation such as ``float``,
+    ``bool | None``, ``Optional[int]`` or ``Annotated[float, ...]``; the default's type if it names none."""
+    if typing.get_origin(ann) is typing.Annotated:
+        ann = typing.get_args(ann)[0]
+    optional = default is None
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        members = typing.get_args(ann)
+        rest = [a for a in members if a is not type(None)]
+        optional = optional or len(rest) < len(members)
+        ann = rest[0] if len(rest) == 1 else type(default) if type(default) in rest else None
+    origin = typing.get_origin(ann)
+    if isinstance(origin, type):
+        ann = origin  # list[int] -> list
+    if isinstance(ann, type) and ann is not type(None):
+        return ann, optional
+    return (str if default is None else type(default)), optional
+
+
+def _check_frame_argument(name: str, arg: str, ann: Any, batch_size: int) -> None:
+    """A batched thread receives a list of frames, any other one frame: an annotation that says otherwise is
+    refused here, at decoration time, rather than failing on the first frames of a stream."""
+    kind = typing.get_origin(ann) or ann
+    if batch_size > 1 and kind is np.ndarray:
+        raise TensorThreadError(
+            f"{name} is batched (batch_size={batch_size}): it receives a list of frames, not one array; "
+            f"declare def {name}({arg}: list[np.ndarray], ...) and return a list with one output per frame")
+    if batch_size == 1 and kind in (list, tuple, collections.abc.Sequence):
+        raise TensorThreadError(
+            f"{name} takes a list of frames ({arg}: {ann}) but is not batched: pass batch_size=N (N > 1) "
+            "to receive lists of frames, or take one frame (np.ndarray)")
 
 
 def _check_int(what: str, value: Any, minimum: int) -> int:

@@ -36,7 +36,7 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
 def encode(frame: Frame, codec: Codec = "jpeg", quality: int = 85) -> bytes:
     """Frame -> bytes. A frame without pixels (a result-only output) carries none."""
     if codec not in CODECS:
-        raise ValueError(f"unknown wire codec {codec!r}: use one of {CODECS}")
+        raise BadRequest(f"unknown wire codec {codec!r}: use one of {CODECS}")
     header: dict[str, Any] = frame.header()
     image = frame.image
     if image is None:

@@ -13,6 +13,7 @@ import pytest
 
 import ooblex as ob
 from ooblex import Engine
+from ooblex.errors import TooManyRequests
 
 from .media import numbered_frame
 
@@ -176,6 +177,20 @@ async def test_batched_thread_must_return_one_output_per_frame() -> None:
     assert "one output per input frame" in f.error
 
 
+async def test_async_batched_thread_must_return_one_output_per_frame() -> None:
+    """The async path checks a batch's length as the sync path does (it used to lose the frames)."""
+    @ob.tensor_thread(batch_size=2, max_wait_ms=1)
+    async def short(frames):
+        return frames[:-1]
+
+    async with Engine(threads=[short]) as engine:
+        stream = engine.open("short", mode="every")
+        await stream.submit(numbered_frame(0))
+        f = await stream.get(timeout=5)
+    assert "is batched (batch_size=2): it is called with a list of frames" in f.error
+    assert "one output per input frame (called with 1, got list of 0)" in f.error
+
+
 async def test_params_change_per_stream_while_running() -> None:
     @ob.tensor_thread
     def add(frame, k: int = 0):
@@ -193,6 +208,8 @@ async def test_params_change_per_stream_while_running() -> None:
         assert (await a.get(timeout=5)).result == {"k": 9}
         with pytest.raises(ValueError, match="no parameter"):
             a.set_params(q=1)
+        with pytest.raises(ValueError, match="no parameter 'self'"):
+            a.set_params(**{"self": 1})
 
 
 async def test_bgr_threads_see_bgr_and_return_rgb() -> None:
@@ -297,8 +314,22 @@ async def test_unknown_thread_and_stream_limit() -> None:
         with pytest.raises(ob.UnknownThread, match="available: identity"):
             engine.open("nope")
         engine.open("identity")
-        with pytest.raises(OverflowError, match="too many streams"):
+        with pytest.raises(TooManyRequests, match="too many streams") as info:
             engine.open("identity")
+    assert isinstance(info.value, OverflowError)  # what it raised before TooManyRequests existed
+
+
+def test_core_errors_carry_an_http_status_and_keep_their_builtin_base() -> None:
+    from ooblex.broker import BrokerError
+    from ooblex.errors import OoblexError, status
+    from ooblex.wire import WireError
+
+    for cls, code, builtin in [(ob.UnknownThread, 404, KeyError), (ob.StreamClosed, 404, RuntimeError),
+                               (TooManyRequests, 429, OverflowError), (BrokerError, 503, RuntimeError),
+                               (WireError, 400, ValueError), (ob.TensorThreadError, 400, TypeError)]:
+        exc = cls("what went wrong")
+        assert isinstance(exc, OoblexError) and isinstance(exc, builtin) and status(exc) == code, cls
+        assert str(exc) == "what went wrong"
 
 
 async def test_stats_report_stage_percentiles() -> None:

@@ -138,3 +138,87 @@ def test_as_thread_wraps_plain_functions() -> None:
     assert isinstance(t, ob.TensorThread) and "k" in t.params
     with pytest.raises(TensorThreadError):
         as_thread(3)
+
+
+ANNOTATED = '''
+from typing import Annotated, Optional
+
+def thread(frame, k: float = 1, flag: bool | None = None, n: Optional[int] = None,
+           gain: Annotated[float, "dB"] = 2, label: str | None = None):
+    return frame
+
+class Model:
+    def __call__(self, frame, k: float = 1, flag: bool | None = None):
+        return frame
+'''
+
+
+@pytest.mark.parametrize("postponed", [True, False], ids=["future-annotations", "evaluated-annotations"])
+def test_param_types_come_from_annotations_in_both_styles(postponed: bool) -> None:
+    """``k: float = 1`` takes "0.5"; ``flag: bool | None`` parses "false"; optionals take None. The
+    source is exec'd as a notebook cell is, with and without ``from __future__ import annotations``."""
+    ns: dict = {}
+    exec(compile(("from __future__ import annotations\n" if postponed else "") + ANNOTATED, "<cell>", "exec"), ns)
+    for target in (ns["thread"], ns["Model"]):
+        t = ob.tensor_thread(target)
+        assert t.params["k"].type is float and t.resolve_params({"k": "0.5"})["k"] == 0.5
+        assert t.params["flag"].type is bool
+        assert t.resolve_params({"flag": "false"})["flag"] is False
+        assert t.resolve_params({"flag": None})["flag"] is None
+    t = ob.tensor_thread(ns["thread"])
+    assert t.resolve_params({"n": "3", "gain": "0.25", "label": None}) == {
+        "k": 1, "flag": None, "n": 3, "gain": 0.25, "label": None}
+    assert [p["type"] for p in t.describe()["params"]] == ["float", "bool", "int", "float", "str"]
+
+
+def test_annotations_that_cannot_be_evaluated_fall_back_to_the_default() -> None:
+    class Local:  # a name local to this function: its string annotation cannot be evaluated later
+        pass
+
+    @ob.tensor_thread
+    def f(frame, obj: Local = None, count: Missing = 3, gain: float = 1):  # noqa: F821
+        return frame
+
+    assert f.params["obj"].type is str and f.params["obj"].optional
+    assert f.params["count"].type is int and f.params["gain"].type is float
+    assert f.resolve_params({"gain": "0.5", "count": "4"}) == {"obj": None, "count": 4, "gain": 0.5}
+
+
+@pytest.mark.parametrize("value", ["nan", float("nan"), "inf", float("-inf"), 1e999])
+def test_numeric_params_refuse_nan_and_infinity(value) -> None:
+    @ob.tensor_thread(params={"amount": {"min": 0.0, "max": 1.0}})
+    def f(frame, amount: float = 0.5, level: int = 1):
+        return frame
+
+    with pytest.raises(ValueError, match="'amount' must be a finite number"):
+        f.resolve_params({"amount": value})
+    with pytest.raises(ValueError, match="'level' expects int"):
+        f.resolve_params({"level": value})
+
+
+def test_param_errors_are_bad_requests() -> None:
+    from ooblex.errors import BadRequest
+
+    t = ob.tensor_thread(lambda frame, k=1: frame)
+    for bad in ({"k": "x"}, {"nope": 1}):
+        with pytest.raises(BadRequest) as info:
+            t.resolve_params(bad)
+        assert info.value.status == 400 and isinstance(info.value, ValueError)
+
+
+def test_batching_is_checked_against_the_frame_annotation() -> None:
+    with pytest.raises(TensorThreadError, match=r"is batched \(batch_size=4\): it receives a list of frames"):
+        @ob.tensor_thread(batch_size=4)
+        def per_frame(frame: np.ndarray) -> np.ndarray:
+            return frame
+
+    with pytest.raises(TensorThreadError, match="takes a list of frames .* but is not batched"):
+        @ob.tensor_thread
+        def batch(frames: list[np.ndarray]) -> list[np.ndarray]:
+            return frames
+
+    @ob.tensor_thread(batch_size=4)
+    def fine(frames: list[np.ndarray], gain: float = 1) -> list[np.ndarray]:
+        return frames
+
+    assert fine.batched and fine([IMG])[0] is IMG

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import BadRequest
 from .base import Broker, BrokerError, Delivery
 from .memory import MemoryBroker
 
@@ -18,12 +19,12 @@ def connect(url: str | None = "memory://", **options: object) -> Broker:
         try:
             from .redis import RedisBroker
         except ImportError as exc:
-            raise ValueError(f"the redis broker is not available ({exc}); pip install 'ooblex[cluster]'") from None
+            raise BadRequest(f"the redis broker is not available ({exc}); pip install 'ooblex[cluster]'") from None
         return RedisBroker(url, **options)  # type: ignore[arg-type]
     if scheme in ("amqp", "amqps"):
         try:
             from .rabbitmq import RabbitMQBroker
         except ImportError as exc:
-            raise ValueError(f"the rabbitmq broker is not available ({exc}); pip install 'ooblex[cluster]'") from None
+            raise BadRequest(f"the rabbitmq broker is not available ({exc}); pip install 'ooblex[cluster]'") from None
         return RabbitMQBroker(url, **options)  # type: ignore[arg-type]
-    raise ValueError(f"unknown broker URL {url!r}: use memory://, redis://host:port/db or amqp://host/")
+    raise BadRequest(f"unknown broker URL {url!r}: use memory://, redis://host:port/db or amqp://host/")

@@ -120,11 +120,7 @@ def call_thread(thread: TensorThread, images: list[np.ndarray], params: dict[str
     fn = thread.instance()
     inputs = [_to_user(thread, im) for im in images]
     if thread.batched:
-        outs = fn(inputs, **params)
-        if not isinstance(outs, (list, tuple)) or len(outs) != len(inputs):
-            got = f"{type(outs).__name__} of {len(outs)}" if hasattr(outs, "__len__") else type(outs).__name__
-            raise TypeError(f"{thread.name} is batched: it must return a list with one output per input frame "
-                            f"(got {got})")
+        outs = _batch_outputs(thread, fn(inputs, **params), len(inputs))
     else:
         outs = [fn(inputs[0], **params)]
     return [_from_user(thread, o, im) for o, im in zip(outs, inputs, strict=True)]
@@ -134,10 +130,19 @@ async def _call_async(thread: TensorThread, images: list[np.ndarray], params: di
     fn = thread.instance()
     inputs = [_to_user(thread, im) for im in images]
     if thread.batched:
-        outs = await fn(inputs, **params)
+        outs = _batch_outputs(thread, await fn(inputs, **params), len(inputs))
     else:
         outs = [await fn(inputs[0], **params)]
     return [_from_user(thread, o, im) for o, im in zip(outs, inputs, strict=True)]
+
+
+def _batch_outputs(thread: TensorThread, outs: Any, n: int) -> list[Any] | tuple[Any, ...]:
+    """What a batched call returned, if it is a list with one output per frame; else the error that says so."""
+    if isinstance(outs, (list, tuple)) and len(outs) == n:
+        return outs
+    got = f"{type(outs).__name__} of {len(outs)}" if hasattr(outs, "__len__") else type(outs).__name__
+    raise TypeError(f"{thread.name} is batched (batch_size={thread.batch_size}): it is called with a list of "
+                    f"frames and must return a list with one output per input frame (called with {n}, got {got})")
 
 
 def _to_user(thread: TensorThread, image: np.ndarray) -> np.ndarray:

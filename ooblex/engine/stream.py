@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..errors import BadRequest, NotFound
 from ..frame import Frame
 from ..stats import StreamStats
 from ..thread import TensorThread
@@ -29,8 +30,8 @@ Mode = Literal["live", "every"]
 LOST_GRACE_S = 2.0
 
 
-class StreamClosed(RuntimeError):
-    """The stream was closed while waiting on it."""
+class StreamClosed(NotFound, RuntimeError):
+    """The stream was closed (before or while waiting on it): it is gone."""
 
 
 class Stream:
@@ -40,9 +41,9 @@ class Stream:
                  mode: Mode = "live", max_in_flight: int = 2, max_latency_ms: float = 500.0,
                  stream_id: str | None = None, output_size: int = 2) -> None:
         if mode not in ("live", "every"):
-            raise ValueError(f"mode must be 'live' or 'every', got {mode!r}")
+            raise BadRequest(f"mode must be 'live' or 'every', got {mode!r}")
         if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+            raise BadRequest(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.engine = engine
         self.thread = thread
         self.id = stream_id or secrets.token_urlsafe(12)
@@ -195,8 +196,9 @@ class Stream:
             self._listeners.remove(q)
 
     # --- control ------------------------------------------------------------------------
-    def set_params(self, **params: Any) -> dict[str, Any]:
-        """Change the thread's keyword parameters for frames submitted from now on."""
+    def set_params(self, /, **params: Any) -> dict[str, Any]:
+        """Change the thread's keyword parameters for frames submitted from now on (``BadRequest``, a
+        ``ValueError``, naming the parameter if one is unknown or its value does not fit)."""
         self.params = self.thread.resolve_params(params, base=self.params)
         return self.params
 
