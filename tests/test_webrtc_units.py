@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+
 import numpy as np
 import pytest
 from aiortc.jitterbuffer import JitterBuffer
@@ -78,8 +81,6 @@ def test_check_offer_size_limit() -> None:
 
 async def test_ingest_ends_when_reading_the_track_fails(caplog: pytest.LogCaptureFixture) -> None:
     """A track whose decoder raises (not MediaStreamError) ends the ingest, logged, instead of hanging it."""
-    import asyncio
-
     from aiortc import MediaStreamTrack
 
     from ooblex import Engine
@@ -95,3 +96,38 @@ async def test_ingest_ends_when_reading_the_track_fails(caplog: pytest.LogCaptur
         stream = engine.open("identity")
         await asyncio.wait_for(Ingest(Broken(), stream).run(), 10)
     assert "decoder fell over" in caplog.text
+
+
+async def test_loopback_candidates_are_scoped_and_the_process_wide_switch_turns_off() -> None:
+    """``loopback_candidates()`` adds 127.0.0.1 only for connections gathering inside it (aiortc gathers in
+    tasks of its own: the scope follows them); ``allow_loopback(False)`` gives aioice its function back."""
+    import aioice.ice
+    from aiortc import RTCPeerConnection
+
+    from ooblex.webrtc import allow_loopback, ice, loopback_candidates
+
+    async def offered() -> bool:
+        pc = RTCPeerConnection(ice.rtc_configuration())
+        pc.addTransceiver("video", direction="recvonly")
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+            return " 127.0.0.1 " in pc.localDescription.sdp
+        finally:
+            await pc.close()
+
+    own = ice._original_host_addresses
+    was = ice._process_wide  # a gateway made earlier in this process may have switched it on
+    try:
+        allow_loopback(False)
+        assert aioice.ice.get_host_addresses is own and not await offered()
+        allow_loopback(True)
+        assert await offered()
+        allow_loopback(False)
+        assert aioice.ice.get_host_addresses is own and not await offered()
+        with loopback_candidates():
+            assert await offered()
+            others = contextvars.Context().run(asyncio.create_task, offered())  # a task not started in the block
+            assert not await others
+        assert aioice.ice.get_host_addresses is own and not await offered()
+    finally:
+        allow_loopback(was)

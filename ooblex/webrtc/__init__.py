@@ -1,7 +1,7 @@
 """WebRTC plumbing on top of aiortc, tuned for latency: jitter buffer, tracks, ICE, SDP checks, WHIP client."""
 
-from .ice import allow_loopback, rtc_configuration
+from .ice import allow_loopback, loopback_candidates, rtc_configuration
 from .jitter import low_latency
 from .sdp import SDPError, check_offer
 
-__all__ = ["SDPError", "allow_loopback", "check_offer", "low_latency", "rtc_configuration"]
+__all__ = ["SDPError", "allow_loopback", "check_offer", "loopback_candidates", "low_latency", "rtc_configuration"]

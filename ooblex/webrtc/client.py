@@ -21,7 +21,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from ..supervision import cancel
 from . import framecode
-from .ice import allow_loopback, rtc_configuration
+from .ice import loopback_candidates, rtc_configuration
 from .jitter import low_latency
 
 VIDEO_CLOCK = 90000
@@ -82,8 +82,8 @@ class _Client:
     def __init__(self, url: str, *, fast: bool = True, ice_servers: list[dict[str, Any]] | None = None) -> None:
         self.url = url
         self.fast = fast
-        if httpx.URL(url).host in ("127.0.0.1", "localhost", "::1"):
-            allow_loopback(True)  # the server is on this machine: let ICE use loopback
+        #: The server is on this machine: this connection (only) lets ICE use loopback.
+        self.local = httpx.URL(url).host in ("127.0.0.1", "localhost", "::1")
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
         self.remote: MediaStreamTrack | None = None
         self.location: str | None = None
@@ -99,7 +99,8 @@ class _Client:
     async def _negotiate(self) -> None:
         if self.fast:
             low_latency(self.pc)
-        await self.pc.setLocalDescription(await self.pc.createOffer())
+        with loopback_candidates() if self.local else contextlib.nullcontext():
+            await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers candidates
         async with httpx.AsyncClient(timeout=30) as http:
             resp = await http.post(self.url, content=self.pc.localDescription.sdp,
                                    headers={"Content-Type": "application/sdp"})

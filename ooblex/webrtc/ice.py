@@ -2,33 +2,70 @@
 
 aiortc gathers all candidates before it answers (non-trickle), so gathering must be quick:
 no STUN servers unless configured (aiortc would otherwise try Google's, which stalls offline).
-aioice leaves 127.0.0.1 out of host candidates; ``allow_loopback`` puts it back, so that a
-browser or client on the same machine (or inside a network namespace with only ``lo``) connects.
+
+aioice leaves 127.0.0.1 out of host candidates, so a peer on the same machine (or inside a network
+namespace with only ``lo``) cannot connect. Two switches put it back, both by wrapping aioice's
+``get_host_addresses``, which aioice looks up each time a connection gathers:
+
+- ``loopback_candidates()``, scoped: only peer connections that gather inside the ``with`` block (in
+  that task, or tasks it starts) offer 127.0.0.1. What the WHIP/WHEP client uses for a local server.
+- ``allow_loopback(True)``, **process-wide**: every peer connection of this process offers
+  127.0.0.1 until ``allow_loopback(False)``. What a gateway run with ``loopback_candidates`` uses.
+
+aioice's own function is in place whenever neither is on.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
 
 _original_host_addresses = aioice.ice.get_host_addresses
-_loopback = False
+_process_wide = False
+_scoped: ContextVar[bool] = ContextVar("ooblex_loopback_candidates", default=False)
+_open_scopes = 0
 
 
 def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     addresses = _original_host_addresses(use_ipv4, use_ipv6)
-    if _loopback and use_ipv4 and "127.0.0.1" not in addresses:
+    if (_process_wide or _scoped.get()) and use_ipv4 and "127.0.0.1" not in addresses:
         addresses.append("127.0.0.1")
     return addresses
 
 
+def _patch() -> None:
+    """Wrap aioice while any switch is on; give it back its own function when none is."""
+    if _process_wide or _open_scopes:
+        aioice.ice.get_host_addresses = _host_addresses
+    elif aioice.ice.get_host_addresses is _host_addresses:
+        aioice.ice.get_host_addresses = _original_host_addresses
+
+
 def allow_loopback(enabled: bool = True) -> None:
-    """Offer (or stop offering) 127.0.0.1 host candidates, for every peer connection in this process."""
-    global _loopback
-    _loopback = enabled
-    aioice.ice.get_host_addresses = _host_addresses
+    """Offer (or stop offering) 127.0.0.1 host candidates for *every* peer connection in this process."""
+    global _process_wide
+    _process_wide = enabled
+    _patch()
+
+
+@contextlib.contextmanager
+def loopback_candidates() -> Iterator[None]:
+    """Offer 127.0.0.1 host candidates for the peer connections that gather inside this block only."""
+    global _open_scopes
+    token = _scoped.set(True)
+    _open_scopes += 1
+    _patch()
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
+        _open_scopes -= 1
+        _patch()
 
 
 def rtc_configuration(ice_servers: list[dict[str, Any]] | None = None) -> RTCConfiguration:
