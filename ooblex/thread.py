@@ -92,8 +92,8 @@ class TensorThread(Generic[P, R]):
     """A decorated function or class. Call it like the original; the engine uses the rest.
 
     Typed as what it wraps: ``TensorThread[P, R]`` is called with ``P`` and returns ``R`` (for an async
-    function, the awaited result: calling the thread runs it to completion); a class gives
-    ``TensorThread[..., Any]``.
+    function, the awaited result: calling the thread runs it to completion); for a class, ``P`` and
+    ``R`` come from its ``__call__``.
     """
 
     def __init__(

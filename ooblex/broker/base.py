@@ -11,6 +11,7 @@ by reference; network backends (``redis``, ``rabbitmq``) serialize with ``ooblex
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -53,10 +54,11 @@ class Broker(abc.ABC):
     #: Where the broker is, password redacted (safe to show); backends keep the real URL to themselves.
     url: str = ""
 
-    def __init__(self) -> None:
-        #: Messages dropped because they could not be decoded or handled (``poisoned.count``). Each is
-        #: acknowledged, never redelivered: one bad message must not stop or loop the frames behind it.
-        self.poisoned = Incidents(log, "dropped a poisoned message")
+    @functools.cached_property
+    def poisoned(self) -> Incidents:
+        """Messages dropped because they could not be decoded or handled (``poisoned.count``). Each is
+        acknowledged, never redelivered: one bad message must not stop or loop the frames behind it."""
+        return Incidents(log, "dropped a poisoned message")
 
     async def start(self) -> None:
         """Connect. Called once before use."""

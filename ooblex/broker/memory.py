@@ -21,7 +21,6 @@ class MemoryBroker(Broker):
     url = "memory://"
 
     def __init__(self, task_queue_size: int = TASK_QUEUE_SIZE, result_queue_size: int = RESULT_QUEUE_SIZE) -> None:
-        super().__init__()
         self._tasks: defaultdict[str, asyncio.Queue[Frame]] = defaultdict(lambda: asyncio.Queue(task_queue_size))
         self._results: defaultdict[str, asyncio.Queue[Frame]] = defaultdict(
             lambda: asyncio.Queue(result_queue_size))

@@ -51,7 +51,6 @@ class RabbitMQBroker(Broker):
 
     def __init__(self, url: str, *, codec: wire.Codec = "jpeg", quality: int = 85, live_queue: int = 64,
                  result_queue: int = 1024) -> None:
-        super().__init__()
         self.url = redact(url)
         self._dial = url
         self.codec: wire.Codec = codec

@@ -60,7 +60,6 @@ class RedisBroker(Broker):
 
     def __init__(self, url: str, *, codec: wire.Codec = "jpeg", quality: int = 85, live_queue: int = 64,
                  result_queue: int = 1024, block_ms: int = 1000) -> None:
-        super().__init__()
         self.url = redact(url)
         self._dial = url
         self.codec: wire.Codec = codec
