@@ -16,6 +16,7 @@ from typing import Any
 
 from ..broker import Broker, MemoryBroker, connect
 from ..builtin import identity
+from ..errors import NotFound, TooManyRequests
 from ..thread import TensorThread, as_thread
 from .stream import Stream
 from .worker import Worker
@@ -23,11 +24,8 @@ from .worker import Worker
 log = logging.getLogger("ooblex.engine")
 
 
-class UnknownThread(KeyError):
+class UnknownThread(NotFound, KeyError):
     """No tensor thread of that name is known to this engine."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class Engine:
@@ -85,7 +83,7 @@ class Engine:
     def open(self, thread: str | Any, **options: Any) -> Stream:
         """Open a stream through ``thread`` (a name or a tensor thread). See ``Stream`` for options."""
         if len(self.streams) >= self.max_streams:
-            raise OverflowError(f"too many streams (limit {self.max_streams})")
+            raise TooManyRequests(f"too many streams (limit {self.max_streams}, OOBLEX_MAX_STREAMS)")
         t = self.resolve(thread)
         stream = Stream(self, t, **options)
         self.streams[stream.id] = stream

@@ -195,8 +195,11 @@ class Stream:
             self._listeners.remove(q)
 
     # --- control ------------------------------------------------------------------------
-    def set_params(self, **params: Any) -> dict[str, Any]:
-        """Change the thread's keyword parameters for frames submitted from now on."""
+    def set_params(self, /, **params: Any) -> dict[str, Any]:
+        """Change the thread's keyword parameters for frames submitted from now on.
+
+        ``self`` is positional-only, so a parameter named "self" is refused by name like any other.
+        """
         self.params = self.thread.resolve_params(params, base=self.params)
         return self.params
 
