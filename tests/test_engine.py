@@ -13,6 +13,7 @@ import pytest
 
 import ooblex as ob
 from ooblex import Engine
+from ooblex.errors import TooManyRequests
 
 from .media import numbered_frame
 
@@ -297,7 +298,7 @@ async def test_unknown_thread_and_stream_limit() -> None:
         with pytest.raises(ob.UnknownThread, match="available: identity"):
             engine.open("nope")
         engine.open("identity")
-        with pytest.raises(OverflowError, match="too many streams"):
+        with pytest.raises(TooManyRequests, match="too many streams"):
             engine.open("identity")
 
 
