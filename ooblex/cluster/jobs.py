@@ -16,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..broker.base import redact
 from ..engine import Engine
+from ..errors import NotFound, Unavailable
 from ..media import Sink, open_sink, open_source
 from ..run import feed_every
 from ..thread import TensorThread
@@ -24,7 +26,7 @@ from ..thread import TensorThread
 Progress = Callable[[int, "int | None"], Any]
 
 
-class NoWorkers(RuntimeError):
+class NoWorkers(Unavailable, RuntimeError):
     """Nobody serves the thread a job needs."""
 
 
@@ -193,7 +195,7 @@ async def _wait_thread(engine: Any, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while name not in engine.threads:
         if time.monotonic() > deadline:
-            raise LookupError(f"{name!r} is not deployed on {engine.config.broker}")
+            raise NotFound(f"{name!r} is not deployed on {redact(engine.config.broker)}")
         await asyncio.sleep(0.1)
         await engine.sync()
 
