@@ -98,9 +98,13 @@ class Cluster:
         try:
             out = []
             for name, entry in sorted(reg.serving().items()):
-                active = entry["versions"].get(entry["active"], {})
-                out.append({"name": name, "active": entry["active"], "versions": sorted(entry["versions"]),
-                            **active.get("meta", {})})
+                v = entry["active"]
+                try:  # what a listing shows comes from a verified manifest too
+                    about = modules[1].verified(entry["versions"].get(v), reg.secret, name, v,
+                                                entry["signatures"].get(v)).get("meta", {})
+                except PermissionError as exc:
+                    about = {"refused": str(exc)}
+                out.append({"name": name, "active": v, "versions": sorted(entry["versions"]), **about})
             return out
         finally:
             reg.close()

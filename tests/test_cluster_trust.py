@@ -18,7 +18,7 @@ import ooblex as ob
 from ooblex.cluster.deploy import announce_gateway, thread_status
 from ooblex.cluster.engine import ClusterEngine
 from ooblex.cluster.node import WorkerNode
-from ooblex.cluster.registry import Registry, seal_record
+from ooblex.cluster.registry import Registry, seal_record, verified
 from ooblex.cluster.signing import ARTIFACT, RECORD, STATE, SignatureError, canonical, sign, verify
 from ooblex.cluster.state import ThreadState
 from ooblex.cluster.up import store_server
@@ -58,6 +58,11 @@ def test_each_purpose_signs_with_its_own_derived_key() -> None:
     raw = {**doc, "signature": hmac.new(secret, canonical(doc), hashlib.sha256).hexdigest()}
     with pytest.raises(SignatureError, match="bad signature"):
         verify(raw, secret, ARTIFACT)
+
+
+def unsigned(state: ThreadState) -> dict:
+    """A well-formed state document without a signature (what anyone can write)."""
+    return {k: v for k, v in state.signed(b"x").items() if k != "signature"}
 
 
 def plant(reg: Registry, kind: str, ident: str, doc: object) -> None:
@@ -125,11 +130,10 @@ def test_a_reader_ignores_forged_moved_replayed_and_deleted_states(redis_server)
         ob.deploy(trusty2, cluster=url, keep_versions=True)
         ob.deployment("trusty", url).rollback()
         assert reader.serving()["trusty"]["active"] == 4
-        decoy = ThreadState("decoy", 2**60, active=5, serving=(5,)).signed(SECRET.encode())
+        decoy = ThreadState("decoy", 2**60, active=5, serving={5: "x"}).signed(SECRET.encode())
         attacks = {
-            "unsigned rollback": {"kind": "thread-state", "name": "trusty", "seq": 2**60, "active": 5, "serving": [5],
-                                  "removed": False},
-            "forged rollback": ThreadState("trusty", 2**60, active=5, serving=(5,)).signed(OTHER),
+            "unsigned rollback": unsigned(ThreadState("trusty", 2**60, active=5, serving={5: "x"})),
+            "forged rollback": ThreadState("trusty", 2**60, active=5, serving={5: "x"}).signed(OTHER),
             "forged undeploy": ThreadState("trusty", 2**60, removed=True).signed(OTHER),
             "another thread's state": decoy,
             "replayed older state": json.loads(before_rollback),
@@ -141,11 +145,32 @@ def test_a_reader_ignores_forged_moved_replayed_and_deleted_states(redis_server)
             assert reader.serving()["trusty"]["active"] == 4, what
         reader.r.delete(key, "ooblex:reg:trusty")
         reader.r.srem("ooblex:reg:names", "trusty")
-        assert reader.serving()["trusty"] == {"active": 4, "versions": {4: None, 5: None}}, \
+        left = reader.serving()["trusty"]
+        assert (left["active"], left["versions"]) == (4, {4: None, 5: None}), \
             "deleting keys is no undeploy: the last verified state stands (manifests gone: loaders keep what they hold)"
         assert "trusty" not in Registry(url).serving(), "a new reader trusts only what it can verify"
     finally:
         reader.close()
+
+
+def test_a_signed_manifest_of_an_earlier_deploy_cannot_replace_the_one_the_state_names(redis_server) -> None:  # noqa: F811
+    """Reset the version counter, let the deployer reuse version 1, then swap in the old (validly
+    signed) manifest of the first deploy: the state pins each manifest by its signature."""
+    url = redis_server.url
+    reg = Registry(url)
+    try:
+        first = ob.deploy(trusty, cluster=url)
+        ob.undeploy("trusty", cluster=url)
+        reg.r.set("ooblex:reg:trusty:seq", 0)
+        second = ob.deploy(trusty2, cluster=url)
+        assert second.version == first.version == 1
+        reg.r.hset("ooblex:reg:trusty", "1", json.dumps(first.manifest))
+        entry = Registry(url).serving()["trusty"]
+        with pytest.raises(SignatureError, match="not the manifest the thread's state names"):
+            verified(entry["versions"][1], SECRET.encode(), "trusty", 1, entry["signatures"][1])
+        assert verified(second.manifest, SECRET.encode(), "trusty", 1, entry["signatures"][1])
+    finally:
+        reg.close()
 
 
 def settled(reg: Registry, after: float, timeout: float = 20.0) -> dict:
@@ -180,9 +205,8 @@ def test_a_worker_acts_only_on_signed_newer_states(redis_server) -> None:  # noq
         v2 = ob.deploy(trusty2, cluster=url, keep_versions=True, wait=20)
         assert plain(reg) == 2
         before_rollback = reg.r.get(key)
-        for doc in ({"kind": "thread-state", "name": "trusty", "seq": 2**60, "active": 1, "serving": [1, 2],
-                     "removed": False},
-                    ThreadState("trusty", 2**60, active=1, serving=(1, 2)).signed(OTHER),
+        for doc in (unsigned(ThreadState("trusty", 2**60, active=1, serving={1: "x", 2: "y"})),
+                    ThreadState("trusty", 2**60, active=1, serving={1: "x", 2: "y"}).signed(OTHER),
                     ThreadState("trusty", 2**60, removed=True).signed(OTHER)):
             reg.r.set(key, json.dumps(doc))
             reg.r.incr(REV)

@@ -28,11 +28,11 @@ class ArtifactError(Unavailable, RuntimeError):
     """A deploy cannot be loaded here (wrong Python, failed install, bad code)."""
 
 
-def load(registry: Registry, name: str, version: int, manifest: Any, secret: bytes | None,
-         cache: Path) -> TensorThread:
-    """Verify ``manifest`` (stored as ``name@version``) and return its thread, ready for a ``Worker``.
-    Raises with a clear reason."""
-    verified(manifest, secret, name, version)
+def load(registry: Registry, name: str, version: int, manifest: Any, secret: bytes | None, cache: Path, *,
+         signature: str | None = None) -> TensorThread:
+    """Verify ``manifest`` (stored as ``name@version``; ``signature``: the one the thread's state names)
+    and return its thread, ready for a ``Worker``. Raises with a clear reason."""
+    verified(manifest, secret, name, version, signature)
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     if manifest.get("python") != here:
         raise ArtifactError(f"deployed from Python {manifest.get('python')}, this worker runs {here} "

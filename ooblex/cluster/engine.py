@@ -78,7 +78,7 @@ class ClusterEngine(Engine):
                     current = self.threads.get(queue)
                     if current is None or getattr(current, "version", None) != v:
                         try:
-                            verified(manifest, self.registry.secret, name, v)
+                            verified(manifest, self.registry.secret, name, v, info["signatures"][v])
                         except SignatureError as exc:
                             warn_once(f"engine:{exc}", "not offering %s: %s", queue, exc)
                             continue

@@ -116,7 +116,7 @@ class WorkerNode:
         wanted: dict[str, tuple[str, int]] = {}
         for name, info in snapshot.items():
             for v, manifest in info["versions"].items():
-                if await self._ensure(name, v, manifest):
+                if await self._ensure(name, v, manifest, info["signatures"][v]):
                     wanted[f"{name}@{v}"] = (name, v)
                     if v == info["active"]:
                         wanted[name] = (name, v)
@@ -137,9 +137,9 @@ class WorkerNode:
             del self.refused[key]
         self._rev = rev
 
-    async def _ensure(self, name: str, version: int, manifest: dict[str, Any] | None) -> bool:
+    async def _ensure(self, name: str, version: int, manifest: dict[str, Any] | None, signature: str) -> bool:
         key = (name, version)
-        doc = json.dumps(manifest, sort_keys=True)  # any change to a stored manifest is re-verified
+        doc = json.dumps([manifest, signature], sort_keys=True)  # any change to either is re-verified
         if key in self.loaded and (self._docs.get(key) == doc or manifest is None):
             return True  # a deleted manifest is no undeploy: only a signed state says what to serve
         self.loaded.pop(key, None)
@@ -147,8 +147,8 @@ class WorkerNode:
         if before is not None and before.doc == doc and time.monotonic() < before.retry_at:
             return False
         try:
-            thread = await asyncio.to_thread(artifacts.load, self.registry, name, version, manifest, self.secret,
-                                             self.cache)
+            thread = await asyncio.to_thread(lambda: artifacts.load(self.registry, name, version, manifest, self.secret,
+                                                                    self.cache, signature=signature))
         except (SignatureError, artifacts.ArtifactError) as exc:
             reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure to load is reported, never fatal

@@ -8,9 +8,9 @@ Keys (all under ``ooblex:``):
   version too, so a manifest copied under another name or version is refused (``verified``);
 - ``reg:<name>:seq``: the last version number given out;
 - ``reg:<name>:state``: the thread's signed state (``state.ThreadState``: active version, versions
-  served, removed, sequence number). Deploy, activate/rollback, retire and undeploy (which leaves a
-  signed tombstone) each write a new one; readers ignore unsigned, forged and older (replayed)
-  states, and keep the last one they verified;
+  served with their manifests' signatures, removed, sequence number). Deploy, activate/rollback,
+  retire and undeploy (which leaves a signed tombstone) each write a new one; readers ignore
+  unsigned, forged and older (replayed) states, and keep the last one they verified;
 - ``reg:rev``: bumped on every change, so workers and gateways notice within one poll;
 - ``<kind>:<id>`` and ``<kind>s`` (kind ``worker`` or ``gateway``): status records, signed with the
   ``record`` key over their kind, id and expiry, and a sorted set id -> expiry; readers drop
@@ -175,8 +175,8 @@ class Registry:
         v = manifest["version"]
 
         def change(s: ThreadState) -> ThreadState:
-            kept = s.serving if keep_versions and not s.removed else ()
-            return s.then(active=v, serving=(*kept, v), removed=False)
+            kept = s.serving if keep_versions and not s.removed else {}
+            return s.then(active=v, serving={**kept, v: signed["signature"]}, removed=False)
 
         self._change(name, secret, change, lambda p: p.hset(f"{P}:reg:{name}", str(v), json.dumps(signed)))
         return signed
@@ -203,9 +203,8 @@ class Registry:
     def activate(self, name: str, version: int) -> None:
         """Serve ``version`` under the plain name (rollback / roll forward)."""
         secret = self.need_secret(f"activate {name}@{version}")
-        self.manifest(name, version)  # never sign a state naming a manifest that would be refused
-        self._change(name, secret, lambda s: s.then(active=version, serving=(*(v for v in s.serving if v != version),
-                                                                             version), removed=False))
+        sig = self.manifest(name, version)["signature"]  # never sign a state naming a manifest that would be refused
+        self._change(name, secret, lambda s: s.then(active=version, serving={**s.serving, version: sig}, removed=False))
 
     def retire(self, name: str, version: int) -> None:
         """Stop serving one version (it stays stored, so it can be activated again)."""
@@ -214,7 +213,7 @@ class Registry:
         def change(s: ThreadState) -> ThreadState:
             if s.active == version and not s.removed:
                 raise RegistryError(f"{name}@{version} is the active version; activate another first")
-            return s.then(serving=tuple(v for v in s.serving if v != version))
+            return s.then(serving={v: sig for v, sig in s.serving.items() if v != version})
 
         self._change(name, secret, change)
 
@@ -227,7 +226,7 @@ class Registry:
         def change(s: ThreadState) -> ThreadState:
             if s.removed or (s.seq == 0 and not self.r.sismember(f"{P}:reg:names", name)):
                 raise RegistryError(f"{name!r} is not deployed")
-            return s.then(active=None, serving=(), removed=True)
+            return s.then(active=None, serving={}, removed=True)
 
         self._change(name, secret, change, lambda p: p.delete(f"{P}:reg:{name}"))
         self.collect_garbage(gc_grace_s)
@@ -258,9 +257,9 @@ class Registry:
         return int(self.r.get(f"{P}:reg:rev") or 0)
 
     def serving(self) -> dict[str, dict[str, Any]]:
-        """``{name: {"active": v, "versions": {v: manifest}}}`` for every version workers should load,
-        from each thread's verified state. Manifests are as stored (None if missing): loaders check
-        them (``verified``)."""
+        """``{name: {"active": v, "versions": {v: manifest}, "signatures": {v: signature}}}`` for every
+        version workers should load, from each thread's verified state. Manifests are as stored (None
+        if missing): loaders check them against the signatures the state names (``verified``)."""
         names = sorted({n.decode() for n in self.r.smembers(f"{P}:reg:names")} | set(self.states.accepted))
         raws = self.r.mget([f"{P}:reg:{n}:state" for n in names]) if names else []
         out: dict[str, dict[str, Any]] = {}
@@ -270,7 +269,7 @@ class Registry:
                 continue
             wanted = sorted(s.serving)
             manifests = self.r.hmget(f"{P}:reg:{name}", [str(v) for v in wanted]) if wanted else []
-            out[name] = {"active": s.active,
+            out[name] = {"active": s.active, "signatures": dict(s.serving),
                          "versions": {v: _parse(m) for v, m in zip(wanted, manifests, strict=True)}}
         return out
 
@@ -312,9 +311,10 @@ def check_name(name: str) -> None:
         raise ValueError(f"tensor thread name {name!r} cannot be deployed: use letters, digits, '_', '-' or '.'")
 
 
-def verified(manifest: Any, secret: bytes | None, name: str, version: int) -> dict[str, Any]:
-    """``manifest`` if it is signed, and signed as ``name@version`` (the key it is stored under);
-    else ``SignatureError`` saying why."""
+def verified(manifest: Any, secret: bytes | None, name: str, version: int,
+             signature: str | None = None) -> dict[str, Any]:
+    """``manifest`` if it is signed, signed as ``name@version`` (the key it is stored under) and,
+    given the ``signature`` the thread's state names, that very manifest; else ``SignatureError``."""
     what = f"artifact {name}@{version}"
     if manifest is None:
         raise SignatureError(f"refusing {what}: its manifest is missing from the store")
@@ -322,6 +322,9 @@ def verified(manifest: Any, secret: bytes | None, name: str, version: int) -> di
     if manifest.get("name") != name or manifest.get("version") != version:
         raise SignatureError(f"refusing {what}: it is signed as {manifest.get('name')}@{manifest.get('version')} "
                              "(copied under another name or version)")
+    if signature is not None and manifest["signature"] != signature:
+        raise SignatureError(f"refusing {what}: it is not the manifest the thread's state names (replaced by "
+                             "another signed one)")
     return manifest
 
 

@@ -1,5 +1,8 @@
 """The signed state of one deployed thread: which versions workers serve, which one is active, or removed.
 
+The state names each served version's manifest by its signature, so it pins the exact manifest:
+a validly signed but different one (an older deploy's, under a reused version number) is refused.
+
 Deploy, activate (rollback, roll forward), retire and undeploy each write a new ``ThreadState``
 with a higher ``seq``, signed with the key derived for ``"state"``. A reader (``StateTracker``)
 acts on a state only when its signature holds and it names the thread it is stored under, and
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .signing import STATE, SignatureError, sign, verify, warn_once
@@ -26,7 +29,8 @@ class ThreadState:
     name: str
     seq: int = 0
     active: int | None = None
-    serving: tuple[int, ...] = ()
+    #: version -> the signature of its manifest
+    serving: dict[int, str] = field(default_factory=dict)
     removed: bool = False
 
     def then(self, **changes: Any) -> ThreadState:
@@ -37,7 +41,8 @@ class ThreadState:
 
     def signed(self, secret: bytes) -> dict[str, Any]:
         return sign({"kind": KIND, "name": self.name, "seq": self.seq, "active": self.active,
-                     "serving": sorted(self.serving), "removed": self.removed}, secret, STATE)
+                     "serving": {str(v): sig for v, sig in sorted(self.serving.items())}, "removed": self.removed},
+                    secret, STATE)
 
     @classmethod
     def verified(cls, doc: Any, name: str, secret: bytes | None) -> ThreadState:
@@ -46,7 +51,8 @@ class ThreadState:
         if doc.get("kind") != KIND or doc.get("name") != name:
             raise SignatureError(f"refusing the state stored for {name!r}: it is signed for "
                                  f"{doc.get('kind')} {doc.get('name')!r} (copied from another key)")
-        return cls(name, int(doc["seq"]), doc["active"], tuple(int(v) for v in doc["serving"]), bool(doc["removed"]))
+        return cls(name, int(doc["seq"]), doc["active"], {int(v): str(sig) for v, sig in doc["serving"].items()},
+                   bool(doc["removed"]))
 
 
 class StateTracker:
