@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import ooblex as ob
+from ooblex.cluster.config import resolve
 from ooblex.cluster.deploy import announce_gateway, thread_status
 from ooblex.cluster.engine import ClusterEngine
 from ooblex.cluster.node import WorkerNode
@@ -171,6 +172,20 @@ def test_a_signed_manifest_of_an_earlier_deploy_cannot_replace_the_one_the_state
         assert verified(second.manifest, SECRET.encode(), "trusty", 1, entry["signatures"][1])
     finally:
         reg.close()
+
+
+async def test_without_the_secret_nothing_deployed_is_offered_or_written(redis_server, monkeypatch) -> None:  # noqa: F811, ANN001
+    url = redis_server.url
+    ob.deploy(trusty, cluster=url)
+    assert "***" in repr(resolve("redis://:pw@h:1/0")) and "pw" not in repr(resolve("redis://:pw@h:1/0"))
+    monkeypatch.delenv("OOBLEX_SECRET")
+    async with ClusterEngine(url) as engine:
+        await engine.sync()
+        assert "trusty" not in engine.threads and "trusty@1" not in engine.threads
+    with pytest.raises(PermissionError, match="cannot publish the worker record 'w1': .*OOBLEX_SECRET"):
+        Registry(url).put_record("worker", "w1", {"id": "w1"}, 3)
+    with pytest.raises(PermissionError, match="OOBLEX_SECRET"):
+        ob.deployment("trusty", url)
 
 
 def settled(reg: Registry, after: float, timeout: float = 20.0) -> dict:

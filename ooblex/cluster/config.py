@@ -14,6 +14,9 @@ class ClusterConfig:
     broker: str
     store: str
 
+    def __repr__(self) -> str:  # URLs may carry passwords
+        return f"ClusterConfig(broker={redact(self.broker)!r}, store={redact(self.store)!r})"
+
 
 def resolve(cluster: str | None = None, store: str | None = None) -> ClusterConfig:
     """``cluster``: ``redis://...`` (broker and store in one) or ``amqp://...`` (plus a Redis ``store``).
