@@ -37,7 +37,7 @@ DEFAULT_CACHE = Path(os.environ.get("OOBLEX_CACHE", Path.home() / ".cache" / "oo
 class Refusal:
     """Why a version is not served, and when it is tried again (``time.monotonic()``)."""
 
-    doc: str  # the manifest as refused: any change to it is tried at once
+    doc: str  # the manifest as refused, with the signature the state names: any change is tried at once
     reason: str
     attempts: int
     retry_at: float
@@ -147,8 +147,8 @@ class WorkerNode:
         if before is not None and before.doc == doc and time.monotonic() < before.retry_at:
             return False
         try:
-            thread = await asyncio.to_thread(lambda: artifacts.load(self.registry, name, version, manifest, self.secret,
-                                                                    self.cache, signature=signature))
+            thread = await asyncio.to_thread(artifacts.load, self.registry, name, version, manifest, self.secret,
+                                             self.cache, signature=signature)
         except (SignatureError, artifacts.ArtifactError) as exc:
             reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure to load is reported, never fatal

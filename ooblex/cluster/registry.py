@@ -211,7 +211,9 @@ class Registry:
         secret = self.need_secret(f"retire {name}@{version}")
 
         def change(s: ThreadState) -> ThreadState:
-            if s.active == version and not s.removed:
+            if s.seq == 0 or s.removed:
+                raise RegistryError(f"{name!r} is not deployed")
+            if s.active == version:
                 raise RegistryError(f"{name}@{version} is the active version; activate another first")
             return s.then(serving={v: sig for v, sig in s.serving.items() if v != version})
 
