@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -50,7 +51,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = resolve(args.broker, args.store)
     local = {t.name: t for t in map(load_thread, ["identity", *args.thread])}  # every engine has identity
     node = WorkerNode(config.broker, config.store, threads=list(local.values()), cache=args.cache,
-                      drain_s=args.drain_s)
+                      drain_s=args.drain_s, retry_s=args.retry_s, retry_max_s=args.retry_max_s)
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -133,6 +134,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from .gateway import Settings, create_app
     from .loader import load_thread
 
+    if not args.broker:
+        raise ValueError("ooblex gateway needs a broker: --broker redis://HOST:PORT (or amqp://..., memory://) "
+                         "or OOBLEX_BROKER")
     settings = Settings.from_env(loopback_candidates=args.loopback or None, host=args.host)
     check_exposure(args.host, settings, args.insecure)
     threads = [load_thread(spec) for spec in args.thread]
@@ -187,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thread", action="append", default=[], help="also serve this local thread (repeatable)")
     p.add_argument("--cache", default=None, help="blob/pip cache directory (default ~/.cache/ooblex)")
     p.add_argument("--drain-s", type=float, default=10.0, help="on SIGTERM, time for in-flight work to finish")
+    p.add_argument("--retry-s", type=float, default=5.0, help="first wait before retrying a refused deploy "
+                   "(doubles each time; a changed manifest is retried at once)")
+    p.add_argument("--retry-max-s", type=float, default=300.0, help="longest wait between retries of a refused deploy")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("deploy", help="publish a tensor thread to a cluster (like ob.deploy)")
@@ -213,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gateway", help="the media gateway alone, in front of workers on a broker")
     add_server_args(p)
-    p.add_argument("--broker", required=True, help="redis://HOST:PORT, amqp://... or memory://")
+    p.add_argument("--broker", default=os.environ.get("OOBLEX_BROKER") or None,
+                   help="redis://HOST:PORT, amqp://... or memory:// (default $OOBLEX_BROKER)")
     p.add_argument("--thread", action="append", default=[], metavar="SPEC",
                    help="a thread the workers serve (name shown in listings); repeatable")
     p.add_argument("--loopback", action="store_true", help="offer 127.0.0.1 ICE candidates")

@@ -26,10 +26,6 @@ from typing import Any
 from ..broker.base import redact
 from .servers import RabbitMQServer, RedisServer, private_file
 
-#: The gateway reads its broker URL from the environment, so no password shows in ``ps``.
-GATEWAY = ("import os, sys; from ooblex.cli import main; "
-           "sys.exit(main(['gateway', '--broker', os.environ['OOBLEX_BROKER'], *sys.argv[1:]]))")
-
 
 def gateway_available() -> bool:
     return importlib.util.find_spec("ooblex.gateway") is not None
@@ -81,8 +77,9 @@ def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: i
         gateway_url = None
         if gateway_available():
             loopback = ["--loopback"] if host.startswith("127.") else []  # same-machine WebRTC peers
-            children.append(("gateway", subprocess.Popen([sys.executable, "-c", GATEWAY, "--host", host,
-                                                          "--port", str(port), *loopback], env=env)))
+            # no --broker: the gateway reads $OOBLEX_BROKER, so no password shows in ``ps``
+            children.append(("gateway", subprocess.Popen([*me, "gateway", "--host", host, "--port", str(port),
+                                                          *loopback], env=env)))
             gateway_url = f"http://{host}:{port}"
         else:
             print("ooblex up: this build has no gateway (ooblex.gateway); workers are up, reach them with "
