@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import platform
+import secrets
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ooblex.tokens import mint  # noqa: E402
 from ooblex.webrtc.client import ImageTrack, RoundTrips, WhipClient, percentiles_ms  # noqa: E402
 
 
@@ -110,7 +112,7 @@ def moving_picture(width: int = 640, height: int = 480) -> Callable[[], np.ndarr
 
 async def measure(url: str, *, fast: bool, seconds: float, fps: float, codec: str, warmup: float = 2.0) -> dict:
     track = ImageTrack(moving_picture(), fps=fps)
-    client = WhipClient(url, track, codec=codec, fast=fast)
+    client = WhipClient(url, track, codec=codec, fast=fast, token=mint("publish"))
     await client.start()
     await client.wait_connected()
     trips = RoundTrips(track)
@@ -157,6 +159,7 @@ def start(argv: list[str], health: str) -> subprocess.Popen:
 
 
 async def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    os.environ.setdefault("OOBLEX_SECRET", secrets.token_urlsafe(32))  # the gateways and `ooblex up` share it
     gw_port, base_port = 18931, 18932
     clusters = {b: 18933 + i for i, b in enumerate(args.cluster or ())}
     servers = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -50,7 +51,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = resolve(args.broker, args.store)
     local = {t.name: t for t in map(load_thread, ["identity", *args.thread])}  # every engine has identity
     node = WorkerNode(config.broker, config.store, threads=list(local.values()), cache=args.cache,
-                      drain_s=args.drain_s)
+                      drain_s=args.drain_s, retry_s=args.retry_s, retry_max_s=args.retry_max_s)
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -84,13 +85,32 @@ def _add_cluster_args(p: argparse.ArgumentParser, flag: str = "--broker") -> Non
     p.add_argument("--store", default=None, help="Redis for registry and state (default $OOBLEX_STORE, or the "
                    "broker when it is Redis)")
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+INSECURE_WARNING = (
+    "ooblex: WARNING: --insecure: serving on {host} with no OOBLEX_SECRET. Anyone who can reach this address "
+    "can start streams on your threads (using your CPU/GPU), watch every stream, change parameters, and run "
+    "jobs on files in the media root. Set OOBLEX_SECRET and hand out tokens (ooblex token ...) instead.")
+
+
+def check_exposure(host: str, settings: Any, insecure: bool) -> None:
+    """Refuse to listen beyond loopback without a secret unless ``--insecure`` says so (then warn)."""
+    if settings.secret or host in LOOPBACK or host.startswith("127."):
+        return
+    if not insecure:
+        raise PermissionError(f"refusing to serve on {host} without OOBLEX_SECRET: anyone on the network could use "
+                              "and watch every stream. Set OOBLEX_SECRET (and hand out tokens: ooblex token ...), "
+                              "or pass --insecure on a network you trust")
+    print(INSECURE_WARNING.format(host=host), file=sys.stderr, flush=True)
+
+
 def serve(app: Any, host: str, port: int) -> int:
     import uvicorn
 
+    settings = app.state.gateway.settings
     print(f"ooblex: serving http://{host}:{port}/  (API docs: /docs, OpenAPI: /openapi.json)", flush=True)
     # Our logging setup (main) stays in charge: uvicorn's own would replace every handler.
     uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None, access_log=False,
-                ws_max_size=64 << 20)
+                **settings.server_options())
     return 0
 
 
@@ -98,20 +118,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .gateway import Settings, create_app
     from .gateway.demo import demo_threads
 
-    settings = Settings.from_env(loopback_candidates=not args.no_loopback)
-    return serve(create_app(threads=demo_threads(), settings=settings), args.host, args.port)
+    settings = Settings.from_env(loopback_candidates=not args.no_loopback, host=args.host)
+    check_exposure(args.host, settings, args.insecure)
+    app = create_app(threads=demo_threads(), settings=settings)
+    if settings.secret:
+        from .tokens import mint
+
+        token = mint("publish", ttl_s=12 * 3600, secret=settings.secret)
+        print(f"ooblex: demo page with a 12-hour publish token: http://{args.host}:{args.port}/#token={token}",
+              flush=True)
+    return serve(app, args.host, args.port)
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     from .gateway import Settings, create_app
     from .loader import load_thread
 
-    settings = Settings.from_env(loopback_candidates=args.loopback or None)
+    if not args.broker:
+        raise ValueError("ooblex gateway needs a broker: --broker redis://HOST:PORT (or amqp://..., memory://) "
+                         "or OOBLEX_BROKER")
+    settings = Settings.from_env(loopback_candidates=args.loopback or None, host=args.host)
+    check_exposure(args.host, settings, args.insecure)
     threads = [load_thread(spec) for spec in args.thread]
     public = args.public_url or f"http://{args.host}:{args.port}"
     app = create_app(broker=args.broker, threads=threads, settings=settings,
                      embedded_worker=args.broker.startswith("memory"), store=args.store, public_url=public)
     return serve(app, args.host, args.port)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from .tokens import mint, parse_ttl
+
+    print(mint(args.scope, thread=args.thread, stream=args.stream, ttl_s=parse_ttl(args.ttl)))
+    return 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -120,12 +159,15 @@ def cmd_send(args: argparse.Namespace) -> int:
     from .webrtc.client import send
 
     return asyncio.run(send(args.source, args.to, codec=args.codec, duration=args.duration, fps=args.fps,
-                            show_every=args.every))
+                            show_every=args.every, token=args.token))
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; another address "
+                   "needs OOBLEX_SECRET or --insecure)")
     p.add_argument("--port", type=int, default=8800, help="port (default 8800)")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without OOBLEX_SECRET "
+                   "(anyone who reaches it can use and watch every stream)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thread", action="append", default=[], help="also serve this local thread (repeatable)")
     p.add_argument("--cache", default=None, help="blob/pip cache directory (default ~/.cache/ooblex)")
     p.add_argument("--drain-s", type=float, default=10.0, help="on SIGTERM, time for in-flight work to finish")
+    p.add_argument("--retry-s", type=float, default=5.0, help="first wait before retrying a refused deploy "
+                   "(doubles each time; a changed manifest is retried at once)")
+    p.add_argument("--retry-max-s", type=float, default=300.0, help="longest wait between retries of a refused deploy")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("deploy", help="publish a tensor thread to a cluster (like ob.deploy)")
@@ -175,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gateway", help="the media gateway alone, in front of workers on a broker")
     add_server_args(p)
-    p.add_argument("--broker", required=True, help="redis://HOST:PORT, amqp://... or memory://")
+    p.add_argument("--broker", default=os.environ.get("OOBLEX_BROKER") or None,
+                   help="redis://HOST:PORT, amqp://... or memory:// (default $OOBLEX_BROKER)")
     p.add_argument("--thread", action="append", default=[], metavar="SPEC",
                    help="a thread the workers serve (name shown in listings); repeatable")
     p.add_argument("--loopback", action="store_true", help="offer 127.0.0.1 ICE candidates")
@@ -184,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default http://HOST:PORT)")
     p.set_defaults(func=cmd_gateway)
 
+    p = sub.add_parser("token", help="mint a bearer token for a gateway (needs OOBLEX_SECRET)")
+    p.add_argument("scope", choices=["publish", "view", "control"],
+                   help="publish: start streams on --thread; view: watch --stream; control: everything")
+    p.add_argument("--thread", default="*", help="thread a publish token is for (default: any)")
+    p.add_argument("--stream", default="*", help="stream id a view token is for (default: any)")
+    p.add_argument("--ttl", default="1h", help="lifetime: 90 (seconds), 30m, 12h, 7d (default 1h)")
+    p.set_defaults(func=cmd_token)
+
     p = sub.add_parser("send", help="send video to a gateway over WHIP; prints fps and round-trip latency")
     p.add_argument("--source", required=True, help="webcam index, video file, rtsp:// or http:// MJPEG URL")
     p.add_argument("--to", required=True, help="WHIP URL, e.g. http://127.0.0.1:8800/whip/identity?k=3")
@@ -191,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=30.0, help="sending rate for files (default 30)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until the end)")
     p.add_argument("--every", type=float, default=1.0, help="seconds between printed reports")
+    p.add_argument("--token", default=None, help="publish token for the thread (default $OOBLEX_TOKEN)")
     p.set_defaults(func=cmd_send)
     return parser
 

@@ -42,6 +42,12 @@ class NotFound(OoblexError, LookupError):
     status = 404
 
 
+class MethodNotAllowed(OoblexError):
+    """The resource exists but does not take this method."""
+
+    status = 405
+
+
 class Conflict(OoblexError, ValueError):
     """The request collides with existing state (a sink file that exists, say)."""
 
@@ -75,6 +81,15 @@ class Unavailable(OoblexError):
     status = 503
 
 
+class GatewayTimeout(OoblexError, TimeoutError):
+    """The workers did not answer in time."""
+
+    status = 504
+
+
 def status(exc: BaseException) -> int:
-    """The HTTP status for ``exc``: its own for an ``OoblexError``, 500 for anything else (a bug)."""
-    return exc.status if isinstance(exc, OoblexError) else 500
+    """The HTTP status for ``exc``: its own for an ``OoblexError``, 400 for another ``ValueError`` (an
+    argument check in plain Python code), 500 for anything else (a bug)."""
+    if isinstance(exc, OoblexError):
+        return exc.status
+    return 400 if isinstance(exc, ValueError) else 500

@@ -98,9 +98,13 @@ class Cluster:
         try:
             out = []
             for name, entry in sorted(reg.serving().items()):
-                active = entry["versions"].get(entry["active"], {})
-                out.append({"name": name, "active": entry["active"], "versions": sorted(entry["versions"]),
-                            **active.get("meta", {})})
+                v = entry["active"]
+                try:  # what a listing shows comes from a verified manifest too
+                    about = modules[1].verified(entry["versions"].get(v), reg.secret, name, v,
+                                                entry["signatures"].get(v)).get("meta", {})
+                except PermissionError as exc:
+                    about = {"refused": str(exc)}
+                out.append({"name": name, "active": v, "versions": sorted(entry["versions"]), **about})
             return out
         finally:
             reg.close()
@@ -120,7 +124,10 @@ class Cluster:
             reg.close()
 
     def _streams(self, modules: tuple[Any, Any]) -> list[dict[str, Any]]:
-        """Every live gateway's open streams (asked from each gateway's ``/api/v1/streams``)."""
+        """Every live gateway's open streams (asked from each gateway's ``/api/v1/streams``).
+
+        Only gateways whose signed record verifies are asked: the control token goes nowhere
+        else (anyone who can write to the store could otherwise list a URL of their own)."""
         reg = self._registry(modules)
         try:
             gateways = reg.records("gateway")
@@ -149,5 +156,6 @@ class Cluster:
         return {"name": dep.name, "version": dep.version, "urls": dep.urls, "status": dep.status()}
 
     def _undeploy(self, modules: tuple[Any, Any], name: str) -> dict[str, Any]:
-        modules[0].undeploy(name, cluster=self.settings.cluster, store=self.settings.store or None)
+        modules[0].undeploy(name, cluster=self.settings.cluster, store=self.settings.store or None,
+                            secret=self.settings.secret or None)
         return {"name": name, "undeployed": True}

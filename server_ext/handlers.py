@@ -31,6 +31,8 @@ class OoblexHandler(APIHandler):
             raise web.HTTPError(503, str(exc), reason="Cluster Unavailable") from None
         except LookupError as exc:
             raise web.HTTPError(404, str(exc).strip("'\"")) from None
+        except PermissionError as exc:  # no OOBLEX_SECRET, or a refused signature
+            raise web.HTTPError(403, str(exc)) from None
         except (ValueError, TypeError) as exc:
             raise web.HTTPError(400, str(exc)) from None
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +34,17 @@ def rabbit_server() -> Iterator[RabbitMQServer]:
     server = RabbitMQServer().start()
     yield server
     server.cleanup()
+
+
+async def wait_for(cond, timeout: float = 15.0, what: str = "condition"):  # noqa: ANN001, ANN201
+    """``cond()``'s first truthy value (``cond`` may be a coroutine function), polled every 0.1 s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = await cond() if asyncio.iscoroutinefunction(cond) else cond()
+        if v:
+            return v
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def env(**extra: str) -> dict[str, str]:

@@ -42,7 +42,7 @@ def running_gateway(threads: Any = (), settings: Settings | None = None, **kwarg
     # log_config=None: uvicorn's dictConfig would close every existing handler, including ones
     # (absl's, once TensorFlow is imported) that hold pytest's captured streams.
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           ws_max_size=64 << 20, log_config=None))
+                                           log_config=None, **settings.server_options()))
     thread = threading.Thread(target=server.run, name="test-gateway", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15

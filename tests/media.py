@@ -44,3 +44,19 @@ def moving_picture(width: int = 640, height: int = 480) -> Callable[[], np.ndarr
         i += 1
         return np.roll(base, i * 4, axis=1)
     return next_image
+
+
+async def sdp_offer(direction: str = "sendrecv", codec: str = "vp8") -> str:
+    """A real aiortc SDP offer (all candidates gathered) for a video transceiver; the peer is closed after."""
+    from aiortc import RTCPeerConnection, RTCRtpSender
+
+    from ooblex.webrtc import rtc_configuration
+
+    pc = RTCPeerConnection(rtc_configuration())
+    tr = pc.addTransceiver("video", direction=direction)
+    tr.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                            if c.mimeType.lower() in (f"video/{codec}", "video/rtx")])
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp

@@ -13,7 +13,16 @@ import ooblex as ob
 from ooblex.cluster.engine import ClusterEngine
 from ooblex.cluster.registry import CHUNK, Registry
 
-from .cluster_fixtures import SECRET, needs_rabbitmq, needs_redis, rabbit_server, redis_server, start_worker, stop  # noqa: F401
+from .cluster_fixtures import (  # noqa: F401
+    SECRET,
+    needs_rabbitmq,
+    needs_redis,
+    rabbit_server,
+    redis_server,
+    start_worker,
+    stop,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.timeout(120), needs_redis]
 
@@ -27,16 +36,6 @@ def invert(frame: np.ndarray, amount: int = 255) -> np.ndarray:
 @pytest.fixture(autouse=True)
 def secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OOBLEX_SECRET", SECRET)
-
-
-async def wait_for(cond, timeout: float = 15.0, what: str = "condition"):  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = await cond() if asyncio.iscoroutinefunction(cond) else cond()
-        if v:
-            return v
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def stream_some(engine: ClusterEngine, thread: str, n: int = 10, **params) -> list:  # noqa: ANN003
@@ -109,15 +108,14 @@ async def test_tampered_and_unsigned_artifacts_are_refused(redis_server) -> None
     worker = start_worker(url)
     reg = Registry(url)
     try:
-        dep = ob.deploy(invert, cluster=url, wait=20)
+        v1 = ob.deploy(invert, cluster=url, wait=20)
+        dep = ob.deploy(invert, cluster=url, keep_versions=True, wait=20)
         manifest = dict(dep.manifest)
         manifest["requirements"] = ["evil-package"]  # changed after signing
         reg.r.hset("ooblex:reg:invert", str(dep.version), json.dumps(manifest))
         reg.r.incr("ooblex:reg:rev")
-        unsigned = {k: v for k, v in dep.manifest.items() if k != "signature"}
-        unsigned["version"] = 99
-        reg.r.hset("ooblex:reg:invert", "99", json.dumps(unsigned))
-        reg.r.sadd("ooblex:reg:invert:serving", 99)
+        unsigned = {k: v for k, v in v1.manifest.items() if k != "signature"}
+        reg.r.hset("ooblex:reg:invert", str(v1.version), json.dumps(unsigned))
         reg.r.incr("ooblex:reg:rev")
         refused = await wait_for(lambda: len(dep.status()["refused"]) == 2 and dep.status()["refused"],
                                  what="refusals")

@@ -46,3 +46,24 @@ def test_deploy_manifests_parse_and_use_real_commands() -> None:
     assert {"Deployment", "StatefulSet", "Service", "Secret", "Kustomization"} <= kinds
     worker = next(d for d in docs if d.get("metadata", {}).get("name") == "ooblex-worker")
     assert worker["spec"]["template"]["spec"]["containers"][0]["args"][0] in commands
+
+
+def test_deploy_manifests_guard_the_store_with_a_password() -> None:
+    """Redis requires a password (from the environment or the Secret) and every store URL carries it."""
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    redis = compose["services"]["redis"]["command"]
+    assert redis[redis.index("--requirepass") + 1].startswith("${OOBLEX_REDIS_PASSWORD:?")
+    assert redis[redis.index("--appendonly") + 1] == "yes"
+    for key in ("OOBLEX_BROKER", "OOBLEX_STORE"):
+        assert "redis://:${OOBLEX_REDIS_PASSWORD" in compose["x-ooblex-env"][key], key
+    assert compose["services"]["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_USER"] != "guest"
+    docs = [d for f in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())]
+    named = {(d["kind"], d["metadata"]["name"]): d for d in docs if "metadata" in d}
+    assert "REDIS_PASSWORD" in named["Secret", "ooblex"]["stringData"]
+    redis_args = named["StatefulSet", "redis"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert redis_args[redis_args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    for name in ("ooblex-gateway", "ooblex-worker"):
+        container = named["Deployment", name]["spec"]["template"]["spec"]["containers"][0]
+        assert {"secretRef": {"name": "ooblex"}} in container["envFrom"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["OOBLEX_STORE"] == env["OOBLEX_BROKER"] == "redis://:$(REDIS_PASSWORD)@redis:6379/0", name

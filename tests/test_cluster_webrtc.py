@@ -23,6 +23,7 @@ async def test_whip_round_trip_through_a_redis_cluster(monkeypatch: pytest.Monke
     import ooblex as ob
     from ooblex.cluster.registry import Registry
     from ooblex.cluster.servers import RedisServer
+    from ooblex.tokens import mint
     from ooblex.webrtc import framecode
     from ooblex.webrtc.client import ImageTrack, WhipClient
 
@@ -43,7 +44,7 @@ async def test_whip_round_trip_through_a_redis_cluster(monkeypatch: pytest.Monke
                 names = [t["name"] for t in (await http.get(gw.url + "/api/v1/threads")).json()]
             assert "relay" in names
             track = ImageTrack(moving_picture(320, 240), fps=30)
-            async with WhipClient(gw.url + "/whip/relay", track) as client:
+            async with WhipClient(gw.url + "/whip/relay", track, token=mint("publish", thread="relay")) as client:
                 await client.wait_connected()
                 numbers: list[int] = []
                 deadline = time.monotonic() + 30

@@ -78,3 +78,44 @@ async def test_demo_page_autostart_plays_processed_video(thread: str, codec: str
                 assert await page.text_content("#whep-url") == "–"
             finally:
                 await browser.close()
+
+
+@in_netns
+async def test_demo_page_with_a_secret_takes_a_token_and_shares_only_a_view_token() -> None:
+    import httpx
+    from playwright.async_api import async_playwright
+
+    from ooblex.gateway import Settings
+    from ooblex.gateway.demo import demo_threads
+    from ooblex.tokens import mint, verify
+
+    from .gateway_server import running_gateway
+
+    secret = "browser-test-secret-0123456789"
+    publish = mint("publish", thread="invert", secret=secret)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with running_gateway(threads=demo_threads(), settings=Settings(loopback_candidates=True, secret=secret)) as gw:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1280, "height": 820})
+                await page.goto(f"{gw.url}/?thread=edges&autostart=1")  # no token: refused, the page asks for one
+                await page.wait_for_function("!document.getElementById('token-box').hidden", timeout=20_000)
+                assert "401" in await page.text_content("#status")
+                await page.goto(f"{gw.url}/?thread=invert&autostart=1#token={publish}")
+                try:
+                    state = await _output_playing(page)
+                finally:
+                    await page.screenshot(path=str(ARTIFACTS / "demo-with-token.png"), full_page=True)
+                assert state["width"] > 0 and state["advanced"] > 0.5, state
+                assert publish not in page.url  # moved out of the address bar
+                mjpeg = await page.get_attribute("#mjpeg-url", "href")
+                shared = httpx.URL(mjpeg).params["token"]
+                assert shared != publish and verify(shared, secret).scope == "view"
+                async with httpx.AsyncClient() as http, http.stream("GET", mjpeg) as r:
+                    assert r.status_code == 200
+                await page.click("#stop")
+                await asyncio.sleep(1.0)
+                assert not gw.state.sessions.items and not gw.state.engine.streams
+            finally:
+                await browser.close()

@@ -46,3 +46,9 @@ def test_curl_examples(tmp_path: Path) -> None:
     result = json.loads(done.stdout[: done.stdout.index("}}") + 2])
     assert abs(result["result"]["brightness"] - 60) < 3  # JPEG round trip
     assert done.stdout.rstrip().endswith("]")  # the streams listing
+
+
+def test_security_example(capsys) -> None:
+    (example,) = code_blocks("security.md", "python")
+    exec(compile(example, "docs/security.md", "exec"), {"__name__": "docs"})
+    assert capsys.readouterr().out.strip() == "publish some-stream-id"

@@ -11,7 +11,7 @@ import pytest
 from ooblex.webrtc import framecode
 from ooblex.webrtc.client import ImageTrack, WhepClient, WhipClient
 
-from .media import moving_picture
+from .media import moving_picture, sdp_offer
 from .netns import in_netns
 
 pytestmark = pytest.mark.timeout(120)
@@ -92,22 +92,6 @@ async def test_whep_viewers_and_mjpeg_of_a_whip_stream() -> None:
         await viewers[1].close(delete=False)
 
 
-async def _offer(direction: str = "sendrecv", codec: str = "vp8") -> str:
-    from aiortc import RTCPeerConnection
-
-    from ooblex.webrtc import rtc_configuration
-
-    pc = RTCPeerConnection(rtc_configuration())
-    tr = pc.addTransceiver("video", direction=direction)
-    from aiortc import RTCRtpSender
-    tr.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
-                            if c.mimeType.lower() in (f"video/{codec}", "video/rtx")])
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
-
-
 @in_netns
 async def test_bad_webrtc_requests_get_clear_4xx() -> None:
     import httpx
@@ -118,9 +102,9 @@ async def test_bad_webrtc_requests_get_clear_4xx() -> None:
 
     settings = Settings(loopback_candidates=True, max_sdp_bytes=20_000, connect_timeout_s=2.0)
     with running_gateway(settings=settings) as gw:
-        good = await _offer("sendrecv")
-        sendonly = await _offer("sendonly")
-        recvonly = await _offer("recvonly")
+        good = await sdp_offer("sendrecv")
+        sendonly = await sdp_offer("sendonly")
+        recvonly = await sdp_offer("recvonly")
         av1 = good.replace("VP8/90000", "AV1X/90000")
         cases = [
             ("/whip/nope", good, "application/sdp", 404, "unknown tensor thread"),

@@ -43,6 +43,10 @@ class FakeGateway:
                     self.send_header("Content-Type", "application/sdp")
                     self.send_header("Location", self.path.split("?")[0] + "/sess1")
                     body = b"v=0 answer"
+                elif self.command == "GET":  # a listing, e.g. /api/v1/streams
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    body = b"[]"
                 else:
                     self.send_response(200)
                     body = b""
@@ -50,7 +54,7 @@ class FakeGateway:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_POST = do_DELETE = do_PATCH = _answer  # noqa: N815
+            do_GET = do_POST = do_DELETE = do_PATCH = _answer  # noqa: N815
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -249,6 +253,41 @@ def test_cluster_endpoints_on_a_live_cluster(tmp_path):
         for proc in (gateway, worker):
             proc.terminate()
             proc.wait(20)
+        redis.cleanup()
+
+
+def test_streams_asks_only_gateways_with_a_verified_record(tmp_path):
+    """Anyone who can write to the store can list a gateway URL of their own: the extension sends its
+    control token only to gateways whose signed record verifies."""
+    import json
+
+    from ooblex.cluster.deploy import announce_gateway
+    from ooblex.cluster.registry import Registry, seal_record
+    from ooblex.cluster.servers import RedisServer
+
+    redis = RedisServer().start()
+    real, evil = FakeGateway(), FakeGateway()
+    reg = Registry(redis.url, SECRET)
+    try:
+        announce_gateway(reg, "gw-real", real.url, ttl_s=120)
+        planted = {"gw-unsigned": {"id": "gw-unsigned", "url": evil.url, "routes": {}},
+                   "gw-forged": seal_record({"url": evil.url}, "gateway", "gw-forged", 120, b"not-the-secret"),
+                   "gw-old": seal_record({"url": evil.url}, "gateway", "gw-old", -5, SECRET.encode())}
+        for ident, doc in planted.items():
+            reg.r.set(f"ooblex:gateway:{ident}", json.dumps(doc))
+            reg.r.zadd("ooblex:gateways", {ident: time.time() + 120})
+        env = {"OOBLEX_CLUSTER": redis.url, "OOBLEX_SECRET": SECRET}
+        with JupyterServer(tmp_path, args=[ENABLE], env=env) as srv:
+            r = httpx.get(f"{srv.url}/ooblex/streams", headers={"Authorization": "token test-token"}, timeout=20)
+            assert r.status_code == 200, srv.log()
+        assert r.json() == [{"gateway": "gw-real", "url": real.url, "streams": []}]
+        assert evil.requests == [], "nothing, least of all the token, went to an unverified gateway"
+        auth = real.requests[-1]["headers"]["Authorization"]
+        assert verify(auth.removeprefix("Bearer "), SECRET).scope == "control"
+    finally:
+        reg.close()
+        real.close()
+        evil.close()
         redis.cleanup()
 
 

@@ -1,6 +1,7 @@
 """Turn a signed manifest into a loaded tensor thread on a worker: verify, fetch, install, unpickle.
 
-Nothing is executed before the manifest's signature and every blob's hash check out.
+Nothing is executed before the manifest's signature (over its name and version too: it must be
+the one stored under the key the state names) and every blob's hash check out.
 Blobs are cached on disk by content hash, so restarts and new versions that share weights
 download nothing twice.
 """
@@ -17,19 +18,21 @@ from typing import Any
 
 import cloudpickle
 
+from ..errors import Unavailable
 from ..thread import TensorThread
 from . import weights
-from .registry import Registry
-from .signing import verify
+from .registry import Registry, verified
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(Unavailable, RuntimeError):
     """A deploy cannot be loaded here (wrong Python, failed install, bad code)."""
 
 
-def load(registry: Registry, manifest: dict[str, Any], secret: bytes | None, cache: Path) -> TensorThread:
-    """Verify ``manifest`` and return its thread, ready for a ``Worker``. Raises with a clear reason."""
-    verify(manifest, secret)
+def load(registry: Registry, name: str, version: int, manifest: Any, secret: bytes | None, cache: Path, *,
+         signature: str | None = None) -> TensorThread:
+    """Verify ``manifest`` (stored as ``name@version``; ``signature``: the one the thread's state names)
+    and return its thread, ready for a ``Worker``. Raises with a clear reason."""
+    verified(manifest, secret, name, version, signature)
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     if manifest.get("python") != here:
         raise ArtifactError(f"deployed from Python {manifest.get('python')}, this worker runs {here} "

@@ -5,11 +5,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..broker.base import redact
+from ..errors import BadRequest
+
 
 @dataclass(frozen=True)
 class ClusterConfig:
     broker: str
     store: str
+
+    def __repr__(self) -> str:  # URLs may carry passwords
+        return f"ClusterConfig(broker={redact(self.broker)!r}, store={redact(self.store)!r})"
 
 
 def resolve(cluster: str | None = None, store: str | None = None) -> ClusterConfig:
@@ -19,7 +25,7 @@ def resolve(cluster: str | None = None, store: str | None = None) -> ClusterConf
     """
     broker = cluster or os.environ.get("OOBLEX_BROKER") or os.environ.get("OOBLEX_CLUSTER")
     if not broker:
-        raise ValueError("no cluster given: pass cluster='redis://host:6379/0' (or amqp://...) "
+        raise BadRequest("no cluster given: pass cluster='redis://host:6379/0' (or amqp://...) "
                          "or set OOBLEX_BROKER")
     scheme = broker.split(":", 1)[0].lower()
     if scheme in ("redis", "rediss"):
@@ -27,7 +33,7 @@ def resolve(cluster: str | None = None, store: str | None = None) -> ClusterConf
     if scheme in ("amqp", "amqps"):
         store = store or os.environ.get("OOBLEX_STORE")
         if not store:
-            raise ValueError("a RabbitMQ cluster keeps its registry and state in Redis: "
+            raise BadRequest("a RabbitMQ cluster keeps its registry and state in Redis: "
                              "pass store='redis://host:6379/0' or set OOBLEX_STORE")
         return ClusterConfig(broker, store)
-    raise ValueError(f"unknown cluster URL {broker!r}: use redis://host:port/db or amqp://user:pw@host/")
+    raise BadRequest(f"unknown cluster URL {redact(broker)!r}: use redis://host:port/db or amqp://user:pw@host/")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
 
+from ..broker.base import redact
 from ..thread import TensorThread, as_thread
 from .config import ClusterConfig, resolve
 from .registry import Registry, RegistryError, check_name
@@ -60,14 +61,18 @@ class Deployment:
     version: int
     config: ClusterConfig
     manifest: dict[str, Any]
+    #: The cluster secret (default ``$OOBLEX_SECRET``): rollback and undeploy are signed with it,
+    #: status records verified with it.
+    secret: str | bytes | None = field(default=None, repr=False)
 
     def _registry(self) -> Registry:
-        return Registry(self.config.store)
+        return Registry(self.config.store, self.secret)
 
     @property
     def urls(self) -> dict[str, Any]:
         """Endpoints on the cluster's gateway(s): ``{"whip": ..., "whep": ..., ...}`` (first gateway)
-        plus ``"gateways"``: the same for every live gateway. Empty when no gateway is up."""
+        plus ``"gateways"``: the same for every live gateway whose signed record verifies. Empty when
+        no gateway is up."""
         reg = self._registry()
         try:
             per = [gateway_urls(g, self.name) for g in reg.records("gateway")]
@@ -98,22 +103,22 @@ class Deployment:
             time.sleep(0.2)
 
     def rollback(self) -> Deployment:
-        """Serve the version before this one under the plain name again."""
+        """Serve the version before this one under the plain name again (a signed state change)."""
         reg = self._registry()
         try:
             older = sorted(v for v in reg.versions(self.name) if v < self.version)
             if not older:
                 raise RegistryError(f"{self.name}@{self.version} has no earlier version to roll back to")
             reg.activate(self.name, older[-1])
-            return Deployment(self.name, older[-1], self.config, reg.versions(self.name)[older[-1]])
+            return Deployment(self.name, older[-1], self.config, reg.manifest(self.name, older[-1]), self.secret)
         finally:
             reg.close()
 
     def undeploy(self) -> None:
-        undeploy(self.name, cluster=self.config.broker, store=self.config.store)
+        undeploy(self.name, cluster=self.config.broker, store=self.config.store, secret=self.secret)
 
     def __repr__(self) -> str:
-        return f"<Deployment {self.name}@{self.version} on {self.config.broker}>"
+        return f"<Deployment {self.name}@{self.version} on {redact(self.config.broker)}>"
 
 
 def deploy(thread: Any, cluster: str | None = None, *, store: str | None = None,
@@ -137,29 +142,33 @@ def deploy(thread: Any, cluster: str | None = None, *, store: str | None = None,
                                keep_versions=keep_versions)
     finally:
         reg.close()
-    dep = Deployment(t.name, manifest["version"], config, manifest)
+    dep = Deployment(t.name, manifest["version"], config, manifest, secret)
     return dep.wait_ready(wait) if wait else dep
 
 
-def undeploy(name: Any, cluster: str | None = None, *, store: str | None = None) -> None:
-    """Remove ``name`` (a name or a thread) from the cluster: workers stop serving it within a poll."""
+def undeploy(name: Any, cluster: str | None = None, *, store: str | None = None,
+             secret: str | bytes | None = None) -> None:
+    """Remove ``name`` (a name or a thread) from the cluster: workers stop serving it within a poll.
+    Needs ``OOBLEX_SECRET`` (or ``secret=``): the removal is a signed state change."""
     config = resolve(cluster, store)
-    reg = Registry(config.store)
+    reg = Registry(config.store, secret)
     try:
         reg.remove(name if isinstance(name, str) else as_thread(name).name)
     finally:
         reg.close()
 
 
-def deployment(name: str, cluster: str | None = None, *, store: str | None = None) -> Deployment:
-    """The active ``Deployment`` of ``name``."""
+def deployment(name: str, cluster: str | None = None, *, store: str | None = None,
+               secret: str | bytes | None = None) -> Deployment:
+    """The active ``Deployment`` of ``name`` (from its verified state: needs ``OOBLEX_SECRET``)."""
     config = resolve(cluster, store)
-    reg = Registry(config.store)
+    reg = Registry(config.store, secret)
     try:
+        reg.need_secret(f"verify the deployment of {name!r}")
         v = reg.active(name)
         if v is None:
-            raise RegistryError(f"{name!r} is not deployed on {config.broker}")
-        return Deployment(name, v, config, reg.versions(name)[v])
+            raise RegistryError(f"{name!r} is not deployed on {redact(config.broker)}")
+        return Deployment(name, v, config, reg.manifest(name, v), secret)
     finally:
         reg.close()
 
@@ -180,12 +189,13 @@ def thread_status(reg: Registry, name: str, version: int | None = None) -> dict[
     """Aggregate worker records for ``name``: who serves which version, fps, compute latency, refusals."""
     active = reg.active(name)
     target = f"{name}@{version}" if version is not None else name
-    workers, refused, fps, serving = [], {}, 0.0, 0
+    workers, refused, retry_at, fps, serving = [], {}, {}, 0.0, 0
     records = reg.records("worker")
     for w in records:
-        for key, reason in w.get("refused", {}).items():
+        for key, why in w.get("refused", {}).items():
             if key.split("@")[0] == name:
-                refused[f"{w['id']} ({key})"] = reason
+                refused[f"{w['id']} ({key})"] = why["reason"]
+                retry_at[f"{w['id']} ({key})"] = why["retry_at"]
         queues = w.get("threads", {})
         serving += target in queues
         for queue, t in queues.items():
@@ -196,16 +206,19 @@ def thread_status(reg: Registry, name: str, version: int | None = None) -> dict[
                             "fps": t.get("fps", 0.0), "latency_ms": t.get("latency_ms", {}),
                             "load": w.get("load"), "busy": w.get("busy")})
     return {"name": name, "version": version, "active": active, "serving": serving, "fps": round(fps, 2),
-            "workers": workers, "refused": refused, "workers_alive": [w["id"] for w in records]}
+            "workers": workers, "refused": refused, "retry_at": retry_at,
+            "workers_alive": [w["id"] for w in records]}
 
 
-def announce_gateway(store: str, ident: str, url: str, routes: dict[str, str] | None = None,
+def announce_gateway(store: str | Registry, ident: str, url: str, routes: dict[str, str] | None = None,
                      ttl_s: float = 10.0, **extra: Any) -> None:
-    """For gateways: publish (refresh every few seconds) where this instance serves, so
-    ``Deployment.urls`` can point at it. ``routes``: templates with ``{base}`` and ``{thread}``."""
-    reg = Registry(store)
+    """For gateways: publish (refresh every few seconds) a signed record of where this instance
+    serves, so ``Deployment.urls`` can point at it. ``store``: a Redis URL or an open ``Registry``;
+    ``routes``: templates with ``{base}`` and ``{thread}``. Needs ``OOBLEX_SECRET``."""
+    reg = store if isinstance(store, Registry) else Registry(store)
     try:
         reg.put_record("gateway", ident, {"id": ident, "url": url, "routes": routes or {}, "heartbeat": time.time(),
                                           **extra}, ttl_s)
     finally:
-        reg.close()
+        if reg is not store:
+            reg.close()

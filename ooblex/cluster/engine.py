@@ -2,7 +2,9 @@
 
 Gateways (and ``ob.process``) open streams by name; the engine learns each deployed thread's
 name and parameters (``name`` and ``name@version``) from the registry without loading its code,
-and sends the frames to the workers through the broker.
+and sends the frames to the workers through the broker. Like workers, it follows only verified
+thread states and manifests (``OOBLEX_SECRET``), and with a ``public_url`` announces itself with a
+signed gateway record.
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 from ..broker import connect
 from ..engine import Engine
 from ..supervision import cancel, supervise
 from .config import resolve
-from .registry import Registry, remote_thread
+from .deploy import announce_gateway
+from .registry import Registry, remote_thread, verified
+from .signing import ENV, SignatureError, warn_once
 
 log = logging.getLogger("ooblex.cluster")
 
@@ -26,10 +29,10 @@ class ClusterEngine(Engine):
     """``Engine`` on a network broker, with its thread table synced from the registry."""
 
     def __init__(self, cluster: str | None = None, *, store: str | None = None, poll_s: float = 0.5,
-                 public_url: str | None = None, **options: Any) -> None:
+                 public_url: str | None = None, secret: str | bytes | None = None, **options: Any) -> None:
         self.config = resolve(cluster, store)
         super().__init__(connect(self.config.broker), embedded_worker=False, **options)
-        self.registry = Registry(self.config.store)
+        self.registry = Registry(self.config.store, secret)
         self.poll_s = poll_s
         self._rev = -1
         self._remote: set[str] = set()
@@ -44,7 +47,10 @@ class ClusterEngine(Engine):
         except Exception as exc:  # noqa: BLE001 - the follower keeps trying
             log.warning("registry not reachable yet: %s", exc)
         self._follow = supervise(self._follow_registry, "engine:registry", logger=log)
-        if self.public_url:
+        if not self.registry.secret:
+            log.warning("no %s: deployed threads cannot be verified, so this gateway serves none%s", ENV,
+                        " and does not announce itself" if self.public_url else "")
+        elif self.public_url:
             self._announce = supervise(self._announce_forever, "engine:announce", logger=log)
         return self
 
@@ -66,24 +72,28 @@ class ClusterEngine(Engine):
         for name, info in snapshot.items():
             for v, manifest in info["versions"].items():
                 for queue in ([name] if v == info["active"] else []) + [f"{name}@{v}"]:
-                    names.add(queue)
                     current = self.threads.get(queue)
                     if current is None or getattr(current, "version", None) != v:
+                        try:
+                            verified(manifest, self.registry.secret, name, v, info["signatures"][v])
+                        except SignatureError as exc:
+                            warn_once(f"engine:{exc}", "not offering %s: %s", queue, exc)
+                            continue
                         t = remote_thread(manifest["meta"], queue)
                         t.version = v  # type: ignore[attr-defined]
                         self.add_thread(t)
+                    names.add(queue)
         for gone in self._remote - names:
             self.threads.pop(gone, None)
         self._remote = names
         self._rev = rev
 
     async def _announce_forever(self, every_s: float = 3.0) -> None:
-        """Keep this gateway's record (``url``, id) fresh so ``Deployment.urls`` can point at it."""
-        doc = {"id": self.reply_to, "url": self.public_url, "routes": {}}
+        """Keep this gateway's signed record (``url``, id) fresh so ``Deployment.urls`` can point at it."""
         while True:
             try:
-                doc["heartbeat"], doc["streams"] = time.time(), len(self.streams)
-                await asyncio.to_thread(self.registry.put_record, "gateway", self.reply_to, doc, 3 * every_s)
+                await asyncio.to_thread(announce_gateway, self.registry, self.reply_to, str(self.public_url),
+                                        ttl_s=3 * every_s, streams=len(self.streams))
             except Exception as exc:  # noqa: BLE001 - keep announcing through store outages
                 log.debug("gateway announce failed: %s", exc)
             await asyncio.sleep(every_s)

@@ -16,15 +16,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..broker.base import redact
 from ..engine import Engine
+from ..errors import NotFound, Unavailable
 from ..media import Sink, open_sink, open_source
 from ..run import feed_every
+from ..secret import ENV
 from ..thread import TensorThread
 
 Progress = Callable[[int, "int | None"], Any]
 
 
-class NoWorkers(RuntimeError):
+class NoWorkers(Unavailable, RuntimeError):
     """Nobody serves the thread a job needs."""
 
 
@@ -143,11 +146,12 @@ def start_job(engine: Engine, thread: str, source: Any, sink: Any = None, **opti
 
 def process(thread: str | Any, source: Any, cluster: str | None = None, *, store: str | None = None,
             sink: Any = None, params: dict[str, Any] | None = None, max_in_flight: int = 8,
-            progress: bool | Progress = True, no_workers_s: float = 10.0) -> JobResult:
+            progress: bool | Progress = True, no_workers_s: float = 10.0, secret: str | None = None) -> JobResult:
     """Process every frame of ``source`` (video file, image, folder, list of arrays) on the cluster.
 
     ``thread``: a deployed name (``"blur"`` or ``"blur@3"``) or a tensor thread, which is deployed
     first unless the cluster already serves that exact code. Blocks until done (safe in notebooks).
+    ``secret``: the cluster secret (default ``$OOBLEX_SECRET``), to verify what the registry says.
     """
     from ..thread import as_thread
     from .deploy import code_digest, deploy, deployment
@@ -156,19 +160,19 @@ def process(thread: str | Any, source: Any, cluster: str | None = None, *, store
     if not isinstance(thread, str):
         t = as_thread(thread)
         try:
-            current = deployment(t.name, cluster, store=store)
+            current = deployment(t.name, cluster, store=store, secret=secret)
             same = current.manifest.get("code") == code_digest(t)
         except LookupError:
             same = False
         if not same:
-            deploy(t, cluster, store=store)
+            deploy(t, cluster, store=store, secret=secret)
         thread = t.name
     box: dict[str, Any] = {}
 
     async def main() -> None:
         bar = _bar() if progress is True else None
         cb = (lambda d, total: bar(d, total)) if bar else (progress if callable(progress) else None)
-        async with ClusterEngine(cluster, store=store) as engine:
+        async with ClusterEngine(cluster, store=store, secret=secret) as engine:
             await _wait_thread(engine, thread, no_workers_s)
             box["r"] = await run_job(engine, thread, source, sink, params=params, max_in_flight=max_in_flight,
                                      progress=cb, no_workers_s=no_workers_s)
@@ -193,7 +197,8 @@ async def _wait_thread(engine: Any, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while name not in engine.threads:
         if time.monotonic() > deadline:
-            raise LookupError(f"{name!r} is not deployed on {engine.config.broker}")
+            unverifiable = "" if engine.registry.secret else f" (or cannot be verified: {ENV} is not set)"
+            raise NotFound(f"{name!r} is not deployed on {redact(engine.config.broker)}{unverifiable}")
         await asyncio.sleep(0.1)
         await engine.sync()
 

@@ -1,9 +1,12 @@
 """``ooblex worker``: a process that serves deployed tensor threads from a cluster.
 
 It watches the registry (a cheap revision poll every ``poll_s``), loads new versions without
-a restart, competes with other workers for tasks through the broker, and publishes a status
-record (host, threads, load, fps, errors, refusals) with a heartbeat. On SIGTERM it stops taking
-tasks, lets calls in flight finish and reply (up to ``drain_s``) and gives the rest back.
+a restart, competes with other workers for tasks through the broker, and publishes a signed status
+record (host, threads, load, fps, errors, refusals) with a heartbeat. It acts only on verified
+thread states and manifests. A refused version is tried again when its manifest changes, or
+after a back-off (``retry_s`` doubling up to ``retry_max_s``: a missing blob may be uploaded, a
+package index may come back). On SIGTERM it stops taking tasks, lets calls in flight finish and
+reply (up to ``drain_s``) and gives the rest back.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +27,20 @@ from ..engine.worker import Worker
 from ..thread import TensorThread
 from . import artifacts
 from .registry import Registry
-from .signing import SignatureError, get_secret
+from .signing import ENV, SignatureError, get_secret
 
 log = logging.getLogger("ooblex.node")
 DEFAULT_CACHE = Path(os.environ.get("OOBLEX_CACHE", Path.home() / ".cache" / "ooblex"))
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a version is not served, and when it is tried again (``time.monotonic()``)."""
+
+    doc: str  # the manifest as refused, with the signature the state names: any change is tried at once
+    reason: str
+    attempts: int
+    retry_at: float
 
 
 class WorkerNode:
@@ -34,17 +48,20 @@ class WorkerNode:
 
     def __init__(self, broker: str, store: str, *, threads: list[TensorThread] = (),  # type: ignore[assignment]
                  secret: str | None = None, cache: Path | str | None = None, poll_s: float = 0.5,
-                 heartbeat_s: float = 1.0, drain_s: float = 10.0) -> None:
+                 heartbeat_s: float = 1.0, drain_s: float = 10.0, retry_s: float = 5.0,
+                 retry_max_s: float = 300.0) -> None:
         self.broker_url, self.store_url = broker, store
         self.local = list(threads)
         self.secret = get_secret(secret)
         self.cache = Path(cache) if cache else DEFAULT_CACHE
         self.poll_s, self.heartbeat_s, self.drain_s = poll_s, heartbeat_s, drain_s
+        #: A refused version is tried again after ``retry_s``, doubling per failure up to ``retry_max_s``.
+        self.retry_s, self.retry_max_s = retry_s, retry_max_s
         self.id = f"{socket.gethostname()}-{os.getpid()}"
         self.started = time.time()
-        #: (name, version) -> loaded thread; refusals keep their reason until the manifest changes.
+        #: (name, version) -> loaded thread, or why it is not (until the manifest changes or a retry).
         self.loaded: dict[tuple[str, int], TensorThread] = {}
-        self.refused: dict[tuple[str, int], tuple[str, str]] = {}  # -> (manifest, reason)
+        self.refused: dict[tuple[str, int], Refusal] = {}
         self.queues: dict[str, tuple[str, int]] = {}  # queue -> (name, version)
         self._docs: dict[tuple[str, int], str] = {}
         self._rev = -1
@@ -56,14 +73,17 @@ class WorkerNode:
         await broker.start()
         self.worker = Worker(broker, self.local)
         await self.worker.start()
-        self.registry = Registry(self.store_url)
+        self.registry = Registry(self.store_url, self.secret)
         log.info("worker %s serving from %s (store %s)", self.id, redact(self.broker_url), redact(self.store_url))
+        if not self.secret:
+            log.warning("no %s: this worker serves only its local threads (deployed ones cannot be verified) "
+                        "and publishes no status record", ENV)
         try:
             next_beat = 0.0
             while not stop.is_set():
                 try:
                     await self.sync()
-                    if time.monotonic() >= next_beat:
+                    if self.secret and time.monotonic() >= next_beat:
                         next_beat = time.monotonic() + self.heartbeat_s
                         await asyncio.to_thread(self.registry.put_record, "worker", self.id, self.status(),
                                                 3 * self.heartbeat_s)
@@ -88,15 +108,15 @@ class WorkerNode:
             await broker.close()
 
     async def sync(self) -> None:
-        """Make the served queues match the registry (only when its revision moved)."""
+        """Make the served queues match the registry (when its revision moved or a retry is due)."""
         rev = await asyncio.to_thread(self.registry.rev)
-        if rev == self._rev:
+        if rev == self._rev and not any(r.retry_at <= time.monotonic() for r in self.refused.values()):
             return
         snapshot = await asyncio.to_thread(self.registry.serving)
         wanted: dict[str, tuple[str, int]] = {}
         for name, info in snapshot.items():
             for v, manifest in info["versions"].items():
-                if await self._ensure(name, v, manifest):
+                if await self._ensure(name, v, manifest, info["signatures"][v]):
                     wanted[f"{name}@{v}"] = (name, v)
                     if v == info["active"]:
                         wanted[name] = (name, v)
@@ -117,16 +137,18 @@ class WorkerNode:
             del self.refused[key]
         self._rev = rev
 
-    async def _ensure(self, name: str, version: int, manifest: dict[str, Any]) -> bool:
+    async def _ensure(self, name: str, version: int, manifest: dict[str, Any] | None, signature: str) -> bool:
         key = (name, version)
-        doc = json.dumps(manifest, sort_keys=True)  # any change to a stored manifest is re-verified
-        if key in self.loaded and self._docs.get(key) == doc:
-            return True
+        doc = json.dumps([manifest, signature], sort_keys=True)  # any change to either is re-verified
+        if key in self.loaded and (self._docs.get(key) == doc or manifest is None):
+            return True  # a deleted manifest is no undeploy: only a signed state says what to serve
         self.loaded.pop(key, None)
-        if key in self.refused and self.refused[key][0] == doc:
+        before = self.refused.get(key)
+        if before is not None and before.doc == doc and time.monotonic() < before.retry_at:
             return False
         try:
-            thread = await asyncio.to_thread(artifacts.load, self.registry, manifest, self.secret, self.cache)
+            thread = await asyncio.to_thread(artifacts.load, self.registry, name, version, manifest, self.secret,
+                                             self.cache, signature=signature)
         except (SignatureError, artifacts.ArtifactError) as exc:
             reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure to load is reported, never fatal
@@ -139,9 +161,16 @@ class WorkerNode:
                 self._docs[key] = doc
                 self.refused.pop(key, None)
                 return True
-        self.refused[key] = (doc, reason)
-        log.error("%s@%d not served: %s", name, version, reason)
+        attempts = before.attempts + 1 if before is not None and before.doc == doc else 1
+        delay = self.backoff(attempts)
+        self.refused[key] = Refusal(doc, reason, attempts, time.monotonic() + delay)
+        log.error("%s@%d not served: %s (try %d; next in %.0f s or when it changes)", name, version, reason,
+                  attempts, delay)
         return False
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds until a version refused ``attempts`` times in a row is tried again."""
+        return min(self.retry_max_s, self.retry_s * 2 ** (attempts - 1))
 
     def status(self) -> dict[str, Any]:
         """The record other machines read: who this worker is, what it serves, how it is doing."""
@@ -160,7 +189,9 @@ class WorkerNode:
                               "errors": s.get("errors", 0)}
         return {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
                 "heartbeat": time.time(), "broker": redact(self.broker_url), "threads": threads,
-                "refused": {f"{n}@{v}": reason for (n, v), (_, reason) in self.refused.items()},
+                "refused": {f"{n}@{v}": {"reason": r.reason, "attempts": r.attempts,
+                                         "retry_at": round(time.time() + r.retry_at - now, 3)}
+                            for (n, v), r in self.refused.items()},
                 "load": os.getloadavg()[0], "busy": self.worker.busy, "fps": self._fps,
                 "processed": self.worker.processed, "errors": self.worker.errors, "skipped": self.worker.skipped}
 

@@ -1,13 +1,22 @@
-"""The model registry in Redis: signed manifests, content-addressed chunked blobs, versions.
+"""The cluster's Redis store: signed manifests and thread states, content-addressed blobs, status records.
 
 Keys (all under ``ooblex:``):
 - ``blob:<sha256>``: hash of 1 MiB chunks (``0``, ``1``, ...) plus ``size``, ``chunks`` and
   ``created``; blobs no manifest refers to are collected after an undeploy (``collect_garbage``);
-- ``reg:names``: set of deployed thread names; ``reg:<name>``: hash version -> signed manifest;
-- ``reg:<name>:active``: the version served under the plain name; ``reg:<name>:serving``: set of
-  versions workers keep loaded (each also reachable as ``<name>@<version>``);
-- ``reg:rev``: bumped on every change, so workers and gateways notice within one poll.
+- ``reg:names``: set of thread names ever deployed (an index: a name counts only with a verified state);
+- ``reg:<name>``: hash version -> manifest, signed with the ``artifact`` key over its name and
+  version too, so a manifest copied under another name or version is refused (``verified``);
+- ``reg:<name>:seq``: the last version number given out;
+- ``reg:<name>:state``: the thread's signed state (``state.ThreadState``: active version, versions
+  served with their manifests' signatures, removed, sequence number). Deploy, activate/rollback,
+  retire and undeploy (which leaves a signed tombstone) each write a new one; readers ignore
+  unsigned, forged and older (replayed) states, and keep the last one they verified;
+- ``reg:rev``: bumped on every change, so workers and gateways notice within one poll;
+- ``<kind>:<id>`` and ``<kind>s`` (kind ``worker`` or ``gateway``): status records, signed with the
+  ``record`` key over their kind, id and expiry, and a sorted set id -> expiry; readers drop
+  unsigned, forged, moved and expired (replayed) records.
 
+Without ``OOBLEX_SECRET`` nothing can be written, and readers see no thread and no record.
 A synchronous client on purpose: ``ob.deploy`` is called from notebooks (which already run
 an event loop); async callers use ``asyncio.to_thread``.
 """
@@ -19,13 +28,17 @@ import inspect
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from ..errors import NotFound
+from ..secret import MissingSecret
 from ..thread import TensorThread
-from .signing import SignatureError, require_secret, sha256, sign, verify
+from .signing import ARTIFACT, RECORD, SignatureError, get_secret, require_secret, sha256, sign, verify, warn_once
+from .state import StateTracker, ThreadState
 
 CHUNK = 1 << 20
 P = "ooblex"
@@ -34,21 +47,32 @@ GC_GRACE_S = 600.0
 TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 
 
-class RegistryError(LookupError):
+class RegistryError(NotFound):
     """A thread, version or blob is not in the registry."""
 
 
 class Registry:
-    """Read and write deployed tensor threads in the cluster's Redis store."""
+    """Read and write deployed tensor threads in the cluster's Redis store.
+
+    One instance remembers the newest thread states it verified (``states``): long-lived readers
+    (workers, gateways) thereby ignore replayed older states.
+    """
 
     def __init__(self, store_url: str, secret: str | bytes | None = None) -> None:
         self.url = store_url
         self.r = redis.Redis.from_url(store_url, socket_connect_timeout=3, socket_timeout=30)
-        self._secret = secret
+        self.secret = get_secret(secret)
+        self.states = StateTracker()
 
     def close(self) -> None:
         self.r.close()
 
+    def need_secret(self, action: str) -> bytes:
+        """The secret, or ``MissingSecret`` saying that ``action`` needs it."""
+        try:
+            return require_secret(self.secret)
+        except MissingSecret as exc:
+            raise MissingSecret(f"cannot {action}: {exc}") from None
     # --- blobs ---------------------------------------------------------------------------
     def put_blob(self, data: bytes) -> str:
         """Store ``data`` once (content-addressed); returns its SHA-256."""
@@ -89,6 +113,8 @@ class Registry:
         referenced = set()
         for raw in self.r.smembers(f"{P}:reg:names"):
             for m in self.versions(raw.decode()).values():
+                if not isinstance(m, dict):
+                    continue
                 referenced.add(m.get("code"))
                 referenced.update(w.get("sha256") for w in m.get("weights", []))
         deleted = 0
@@ -132,9 +158,9 @@ class Registry:
     def publish(self, thread: TensorThread, code: bytes, *, requirements: list[str] = (),  # type: ignore[assignment]
                 weights: list[str | Path] = (), keep_versions: bool = False) -> dict[str, Any]:  # type: ignore[assignment]
         """Upload and sign a new version of ``thread`` and make it the active one."""
-        secret = require_secret(self._secret)
         name = thread.name
         check_name(name)
+        secret = self.need_secret(f"deploy {name!r}")
         manifest = {
             "name": name,
             "version": int(self.r.incr(f"{P}:reg:{name}:seq")),
@@ -145,82 +171,133 @@ class Registry:
             "python": f"{sys.version_info.major}.{sys.version_info.minor}",
             "created": time.time(),
         }
-        signed = sign(manifest, secret)
+        signed = sign(manifest, secret, ARTIFACT)
         v = manifest["version"]
-        with self.r.pipeline() as p:
-            p.sadd(f"{P}:reg:names", name)
-            p.hset(f"{P}:reg:{name}", str(v), json.dumps(signed))
-            if not keep_versions:
-                p.delete(f"{P}:reg:{name}:serving")
-            p.sadd(f"{P}:reg:{name}:serving", v)
-            p.set(f"{P}:reg:{name}:active", v)
-            p.incr(f"{P}:reg:rev")
-            p.execute()
+
+        def change(s: ThreadState) -> ThreadState:
+            kept = s.serving if keep_versions and not s.removed else {}
+            return s.then(active=v, serving={**kept, v: signed["signature"]}, removed=False)
+
+        self._change(name, secret, change, lambda p: p.hset(f"{P}:reg:{name}", str(v), json.dumps(signed)))
         return signed
 
-    def versions(self, name: str) -> dict[int, dict[str, Any]]:
-        """All stored manifests of ``name`` (unverified: workers verify before use)."""
-        return {int(v): json.loads(m) for v, m in self.r.hgetall(f"{P}:reg:{name}").items()}
+    def versions(self, name: str) -> dict[int, Any]:
+        """All stored manifests of ``name`` (unverified: ``verified`` or ``manifest`` check them)."""
+        return {int(v): _parse(m) for v, m in self.r.hgetall(f"{P}:reg:{name}").items()}
+
+    def manifest(self, name: str, version: int) -> dict[str, Any]:
+        """The verified manifest of ``name@version``: ``RegistryError`` if absent, ``SignatureError`` if forged."""
+        raw = self.r.hget(f"{P}:reg:{name}", str(version))
+        if raw is None:
+            raise RegistryError(f"{name} has no version {version}")
+        return verified(_parse(raw), self.secret, name, version)
+
+    def state(self, name: str) -> ThreadState | None:
+        """The newest verified state of ``name`` (None if it has none this reader can trust)."""
+        return self.states.update(name, self.r.get(f"{P}:reg:{name}:state"), self.secret)
 
     def active(self, name: str) -> int | None:
-        v = self.r.get(f"{P}:reg:{name}:active")
-        return int(v) if v is not None else None
+        s = self.state(name)
+        return None if s is None or s.removed else s.active
 
     def activate(self, name: str, version: int) -> None:
         """Serve ``version`` under the plain name (rollback / roll forward)."""
-        if not self.r.hexists(f"{P}:reg:{name}", str(version)):
-            raise RegistryError(f"{name} has no version {version}")
-        with self.r.pipeline() as p:
-            p.sadd(f"{P}:reg:{name}:serving", version)
-            p.set(f"{P}:reg:{name}:active", version)
-            p.incr(f"{P}:reg:rev")
-            p.execute()
+        secret = self.need_secret(f"activate {name}@{version}")
+        sig = self.manifest(name, version)["signature"]  # never sign a state naming a manifest that would be refused
+        self._change(name, secret, lambda s: s.then(active=version, serving={**s.serving, version: sig}, removed=False))
 
     def retire(self, name: str, version: int) -> None:
         """Stop serving one version (it stays stored, so it can be activated again)."""
-        if self.active(name) == version:
-            raise RegistryError(f"{name}@{version} is the active version; activate another first")
-        with self.r.pipeline() as p:
-            p.srem(f"{P}:reg:{name}:serving", version)
-            p.incr(f"{P}:reg:rev")
-            p.execute()
+        secret = self.need_secret(f"retire {name}@{version}")
+
+        def change(s: ThreadState) -> ThreadState:
+            if s.seq == 0 or s.removed:
+                raise RegistryError(f"{name!r} is not deployed")
+            if s.active == version:
+                raise RegistryError(f"{name}@{version} is the active version; activate another first")
+            return s.then(serving={v: sig for v, sig in s.serving.items() if v != version})
+
+        self._change(name, secret, change)
 
     def remove(self, name: str, gc_grace_s: float = GC_GRACE_S) -> None:
-        """Undeploy ``name``: workers stop serving it within a poll; blobs only it used are collected."""
-        if not self.r.sismember(f"{P}:reg:names", name):
-            raise RegistryError(f"{name!r} is not deployed")
-        with self.r.pipeline() as p:
-            p.srem(f"{P}:reg:names", name)
-            p.delete(f"{P}:reg:{name}", f"{P}:reg:{name}:active", f"{P}:reg:{name}:serving")
-            p.incr(f"{P}:reg:rev")
-            p.execute()
+        """Undeploy ``name``: workers stop serving it within a poll; blobs only it used are collected.
+
+        Leaves a signed tombstone state, so the removal outranks every earlier state."""
+        secret = self.need_secret(f"undeploy {name!r}")
+
+        def change(s: ThreadState) -> ThreadState:
+            if s.removed or (s.seq == 0 and not self.r.sismember(f"{P}:reg:names", name)):
+                raise RegistryError(f"{name!r} is not deployed")
+            return s.then(active=None, serving={}, removed=True)
+
+        self._change(name, secret, change, lambda p: p.delete(f"{P}:reg:{name}"))
         self.collect_garbage(gc_grace_s)
+
+    def _change(self, name: str, secret: bytes, change: Callable[[ThreadState], ThreadState],
+                also: Callable[[Any], Any] | None = None) -> ThreadState:
+        """Write ``change(current state)``, signed, with ``also``'s commands in one transaction
+        (retried if another deployer changed the state meanwhile)."""
+        key = f"{P}:reg:{name}:state"
+        with self.r.pipeline() as p:
+            while True:
+                try:
+                    p.watch(key)
+                    new = change(self.states.update(name, p.get(key), secret) or ThreadState(name))
+                    p.multi()
+                    p.set(key, json.dumps(new.signed(secret)))
+                    p.sadd(f"{P}:reg:names", name)
+                    if also is not None:
+                        also(p)
+                    p.incr(f"{P}:reg:rev")
+                    p.execute()
+                except redis.WatchError:
+                    continue
+                self.states.accepted[name] = new
+                return new
 
     def rev(self) -> int:
         return int(self.r.get(f"{P}:reg:rev") or 0)
 
     def serving(self) -> dict[str, dict[str, Any]]:
-        """``{name: {"active": v, "versions": {v: manifest}}}`` for every version workers should load."""
+        """``{name: {"active": v, "versions": {v: manifest}, "signatures": {v: signature}}}`` for every
+        version workers should load, from each thread's verified state. Manifests are as stored (None
+        if missing): loaders check them against the signatures the state names (``verified``)."""
+        names = sorted({n.decode() for n in self.r.smembers(f"{P}:reg:names")} | set(self.states.accepted))
+        raws = self.r.mget([f"{P}:reg:{n}:state" for n in names]) if names else []
         out: dict[str, dict[str, Any]] = {}
-        for raw in self.r.smembers(f"{P}:reg:names"):
-            name = raw.decode()
-            wanted = {int(v) for v in self.r.smembers(f"{P}:reg:{name}:serving")}
-            manifests = self.r.hmget(f"{P}:reg:{name}", [str(v) for v in sorted(wanted)]) if wanted else []
-            out[name] = {"active": self.active(name),
-                         "versions": {v: json.loads(m) for v, m in zip(sorted(wanted), manifests, strict=True) if m}}
+        for name, raw in zip(names, raws, strict=True):
+            s = self.states.update(name, raw, self.secret)
+            if s is None or s.removed:
+                continue
+            wanted = sorted(s.serving)
+            manifests = self.r.hmget(f"{P}:reg:{name}", [str(v) for v in wanted]) if wanted else []
+            out[name] = {"active": s.active, "signatures": dict(s.serving),
+                         "versions": {v: _parse(m) for v, m in zip(wanted, manifests, strict=True)}}
         return out
 
     # --- cluster state written by workers and gateways ----------------------------------
     def records(self, kind: str) -> list[dict[str, Any]]:
-        """Live status records of ``kind`` ("worker" or "gateway"), expired ones dropped."""
-        ids = self.r.zrangebyscore(f"{P}:{kind}s", time.time(), "+inf")
-        docs = self.r.mget([f"{P}:{kind}:{i.decode()}" for i in ids]) if ids else []
-        return [json.loads(d) for d in docs if d]
+        """Live status records of ``kind`` ("worker" or "gateway") that verify; expired ones dropped,
+        unsigned, forged, moved or replayed ones dropped and logged once."""
+        now = time.time()
+        ids = [i.decode() for i in self.r.zrangebyscore(f"{P}:{kind}s", now, "+inf")]
+        docs = self.r.mget([f"{P}:{kind}:{i}" for i in ids]) if ids else []
+        out = []
+        for ident, raw in zip(ids, docs, strict=True):
+            if raw is None:
+                continue
+            try:
+                out.append(open_record(_parse(raw), kind, ident, self.secret, now))
+            except SignatureError as exc:
+                warn_once(f"record:{kind}:{ident}:{exc}", "ignoring a %s record: %s", kind, exc)
+        return out
 
     def put_record(self, kind: str, ident: str, doc: dict[str, Any], ttl_s: float) -> None:
+        """Publish (refresh) this machine's status record, signed, for ``ttl_s`` seconds."""
+        sealed = seal_record(doc, kind, ident, ttl_s, self.need_secret(f"publish the {kind} record {ident!r}"))
         with self.r.pipeline(transaction=False) as p:
-            p.set(f"{P}:{kind}:{ident}", json.dumps(doc), px=int(ttl_s * 1000))
-            p.zadd(f"{P}:{kind}s", {ident: time.time() + ttl_s})
+            p.set(f"{P}:{kind}:{ident}", json.dumps(sealed), px=int(ttl_s * 1000))
+            p.zadd(f"{P}:{kind}s", {ident: sealed["expires"]})
             p.zremrangebyscore(f"{P}:{kind}s", "-inf", time.time() - 3600)
             p.execute()
 
@@ -236,10 +313,46 @@ def check_name(name: str) -> None:
         raise ValueError(f"tensor thread name {name!r} cannot be deployed: use letters, digits, '_', '-' or '.'")
 
 
-def verified(manifest: dict[str, Any], secret: bytes | None) -> dict[str, Any]:
-    """``manifest`` if its signature holds, else ``SignatureError``."""
-    verify(manifest, secret)
+def verified(manifest: Any, secret: bytes | None, name: str, version: int,
+             signature: str | None = None) -> dict[str, Any]:
+    """``manifest`` if it is signed, signed as ``name@version`` (the key it is stored under) and,
+    given the ``signature`` the thread's state names, that very manifest; else ``SignatureError``."""
+    what = f"artifact {name}@{version}"
+    if manifest is None:
+        raise SignatureError(f"refusing {what}: its manifest is missing from the store")
+    verify(manifest, secret, ARTIFACT, what)
+    if manifest.get("name") != name or manifest.get("version") != version:
+        raise SignatureError(f"refusing {what}: it is signed as {manifest.get('name')}@{manifest.get('version')} "
+                             "(copied under another name or version)")
+    if signature is not None and manifest["signature"] != signature:
+        raise SignatureError(f"refusing {what}: it is not the manifest the thread's state names (replaced by "
+                             "another signed one)")
     return manifest
+
+
+def seal_record(doc: dict[str, Any], kind: str, ident: str, ttl_s: float, secret: bytes) -> dict[str, Any]:
+    """``doc`` signed as the ``kind`` record ``ident``, valid ``ttl_s`` seconds from now."""
+    return sign({**doc, "kind": kind, "id": ident, "expires": time.time() + ttl_s}, secret, RECORD)
+
+
+def open_record(doc: Any, kind: str, ident: str, secret: bytes | None, now: float) -> dict[str, Any]:
+    """The record stored as ``kind:ident`` if it is signed as that record and not expired."""
+    what = f"{kind} record {ident!r}"
+    verify(doc, secret, RECORD, what)
+    if doc.get("kind") != kind or doc.get("id") != ident:
+        raise SignatureError(f"refusing {what}: it is signed as {doc.get('kind')} {doc.get('id')!r} "
+                             "(copied from another key)")
+    if not float(doc.get("expires", 0)) > now:
+        raise SignatureError(f"refusing {what}: it has expired (an old record replayed)")
+    return {k: v for k, v in doc.items() if k != "signature"}
+
+
+def _parse(raw: bytes | None) -> Any:
+    """Stored JSON, or None for anything else (refused later, never a crash)."""
+    try:
+        return json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
 
 
 def describe(thread: TensorThread) -> dict[str, Any]:

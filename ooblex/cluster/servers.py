@@ -3,6 +3,9 @@
 Used by ``ooblex up`` and by the tests: each server gets its own port(s) and a private
 temporary directory, listens where asked (127.0.0.1 by default), and ``stop()`` removes it all.
 RabbitMQ is launched directly (no systemd): every path and port it would share is made private.
+With a password (``ooblex up`` always sets one), Redis refuses clients that do not ``AUTH``
+and RabbitMQ has only its own user (no ``guest``); passwords live in the private directory's
+config files (mode 0600), never on a command line where ``ps`` would show them.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
+
+from ..errors import Unavailable
 
 RABBITMQ_BIN = Path(os.environ.get("OOBLEX_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
 
 
-class ServerError(RuntimeError):
+class ServerError(Unavailable, RuntimeError):
     """A server could not be started."""
 
 
@@ -43,19 +49,22 @@ def wait_port(host: str, port: int, timeout: float) -> None:
 
 @dataclass
 class RedisServer:
-    """A throwaway redis-server: no persistence, bound to ``host``."""
+    """A throwaway redis-server bound to ``host``: no persistence and no password unless asked."""
 
     host: str = "127.0.0.1"
     port: int = 0
     netns: str | None = None
-    #: Keep data across restarts (append-only file), as a production store would.
+    #: Keep data across restarts (append-only file, fsync every second), as a production store would.
     persist: bool = False
+    #: Clients must ``AUTH`` with it (``requirepass``); ``url`` carries it. None: no password.
+    password: str | None = field(default=None, repr=False)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     dir: str = ""
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self) -> RedisServer:
         exe = shutil.which("redis-server")
@@ -63,10 +72,12 @@ class RedisServer:
             raise ServerError("redis-server is not installed (apt-get install redis-server)")
         self.port = self.port or free_port(self.host if self.netns is None else "127.0.0.1")
         self.dir = self.dir or tempfile.mkdtemp(prefix="ooblex-redis-")
-        cmd = [exe, "--port", str(self.port), "--bind", self.host, "--save", "",
-               "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
-               "--dir", self.dir, "--protected-mode", "no", "--loglevel", "warning"]
-        self.proc = subprocess.Popen(_in_netns(self.netns, cmd), stdout=subprocess.DEVNULL,
+        conf = [f"port {self.port}", f"bind {self.host}", 'save ""', f"appendonly {'yes' if self.persist else 'no'}",
+                "appendfsync everysec", f'dir "{self.dir}"', "protected-mode no", "loglevel warning"]
+        if self.password:
+            conf.append(f'requirepass "{self.password}"')
+        path = private_file(Path(self.dir, "redis.conf"), "\n".join(conf) + "\n")
+        self.proc = subprocess.Popen(_in_netns(self.netns, [exe, str(path)]), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self._wait()
         return self
@@ -77,8 +88,9 @@ class RedisServer:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            ok = subprocess.run(_in_netns(self.netns, ["redis-cli", "-h", self.host, "-p", str(self.port), "ping"]),
-                                capture_output=True).stdout.strip() == b"PONG"
+            ping = ["redis-cli", "-h", self.host, "-p", str(self.port), "ping"]
+            ok = subprocess.run(_in_netns(self.netns, ping), capture_output=True,
+                                env={**os.environ, "REDISCLI_AUTH": self.password or ""}).stdout.strip() == b"PONG"
             if ok:
                 return
             time.sleep(0.1)
@@ -107,17 +119,22 @@ class RedisServer:
 
 @dataclass
 class RabbitMQServer:
-    """A throwaway RabbitMQ node with private node name, ports, mnesia and logs."""
+    """A throwaway RabbitMQ node with private node name, ports, mnesia and logs.
+
+    Clients log in as ``user``/``password``; with any other user than ``guest``, that user is the
+    node's only one (``guest`` is never created)."""
 
     host: str = "127.0.0.1"
     port: int = 0
     dir: str = ""
     name: str = ""
+    user: str = "guest"
+    password: str = field(default="guest", repr=False)
     env: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@{self.host}:{self.port}/"
+        return f"amqp://{quote(self.user, safe='')}:{quote(self.password, safe='')}@{self.host}:{self.port}/"
 
     def start(self, timeout: float = 60.0) -> RabbitMQServer:
         server = RABBITMQ_BIN / "rabbitmq-server"
@@ -139,9 +156,11 @@ class RabbitMQServer:
         self.port = self.port or free_port()
         self.dir = self.dir or tempfile.mkdtemp(prefix="ooblex-rabbit-")
         self.name = self.name or f"ooblex{self.port}@localhost"
-        conf = Path(self.dir, "rabbitmq.conf")
+        # The default user is created on the node's first boot (a fresh mnesia here), in guest's place.
         # guest may log in from other hosts: these nodes are private to a test or a dev cluster.
-        conf.write_text(f"listeners.tcp.1 = {self.host}:{self.port}\nloopback_users = none\n")
+        conf = private_file(Path(self.dir, "rabbitmq.conf"),
+                             f"listeners.tcp.1 = {self.host}:{self.port}\nloopback_users = none\n"
+                             f"default_user = {self.user}\ndefault_pass = {self.password}\n")
         self.env = {**os.environ, "HOME": self.dir, "RABBITMQ_NODENAME": self.name,
                     "RABBITMQ_NODE_IP_ADDRESS": self.host, "RABBITMQ_NODE_PORT": str(self.port),
                     "RABBITMQ_DIST_PORT": str(free_port()), "ERL_EPMD_PORT": str(free_port()),
@@ -172,6 +191,14 @@ class RabbitMQServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def private_file(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` readable by this user only (it may hold a password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
 
 
 def _die_with_parent() -> None:

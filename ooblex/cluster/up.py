@@ -1,8 +1,11 @@
 """``ooblex up``: a whole local cluster in one command, stopped with Ctrl-C.
 
 Starts ``redis-server`` (and ``rabbitmq-server``) as child processes on free ports, a gateway
-(``ooblex gateway --broker URL`` when this build has one) and N ``ooblex worker`` processes,
-all sharing one ``OOBLEX_SECRET``. Prints a ``ready`` line with the URLs, then supervises.
+(``ooblex gateway`` when this build has one) and N ``ooblex worker`` processes, all sharing one
+``OOBLEX_SECRET``. Redis requires a random password and keeps an append-only file; RabbitMQ has
+its own user with a random password (no ``guest``). The credentials go to the children through
+their environment and to the user through a private env file (mode 0600, deleted on exit):
+what is printed (the ``ready`` line) names URLs without passwords. Then it supervises.
 """
 
 from __future__ import annotations
@@ -11,17 +14,37 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-from .servers import RabbitMQServer, RedisServer
+from ..broker.base import redact
+from .servers import RabbitMQServer, RedisServer, private_file
 
 
 def gateway_available() -> bool:
     return importlib.util.find_spec("ooblex.gateway") is not None
+
+
+def store_server() -> RedisServer:
+    """The cluster's Redis: a random password, append-only persistence."""
+    return RedisServer(password=secrets.token_urlsafe(24), persist=True)
+
+
+def rabbitmq_server() -> RabbitMQServer:
+    """The cluster's RabbitMQ: its own user with a random password (``guest`` does not exist)."""
+    return RabbitMQServer(user="ooblex", password=secrets.token_urlsafe(24))
+
+
+def read_env(path: str | Path) -> dict[str, str]:
+    """The variables of the env file ``ooblex up`` writes (``export NAME=value`` lines)."""
+    lines = Path(path).read_text().splitlines()
+    return dict(line.removeprefix("export ").split("=", 1) for line in lines if "=" in line)
 
 
 def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: int = 8800,
@@ -30,6 +53,7 @@ def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: i
         raise ValueError(f"--workers must be >= 0, got {workers}")
     servers: list[Any] = []
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    private = tempfile.mkdtemp(prefix="ooblex-up-")  # mode 0700
     stopping = {"now": False}
 
     def on_signal(*_: object) -> None:
@@ -38,21 +62,24 @@ def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: i
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        redis = RedisServer().start()
+        redis = store_server().start()
         servers.append(redis)
         broker_url = redis.url
         if broker == "rabbitmq":
-            rabbit = RabbitMQServer().start()
+            rabbit = rabbitmq_server().start()
             servers.append(rabbit)
             broker_url = rabbit.url
         secret = os.environ.get("OOBLEX_SECRET") or secrets.token_urlsafe(32)
-        env = {**os.environ, "OOBLEX_BROKER": broker_url, "OOBLEX_STORE": redis.url, "OOBLEX_SECRET": secret}
+        cluster = {"OOBLEX_BROKER": broker_url, "OOBLEX_STORE": redis.url, "OOBLEX_SECRET": secret}
+        env_file = private_file(Path(private, "env"), "".join(f"export {k}={v}\n" for k, v in cluster.items()))
+        env = {**os.environ, **cluster}
         me = [sys.executable, "-m", "ooblex"]
         gateway_url = None
         if gateway_available():
             loopback = ["--loopback"] if host.startswith("127.") else []  # same-machine WebRTC peers
-            children.append(("gateway", subprocess.Popen([*me, "gateway", "--broker", broker_url, "--store", redis.url,
-                                                          "--host", host, "--port", str(port), *loopback], env=env)))
+            # no --broker: the gateway reads $OOBLEX_BROKER, so no password shows in ``ps``
+            children.append(("gateway", subprocess.Popen([*me, "gateway", "--host", host, "--port", str(port),
+                                                          *loopback], env=env)))
             gateway_url = f"http://{host}:{port}"
         else:
             print("ooblex up: this build has no gateway (ooblex.gateway); workers are up, reach them with "
@@ -61,10 +88,10 @@ def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: i
         extra = [a for t in threads for a in ("--thread", t)]
         for i in range(workers):
             children.append((f"worker{i + 1}", subprocess.Popen([*me, "worker", *extra], env=env)))
-        ready = {"broker": broker_url, "store": redis.url, "gateway": gateway_url, "workers": workers,
-                 "secret": secret}
+        ready = {"broker": redact(broker_url), "store": redact(redis.url), "gateway": gateway_url,
+                 "workers": workers, "env_file": str(env_file)}
         print("ooblex up: ready " + json.dumps(ready), flush=True)
-        print(f"  export OOBLEX_BROKER={broker_url} OOBLEX_STORE={redis.url} OOBLEX_SECRET={secret}\n"
+        print(f"  source {env_file}    # OOBLEX_BROKER, OOBLEX_STORE, OOBLEX_SECRET (mode 0600, deleted on exit)\n"
               "  then: ob.deploy(my_thread)  |  Ctrl-C stops everything", flush=True)
         return _supervise(children, stopping)
     finally:
@@ -78,6 +105,7 @@ def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: i
                 proc.kill()
         for s in reversed(servers):
             s.cleanup()
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def _supervise(children: list[tuple[str, subprocess.Popen[bytes]]], stopping: dict[str, bool]) -> int:

@@ -79,7 +79,7 @@ class Engine:
     def open(self, thread: str | Any, **options: Any) -> Stream:
         """Open a stream through ``thread`` (a name or a tensor thread). See ``Stream`` for options."""
         if len(self.streams) >= self.max_streams:
-            raise TooManyRequests(f"too many streams (limit {self.max_streams})")
+            raise TooManyRequests(f"too many streams (limit {self.max_streams}, OOBLEX_MAX_STREAMS)")
         t = self.resolve(thread)
         stream = Stream(self, t, **options)
         self.streams[stream.id] = stream

@@ -198,7 +198,10 @@ class Stream:
     # --- control ------------------------------------------------------------------------
     def set_params(self, /, **params: Any) -> dict[str, Any]:
         """Change the thread's keyword parameters for frames submitted from now on (``BadRequest``, a
-        ``ValueError``, naming the parameter if one is unknown or its value does not fit)."""
+        ``ValueError``, naming the parameter if one is unknown or its value does not fit).
+
+        ``self`` is positional-only, so a parameter named "self" is refused by name like any other.
+        """
         self.params = self.thread.resolve_params(params, base=self.params)
         return self.params
 

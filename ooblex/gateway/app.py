@@ -4,16 +4,19 @@
     app = create_app(threads=[my_thread])          # embedded engine (memory broker)
     app = create_app(broker="redis://host:6379")   # in front of a cluster of workers
 
-Errors are JSON ``{"detail": "..."}`` with a 4xx status that says what was wrong.
+Errors are JSON ``{"detail": "..."}`` with a 4xx status that says what was wrong: every route
+answers from one table, ``ooblex.errors.status``. Who may do what: ``auth.py``; which browsers and
+names may reach the gateway at all: ``guard.py``; docs/security.md has the whole picture.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -21,15 +24,21 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from ..engine import Engine, Stream, UnknownThread
+from ..broker.base import redact
+from ..engine import Engine, Stream
+from ..errors import OoblexError, status
 from ..webrtc import allow_loopback
 from . import frames, jobs, metrics, mjpeg, whep, whip
-from .control import require_control
-from .sessions import TooManySessions, UnknownSession
+from .auth import require_control, stream_for
+from .bodies import read_json
+from .guard import Guard, local_hosts
+from .peer import EXPOSED
 from .settings import Settings
-from .state import Gateway, UnknownStream, gateway
+from .state import Gateway, gateway
 
 STATIC = Path(__file__).parent / "static"
+PARAMS_BODY = {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["params"], "properties": {"params": {"type": "object"}}}}}}
 
 
 def create_app(engine: Engine | None = None, *, broker: str = "memory://", threads: Iterable[Any] = (),
@@ -47,9 +56,10 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
             and not embedded_worker:
         from ..cluster.engine import ClusterEngine
 
-        engine = ClusterEngine(broker, store=store, threads=threads, public_url=public_url)
+        engine = ClusterEngine(broker, store=store, threads=threads, public_url=public_url,
+                               max_streams=settings.max_streams)
     elif engine is None:
-        engine = Engine(broker, threads, embedded_worker=embedded_worker)
+        engine = Engine(broker, threads, embedded_worker=embedded_worker, max_streams=settings.max_streams)
     else:
         for t in threads:
             engine.add_thread(t)
@@ -73,7 +83,10 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     app.state.gateway = gw
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["Location", "Link", "X-Ooblex-Stream"])
+                           allow_headers=["*"], expose_headers=list(EXPOSED))
+    public = urlsplit(public_url).hostname if public_url else None
+    app.add_middleware(Guard, hosts=local_hosts(settings.host) | set(settings.allowed_hosts) | {public or ""},
+                       origins=settings.cors_origins)
     for module in (whip, whep, mjpeg, frames, metrics, jobs):
         app.include_router(module.router)
     app.include_router(_api_router())
@@ -101,19 +114,18 @@ def _api_router() -> APIRouter:
 
     @router.get("/api/v1/streams/{stream_id}")
     async def stream(stream_id: str, request: Request) -> dict[str, Any]:
-        """One open stream (404 if it is not open)."""
-        return _stream_info(gateway(request).stream(stream_id))
+        """One open stream (404 if it is not open; a ``view`` token with a secret set)."""
+        return _stream_info(stream_for(request, stream_id))
 
-    @router.patch("/api/v1/streams/{stream_id}")
+    @router.patch("/api/v1/streams/{stream_id}", openapi_extra={"requestBody": PARAMS_BODY})
     async def update_stream(stream_id: str, request: Request) -> dict[str, Any]:
-        """Change a live stream's thread parameters: body ``{"params": {"name": value}}``."""
-        s = gateway(request).stream(stream_id)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ValueError("body must be JSON like {\"params\": {\"name\": value}}") from None
-        if not isinstance(body, dict) or not isinstance(body.get("params"), dict):
-            raise ValueError('body must be JSON like {"params": {"name": value}}')
+        """Change a live stream's thread parameters: ``application/json`` body ``{"params": {"name": value}}``
+        (a ``publish`` token for the stream's thread with a secret set)."""
+        s = stream_for(request, stream_id, "publish")
+        example = '{"params": {"name": value}}'
+        body = await read_json(request, gateway(request).settings.max_json_bytes, example)
+        if not isinstance(body.get("params"), dict):
+            raise ValueError(f"body must be JSON like {example}")
         return {"params": s.set_params(**body["params"])}
 
     @router.get("/api/v1/sessions", dependencies=[Depends(require_control)])
@@ -125,7 +137,7 @@ def _api_router() -> APIRouter:
     async def healthz(request: Request) -> dict[str, Any]:
         """Liveness: ok while the app serves; counts of threads, streams and sessions."""
         gw = gateway(request)
-        return {"status": "ok", "version": __version__, "broker": gw.engine.broker.url,
+        return {"status": "ok", "version": __version__, "broker": redact(gw.engine.broker.url),
                 "threads": len(gw.engine.threads), "streams": len(gw.engine.streams),
                 "sessions": len(gw.sessions.items)}
 
@@ -141,14 +153,12 @@ def _stream_info(s: Stream) -> dict[str, Any]:
 
 
 def _error_handlers(app: FastAPI) -> None:
-    def handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
-        async def handle(request: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse({"detail": str(exc)}, status_code=status)
-        return handle
+    """One handler: the status comes from ``ooblex.errors.status``; 401s say which scheme to use."""
 
-    app.add_exception_handler(UnknownThread, handler(404))
-    app.add_exception_handler(UnknownStream, handler(404))
-    app.add_exception_handler(UnknownSession, handler(404))
-    app.add_exception_handler(TooManySessions, handler(429))
-    app.add_exception_handler(OverflowError, handler(429))
-    app.add_exception_handler(ValueError, handler(400))
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        code = status(exc)
+        headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+        return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
+
+    app.add_exception_handler(OoblexError, handle)
+    app.add_exception_handler(ValueError, handle)

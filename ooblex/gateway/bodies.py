@@ -1,35 +1,65 @@
-"""Reading request bodies and image uploads within the configured limits."""
+"""Reading request bodies within the configured limits: images, JSON objects, SDP text."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import numpy as np
-from fastapi import HTTPException, Request
+from fastapi import Request
 
 from .. import jpeg
+from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
 
 
 async def read_body(request: Request, limit: int, what: str) -> bytes:
-    """The whole body, or 413 as soon as it is known to exceed ``limit`` bytes."""
+    """The whole body, or 413 as soon as it is known to exceed ``limit`` bytes (never read past it)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"{what} is {declared} bytes; the limit is {limit}")
+        raise PayloadTooLarge(f"{what} is {declared} bytes; the limit is {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPException(413, f"{what} exceeds the limit of {limit} bytes")
+            raise PayloadTooLarge(f"{what} exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
+def media_type(request: Request) -> str:
+    return (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+
+
+async def read_json(request: Request, limit: int, example: str) -> dict[str, Any]:
+    """A JSON object body sent as ``application/json`` (a cross-site form cannot send that), within ``limit``."""
+    ctype = media_type(request)
+    if ctype != "application/json":
+        raise UnsupportedMediaType(f"expected Content-Type application/json, got {ctype or 'none'!r}")
+    body = parse_json(await read_body(request, limit, "JSON body"), example)
+    if not isinstance(body, dict):
+        raise BadRequest(f"body must be a JSON object like {example}")
+    return body
+
+
+def parse_json(raw: bytes | str, example: str) -> Any:
+    """Strict JSON: Python's extensions (NaN, Infinity) are refused like any other non-JSON."""
+    try:
+        return json.loads(raw, parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(f"body is not JSON; expected an object like {example}") from None
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def check_image_type(content_type: str | None) -> None:
     if content_type and not content_type.lower().startswith(IMAGE_TYPES):
-        raise HTTPException(415, f"expected a JPEG or PNG body (Content-Type image/jpeg or image/png), "
-                                 f"got {content_type!r}")
+        raise UnsupportedMediaType(f"expected a JPEG or PNG body (Content-Type image/jpeg or image/png), "
+                                   f"got {content_type!r}")
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
@@ -42,14 +72,16 @@ def image_size(data: bytes) -> tuple[int, int] | None:
 async def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode an upload in a worker thread; 413 if too many pixels, 400 if not an image."""
     if not data:
-        raise HTTPException(400, "empty body: expected a JPEG or PNG image")
+        raise BadRequest("empty body: expected a JPEG or PNG image")
     size = image_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise HTTPException(413, f"image is {size[0]}x{size[1]}; the limit is {max_pixels} pixels")
+    if size is None:  # other formats could declare any size: only sizes known before decoding are decoded
+        raise BadRequest("cannot decode the image: the body is not a JPEG or PNG (or its header is damaged)")
+    if size[0] * size[1] > max_pixels:
+        raise PayloadTooLarge(f"image is {size[0]}x{size[1]}; the limit is {max_pixels} pixels")
     try:
         image = await asyncio.to_thread(jpeg.decode, data)
     except jpeg.ImageDecodeError as exc:
-        raise HTTPException(400, f"cannot decode the image: {exc}") from None
+        raise BadRequest(f"cannot decode the image: {exc}") from None
     if image.shape[0] * image.shape[1] > max_pixels:
-        raise HTTPException(413, f"image is {image.shape[1]}x{image.shape[0]}; the limit is {max_pixels} pixels")
+        raise PayloadTooLarge(f"image is {image.shape[1]}x{image.shape[0]}; the limit is {max_pixels} pixels")
     return image

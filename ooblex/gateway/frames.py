@@ -9,7 +9,11 @@ GET /ws/{thread}?output=jpeg|json&<param>=<value>   (WebSocket)
     ``{"params": {...}}`` to change parameters. Receive, per processed frame, a text JSON
     ``{"seq", "result", "error", "latency_ms"}`` followed (output=jpeg) by the binary JPEG.
     Bad frames get ``{"error": ...}`` and the stream goes on; an unusable request is closed
-    with code 4000 + HTTP status (e.g. 4404 unknown thread) and the reason.
+    with code 4000 + HTTP status (e.g. 4404 unknown thread, 4401 no token) and the reason; a
+    socket that sends nothing for ``ws_idle_s`` is closed with 4408. Messages are limited to
+    ``max_image_bytes`` (binary) and ``max_json_bytes`` (text).
+
+With a secret set, both need a ``publish`` token for the thread (header or ``?token=``).
 """
 
 from __future__ import annotations
@@ -21,16 +25,19 @@ import json
 import time
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 
-from ..engine import Stream, StreamClosed, UnknownThread
+from ..engine import Stream, StreamClosed
+from ..errors import BadRequest, GatewayTimeout, OoblexError, PayloadTooLarge, status
 from ..frame import Frame
-from .bodies import check_image_type, decode_image, read_body
-from .state import Gateway, gateway
+from .auth import TOKEN_PARAM, require, view_token
+from .bodies import check_image_type, decode_image, parse_json, read_body
+from .state import Gateway, client_of, gateway
 
 router = APIRouter()
-RESERVED = {"output"}
+RESERVED = {"output", TOKEN_PARAM}
 OUTPUTS = ("jpeg", "json", "both")
+CONTROL_EXAMPLE = '{"params": {"name": value}}'
 
 
 def thread_params(query: Any) -> dict[str, str]:
@@ -41,7 +48,7 @@ def thread_params(query: Any) -> dict[str, str]:
 def output_mode(query: Any, allowed: tuple[str, ...] = OUTPUTS) -> str:
     mode = query.get("output", "jpeg")
     if mode not in allowed:
-        raise HTTPException(400, f"output must be one of {list(allowed)}, got {mode!r}")
+        raise BadRequest(f"output must be one of {list(allowed)}, got {mode!r}")
     return mode
 
 
@@ -55,22 +62,28 @@ def describe_result(frame: Frame) -> dict[str, Any]:
             "latency_ms": {k: round(v, 3) for k, v in frame.durations().items()}}
 
 
-@router.post("/api/v1/frames/{thread}", tags=["frames"],
+IMAGE_BODY = {"required": True, "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                            for t in ("image/jpeg", "image/png")}}
+
+
+@router.post("/api/v1/frames/{thread}", tags=["frames"], openapi_extra={"requestBody": IMAGE_BODY},
              responses={200: {"content": {"image/jpeg": {}, "application/json": {}}}})
 async def process_frame(thread: str, request: Request) -> Response:
     """Process one JPEG/PNG image through ``thread``; query parameters set its parameters."""
     gw = gateway(request)
+    require(request, "publish", thread=thread)
     gw.engine.resolve(thread)
     mode = output_mode(request.query_params)
     check_image_type(request.headers.get("content-type"))
     data = await read_body(request, gw.settings.max_image_bytes, "image body")
     image = await decode_image(data, gw.settings.max_image_pixels)
-    stream = gw.engine.open(thread, params=thread_params(request.query_params), mode="every", max_in_flight=1)
+    stream = gw.open(client_of(request), thread, params=thread_params(request.query_params), mode="every",
+                     max_in_flight=1)
     try:
         await stream.submit(image, captured=time.time())
         frame = await stream.get(timeout=gw.settings.frame_timeout_s)
     except asyncio.TimeoutError:
-        raise HTTPException(504, f"{thread} did not answer within {gw.settings.frame_timeout_s} s") from None
+        raise GatewayTimeout(f"{thread} did not answer within {gw.settings.frame_timeout_s} s") from None
     finally:
         await stream.close()
     gw.count("http_frames")
@@ -97,14 +110,17 @@ async def frames_socket(ws: WebSocket, thread: str) -> None:
     gw = gateway(ws)
     await ws.accept()
     try:
+        granted = require(ws, "publish", thread=thread)
         mode = output_mode(ws.query_params, ("jpeg", "json"))
-        stream = gw.engine.open(thread, params=thread_params(ws.query_params), mode="live",
-                                max_in_flight=gw.settings.window(gw.engine.resolve(thread)),
-                                max_latency_ms=gw.settings.max_latency_ms)
-    except (HTTPException, UnknownThread, ValueError, OverflowError) as exc:
+        stream = gw.open(client_of(ws), thread, params=thread_params(ws.query_params), mode="live",
+                         max_in_flight=gw.settings.window(gw.engine.resolve(thread)),
+                         max_latency_ms=gw.settings.max_latency_ms)
+    except (OoblexError, ValueError) as exc:
         await _refuse(ws, exc)
         return
-    await ws.send_text(json.dumps({"stream_id": stream.id, "thread": thread, "params": stream.params}))
+    hello = {"stream_id": stream.id, "thread": thread, "params": stream.params}
+    token = view_token(ws, granted, stream)
+    await ws.send_text(json.dumps({**hello, "view_token": token} if token else hello))
     lock = asyncio.Lock()  # a result's JSON and its JPEG go out back to back
     sender = asyncio.create_task(_send_results(ws, gw, stream, mode, lock))
     try:
@@ -119,30 +135,35 @@ async def frames_socket(ws: WebSocket, thread: str) -> None:
 
 
 async def _refuse(ws: WebSocket, exc: Exception) -> None:
-    status = {UnknownThread: 404, OverflowError: 429}.get(type(exc), getattr(exc, "status_code", 400))
-    reason = exc.detail if isinstance(exc, HTTPException) else str(exc)
-    await ws.send_text(json.dumps({"error": reason, "status": status}))
-    await ws.close(code=4000 + status, reason=reason[:120])
+    code = status(exc)
+    await ws.send_text(json.dumps({"error": str(exc), "status": code}))
+    await ws.close(code=4000 + code, reason=str(exc)[:120])
 
 
 async def _receive_frames(ws: WebSocket, gw: Gateway, stream: Stream, lock: asyncio.Lock) -> None:
-    limit = gw.settings.max_image_bytes
+    settings = gw.settings
     while True:
-        msg = await ws.receive()
+        try:
+            msg = await asyncio.wait_for(ws.receive(), settings.ws_idle_s)
+        except asyncio.TimeoutError:
+            await ws.close(code=4408, reason=f"idle for {settings.ws_idle_s:g} s (OOBLEX_WS_IDLE_S)")
+            return
         if msg["type"] == "websocket.disconnect":
             return
-        if msg.get("text") is not None:
-            async with lock:
-                await _control(ws, stream, msg["text"])
-            continue
-        data = msg.get("bytes") or b""
         try:
-            if len(data) > limit:
-                raise HTTPException(413, f"frame is {len(data)} bytes; the limit is {limit}")
-            image = await decode_image(data, gw.settings.max_image_pixels)
-        except HTTPException as exc:
+            if msg.get("text") is not None:
+                if len(msg["text"]) > settings.max_json_bytes:
+                    raise PayloadTooLarge(f"text message exceeds {settings.max_json_bytes} bytes")
+                async with lock:
+                    await _control(ws, stream, msg["text"])
+                continue
+            data = msg.get("bytes") or b""
+            if len(data) > settings.max_image_bytes:
+                raise PayloadTooLarge(f"frame is {len(data)} bytes; the limit is {settings.max_image_bytes}")
+            image = await decode_image(data, settings.max_image_pixels)
+        except OoblexError as exc:
             async with lock:
-                await ws.send_text(json.dumps({"error": exc.detail, "status": exc.status_code}))
+                await ws.send_text(json.dumps({"error": str(exc), "status": status(exc)}))
             continue
         await stream.submit(image, captured=time.time())
         gw.count("ws_frames")
@@ -150,7 +171,7 @@ async def _receive_frames(ws: WebSocket, gw: Gateway, stream: Stream, lock: asyn
 
 async def _control(ws: WebSocket, stream: Stream, text: str) -> None:
     try:
-        msg = json.loads(text)
+        msg = parse_json(text, CONTROL_EXAMPLE)
         if not isinstance(msg, dict) or not isinstance(msg.get("params"), dict):
             raise ValueError('control messages look like {"params": {"name": value}}')
         params = stream.set_params(**msg["params"])

@@ -1,50 +1,69 @@
 """``/api/v1/jobs``: process every frame of a file, folder or URL on the gateway's workers.
 
 Unlike live streams, jobs lose nothing and keep order (``ooblex.cluster.jobs.run_job``: a
-stream in every-frame mode, redelivered if a worker dies). Sources and sinks are paths on the
-gateway's machine, so the endpoints are control endpoints (bearer token when a secret is set).
+stream in every-frame mode, redelivered if a worker dies). Jobs touch the gateway's machine, so
+they are confined: files only inside the media root (``media_root.py``), URLs only on the
+allow-list (``url_sources.py``), video files as the only sinks; and they are control endpoints
+(a ``control`` token when a secret is set).
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from ..cluster.jobs import Job, start_job
-from .control import require_control
+from ..errors import BadRequest, NotFound, TooManyRequests
+from .auth import require_control
+from .bodies import read_json
+from .media_root import MediaRoot
 from .state import gateway
+from .url_sources import URLPolicy
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_control)])
 
-#: Jobs running at once per gateway; more are refused (429) rather than queued without bound.
-MAX_RUNNING = 4
 #: Finished jobs remembered for polling; the oldest finished ones are forgotten first.
 MAX_KEPT = 64
-URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+EXAMPLE = '{"thread": "face_blur", "source": "clip.mp4", "sink": "out/clip-blurred.mp4"}'
 
 
-@router.post("/api/v1/jobs", status_code=201)
+JOB_BODY = {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["thread", "source"],
+    "properties": {"thread": {"type": "string"}, "source": {"type": "string"}, "sink": {"type": "string"},
+                   "params": {"type": "object"}, "overwrite": {"type": "boolean"}}}}}}
+
+
+@router.post("/api/v1/jobs", status_code=201, openapi_extra={"requestBody": JOB_BODY})
 async def create_job(request: Request, response: Response) -> dict[str, Any]:
-    """Body ``{"thread": name, "source": path or URL, "sink": optional output path, "params": {...}}``."""
-    body = await _json_object(request)
-    thread, source, sink = body.get("thread"), body.get("source"), body.get("sink")
-    params = body.get("params") or {}
-    if not isinstance(thread, str) or not isinstance(source, str):
-        raise ValueError('body needs "thread" and "source" strings, e.g. {"thread": "face_blur", '
-                         '"source": "/data/clip.mp4"}')
-    if not source.startswith(URL_SCHEMES) and not await asyncio.to_thread(Path(source).exists):
-        raise ValueError(f"source {source!r} does not exist on the gateway's machine")
-    if sink is not None and not isinstance(sink, str) or not isinstance(params, dict):
-        raise ValueError('"sink" must be a path and "params" an object')
-    jobs = _jobs(request)
-    if sum(j.state == "running" for j in jobs.values()) >= MAX_RUNNING:
-        raise HTTPException(429, f"{MAX_RUNNING} jobs are already running on this gateway; retry later")
+    """Body ``{"thread", "source", "sink"?, "params"?, "overwrite"?}``.
+
+    ``source``: a path in the media root (a video, an image or a folder of images) or an allowed
+    URL; ``sink``: a new video file in the media root (``"overwrite": true`` to replace one).
+    """
     gw = gateway(request)
+    body = await read_json(request, gw.settings.max_json_bytes, EXAMPLE)
+    thread, source, sink = body.get("thread"), body.get("source"), body.get("sink")
+    params, overwrite = body.get("params") or {}, body.get("overwrite", False)
+    if not isinstance(thread, str) or not isinstance(source, str):
+        raise BadRequest(f'body needs "thread" and "source" strings, e.g. {EXAMPLE}')
+    if sink is not None and not isinstance(sink, str) or not isinstance(params, dict) \
+            or not isinstance(overwrite, bool):
+        raise BadRequest('"sink" must be a path, "params" an object and "overwrite" true or false')
+    jobs = gw.jobs
+    if sum(j.state == "running" for j in jobs.values()) >= gw.settings.max_jobs:
+        raise TooManyRequests(f"{gw.settings.max_jobs} jobs are already running on this gateway "
+                              "(OOBLEX_MAX_JOBS); retry later")
     gw.engine.resolve(thread).resolve_params(params)  # 404 / 400 now, not as a failed job later
-    job = start_job(gw.engine, thread, source, sink, params=params)
+    root = MediaRoot(gw.settings.media_root)
+    if URLPolicy.is_url(source):
+        await URLPolicy(gw.settings.source_hosts).check(source)
+        src: Any = source
+    else:
+        src = await asyncio.to_thread(root.source, source)
+    snk = await asyncio.to_thread(root.sink, sink, overwrite) if sink is not None else None
+    job = start_job(gw.engine, thread, src, snk, params=params)
     jobs[job.id] = job
     _forget_old(jobs)
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
@@ -53,7 +72,7 @@ async def create_job(request: Request, response: Response) -> dict[str, Any]:
 
 @router.get("/api/v1/jobs")
 async def list_jobs(request: Request) -> list[dict[str, Any]]:
-    return [j.describe() for j in _jobs(request).values()]
+    return [j.describe() for j in gateway(request).jobs.values()]
 
 
 @router.get("/api/v1/jobs/{job_id}")
@@ -71,14 +90,10 @@ async def cancel_job(job_id: str, request: Request) -> None:
     _job(request, job_id).cancel()
 
 
-def _jobs(request: Request) -> dict[str, Job]:
-    return gateway(request).jobs
-
-
 def _job(request: Request, job_id: str) -> Job:
-    job = _jobs(request).get(job_id)
+    job = gateway(request).jobs.get(job_id)
     if job is None:
-        raise HTTPException(404, f"no job {job_id!r} (GET /api/v1/jobs lists them)")
+        raise NotFound(f"no job {job_id!r} (GET /api/v1/jobs lists them)")
     return job
 
 
@@ -86,13 +101,3 @@ def _forget_old(jobs: dict[str, Job]) -> None:
     finished = [k for k, j in jobs.items() if j.state != "running"]
     for key in finished[: max(0, len(jobs) - MAX_KEPT)]:
         del jobs[key]
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ValueError("body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
-    return body

@@ -3,6 +3,7 @@
 Works in an ``<img>`` tag, VLC, OpenCV and ``ooblex run --source http://...``. Each viewer has
 its own bounded latest-wins queue (``stream.listen``), so a slow viewer skips frames instead of
 delaying the others; each frame is JPEG-encoded once however many viewers there are.
+With a secret set it needs a ``view`` token (or ``publish`` for the thread), as a header or ``?token=``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..engine import Stream
+from .auth import stream_for
 from .state import Gateway, gateway
 
 router = APIRouter()
@@ -24,7 +26,7 @@ BOUNDARY = "ooblexframe"
 async def mjpeg(stream_id: str, request: Request) -> StreamingResponse:
     """Watch a processed stream as MJPEG (ends when the stream closes)."""
     gw = gateway(request)
-    stream = gw.stream(stream_id)
+    stream = stream_for(request, stream_id)
     gw.count("mjpeg_viewers")
     return StreamingResponse(_parts(gw, stream), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

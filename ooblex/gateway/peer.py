@@ -6,11 +6,12 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from fastapi import HTTPException, Request, Response
+from fastapi import Request, Response
 
-from ..webrtc import SDPError, check_offer, low_latency, rtc_configuration
+from ..errors import BadRequest, UnsupportedMediaType
+from ..webrtc import check_offer, low_latency, rtc_configuration
 from ..webrtc.sdp import Offer
-from .bodies import read_body
+from .bodies import media_type, read_body
 from .sessions import Session
 from .settings import Settings
 
@@ -19,14 +20,11 @@ log = logging.getLogger("ooblex.gateway")
 
 async def read_offer(request: Request, settings: Settings) -> Offer:
     """The request's SDP offer, checked; 415/413/400 naming the problem otherwise."""
-    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    ctype = media_type(request)
     if ctype != "application/sdp":
-        raise HTTPException(415, f"expected Content-Type application/sdp, got {ctype or 'none'!r}")
+        raise UnsupportedMediaType(f"expected Content-Type application/sdp, got {ctype or 'none'!r}")
     raw = await read_body(request, settings.max_sdp_bytes, "SDP offer")
-    try:
-        return check_offer(raw, settings.max_sdp_bytes)
-    except SDPError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+    return check_offer(raw, settings.max_sdp_bytes)
 
 
 def new_peer(settings: Settings) -> RTCPeerConnection:
@@ -49,14 +47,21 @@ async def negotiate(session: Session, offer: Offer, attach: Callable[[], Awaitab
     except Exception as exc:  # aiortc raises many types for offers it cannot answer
         log.info("%s session %s: cannot answer offer: %s", session.kind, session.id, exc)
         await session.close()
-        raise HTTPException(400, f"cannot answer the SDP offer: {type(exc).__name__}: {exc}") from None
+        raise BadRequest(f"cannot answer the SDP offer: {type(exc).__name__}: {exc}") from None
     return pc.localDescription.sdp
 
 
-def sdp_created(sdp: str, location: str, stream_id: str, ice_links: list[str]) -> Response:
-    """``201 Created`` with the answer, its resource ``Location`` and the stream id."""
-    headers = {"Location": location, "X-Ooblex-Stream": stream_id,
-               "Access-Control-Expose-Headers": "Location, X-Ooblex-Stream"}
+#: Response headers a WHIP/WHEP player on another origin may read.
+EXPOSED = ("Location", "Link", "X-Ooblex-Stream", "X-Ooblex-View-Token")
+
+
+def sdp_created(sdp: str, location: str, stream_id: str, ice_links: list[str],
+                view_token: str | None = None) -> Response:
+    """``201 Created`` with the answer, its resource ``Location``, the stream id and (with a secret) a
+    shareable view token for the stream."""
+    headers = {"Location": location, "X-Ooblex-Stream": stream_id, "Access-Control-Expose-Headers": ", ".join(EXPOSED)}
+    if view_token:
+        headers["X-Ooblex-View-Token"] = view_token
     if ice_links:
         headers["Link"] = ", ".join(ice_links)
     return Response(sdp, status_code=201, media_type="application/sdp", headers=headers)

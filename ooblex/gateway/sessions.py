@@ -18,29 +18,31 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from ..engine import Stream
+from ..errors import NotFound, TooManyRequests
+from .settings import Settings
 
 log = logging.getLogger("ooblex.gateway")
 
 
-class TooManySessions(OverflowError):
-    """The gateway's WebRTC session limit is reached."""
+class TooManySessions(TooManyRequests):
+    """A WebRTC session limit (gateway-wide or per client) is reached."""
 
 
-class UnknownSession(KeyError):
+class UnknownSession(NotFound, KeyError):
     """No open session of that kind has that id."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class Session:
     """One peer connection, the tasks serving it and (for WHIP) the stream it owns."""
 
-    def __init__(self, registry: Sessions, kind: str, pc: RTCPeerConnection, stream: Stream,
+    def __init__(self, registry: Sessions, kind: str, client: str, pc: RTCPeerConnection, stream: Stream,
                  owns_stream: bool) -> None:
         self.id = secrets.token_urlsafe(12)
         self.registry = registry
         self.kind = kind
+        self.client = client
+        #: ICE and DTLS are done; until then the session counts against its client's pending budget.
+        self.connected = False
         self.pc = pc
         self.stream = stream
         self.owns_stream = owns_stream
@@ -67,7 +69,8 @@ class Session:
 
     def watch(self, last_activity: Callable[[], Awaitable[float]], idle_s: float, connect_s: float) -> None:
         """Close the session once ``last_activity()`` (monotonic time, 0.0 = none yet) is older than
-        ``idle_s``, or when nothing at all arrived within ``connect_s`` (ICE, DTLS, first keyframe)."""
+        ``idle_s``, or when nothing at all arrived within ``connect_s`` (ICE, DTLS, first keyframe):
+        a peer that never connects holds its slot for ``connect_s`` at most."""
         self.spawn(self._watchdog(last_activity, idle_s, connect_s), "watchdog")
 
     async def _watchdog(self, last_activity: Callable[[], Awaitable[float]], idle_s: float, connect_s: float) -> None:
@@ -92,6 +95,8 @@ class Session:
             self._closer = asyncio.ensure_future(self.close())
 
     async def _on_state(self) -> None:
+        if self.pc.connectionState == "connected":
+            self.connected = True
         if self.pc.connectionState in ("failed", "closed"):
             await self.close()
 
@@ -113,27 +118,42 @@ class Session:
             await self.pc.close()
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "stream": self.stream.id, "state": self.pc.connectionState,
+        return {"id": self.id, "kind": self.kind, "stream": self.stream.id, "client": self.client,
+                "state": self.pc.connectionState,
                 "age_s": round(time.monotonic() - self.created, 1)}
 
 
 class Sessions:
-    """All live sessions of one gateway, at most ``limit`` at once."""
+    """All live sessions of one gateway, within the gateway-wide and per-client limits of ``settings``."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.items: dict[str, Session] = {}
         self.opened = 0
         self.rejected = 0
 
-    def check_room(self) -> None:
-        if len(self.items) >= self.limit:
-            self.rejected += 1
-            raise TooManySessions(f"too many WebRTC sessions (limit {self.limit}); try again later")
+    def check_room(self, client: str) -> None:
+        """Raise ``TooManySessions`` (429) naming the limit when ``client`` may not open another session."""
+        s = self.settings
+        mine = [x for x in self.items.values() if x.client == client]
+        pending = sum(not x.connected for x in mine)
+        if len(self.items) >= s.max_sessions:
+            problem = f"too many WebRTC sessions (limit {s.max_sessions}, OOBLEX_MAX_SESSIONS)"
+        elif len(mine) >= s.max_sessions_per_client:
+            problem = (f"this client ({client}) has {len(mine)} WebRTC sessions "
+                       f"(limit {s.max_sessions_per_client}, OOBLEX_MAX_SESSIONS_PER_CLIENT)")
+        elif pending >= s.max_pending_per_client:
+            problem = (f"this client ({client}) has {pending} WebRTC sessions that have not connected yet "
+                       f"(limit {s.max_pending_per_client}, OOBLEX_MAX_PENDING_PER_CLIENT; they expire after "
+                       f"{s.connect_timeout_s:g} s)")
+        else:
+            return
+        self.rejected += 1
+        raise TooManySessions(f"{problem}; try again later")
 
-    def add(self, kind: str, pc: RTCPeerConnection, stream: Stream, owns_stream: bool) -> Session:
-        self.check_room()
-        session = Session(self, kind, pc, stream, owns_stream)
+    def add(self, kind: str, client: str, pc: RTCPeerConnection, stream: Stream, owns_stream: bool) -> Session:
+        self.check_room(client)
+        session = Session(self, kind, client, pc, stream, owns_stream)
         self.items[session.id] = session
         self.opened += 1
         return session

@@ -1,43 +1,84 @@
 """Gateway limits and WebRTC options, from arguments or ``OOBLEX_*`` environment variables.
 
 Every limit here exists so that one bad or greedy client gets a clear 4xx while the gateway
-keeps serving everyone else.
+keeps serving everyone else; docs/security.md says what each protects.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from ..thread import TensorThread
 
+#: Fields given in the environment as comma-separated lists.
+LISTS = ("allowed_hosts", "cors_origins", "trusted_proxies", "source_hosts")
+
 
 @dataclass
 class Settings:
-    """Limits and options of one gateway instance."""
+    """Limits and options of one gateway instance (each field: ``OOBLEX_<NAME>`` in the environment)."""
 
+    # --- who may do what ---------------------------------------------------------------------
+    #: The cluster secret. Set: every route that starts work or reveals a stream needs a bearer
+    #: token (``ooblex token ...``); unset: the gateway serves loopback only (see docs/security.md).
+    secret: str = field(default_factory=lambda: os.environ.get("OOBLEX_SECRET", ""), repr=False)
+    #: The address the gateway listens on (its Host names are accepted; see ``allowed_hosts``).
+    host: str = "127.0.0.1"
+    #: Extra Host header values accepted (DNS names, ``*.example.com``; ``*`` = any). The listen
+    #: address, localhost and (when listening on all interfaces) this machine's addresses and names
+    #: are always accepted; anything else is refused, which defeats DNS rebinding.
+    allowed_hosts: list[str] = field(default_factory=list)
+    #: Origins allowed to call the API from other web pages (WHIP/WHEP players); empty = same origin only.
+    #: State-changing requests and WebSockets from any other Origin are refused (403).
+    cors_origins: list[str] = field(default_factory=list)
+    #: Addresses of reverse proxies whose X-Forwarded-For is believed (per-client limits count the
+    #: real client); empty = none.
+    trusted_proxies: list[str] = field(default_factory=list)
+
+    # --- jobs ---------------------------------------------------------------------------------
+    #: Folder that job sources and sinks must lie in (resolved; no ``..`` or symlink escapes).
+    media_root: str = "media"
+    #: Hosts URL sources of jobs may name: ``cam.example.com``, ``*.example.com``, or a network
+    #: ``10.0.0.0/8``. Empty = no URL sources. Loopback, link-local and private addresses are refused
+    #: unless a listed network contains them.
+    source_hosts: list[str] = field(default_factory=list)
+    #: Jobs running at once; more get 429.
+    max_jobs: int = 4
+
+    # --- limits -------------------------------------------------------------------------------
     #: WebRTC peer connections (WHIP + WHEP) at once; more get 429.
     max_sessions: int = 16
+    #: WebRTC sessions one client address may hold at once.
+    max_sessions_per_client: int = 8
+    #: Sessions of one client address that have not connected yet (ICE + DTLS); more get 429.
+    max_pending_per_client: int = 4
+    #: Open streams (WHIP, WebSocket, HTTP frames in progress) at once; more get 429.
+    max_streams: int = 64
+    #: Open streams of one client address.
+    max_streams_per_client: int = 16
     #: Largest SDP offer accepted, in bytes (real offers are 2-10 KB).
     max_sdp_bytes: int = 64 * 1024
-    #: Largest image body for /api/v1/frames and /ws, in bytes.
+    #: Largest JSON body (parameters, jobs) or WebSocket text message, in bytes.
+    max_json_bytes: int = 64 * 1024
+    #: Largest image body for /api/v1/frames and WebSocket message for /ws, in bytes.
     max_image_bytes: int = 8 * 1024 * 1024
     #: Largest image accepted, in pixels (width * height), checked before decoding.
     max_image_pixels: int = 3840 * 2160
+    #: A WebSocket that sends nothing for this long is closed (code 4408).
+    ws_idle_s: float = 30.0
     #: Staleness budget for live streams (ms): frames older than this are skipped, not computed.
     max_latency_ms: float = 500.0
     #: Frames at the workers at once per live stream; 0 = the thread's ``concurrency``. More than the
     #: workers can run at once only makes each frame wait behind another (measured: 80 ms thread,
     #: window 2 -> ~190 ms round trip, window 1 -> ~120 ms); raise it for many remote workers.
     max_in_flight: int = 0
-
-    def window(self, thread: TensorThread) -> int:
-        """The in-flight window for a live stream through ``thread``."""
-        return self.max_in_flight or thread.concurrency
     #: How long one HTTP frame may take before 504.
     frame_timeout_s: float = 10.0
+
+    # --- media and WebRTC ---------------------------------------------------------------------
     #: JPEG quality for MJPEG and HTTP/WS outputs.
     jpeg_quality: int = 80
     #: Offer 127.0.0.1 host candidates (aioice leaves loopback out; needed for same-machine peers).
@@ -46,13 +87,22 @@ class Settings:
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     #: A WebRTC session whose peer stops sending media for this long is closed.
     session_idle_s: float = 5.0
-    #: A new WebRTC session whose peer sends nothing (no media, no RTCP) this long after the answer is closed.
-    connect_timeout_s: float = 15.0
+    #: A new WebRTC session that has not connected (ICE + DTLS) this long after the answer is closed,
+    #: and so is one whose peer sends nothing (no media, no RTCP) for this long after connecting.
+    connect_timeout_s: float = 10.0
     #: RTP timestamps of the processed video sent back to a WHIP publisher: "send" (when each frame is
     #: sent; smallest browser jitter buffer) or "input" (the publisher's own frame timestamps).
     return_timestamps: str = "send"
-    #: Origins allowed to call the API from other web pages (WHIP/WHEP players); empty = same origin only.
-    cors_origins: list[str] = field(default_factory=list)
+
+    def server_options(self) -> dict[str, Any]:
+        """uvicorn options that enforce these settings at the protocol layer (message size, proxies)."""
+        return {"ws_max_size": max(self.max_image_bytes, self.max_json_bytes) + 1024,
+                "proxy_headers": bool(self.trusted_proxies),
+                "forwarded_allow_ips": ",".join(self.trusted_proxies) or ""}
+
+    def window(self, thread: TensorThread) -> int:
+        """The in-flight window for a live stream through ``thread``."""
+        return self.max_in_flight or thread.concurrency
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -61,17 +111,22 @@ class Settings:
         for f in fields(cls):
             raw = os.environ.get(f"OOBLEX_{f.name.upper()}")
             if raw is not None:
-                values[f.name] = _parse(f.name, raw, cls.__dataclass_fields__[f.name].default)
+                default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+                values[f.name] = _parse(f.name, raw, default)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= 0:
+                raise ValueError(f"{f.name} must be >= 0, got {value!r}")
         if self.return_timestamps not in ("send", "input"):
             raise ValueError(f"return_timestamps must be 'send' or 'input', got {self.return_timestamps!r}")
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:
-    if name == "cors_origins":
+    if name in LISTS:
         return [o.strip() for o in raw.split(",") if o.strip()]
     if name == "ice_servers":
         try:

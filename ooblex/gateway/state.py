@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request, WebSocket
 
 from .. import jpeg
 from ..cluster.jobs import Job
 from ..engine import Engine, Stream
+from ..errors import NotFound, TooManyRequests
 from ..frame import Frame
 from .sessions import Sessions
 from .settings import Settings
@@ -50,27 +52,38 @@ class Gateway:
     counters: dict[str, int] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
 
+    #: stream id -> the client address that opened it (per-client limits; pruned as streams close).
+    owners: dict[str, str] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
-        self.sessions = Sessions(self.settings.max_sessions)
+        self.sessions = Sessions(self.settings)
         self.jpegs = JpegCache(self.settings.jpeg_quality)
+
+    def open(self, client: str, thread: str, **options: Any) -> Stream:
+        """Open a stream for ``client``, within the per-client and engine stream limits (429 past them)."""
+        for sid in [sid for sid in self.owners if sid not in self.engine.streams]:
+            del self.owners[sid]
+        mine = sum(c == client for c in self.owners.values())
+        limit = self.settings.max_streams_per_client
+        if mine >= limit:
+            raise TooManyRequests(f"this client ({client}) already has {mine} open streams; the limit is {limit} "
+                                  "(OOBLEX_MAX_STREAMS_PER_CLIENT)")
+        stream = self.engine.open(thread, **options)
+        self.owners[stream.id] = client
+        return stream
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
-    def stream(self, stream_id: str) -> Stream:
-        """The open stream ``stream_id``, or ``KeyError`` naming it."""
-        stream = self.engine.streams.get(stream_id)
-        if stream is None:
-            raise UnknownStream(f"no stream {stream_id!r} (open streams: GET /api/v1/streams)")
-        return stream
 
-
-class UnknownStream(KeyError):
+class UnknownStream(NotFound, KeyError):
     """No open stream has that id."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def gateway(conn: Request | WebSocket) -> Gateway:
     return conn.app.state.gateway
+
+
+def client_of(conn: Request | WebSocket) -> str:
+    """The caller's address (the real client's, behind a proxy listed in ``trusted_proxies``)."""
+    return conn.client.host if conn.client is not None else "unknown"

@@ -1,5 +1,8 @@
 """WHEP egress: ``POST /whep/{stream_id}`` with a receive-only SDP offer watches a processed stream.
 
+With a secret set, it needs ``Authorization: Bearer <token>``: ``view`` for the stream, or
+``publish`` for its thread.
+
 Any number of viewers (within the session limit) per stream; each has its own latest-wins
 queue and encoder, so a slow viewer never holds back the others or the stream itself.
 """
@@ -10,11 +13,13 @@ import time
 from datetime import datetime, timezone
 
 from aiortc import RTCRtpSender
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 
+from ..errors import BadRequest
 from ..webrtc.tracks import ProcessedTrack
+from .auth import stream_for
 from .peer import ice_links, negotiate, new_peer, read_offer, sdp_created
-from .state import gateway
+from .state import client_of, gateway
 from .whip import SDP_BODY
 
 router = APIRouter(tags=["webrtc"])
@@ -25,12 +30,13 @@ router = APIRouter(tags=["webrtc"])
 async def whep(stream_id: str, request: Request) -> Response:
     """Watch processed stream ``stream_id`` over WebRTC (body: SDP offer that receives video)."""
     gw = gateway(request)
-    stream = gw.stream(stream_id)
+    stream = stream_for(request, stream_id)
     offer = await read_offer(request, gw.settings)
     if not offer.wants_video_back:
-        raise HTTPException(400, f"WHEP offer's video is {offer.video_direction}; it must receive video")
-    gw.sessions.check_room()
-    session = gw.sessions.add("whep", new_peer(gw.settings), stream, owns_stream=False)
+        raise BadRequest(f"WHEP offer's video is {offer.video_direction}; it must receive video")
+    client = client_of(request)
+    gw.sessions.check_room(client)
+    session = gw.sessions.add("whep", client, new_peer(gw.settings), stream, owns_stream=False)
     queue = stream.listen()
     track = ProcessedTrack(queue.get)
     senders: list[RTCRtpSender] = []
@@ -50,6 +56,7 @@ async def whep(stream_id: str, request: Request) -> Response:
 @router.delete("/whep/{stream_id}/{session_id}")
 async def whep_delete(stream_id: str, session_id: str, request: Request) -> dict[str, str]:
     """Stop watching."""
+    stream_for(request, stream_id)
     session = gateway(request).sessions.get("whep", session_id)
     await session.close()
     return {"deleted": session_id}

@@ -3,6 +3,8 @@
 Query parameters set the thread's keyword parameters. When the offer's video is ``sendrecv``
 the processed video comes back on the same peer connection; ``X-Ooblex-Stream`` names the
 stream, for ``/whep/{id}`` and ``/mjpeg/{id}`` viewers. ``DELETE`` on ``Location`` ends it.
+With a secret set, both need ``Authorization: Bearer <publish token for the thread>``, and the
+answer carries ``X-Ooblex-View-Token``: a token to hand to viewers of this one stream.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from aiortc import MediaStreamTrack
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from ..engine import Stream, StreamClosed
+from ..errors import BadRequest, MethodNotAllowed
 from ..frame import Frame
 from ..webrtc.tracks import Ingest, ProcessedTrack
+from .auth import require, view_token
+from .frames import thread_params
 from .peer import ice_links, negotiate, new_peer, read_offer, sdp_created
-from .state import gateway
+from .state import client_of, gateway
 
 router = APIRouter(tags=["webrtc"])
 SDP_BODY = {"content": {"application/sdp": {"schema": {"type": "string"}}}, "required": True}
@@ -27,14 +32,16 @@ SDP_BODY = {"content": {"application/sdp": {"schema": {"type": "string"}}}, "req
 async def whip(thread: str, request: Request) -> Response:
     """Start ingesting a WebRTC video stream into ``thread`` (body: SDP offer)."""
     gw = gateway(request)
+    granted = require(request, "publish", thread=thread)
     target = gw.engine.resolve(thread)
     offer = await read_offer(request, gw.settings)
     if not offer.sends_video:
-        raise HTTPException(400, f"WHIP offer's video is {offer.video_direction}; it must send video")
-    gw.sessions.check_room()
-    stream = gw.engine.open(thread, params=dict(request.query_params), mode="live",
-                            max_in_flight=gw.settings.window(target), max_latency_ms=gw.settings.max_latency_ms)
-    session = gw.sessions.add("whip", new_peer(gw.settings), stream, owns_stream=True)
+        raise BadRequest(f"WHIP offer's video is {offer.video_direction}; it must send video")
+    client = client_of(request)
+    gw.sessions.check_room(client)
+    stream = gw.open(client, thread, params=thread_params(request.query_params), mode="live",
+                     max_in_flight=gw.settings.window(target), max_latency_ms=gw.settings.max_latency_ms)
+    session = gw.sessions.add("whip", client, new_peer(gw.settings), stream, owns_stream=True)
     ingest: list[Ingest] = []
 
     @session.pc.on("track")
@@ -55,12 +62,14 @@ async def whip(thread: str, request: Request) -> Response:
     sdp = await negotiate(session, offer, attach)
     session.watch(lambda: _last_frame(ingest[0]), gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whip_sessions")
-    return sdp_created(sdp, f"/whip/{thread}/{session.id}", stream.id, ice_links(gw.settings))
+    return sdp_created(sdp, f"/whip/{thread}/{session.id}", stream.id, ice_links(gw.settings),
+                       view_token(request, granted, stream))
 
 
 @router.delete("/whip/{thread}/{session_id}")
 async def whip_delete(thread: str, session_id: str, request: Request) -> dict[str, str]:
     """End a WHIP session and its stream."""
+    require(request, "publish", thread=thread)
     session = gateway(request).sessions.get("whip", session_id)
     await session.close()
     return {"deleted": session_id}
@@ -69,7 +78,7 @@ async def whip_delete(thread: str, session_id: str, request: Request) -> dict[st
 @router.patch("/whip/{thread}/{session_id}", status_code=405)
 async def whip_patch(thread: str, session_id: str) -> Response:
     """Trickle ICE is not used: offers and answers carry all candidates."""
-    raise HTTPException(405, "trickle ICE is not supported: send a complete offer (gathering done)")
+    raise MethodNotAllowed("trickle ICE is not supported: send a complete offer (gathering done)")
 
 
 def _outputs(stream: Stream) -> Callable[[], Awaitable[Frame | None]]:

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from .. import jpeg
+from ..errors import BadRequest
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-class SourceError(ValueError):
+class SourceError(BadRequest):
     """The source cannot be opened or read."""
 
 
@@ -92,14 +93,22 @@ class WebcamSource(Source):
         self._cap.release()
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are refused: a URL that was checked (gateway jobs) must not lead somewhere unchecked."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        raise SourceError(f"{req.full_url!r} redirects ({code}) to {newurl!r}: use that URL directly")
+
+
 class MJPEGSource(Source):
     """An HTTP ``multipart/x-mixed-replace`` stream of JPEGs (IP cameras, ``/mjpeg/...``)."""
 
     live = True
 
     def __init__(self, url: str, timeout: float = 10.0) -> None:
+        opener = urllib.request.build_opener(_NoRedirect)
         try:
-            self._resp = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - user-given URL
+            self._resp = opener.open(url, timeout=timeout)
         except OSError as exc:
             raise SourceError(f"cannot open {url!r}: {exc}") from None
         ctype = self._resp.headers.get("Content-Type", "")

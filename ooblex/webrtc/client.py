@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,9 +80,13 @@ class ImageTrack(MediaStreamTrack):
 class _Client:
     """Shared WHIP/WHEP steps: offer (all candidates gathered), POST, answer, DELETE on close."""
 
-    def __init__(self, url: str, *, fast: bool = True, ice_servers: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, url: str, *, fast: bool = True, ice_servers: list[dict[str, Any]] | None = None,
+                 token: str | None = None) -> None:
         self.url = url
         self.fast = fast
+        token = token or os.environ.get("OOBLEX_TOKEN")
+        #: RFC 9725: the bearer token goes with the POST and the DELETE.
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         #: The server is on this machine: this connection (only) lets ICE use loopback.
         self.local = httpx.URL(url).host in ("127.0.0.1", "localhost", "::1")
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
@@ -103,7 +108,7 @@ class _Client:
             await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers candidates
         async with httpx.AsyncClient(timeout=30) as http:
             resp = await http.post(self.url, content=self.pc.localDescription.sdp,
-                                   headers={"Content-Type": "application/sdp"})
+                                   headers={"Content-Type": "application/sdp", **self.auth})
         if resp.status_code != 201:
             await self.pc.close()
             raise WebRTCError(f"{self.url}: {resp.status_code} {resp.text}")
@@ -121,7 +126,7 @@ class _Client:
     async def close(self, delete: bool = True) -> None:
         if delete and self.location:
             async with httpx.AsyncClient(timeout=10) as http:
-                await http.delete(self.location)
+                await http.delete(self.location, headers=self.auth)
         await self.pc.close()
 
     async def __aenter__(self) -> _Client:
@@ -213,7 +218,7 @@ def _image_feed(spec: Any) -> tuple[Callable[[], Any], float, Callable[[], None]
 
 
 async def send(source: Any, to: str, *, codec: str = "vp8", duration: float = 0.0, fps: float | None = None,
-               show_every: float = 1.0, out: Callable[[str], None] = print) -> int:
+               show_every: float = 1.0, out: Callable[[str], None] = print, token: str | None = None) -> int:
     """Send ``source`` to a WHIP URL, read the processed video back, print fps and round-trip latency."""
     from ..media.sources import SourceError
 
@@ -223,7 +228,7 @@ async def send(source: Any, to: str, *, codec: str = "vp8", duration: float = 0.
         out(f"ooblex send: {exc}")
         return 2
     track = ImageTrack(next_image, fps=fps or source_fps)
-    client = WhipClient(to, track, codec=codec)
+    client = WhipClient(to, track, codec=codec, token=token)
     try:
         await client.start()
         await client.wait_connected()

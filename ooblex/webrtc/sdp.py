@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 from aiortc.sdp import SessionDescription
 
+from ..errors import BadRequest
+
 #: Video codecs the gateway can decode and encode.
 VIDEO_CODECS = ("VP8", "H264")
 
 
-class SDPError(ValueError):
-    """The offer cannot be answered; ``status`` is the HTTP status to reply with."""
+class SDPError(BadRequest):
+    """The offer cannot be answered; ``status`` is the HTTP status to reply with (400, or 413 if too big)."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
@@ -57,6 +59,8 @@ def check_offer(raw: bytes | str, max_bytes: int = 64 * 1024) -> Offer:
     if not any(n in VIDEO_CODECS for n in names):
         raise SDPError(f"SDP offer has no supported video codec (offered: {', '.join(names) or 'none'}; "
                        f"supported: {', '.join(VIDEO_CODECS)})")
-    if not video.ice.usernameFragment or not video.ice.password or not video.dtls.fingerprints:
-        raise SDPError("SDP offer lacks ICE credentials or a DTLS fingerprint")
+    if video.ice is None or not video.ice.usernameFragment or not video.ice.password:
+        raise SDPError("SDP offer lacks ICE credentials (a=ice-ufrag and a=ice-pwd)")
+    if video.dtls is None or not video.dtls.fingerprints:
+        raise SDPError("SDP offer lacks a valid DTLS fingerprint (a=fingerprint:sha-256 AB:CD:...)")
     return Offer(text, video.direction or "sendrecv", names)

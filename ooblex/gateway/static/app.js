@@ -5,17 +5,31 @@ const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
 const STAGES = ["queue", "compute", "return", "engine", "total"];
 let threads = {};
-let session = null; // {pc, location, streamId, camera, timer}
+let session = null; // {pc, location, streamId, viewToken, camera, timer}
 
-async function api(path, options) {
-  const r = await fetch(path, options);
+// With OOBLEX_SECRET set the gateway wants a token: `ooblex demo` prints this page's URL with
+// #token=..., which is moved out of the address bar into this tab's session storage.
+const hashToken = new URLSearchParams(location.hash.slice(1)).get("token");
+if (hashToken) {
+  sessionStorage.setItem("ooblex-token", hashToken);
+  history.replaceState(null, "", location.pathname + location.search);
+}
+const token = () => $("token").value.trim() || sessionStorage.getItem("ooblex-token") || "";
+const authHeaders = () => (token() ? { Authorization: `Bearer ${token()}` } : {});
+
+async function api(path, options = {}) {
+  const r = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
   if (!r.ok) {
     let detail = r.statusText;
     try { detail = (await r.json()).detail; } catch (_) { /* not JSON */ }
+    if (r.status === 401) $("token-box").hidden = false;
     throw new Error(`${r.status}: ${detail}`);
   }
   return r;
 }
+
+// Viewer URLs carry the stream's own view token (never the publisher's), so they can be shared.
+const viewerUrl = (kind, s) => `${location.origin}/${kind}/${s.streamId}${s.viewToken ? `?token=${s.viewToken}` : ""}`;
 
 function setStatus(text) { $("status").textContent = text; }
 
@@ -137,12 +151,14 @@ async function start() {
       method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
     });
     const streamId = r.headers.get("X-Ooblex-Stream");
-    session = { pc, camera, streamId, location: r.headers.get("Location"), timer: null };
+    session = { pc, camera, streamId, viewToken: r.headers.get("X-Ooblex-View-Token"),
+                location: r.headers.get("Location"), timer: null };
     await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
-    const mjpeg = `${location.origin}/mjpeg/${streamId}`;
+    const mjpeg = viewerUrl("mjpeg", session);
     $("mjpeg-url").href = mjpeg;
     $("mjpeg-url").textContent = mjpeg;
     $("whep-url").textContent = `${location.origin}/whep/${streamId}`;
+    $("view-token").textContent = session.viewToken || "not needed (no secret set)";
     session.timer = setInterval(refreshStats, 1000);
     $("stop").disabled = false;
     $("thread").disabled = true;
@@ -165,7 +181,7 @@ async function stop() {
   session = null;
   if (s) {
     clearInterval(s.timer);
-    if (s.location) fetch(s.location, { method: "DELETE" }).catch(() => {});
+    if (s.location) fetch(s.location, { method: "DELETE", headers: authHeaders() }).catch(() => {});
     s.pc.close();
     s.camera.getTracks().forEach((t) => t.stop());
   }
@@ -178,6 +194,7 @@ async function stop() {
   $("mjpeg-url").removeAttribute("href");
   $("mjpeg-url").textContent = "–";
   $("whep-url").textContent = "–";
+  $("view-token").textContent = "–";
 }
 
 async function refreshStats() {
@@ -217,7 +234,9 @@ async function health() {
 $("thread").addEventListener("change", showParams);
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
-window.addEventListener("pagehide", () => { if (session?.location) fetch(session.location, { method: "DELETE", keepalive: true }); });
+window.addEventListener("pagehide", () => {
+  if (session?.location) fetch(session.location, { method: "DELETE", keepalive: true, headers: authHeaders() });
+});
 
 (async () => {
   health();
