@@ -14,6 +14,8 @@ from ooblex import jpeg
 from ooblex.webrtc import SDPError, check_offer, framecode
 from ooblex.webrtc.jitter import MarkerJitterBuffer
 
+from .media import sdp_offer
+
 
 def packets(frame_ts: int, first_seq: int, count: int) -> list[RtpPacket]:
     out = []
@@ -131,3 +133,16 @@ async def test_loopback_candidates_are_scoped_and_the_process_wide_switch_turns_
         assert aioice.ice.get_host_addresses is own and not await offered()
     finally:
         allow_loopback(was)
+
+
+@pytest.mark.parametrize("line", [
+    "a=fingerprint:sha-256 ZZ:FB",                       # not hex, wrong length
+    "a=fingerprint:sha-256",                             # no digest
+    "a=fingerprint:md5 AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89",  # unknown hash
+    "a=fingerprint:sha-256 " + ":".join(["AB"] * 31),    # one byte short
+])
+def test_malformed_fingerprints_are_named(line: str) -> None:
+    offer = asyncio.run(sdp_offer())
+    check_offer(offer)  # aiortc's own offer (three well-formed fingerprints) passes
+    with pytest.raises(SDPError, match="malformed DTLS fingerprint"):
+        check_offer(offer.replace("a=setup:", line + "\r\na=setup:"))

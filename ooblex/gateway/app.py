@@ -27,7 +27,6 @@ from .. import __version__
 from ..broker.base import redact
 from ..engine import Engine, Stream
 from ..errors import OoblexError, status
-from ..webrtc import allow_loopback
 from . import frames, jobs, metrics, mjpeg, whep, whip
 from .auth import require_control, stream_for
 from .bodies import read_json
@@ -63,8 +62,6 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     else:
         for t in threads:
             engine.add_thread(t)
-    if settings.loopback_candidates:
-        allow_loopback(True)
     gw = Gateway(engine, settings)
 
     @contextlib.asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -9,7 +10,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from fastapi import Request, Response
 
 from ..errors import BadRequest, UnsupportedMediaType
-from ..webrtc import check_offer, low_latency, rtc_configuration
+from ..webrtc import check_offer, loopback_candidates, low_latency, rtc_configuration
 from ..webrtc.sdp import Offer
 from .bodies import media_type, read_body
 from .sessions import Session
@@ -31,10 +32,12 @@ def new_peer(settings: Settings) -> RTCPeerConnection:
     return RTCPeerConnection(rtc_configuration(settings.ice_servers))
 
 
-async def negotiate(session: Session, offer: Offer, attach: Callable[[], Awaitable[None] | None]) -> str:
+async def negotiate(session: Session, offer: Offer, attach: Callable[[], Awaitable[None] | None],
+                    settings: Settings) -> str:
     """Apply ``offer``, let ``attach`` add tracks, and return the complete (non-trickle) answer SDP.
 
-    Any failure closes the session and becomes a 400 naming the cause.
+    Candidates are gathered here, with 127.0.0.1 among them when ``settings.loopback_candidates``
+    (for this connection only). Any failure closes the session and becomes a 400 naming the cause.
     """
     pc = session.pc
     try:
@@ -43,7 +46,8 @@ async def negotiate(session: Session, offer: Offer, attach: Callable[[], Awaitab
         pending = attach()
         if pending is not None:
             await pending
-        await pc.setLocalDescription(await pc.createAnswer())
+        with loopback_candidates() if settings.loopback_candidates else contextlib.nullcontext():
+            await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:  # aiortc raises many types for offers it cannot answer
         log.info("%s session %s: cannot answer offer: %s", session.kind, session.id, exc)
         await session.close()

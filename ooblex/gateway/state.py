@@ -35,6 +35,8 @@ class JpegCache:
         if fut is None:
             assert frame.image is not None
             fut = asyncio.ensure_future(asyncio.to_thread(jpeg.encode, frame.image, self.quality))
+            # an awaiting viewer gets the error; one that went away must not leave it unobserved
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
             self._items[key] = fut
             while len(self._items) > self.size:
                 self._items.popitem(last=False)

@@ -47,7 +47,7 @@ async def whep(stream_id: str, request: Request) -> Response:
     session.pc.on("track", session.discard)  # a sendrecv viewer's own video is not wanted
     track.on("ended", session.close_soon)
     session.on_close(lambda: stream.unlisten(queue))
-    sdp = await negotiate(session, offer, attach)
+    sdp = await negotiate(session, offer, attach, gw.settings)
     session.watch(lambda: _last_report(senders[0]), gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whep_sessions")
     return sdp_created(sdp, f"/whep/{stream_id}/{session.id}", stream.id, ice_links(gw.settings))

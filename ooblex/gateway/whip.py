@@ -59,7 +59,7 @@ async def whip(thread: str, request: Request) -> Response:
             keep = gw.settings.return_timestamps == "input"
             session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of if keep else None))
 
-    sdp = await negotiate(session, offer, attach)
+    sdp = await negotiate(session, offer, attach, gw.settings)
     session.watch(lambda: _last_frame(ingest[0]), gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whip_sessions")
     return sdp_created(sdp, f"/whip/{thread}/{session.id}", stream.id, ice_links(gw.settings),

@@ -10,6 +10,8 @@ from ..errors import BadRequest
 
 #: Video codecs the gateway can decode and encode.
 VIDEO_CODECS = ("VP8", "H264")
+#: Certificate fingerprint hashes (RFC 8122) and their digest sizes in bytes.
+FINGERPRINT_BYTES = {"sha-1": 20, "sha-224": 28, "sha-256": 32, "sha-384": 48, "sha-512": 64}
 
 
 class SDPError(BadRequest):
@@ -47,6 +49,7 @@ def check_offer(raw: bytes | str, max_bytes: int = 64 * 1024) -> Offer:
         raise SDPError("SDP offer is not UTF-8 text") from None
     if not text.lstrip().startswith("v=0"):
         raise SDPError("body is not an SDP offer (it must start with 'v=0')")
+    _check_fingerprints(text)
     try:
         session = SessionDescription.parse(text)
     except Exception as exc:  # aiortc's parser raises many types on bad input
@@ -64,3 +67,21 @@ def check_offer(raw: bytes | str, max_bytes: int = 64 * 1024) -> Offer:
     if video.dtls is None or not video.dtls.fingerprints:
         raise SDPError("SDP offer lacks a valid DTLS fingerprint (a=fingerprint:sha-256 AB:CD:...)")
     return Offer(text, video.direction or "sendrecv", names)
+
+
+def _check_fingerprints(text: str) -> None:
+    """Every ``a=fingerprint`` line must be a known hash and a digest of its size: aiortc's parser
+    takes any text there, and a DTLS handshake cannot be checked against a garbled one."""
+    for line in text.splitlines():
+        if not line.startswith("a=fingerprint:"):
+            continue
+        algorithm, _, value = line[len("a=fingerprint:"):].strip().partition(" ")
+        digest = value.strip().split(":")
+        size = FINGERPRINT_BYTES.get(algorithm.lower())
+        if size is None or len(digest) != size or not all(len(h) == 2 and _is_hex(h) for h in digest):
+            raise SDPError(f"SDP offer has a malformed DTLS fingerprint: {line[:120]!r} "
+                           "(expected a=fingerprint:sha-256 AB:CD:... with one hex pair per digest byte)")
+
+
+def _is_hex(pair: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in pair)
