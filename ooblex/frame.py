@@ -35,6 +35,10 @@ class Frame:
     reply_to: str = ""
     #: True when a worker skipped the frame (expired before it could start).
     skipped: bool = False
+    #: Media time in seconds on the source's own clock (a file's presentation timestamp), None when
+    #: the source has none. Outputs keep the input's timing by it, and other media of the same source
+    #: (its soundtrack) line up with the pictures on it.
+    pts: float | None = None
 
     def stamp(self, stage: str, t: float | None = None) -> None:
         """Record that this frame reached ``stage`` now (or at ``t``)."""
@@ -69,6 +73,7 @@ class Frame:
             "deadline": self.deadline,
             "reply_to": self.reply_to,
             "skipped": self.skipped,
+            "pts": self.pts,
         }
 
     @classmethod

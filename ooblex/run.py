@@ -64,7 +64,7 @@ def run(thread: Any, source: Any, sink: Any = None, *, params: dict[str, Any] | 
     t = as_thread(thread)
     src = open_source(source)
     try:
-        snk = open_sink(sink, src.fps)
+        snk = open_sink(sink, src.fps, audio=src.audio)
     except BaseException:
         src.close()
         raise
@@ -141,15 +141,18 @@ async def feed_every(stream: Stream, src: Source, counts: Any, stop: threading.E
     """Submit every frame of a finite source, reading it off the loop; ``counts.frames_in`` counts them.
 
     In every-frame mode ``submit`` waits for room, so this is also the backpressure on reading.
+    Each frame carries its media time (``Frame.pts``), so a file sink keeps the input's timing.
     """
     loop = asyncio.get_running_loop()
-    frames = iter(src)
+    frames = src.timed()
     while stop is None or not stop.is_set():
         item = await loop.run_in_executor(None, next, frames, None)
         if item is None:
             return
         counts.frames_in += 1
-        await stream.submit(item[0], captured=item[1])
+        frame = stream.make_frame(item[0], captured=item[1])
+        frame.pts = item[2]
+        await stream.submit(frame)
 
 
 def _write(snk: Sink, frame: Frame, handle: RunHandle, max_results: int) -> None:

@@ -30,7 +30,8 @@ class WireError(BadRequest):
 #: Header fields and the JSON types they must have: a message that decodes is a frame the engine can use.
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "stream_id": str, "seq": int, "thread": str, "params": dict, "stamps": dict, "result": (dict, type(None)),
-    "error": (str, type(None)), "deadline": (int, float), "reply_to": str, "skipped": bool}
+    "error": (str, type(None)), "deadline": (int, float), "reply_to": str, "skipped": bool,
+    "pts": (int, float, type(None))}
 
 
 def encode(frame: Frame, codec: Codec = "jpeg", quality: int = 85) -> bytes:

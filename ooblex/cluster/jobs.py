@@ -58,7 +58,7 @@ async def run_job(engine: Engine, thread: str | TensorThread, source: Any, sink:
     loop = asyncio.get_running_loop()
     src = await loop.run_in_executor(None, open_source, source)
     try:
-        snk: Sink = await loop.run_in_executor(None, open_sink, sink, src.fps)
+        snk: Sink = await loop.run_in_executor(None, open_sink, sink, src.fps, src.audio)
     except BaseException:
         src.close()
         raise

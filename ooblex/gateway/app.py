@@ -107,12 +107,13 @@ def _api_router() -> APIRouter:
     @router.get("/api/v1/streams", dependencies=[Depends(require_control)])
     async def streams(request: Request) -> list[dict[str, Any]]:
         """Open streams: thread, params, fps, per-stage latency p50/p95/p99 (ms), counters, viewer URLs."""
-        return [_stream_info(s) for s in gateway(request).engine.streams.values()]
+        gw = gateway(request)
+        return [_stream_info(s, gw) for s in gw.engine.streams.values()]
 
     @router.get("/api/v1/streams/{stream_id}")
     async def stream(stream_id: str, request: Request) -> dict[str, Any]:
         """One open stream (404 if it is not open; a ``view`` token with a secret set)."""
-        return _stream_info(stream_for(request, stream_id))
+        return _stream_info(stream_for(request, stream_id), gateway(request))
 
     @router.patch("/api/v1/streams/{stream_id}", openapi_extra={"requestBody": PARAMS_BODY})
     async def update_stream(stream_id: str, request: Request) -> dict[str, Any]:
@@ -141,12 +142,13 @@ def _api_router() -> APIRouter:
     return router
 
 
-def _stream_info(s: Stream) -> dict[str, Any]:
-    """``Stream.describe()`` plus the newest result/error and where to watch the stream."""
+def _stream_info(s: Stream, gw: Gateway) -> dict[str, Any]:
+    """``Stream.describe()`` plus the newest result/error, its audio pass-through and where to watch it."""
     latest = s.latest
     result = json.loads(frames.to_json(latest.result)) if latest and latest.result is not None else None
+    audio = gw.audio.get(s.id)
     return {**s.describe(), "result": result, "error": latest.error if latest else None,
-            "mjpeg": f"/mjpeg/{s.id}", "whep": f"/whep/{s.id}"}
+            "audio": audio.describe() if audio else None, "mjpeg": f"/mjpeg/{s.id}", "whep": f"/whep/{s.id}"}
 
 
 def _error_handlers(app: FastAPI) -> None:

@@ -93,6 +93,10 @@ class Settings:
     #: RTP timestamps of the processed video sent back to a WHIP publisher: "send" (when each frame is
     #: sent; smallest browser jitter buffer) or "input" (the publisher's own frame timestamps).
     return_timestamps: str = "send"
+    #: Pass a WHIP publisher's Opus audio, untouched, back to it and to WHEP viewers (off: dropped).
+    audio: bool = True
+    #: The most audio is held to stay in step with slow video (ms); the hold follows the video's delay.
+    audio_max_delay_ms: float = 1000.0
 
     def server_options(self) -> dict[str, Any]:
         """uvicorn options that enforce these settings at the protocol layer (message size, proxies)."""

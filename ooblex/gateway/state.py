@@ -14,6 +14,7 @@ from ..cluster.jobs import Job
 from ..engine import Engine, Stream
 from ..errors import NotFound, TooManyRequests
 from ..frame import Frame
+from ..webrtc.audio import AudioRelay
 from .sessions import Sessions
 from .settings import Settings
 
@@ -56,6 +57,8 @@ class Gateway:
 
     #: stream id -> the client address that opened it (per-client limits; pruned as streams close).
     owners: dict[str, str] = field(default_factory=dict)
+    #: stream id -> its WHIP publisher's audio, for WHEP viewers (removed when the session closes).
+    audio: dict[str, AudioRelay] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sessions = Sessions(self.settings)

@@ -4,7 +4,8 @@ With a secret set, it needs ``Authorization: Bearer <token>``: ``view`` for the 
 ``publish`` for its thread.
 
 Any number of viewers (within the session limit) per stream; each has its own latest-wins
-queue and encoder, so a slow viewer never holds back the others or the stream itself.
+queue and encoder, so a slow viewer never holds back the others or the stream itself. An offer
+that receives audio gets the publisher's Opus, held in step with the video (``audio.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 
 from ..errors import BadRequest
 from ..webrtc.tracks import ProcessedTrack
+from .audio import lip_sync, send_audio
 from .auth import stream_for
 from .peer import ice_links, negotiate, new_peer, read_offer, sdp_created
 from .state import client_of, gateway
@@ -38,11 +40,13 @@ async def whep(stream_id: str, request: Request) -> Response:
     gw.sessions.check_room(client)
     session = gw.sessions.add("whep", client, new_peer(gw.settings), stream, owns_stream=False)
     queue = stream.listen()
-    track = ProcessedTrack(queue.get)
+    audio = gw.audio.get(stream.id)
+    track = ProcessedTrack(queue.get, on_sent=lip_sync(audio))
     senders: list[RTCRtpSender] = []
 
     def attach() -> None:
         senders.append(session.pc.addTrack(track))
+        send_audio(session, audio, offer)
 
     session.pc.on("track", session.discard)  # a sendrecv viewer's own video is not wanted
     track.on("ended", session.close_soon)

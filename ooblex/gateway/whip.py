@@ -1,7 +1,8 @@
 """WHIP ingest (RFC 9725): ``POST /whip/{thread}`` with an SDP offer starts a processed stream.
 
 Query parameters set the thread's keyword parameters. When the offer's video is ``sendrecv``
-the processed video comes back on the same peer connection; ``X-Ooblex-Stream`` names the
+the processed video comes back on the same peer connection (and its Opus audio, when that is
+``sendrecv`` too, held in step with the video: ``audio.py``); ``X-Ooblex-Stream`` names the
 stream, for ``/whep/{id}`` and ``/mjpeg/{id}`` viewers. ``DELETE`` on ``Location`` ends it.
 With a secret set, both need ``Authorization: Bearer <publish token for the thread>``, and the
 answer carries ``X-Ooblex-View-Token``: a token to hand to viewers of this one stream.
@@ -18,6 +19,7 @@ from ..engine import Stream, StreamClosed
 from ..errors import BadRequest, MethodNotAllowed
 from ..frame import Frame
 from ..webrtc.tracks import Ingest, ProcessedTrack
+from .audio import lip_sync, publisher_audio, send_audio
 from .auth import require, view_token
 from .frames import thread_params
 from .peer import ice_links, negotiate, new_peer, read_offer, sdp_created
@@ -55,9 +57,12 @@ async def whip(thread: str, request: Request) -> Response:
     def attach() -> None:
         if not ingest:
             raise ValueError("the offer's video track did not arrive")
+        audio = publisher_audio(gw, session, offer)
         if offer.wants_video_back:
             keep = gw.settings.return_timestamps == "input"
-            session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of if keep else None))
+            session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of if keep else None,
+                                               on_sent=lip_sync(audio)))
+        send_audio(session, audio, offer)
 
     sdp = await negotiate(session, offer, attach, gw.settings)
     session.watch(lambda: _last_frame(ingest[0]), gw.settings.session_idle_s, gw.settings.connect_timeout_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fractions
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +13,7 @@ import numpy as np
 
 from .. import jpeg
 from ..frame import Frame
+from .audio import AudioInput, AudioMux
 
 
 class Sink:
@@ -40,9 +42,18 @@ class CallbackSink(Sink):
 
 
 class VideoFileSink(Sink):
-    """Encodes frames to a file with PyAV (H.264 when the FFmpeg build has it, else MPEG-4)."""
+    """Encodes frames to a file with PyAV (H.264 when the FFmpeg build and container allow, else
+    MPEG-4, else VP8 as WebM needs).
 
-    def __init__(self, path: str | Path, fps: float = 30.0) -> None:
+    Frames with a ``pts`` keep the input's timing (variable frame rates included); others are
+    spaced ``1/fps`` apart. With ``audio`` (the input's soundtrack) the sound goes into the same file
+    on the same timeline, copied without re-encoding where the container allows (``AudioMux``).
+    """
+
+    #: Video time base ticks per frame interval: fine enough for variable frame rates.
+    TICKS = 100
+
+    def __init__(self, path: str | Path, fps: float = 30.0, audio: AudioInput | None = None) -> None:
         import av
 
         self.path = str(path)
@@ -50,9 +61,14 @@ class VideoFileSink(Sink):
         self._fps = max(1, round(fps))
         self._stream: Any = None
         self._av = av
+        self._audio_input = audio
+        self._audio: AudioMux | None = None
+        self._origin = audio.origin if audio is not None else None
+        self._count = 0
+        self._last_pts = -1
 
     def _open(self, image: np.ndarray) -> None:
-        for codec in ("libx264", "h264", "mpeg4"):
+        for codec in [c for c in ("libx264", "h264", "mpeg4", "libvpx") if c in self._container.supported_codecs]:
             try:
                 self._stream = self._container.add_stream(codec, rate=self._fps)
                 break
@@ -62,6 +78,11 @@ class VideoFileSink(Sink):
             raise RuntimeError("no usable video encoder in this FFmpeg build")
         self._stream.height, self._stream.width = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
         self._stream.pix_fmt = "yuv420p"
+        if self._stream.codec_context.name == "libvpx":  # its default takes seconds per second of video
+            self._stream.options = {"deadline": "realtime", "cpu-used": "6"}
+        self._stream.codec_context.time_base = fractions.Fraction(1, self._fps * self.TICKS)
+        if self._audio_input is not None:  # streams are added before the first packet is written
+            self._audio = AudioMux(self._container, self._audio_input)
 
     def write(self, frame: Frame) -> None:
         img = frame.image
@@ -71,13 +92,35 @@ class VideoFileSink(Sink):
             self._open(img)
         img = img[: self._stream.height, : self._stream.width]
         vf = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+        vf.pts = self._pts(frame)
+        vf.time_base = self._stream.codec_context.time_base
         for packet in self._stream.encode(vf):
             self._container.mux(packet)
+        if self._audio is not None:
+            self._audio.write_until(self._seconds(vf.pts + self.TICKS))
+
+    def _pts(self, frame: Frame) -> int:
+        """Ticks on the output timeline: the frame's own media time, else its place in the sequence."""
+        if frame.pts is not None:
+            if self._origin is None:
+                self._origin = frame.pts
+            pts = round((frame.pts - self._origin) * self._fps * self.TICKS)
+        else:
+            pts = self._count * self.TICKS
+        self._count += 1
+        pts = max(pts, self._last_pts + 1)  # strictly increasing, whatever the input says
+        self._last_pts = pts
+        return pts
+
+    def _seconds(self, ticks: int) -> float:
+        return ticks / (self._fps * self.TICKS)
 
     def close(self) -> None:
         if self._stream is not None:
             for packet in self._stream.encode():
                 self._container.mux(packet)
+        if self._audio is not None:
+            self._audio.close(self._seconds(self._last_pts + self.TICKS))
         self._container.close()
 
 
@@ -136,8 +179,10 @@ class MJPEGServerSink(Sink):
         self._server.server_close()
 
 
-def open_sink(spec: Any, fps: float = 30.0) -> Sink:
-    """``None``/``"null"``, ``"out.mp4"``, ``"mjpeg://127.0.0.1:8090"``, a ``Sink`` or a callable."""
+def open_sink(spec: Any, fps: float = 30.0, audio: AudioInput | None = None) -> Sink:
+    """``None``/``"null"``, ``"out.mp4"``, ``"mjpeg://127.0.0.1:8090"``, a ``Sink`` or a callable.
+
+    ``audio``: the input's soundtrack (``Source.audio``), kept by video file sinks."""
     if isinstance(spec, Sink):
         return spec
     if spec is None or spec == "null":
@@ -148,4 +193,4 @@ def open_sink(spec: Any, fps: float = 30.0) -> Sink:
     if s.startswith("mjpeg://"):
         host, _, port = s[len("mjpeg://"):].rstrip("/").rpartition(":")
         return MJPEGServerSink(host or "127.0.0.1", int(port or 0))
-    return VideoFileSink(s, fps)
+    return VideoFileSink(s, fps, audio)

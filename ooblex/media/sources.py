@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import jpeg
 from ..errors import BadRequest
+from .audio import AudioInput
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -32,9 +33,16 @@ class Source:
     live: bool = False
     fps: float = 30.0
     frame_count: int | None = None
+    #: The soundtrack of a media file, for sinks that keep it (None: the source has no sound).
+    audio: AudioInput | None = None
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
         raise NotImplementedError
+
+    def timed(self) -> Iterator[tuple[np.ndarray, float, float | None]]:
+        """``(image, captured_at, pts)``: ``pts`` is the frame's media time in seconds, None if unknown."""
+        for image, captured in self:
+            yield image, captured, None
 
     def close(self) -> None:
         """Release the device or connection."""
@@ -60,10 +68,16 @@ class AVSource(Source):
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.fps = float(rate) if rate else 30.0
         self.frame_count = self._stream.frames or None
+        self.audio = None if live else AudioInput.probe(self._container, url)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        for image, captured, _ in self.timed():
+            yield image, captured
+
+    def timed(self) -> Iterator[tuple[np.ndarray, float, float | None]]:
         for frame in self._container.decode(self._stream):
-            yield frame.to_ndarray(format="rgb24"), time.time()
+            pts = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
+            yield frame.to_ndarray(format="rgb24"), time.time(), pts
 
     def close(self) -> None:
         self._container.close()

@@ -20,8 +20,10 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from ..media.audio import AudioInput, decoded
 from ..supervision import cancel
 from . import framecode
+from .audio import OPUS_RATE, AudioPacket, MediaClock, PacedAudioTrack, tap_receiver
 from .ice import loopback_candidates, rtc_configuration
 from .jitter import low_latency
 
@@ -37,27 +39,25 @@ class ImageTrack(MediaStreamTrack):
 
     ``sent[n]`` is the wall-clock time frame ``n`` left this track (before encoding); with
     ``number=True`` the number is drawn into the picture (``framecode``) for round-trip timing.
+    An audio track on the same ``clock`` (``PacedAudioTrack``) leaves in step with the pictures.
     """
 
     kind = "video"
 
-    def __init__(self, next_image: Callable[[], Any], fps: float = 30.0, number: bool = True) -> None:
+    def __init__(self, next_image: Callable[[], Any], fps: float = 30.0, number: bool = True,
+                 clock: MediaClock | None = None) -> None:
         super().__init__()
         self._next_image = next_image
         self.fps = fps
         self.number = number
+        self.clock = clock or MediaClock()
         self.sent: dict[int, float] = {}
         self.count = 0
-        self._start: float | None = None
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        wait = self._start + self.count / self.fps - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        await self.clock.wait_until(self.count / self.fps)
         image = self._next_image()
         if asyncio.iscoroutine(image):
             image = await image
@@ -91,6 +91,8 @@ class _Client:
         self.local = httpx.URL(url).host in ("127.0.0.1", "localhost", "::1")
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
         self.remote: MediaStreamTrack | None = None
+        #: The audio that came back (a WHIP publisher's own, or a WHEP stream's), if any.
+        self.remote_audio: MediaStreamTrack | None = None
         self.location: str | None = None
         self.stream_id: str | None = None
         self._got_track = asyncio.Event()
@@ -100,6 +102,14 @@ class _Client:
             if track.kind == "video":
                 self.remote = track
                 self._got_track.set()
+            elif track.kind == "audio":
+                self.remote_audio = track
+
+    def tap_audio(self, on_packet: Callable[[AudioPacket], None]) -> bool:
+        """Receive audio as the Opus packets that arrive (``on_packet``), undecoded, instead of on
+        ``remote_audio``; call before ``start``. False if there is no audio transceiver."""
+        receivers = [t.receiver for t in self.pc.getTransceivers() if t.kind == "audio"]
+        return bool(receivers) and tap_receiver(receivers[0], on_packet) is not None
 
     async def _negotiate(self) -> None:
         if self.fast:
@@ -141,30 +151,40 @@ class _Client:
 
 
 class WhipClient(_Client):
-    """Publish ``track`` to a WHIP URL; with ``receive=True`` the processed video comes back (``remote``)."""
+    """Publish ``track`` (and ``audio``) to a WHIP URL; with ``receive=True`` the processed video comes
+    back (``remote``), and the audio too (``remote_audio``)."""
 
     def __init__(self, url: str, track: MediaStreamTrack, *, receive: bool = True, codec: str = "vp8",
-                 **kwargs: Any) -> None:
+                 audio: MediaStreamTrack | None = None, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self.track = track
         self.receive = receive
         self.codec = codec
-
-    async def start(self) -> None:
-        transceiver = self.pc.addTransceiver(self.track, direction="sendrecv" if self.receive else "sendonly")
+        self.direction = "sendrecv" if receive else "sendonly"
+        transceiver = self.pc.addTransceiver(self.track, direction=self.direction)
         prefs = [c for c in RTCRtpSender.getCapabilities("video").codecs
                  if c.mimeType.lower() in (f"video/{self.codec.lower()}", "video/rtx")]
         transceiver.setCodecPreferences(prefs)
+        if audio is not None:
+            self.pc.addTransceiver(audio, direction=self.direction)
+
+    async def start(self) -> None:
         await self._negotiate()
         if self.receive:
             await asyncio.wait_for(self._got_track.wait(), 10)
 
 
 class WhepClient(_Client):
-    """Watch a processed stream from a WHEP URL (``remote`` is the video track)."""
+    """Watch a processed stream from a WHEP URL (``remote`` is the video track, ``remote_audio`` its
+    publisher's audio when it has some and ``audio=True``)."""
+
+    def __init__(self, url: str, *, audio: bool = True, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.pc.addTransceiver("video", direction="recvonly")
+        if audio:
+            self.pc.addTransceiver("audio", direction="recvonly")
 
     async def start(self) -> None:
-        self.pc.addTransceiver("video", direction="recvonly")
         await self._negotiate()
         await asyncio.wait_for(self._got_track.wait(), 10)
 
@@ -197,8 +217,8 @@ def percentiles_ms(values: list[float]) -> dict[str, float]:
     return {"p50": round(float(p[0]), 2), "p95": round(float(p[1]), 2), "p99": round(float(p[2]), 2)}
 
 
-def _image_feed(spec: Any) -> tuple[Callable[[], Any], float, Callable[[], None]]:
-    """(next_image coroutine function, fps, close) for an ``open_source`` spec."""
+def _image_feed(spec: Any) -> tuple[Callable[[], Any], float, Callable[[], None], AudioInput | None]:
+    """(next_image coroutine function, fps, close, the file's soundtrack) for an ``open_source`` spec."""
     from ..media.sources import LatestFrameReader, open_source
 
     source = open_source(spec)
@@ -208,13 +228,37 @@ def _image_feed(spec: Any) -> tuple[Callable[[], Any], float, Callable[[], None]
         async def next_live() -> np.ndarray | None:
             item = await asyncio.to_thread(reader.get)
             return None if item is None else item[0]
-        return next_live, source.fps or 30.0, source.close
+        return next_live, source.fps or 30.0, source.close, None
     frames = iter(source)
 
     async def next_file() -> np.ndarray | None:
         item = await asyncio.to_thread(next, frames, None)
         return None if item is None else item[0]
-    return next_file, source.fps or 30.0, source.close
+    return next_file, source.fps or 30.0, source.close, source.audio
+
+
+def file_audio(audio: AudioInput, clock: MediaClock) -> PacedAudioTrack:
+    """A file's soundtrack as a track on ``clock``: Opus packets as they are, anything else decoded
+    (aiortc encodes it to Opus: WebRTC has no other common codec)."""
+    if audio.codec == "opus":
+        container, stream = audio.open()
+        shift = round(audio.origin / stream.time_base)
+
+        def packets() -> Any:
+            try:
+                for packet in container.demux(stream):
+                    if packet.pts is not None and packet.size:
+                        packet.pts -= shift
+                        yield packet
+            finally:
+                container.close()
+        chunks: Any = packets()
+    else:
+        chunks = decoded(audio)
+
+    async def next_chunk() -> av.AudioFrame | av.Packet | None:
+        return await asyncio.to_thread(next, chunks, None)
+    return PacedAudioTrack(next_chunk, clock)
 
 
 async def send(source: Any, to: str, *, codec: str = "vp8", duration: float = 0.0, fps: float | None = None,
@@ -223,12 +267,18 @@ async def send(source: Any, to: str, *, codec: str = "vp8", duration: float = 0.
     from ..media.sources import SourceError
 
     try:
-        next_image, source_fps, close_source = _image_feed(source)
+        next_image, source_fps, close_source, audio = _image_feed(source)
     except SourceError as exc:
         out(f"ooblex send: {exc}")
         return 2
-    track = ImageTrack(next_image, fps=fps or source_fps)
-    client = WhipClient(to, track, codec=codec, token=token)
+    clock = MediaClock()
+    track = ImageTrack(next_image, fps=fps or source_fps, clock=clock)
+    if audio is not None and fps not in (None, source_fps):
+        out(f"ooblex send: --fps {fps} is not the file's {source_fps:g}: its sound would drift, so it is not sent")
+        audio = None
+    client = WhipClient(to, track, codec=codec, token=token, audio=file_audio(audio, clock) if audio else None)
+    audio_back = AudioCount()
+    client.tap_audio(audio_back)
     try:
         await client.start()
         await client.wait_connected()
@@ -248,8 +298,26 @@ async def send(source: Any, to: str, *, codec: str = "vp8", duration: float = 0.
         await client.close()
         close_source()
     summary = percentiles_ms(trips.rtts)
-    out(f"ooblex send: sent {track.count} frames, received {trips.received}, round trip ms {summary or 'n/a'}")
+    sound = f"; audio back {audio_back.seconds:.1f} s" if audio is not None else ""
+    out(f"ooblex send: sent {track.count} frames, received {trips.received}, round trip ms {summary or 'n/a'}{sound}")
     return 0
+
+
+class AudioCount:
+    """Counts returned Opus packets (without decoding them): how many seconds of sound came back."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.last = 0
+
+    def __call__(self, packet: AudioPacket) -> None:
+        if self.first is None:
+            self.first = packet.timestamp
+        self.last = max(self.last, packet.timestamp)
+
+    @property
+    def seconds(self) -> float:
+        return 0.0 if self.first is None else (self.last - self.first) / OPUS_RATE
 
 
 async def _report(track: ImageTrack, trips: RoundTrips, client: _Client, started: float, duration: float,

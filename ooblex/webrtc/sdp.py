@@ -29,6 +29,9 @@ class Offer:
     sdp: str
     video_direction: str  # direction of the first video m-line, from the offerer's side
     codecs: tuple[str, ...]  # video codec names offered, in order
+    #: Direction of the first audio m-line ("inactive" without one) and whether it offers Opus.
+    audio_direction: str = "inactive"
+    audio_opus: bool = False
 
     @property
     def wants_video_back(self) -> bool:
@@ -37,6 +40,14 @@ class Offer:
     @property
     def sends_video(self) -> bool:
         return self.video_direction in ("sendrecv", "sendonly")
+
+    @property
+    def sends_audio(self) -> bool:
+        return self.audio_opus and self.audio_direction in ("sendrecv", "sendonly")
+
+    @property
+    def wants_audio_back(self) -> bool:
+        return self.audio_opus and self.audio_direction in ("sendrecv", "recvonly")
 
 
 def check_offer(raw: bytes | str, max_bytes: int = 64 * 1024) -> Offer:
@@ -66,7 +77,11 @@ def check_offer(raw: bytes | str, max_bytes: int = 64 * 1024) -> Offer:
         raise SDPError("SDP offer lacks ICE credentials (a=ice-ufrag and a=ice-pwd)")
     if video.dtls is None or not video.dtls.fingerprints:
         raise SDPError("SDP offer lacks a valid DTLS fingerprint (a=fingerprint:sha-256 AB:CD:...)")
-    return Offer(text, video.direction or "sendrecv", names)
+    audio = next((m for m in session.media if m.kind == "audio"), None)
+    if audio is None:
+        return Offer(text, video.direction or "sendrecv", names)
+    opus = any(c.mimeType.lower() == "audio/opus" for c in audio.rtp.codecs)
+    return Offer(text, video.direction or "sendrecv", names, audio.direction or "sendrecv", opus)
 
 
 def _check_fingerprints(text: str) -> None:

@@ -109,6 +109,8 @@ class ProcessedTrack(MediaStreamTrack):
     """A video track fed by ``next_frame`` (stream.get or a listen queue); ends when it returns None.
 
     Timestamps are the time each frame is sent, unless ``pts_of`` gives the input frame's own.
+    ``on_sent(frame, seconds)`` learns how long each frame took from decoded to sent (aiortc asks
+    for the next frame once the previous one is encoded and on the wire): audio is held by that.
     Send times keep the receiver's jitter buffer small: a browser buffers by how much arrival
     times vary against RTP timestamps, and with input timestamps that variation is the thread's
     compute-time variation (``benchmarks/browser_playout.py``, Chromium, a thread taking 5-50 ms:
@@ -118,10 +120,13 @@ class ProcessedTrack(MediaStreamTrack):
     kind = "video"
 
     def __init__(self, next_frame: Callable[[], Awaitable[Frame | None]],
-                 pts_of: Callable[[Frame], int | None] | None = None) -> None:
+                 pts_of: Callable[[Frame], int | None] | None = None,
+                 on_sent: Callable[[Frame, float], None] | None = None) -> None:
         super().__init__()
         self._next = next_frame
         self._pts_of = pts_of
+        self._on_sent = on_sent
+        self._previous: Frame | None = None
         self._last_pts = -1
         self._t0 = time.time()
         self.sent = 0
@@ -129,6 +134,7 @@ class ProcessedTrack(MediaStreamTrack):
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        self._report_sent()
         frame = await self._next()
         if frame is None or frame.image is None:
             self.stop()
@@ -137,7 +143,14 @@ class ProcessedTrack(MediaStreamTrack):
         out.pts = self._pts(frame)
         out.time_base = TIME_BASE
         self.sent += 1
+        self._previous = frame
         return out
+
+    def _report_sent(self) -> None:
+        """The previous frame is on the wire now: tell ``on_sent`` its delay since it was decoded."""
+        frame, self._previous = self._previous, None
+        if self._on_sent is not None and frame is not None and "captured" in frame.stamps:
+            self._on_sent(frame, time.time() - frame.stamps["captured"])
 
     def _pts(self, frame: Frame) -> int:
         if self._pts_of is None:  # the time it is sent: see the class docstring
