@@ -55,6 +55,9 @@ class SyncProbe:
         self.beeps: list[float] = []
         self.frames = 0
         self.packets = 0
+        #: Sound that never arrived, in samples (by RTP timestamps: a gap before a packet).
+        self.missing = 0
+        self._next_ts: int | None = None
         self._flash = FlashDetector(signal)
         self._beep = BeepDetector(signal)
         self._decoder = av.CodecContext.create("libopus", "r")
@@ -76,11 +79,15 @@ class SyncProbe:
     def on_packet(self, packet: AudioPacket) -> None:
         """One received Opus packet: decode it, note when a beep started (its samples play from arrival)."""
         self.packets += 1
-        at = packet.arrived
+        if self._next_ts is not None and packet.timestamp > self._next_ts:
+            self.missing += packet.timestamp - self._next_ts
+        at, samples = packet.arrived, 0
         for frame in self._decoder.decode(av.Packet(packet.data)):
             x = mono(frame)
             self.beeps.extend(self._beep.feed(x, at))
             at += len(x) / (frame.sample_rate or OPUS_RATE)
+            samples += frame.samples
+        self._next_ts = packet.timestamp + samples
 
     def offsets(self, after: float = 0.0) -> list[float]:
         """Video minus audio time (ms) for each beep heard after monotonic time ``after``."""

@@ -126,17 +126,20 @@ async function start() {
   const thread = $("thread").value;
   try {
     setStatus("Opening camera…");
-    const camera = await navigator.mediaDevices.getUserMedia({
-      video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } }, audio: false,
-    });
+    const camera = await openCamera();
     $("input").srcObject = camera;
     const pc = new RTCPeerConnection({ iceServers: [] });
     const transceiver = pc.addTransceiver(camera.getVideoTracks()[0], { direction: "sendrecv", streams: [camera] });
     preferCodec(transceiver, $("codec").value);
+    // The microphone goes along and comes back untouched, in step with the processed video.
+    for (const track of camera.getAudioTracks()) pc.addTransceiver(track, { direction: "sendrecv", streams: [camera] });
+    const returned = new MediaStream();
+    $("output").srcObject = returned;
     pc.ontrack = (ev) => {
       if ("playoutDelayHint" in ev.receiver) ev.receiver.playoutDelayHint = 0; // render at once
       if ("jitterBufferTarget" in ev.receiver) ev.receiver.jitterBufferTarget = 0;
-      $("output").srcObject = new MediaStream([ev.track]);
+      returned.addTrack(ev.track);
+      if (ev.track.kind === "audio") $("unmute").hidden = false;
     };
     pc.onconnectionstatechange = () => {
       setStatus(`Connection ${pc.connectionState}.`);
@@ -168,6 +171,22 @@ async function start() {
   }
 }
 
+async function openCamera() {
+  const video = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } };
+  try {
+    return await navigator.mediaDevices.getUserMedia({ video, audio: true });
+  } catch (e) {
+    return await navigator.mediaDevices.getUserMedia({ video, audio: false }); // no microphone: pictures only
+  }
+}
+
+// The returned sound starts muted (it is your own microphone, delayed: unmuted it echoes).
+function toggleSound() {
+  const out = $("output");
+  out.muted = !out.muted;
+  $("unmute").textContent = out.muted ? "Unmute" : "Mute";
+}
+
 function preferCodec(transceiver, name) {
   if (!name || !RTCRtpReceiver.getCapabilities || !transceiver.setCodecPreferences) return;
   const codecs = RTCRtpReceiver.getCapabilities("video").codecs;
@@ -187,6 +206,9 @@ async function stop() {
   }
   $("input").srcObject = null;
   $("output").srcObject = null;
+  $("output").muted = true;
+  $("unmute").hidden = true;
+  $("unmute").textContent = "Unmute";
   $("start").disabled = false;
   $("stop").disabled = true;
   $("thread").disabled = false;
@@ -234,6 +256,7 @@ async function health() {
 $("thread").addEventListener("change", showParams);
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
+$("unmute").addEventListener("click", toggleSound);
 window.addEventListener("pagehide", () => {
   if (session?.location) fetch(session.location, { method: "DELETE", keepalive: true, headers: authHeaders() });
 });
