@@ -51,7 +51,8 @@ window.avsync = {
 
   async measure(stream) {
     const video = document.createElement("video");
-    Object.assign(video, { muted: window.MUTED ?? true, autoplay: true, playsInline: true, srcObject: stream, width: 160 });
+    // Not muted: Chromium renders (and counts the energy of) remote audio only for an unmuted element.
+    Object.assign(video, { muted: false, autoplay: true, playsInline: true, srcObject: stream, width: 160 });
     document.body.append(video);
     await video.play();
     const canvas = document.createElement("canvas");
@@ -81,6 +82,16 @@ window.avsync = {
     ac.createMediaStreamSource(new MediaStream(stream.getAudioTracks())).connect(node);
     node.connect(ac.destination); // pulled by the output, which plays silence (the node outputs none)
     await ac.resume();
+  },
+
+  async jitterBuffers() {
+    const out = {};
+    (await this.pc.getStats()).forEach((r) => {
+      if (r.type === "inbound-rtp" && r.jitterBufferEmittedCount) {
+        out[r.kind] = Math.round(1000 * r.jitterBufferDelay / r.jitterBufferEmittedCount);
+      }
+    });
+    return out;
   },
 
   async audioEnergy() {

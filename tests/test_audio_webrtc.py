@@ -67,7 +67,8 @@ async def test_opus_goes_back_and_to_whep_viewers_byte_for_byte() -> None:
             assert viewer.tap_audio(seen)
             await viewer.start()
             await asyncio.sleep(4.0)
-            info = httpx.get(f"{gw.url}/api/v1/streams/{pub.stream_id}").json()["audio"]
+            async with httpx.AsyncClient() as http:
+                info = (await http.get(f"{gw.url}/api/v1/streams/{pub.stream_id}")).json()["audio"]
             await viewer.close()
             session = next(s for s in gw.state.sessions.items.values() if s.kind == "whip")
             receiver = next(t.receiver for t in session.pc.getTransceivers() if t.kind == "audio")
@@ -100,7 +101,8 @@ async def _measure(gw_url: str, thread: str, seconds: float) -> tuple[dict, dict
         await asyncio.sleep(2.5)  # the hold settles on the video's delay
         after = time.monotonic()
         await asyncio.sleep(seconds)
-        stream = httpx.get(f"{gw_url}/api/v1/streams/{pub.stream_id}").json()
+        async with httpx.AsyncClient() as http:
+            stream = (await http.get(f"{gw_url}/api/v1/streams/{pub.stream_id}")).json()
         for w in watchers:
             w.cancel()
         await viewer.close()
@@ -147,11 +149,12 @@ async def test_no_audio_when_switched_off_or_not_opus() -> None:
                                 if c.mimeType.lower() == f"audio/{audio_codec}"])
         with loopback_candidates():
             await pc.setLocalDescription(await pc.createOffer())
-        r = httpx.post(url, content=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"})
-        assert r.status_code == 201, r.text
-        await pc.setRemoteDescription(RTCSessionDescription(r.text, "answer"))
-        await pc.close()
-        httpx.delete(str(httpx.URL(url).join(r.headers["Location"])))
+        async with httpx.AsyncClient() as http:
+            r = await http.post(url, content=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"})
+            assert r.status_code == 201, r.text
+            await pc.setRemoteDescription(RTCSessionDescription(r.text, "answer"))
+            await pc.close()
+            await http.delete(str(httpx.URL(url).join(r.headers["Location"])))
         return r.text
 
     def audio_section(sdp: str) -> str:
@@ -168,3 +171,27 @@ async def test_no_audio_when_switched_off_or_not_opus() -> None:
         assert "a=sendrecv" not in sdp and "a=sendonly" not in sdp, sdp
         assert not gw.state.audio
     assert "m=audio" not in await sdp_offer("sendrecv")  # video-only offers stay as they were
+
+
+@in_netns
+@pytest.mark.parametrize("name", ["talk.webm", "talk.mp4"])  # Opus sent as it is; AAC encoded to Opus
+async def test_ooblex_send_sends_the_files_sound(tmp_path, name: str) -> None:
+    import re
+    import sys
+
+    from .gateway_server import running_gateway
+
+    clip = SyncSignal(width=192, height=144).write(tmp_path / name, 4.0)
+    with running_gateway() as gw:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ooblex", "send", "--source", str(clip), "--to", gw.url + "/whip/identity",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        relays = []
+        while proc.returncode is None and not relays:
+            relays = list(gw.state.audio.values())
+            await asyncio.sleep(0.1)
+        output = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    assert proc.returncode == 0, output
+    back = float(re.search(r"audio back ([\d.]+) s", output).group(1))
+    assert relays and relays[0].counts["in"] >= 150, relays and relays[0].counts
+    assert back >= 3.0, output  # the file's 4 s of sound, less what was in flight when it ended

@@ -14,3 +14,4 @@ def test_sdk_examples_run(capsys) -> None:
     printed = capsys.readouterr().out
     assert "must be within [0, 255]" in printed and "batch_size must be" in printed
     assert "5 [0.0, 0.0, 0.0, 1.0, 1.0]" in printed
+    assert "['video', 'audio'] aac" in printed  # the soundtrack kept

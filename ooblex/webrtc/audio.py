@@ -5,9 +5,10 @@ buffer (the one place each depayloaded RTP packet passes), so packets leave it t
 arrive and the decoder thread never sees one. An ``OpusTrack`` hands packets back to aiortc as
 ``av.Packet`` objects, which ``RTCRtpSender`` packs into RTP as they are (``Encoder.pack``).
 
-Between the two sits ``AudioRelay``: it holds each packet for as long as the video takes through
-the gateway (``LipSync``: each processed frame's time from decoded to sent, smoothed, slewed,
-bounded), so a viewer hears a word with the picture of the lips that said it. Audio never waits
+Between the two sits ``AudioRelay``: it evens out the publisher's packet timing and holds each
+packet for as long as the video takes through the gateway (``LipSync``: each processed frame's
+time from decoded to sent, smoothed, slewed, bounded), so a viewer hears a word with the picture
+of the lips that said it. Audio never waits
 for video frames themselves: when a thread is slow and frames drop, the hold stays at the delay
 the frames that do come out have, and audio flows on without gaps.
 """
@@ -22,7 +23,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import av
@@ -38,17 +39,19 @@ OPUS_RATE = 48000
 TIME_BASE = fractions.Fraction(1, OPUS_RATE)
 #: Packets queued per output track before the oldest is dropped (1 s of 20 ms packets).
 TRACK_QUEUE = 50
+#: A packet this far (s) off the recent transit starts a new timeline (the publisher restarted its clock).
+RESET_S = 1.0
 
 
-@dataclass(slots=True, order=True)
+@dataclass(slots=True)
 class AudioPacket:
     """One encoded Opus packet as it arrived."""
 
     #: RTP timestamp in 48 kHz ticks since the stream's first packet (wrap-around unwrapped).
     timestamp: int
-    data: bytes = field(compare=False)
+    data: bytes
     #: ``time.monotonic()`` when it arrived.
-    arrived: float = field(compare=False)
+    arrived: float
 
 
 class _Unwrap:
@@ -142,16 +145,21 @@ class LipSync:
 class AudioRelay:
     """One publisher's audio: packets in (from a tap), held by ``sync``, out to every subscribed track.
 
-    Packets leave in timestamp order; one that arrives after a later one has left is dropped
-    (``late``): listeners conceal a missing packet, but not one that goes back in time. The queue
-    holds at most ``max_packets`` (the hold is bounded, so this is only reached if the clock
-    stalls); past it the oldest leaves at once.
+    A packet is due at the time it would have arrived without jitter (its media time plus the
+    median transit of the last ``window`` packets: a publisher that sends in bursts, as a loaded
+    machine does, leaves here evenly paced, so listeners need no deep jitter buffer) plus the
+    hold. One that arrives after that leaves at once. Packets leave in timestamp order; one that
+    arrives after a later one has left is dropped (``late``): listeners conceal a missing packet,
+    but not one that goes back in time. The queue holds at most ``max_packets`` (the hold is
+    bounded, so this is only reached if the clock stalls); past it the oldest leaves at once.
     """
 
-    def __init__(self, sync: LipSync, max_packets: int = 512) -> None:
+    def __init__(self, sync: LipSync, max_packets: int = 512, window: int = 100) -> None:
         self.sync = sync
         self.max_packets = max_packets
-        self._queue: list[AudioPacket] = []
+        self._queue: list[tuple[int, float, AudioPacket]] = []  # (timestamp, due without the hold, packet)
+        self._transits: deque[float] = deque(maxlen=window)
+        self._transit = 0.0
         self._tracks: set[OpusTrack] = set()
         self._wake = asyncio.Event()
         self._last_out: int | None = None
@@ -160,14 +168,26 @@ class AudioRelay:
 
     def push(self, packet: AudioPacket) -> None:
         self.counts["in"] += 1
-        if self._last_out is not None and packet.timestamp <= self._last_out:
+        i = bisect.bisect_left(self._queue, packet.timestamp, key=lambda e: e[0])
+        duplicate = i < len(self._queue) and self._queue[i][0] == packet.timestamp
+        if duplicate or self._last_out is not None and packet.timestamp <= self._last_out:
             self.counts["late"] += 1
             return
-        bisect.insort(self._queue, packet)
+        self._queue.insert(i, (packet.timestamp, self._paced(packet), packet))
         if len(self._queue) > self.max_packets:
             self.counts["overflow"] += 1
-            self._send(self._queue.pop(0))
+            self._send(self._queue.pop(0)[2])
         self._wake.set()
+
+    def _paced(self, packet: AudioPacket) -> float:
+        """When ``packet`` would have arrived at the median transit of recent packets."""
+        media = packet.timestamp / OPUS_RATE
+        transit = packet.arrived - media
+        if self._transits and abs(transit - self._transit) > RESET_S:  # a new timeline (publisher restarted)
+            self._transits.clear()
+        self._transits.append(transit)
+        self._transit = statistics.median(self._transits)
+        return media + self._transit
 
     async def run(self) -> None:
         """Release packets when due, until cancelled."""
@@ -177,7 +197,7 @@ class AudioRelay:
                 self._wake.clear()
                 continue
             now = time.monotonic()
-            wait = self._queue[0].arrived + self.sync.hold(now) - now
+            wait = self._queue[0][1] + self.sync.hold(now) - now
             if wait > 0:
                 self._wake.clear()
                 try:
@@ -185,7 +205,7 @@ class AudioRelay:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            self._send(self._queue.pop(0))
+            self._send(self._queue.pop(0)[2])
 
     def _send(self, packet: AudioPacket) -> None:
         self._last_out = packet.timestamp
