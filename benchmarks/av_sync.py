@@ -11,7 +11,8 @@ video's measured delay. Receivers:
   arrived (tapped before aiortc's ~80 ms audio jitter buffer, which is the receiver's, not ours);
 - with ``--chromium``: a **Chromium WHEP viewer** at playout (``benchmarks/av_sync.js``: flashes at
   requestVideoFrameCallback's expectedDisplayTime, beeps at an AudioWorklet's sample time mapped
-  to the output clock), where the browser's own jitter buffers and lip sync act too.
+  to the output clock), where the browser's own jitter buffers and lip sync act too (counted once
+  its lip sync has settled, 20 s after joining).
 
 Offset = video time - audio time per flash, in ms: positive when the sound comes first (EBU R37
 sign; it asks for +40 / -60 ms). Threads: ``identity`` and ``sleep40`` (40 ms per frame); the
@@ -48,6 +49,10 @@ from ooblex.webrtc.client import WhepClient, WhipClient  # noqa: E402
 
 #: Flashes long enough that a slow thread's output always shows one (frame numbers date its start).
 SIGNAL = SyncSignal(flash=0.2, width=320, height=240)
+#: Chromium lip-syncs audio and video of one stream by their RTCP sender reports, moving the video's
+#: delay step by step (at most half the filtered difference per second, none under 30 ms): on a loaded
+#: machine it takes 10-20 s from joining to settle.
+CHROMIUM_SETTLE_S = 20.0
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
                   "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -77,8 +82,9 @@ def start_gateway(port: int, **env: str) -> subprocess.Popen:
     raise RuntimeError(f"gateway did not start:\n{proc.stderr.read().decode()}")
 
 
-async def chromium_viewer(url: str, token: str, seconds: float) -> tuple[list[float], dict]:
-    """Flash/beep offsets at a Chromium WHEP viewer's playout, and its jitter buffer delays (ms)."""
+async def chromium_viewer(url: str, token: str, seconds: float, settle: float) -> tuple[list[float], dict]:
+    """Flash/beep offsets at a Chromium WHEP viewer's playout after its lip sync has settled, and its
+    jitter buffer delays (ms)."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
@@ -88,13 +94,15 @@ async def chromium_viewer(url: str, token: str, seconds: float) -> tuple[list[fl
             await page.goto(str(httpx.URL(url).join("/healthz")))
             await page.add_script_tag(path=str(Path(__file__).with_suffix(".js")))
             await page.evaluate("async ([u, t]) => avsync.measure(await avsync.whep(u, t))", [url, token])
+            await asyncio.sleep(settle)
+            start = await page.evaluate("performance.now()")
             await asyncio.sleep(seconds)
             got = await page.evaluate("({f: avsync.flashes, b: avsync.beeps})")
             buffers = await page.evaluate("avsync.jitterBuffers()")
         finally:
             await browser.close()
-    skip = 3  # the browser's lip sync settles over the first seconds
-    return offsets([t / 1e3 for t in got["f"]], [t / 1e3 for t in got["b"]], SIGNAL.period)[skip:], buffers
+    return offsets([t / 1e3 for t in got["f"] if t >= start], [t / 1e3 for t in got["b"] if t >= start],
+                   SIGNAL.period), buffers
 
 
 async def measure(base: str, thread: str, seconds: float, chromium: bool, warmup: float = 3.0) -> list[dict]:
@@ -114,7 +122,7 @@ async def measure(base: str, thread: str, seconds: float, chromium: bool, warmup
     after = time.monotonic()
     browser = None
     if chromium:
-        browser = await chromium_viewer(f"{base}/whep/{pub.stream_id}", token, seconds)
+        browser = await chromium_viewer(f"{base}/whep/{pub.stream_id}", token, seconds, settle=CHROMIUM_SETTLE_S)
     else:
         await asyncio.sleep(seconds)
     async with httpx.AsyncClient() as http:

@@ -105,13 +105,18 @@ async def test_sound_stays_with_the_picture_at_a_chromium_viewer() -> None:
                 browser = await p.chromium.launch(executable_path=CHROMIUM, args=BROWSER)
                 try:
                     viewer = await whep_viewer(browser, gw.url, str(pub.stream_id))
-                    await asyncio.sleep(14)
+                    await asyncio.sleep(12)  # Chromium's lip sync converges step by step (~10 s)
+                    start = await viewer.evaluate("performance.now()")
+                    await asyncio.sleep(8)
                     got = await viewer.evaluate("({f: avsync.flashes, b: avsync.beeps})")
                     buffers = await viewer.evaluate("avsync.jitterBuffers()")
                 finally:
                     await browser.close()
-    found = offsets([t / 1e3 for t in got["f"]], [t / 1e3 for t in got["b"]], signal.period)[3:]
+    found = offsets([t / 1e3 for t in got["f"] if t >= start], [t / 1e3 for t in got["b"] if t >= start],
+                    signal.period)
     result = summary(found)
     print("Chromium viewer:", result, "jitter buffers ms:", buffers)
-    assert result and result["n"] >= 6, (got, buffers)
-    assert -250 <= result["median"] <= 150, (result, buffers)
+    assert result and result["n"] >= 5, (got, buffers)
+    # Loose (the machine is shared): unsynced, Chromium plays this sound 150-180 ms late (its audio
+    # jitter buffer is deeper than the video's); synced by the shared msid and sender reports, ~0.
+    assert abs(result["median"]) <= 150, (result, buffers)

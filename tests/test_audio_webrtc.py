@@ -69,6 +69,7 @@ async def test_opus_goes_back_and_to_whep_viewers_byte_for_byte() -> None:
             await asyncio.sleep(4.0)
             async with httpx.AsyncClient() as http:
                 info = (await http.get(f"{gw.url}/api/v1/streams/{pub.stream_id}")).json()["audio"]
+            answer = next(s for s in gw.state.sessions.items.values() if s.kind == "whep").pc.localDescription.sdp
             await viewer.close()
             session = next(s for s in gw.state.sessions.items.values() if s.kind == "whip")
             receiver = next(t.receiver for t in session.pc.getTransceivers() if t.kind == "audio")
@@ -78,6 +79,8 @@ async def test_opus_goes_back_and_to_whep_viewers_byte_for_byte() -> None:
         assert contiguous_in(seen.payloads, sent), "the WHEP viewer's audio is not the sent Opus, in order"
         steps = np.diff([p.timestamp for p in back.packets])
         assert set(steps.tolist()) == {960}, "returned RTP timestamps are not 20 ms apart"
+        streams = {line.split()[0] for line in answer.split("a=msid:")[1:]}
+        assert len(streams) == 1 and answer.count("a=msid:") == 2, "audio and video must share a stream (lip sync)"
         assert info["in"] > 100 and info["late"] == 0 and info["listeners"] == 2, info
         await asyncio.sleep(0.5)
         assert not gw.state.audio, "the relay outlived its session"
