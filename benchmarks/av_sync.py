@@ -50,8 +50,8 @@ from ooblex.webrtc.client import WhepClient, WhipClient  # noqa: E402
 #: Flashes long enough that a slow thread's output always shows one (frame numbers date its start).
 SIGNAL = SyncSignal(flash=0.2, width=320, height=240)
 #: Chromium lip-syncs audio and video of one stream by their RTCP sender reports, moving the video's
-#: delay step by step (at most half the filtered difference per second, none under 30 ms): on a loaded
-#: machine it takes 10-20 s from joining to settle.
+#: delay step by step (libwebrtc's StreamSynchronization: a filtered difference, steps of at most 80 ms,
+#: none under 30 ms): on a loaded machine it takes 10-20 s from joining to settle.
 CHROMIUM_SETTLE_S = 20.0
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
                   "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
