@@ -35,6 +35,7 @@ bench: setup
 	$(PY) benchmarks/cluster.py
 	$(PY) benchmarks/webrtc_rtt.py
 	$(PY) benchmarks/models.py
+	$(PY) benchmarks/av_sync.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

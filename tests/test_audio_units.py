@@ -26,16 +26,18 @@ def test_rtp_timestamps_unwrap_across_wraparound_and_reordering() -> None:
 def test_lip_sync_follows_the_median_slewed_and_bounded() -> None:
     sync = LipSync(max_s=0.5, window=5, slew=0.05)
     assert sync.hold(0.0) == 0.0  # nothing known yet: no hold
-    sync.observe(0.100)
-    t0 = sync._at
-    assert sync.hold(t0) == pytest.approx(0.100)  # the first frame sets it at once
-    for d in (0.100, 0.100, 0.900, 0.100):  # one outlier (and it is clamped to max_s)
+    sync.observe(0.300)  # a stream's first frame: slow
+    assert sync.hold() == pytest.approx(0.300)
+    for d in (0.100, 0.100, 0.900):  # until the window is full, the median is followed at once
         sync.observe(d)
-    assert sync.target == pytest.approx(0.100)
+    assert sync.hold() == pytest.approx(0.200)
+    sync.observe(0.100)  # (the outlier was clamped to max_s)
+    t0 = sync._at
+    assert sync.target == pytest.approx(0.100) and sync.hold(t0) == pytest.approx(0.100)
     for _ in range(5):
         sync.observe(0.300)
     assert sync.target == pytest.approx(0.300)
-    assert sync.hold(t0 + 1.0) == pytest.approx(0.150)  # 50 ms per second towards it
+    assert sync.hold(t0 + 1.0) == pytest.approx(0.150)  # from now on 50 ms per second towards it
     assert sync.hold(t0 + 10.0) == pytest.approx(0.300)  # and no further
     sync.observe(-1.0)
     assert all(0.0 <= d <= 0.5 for d in sync._delays)

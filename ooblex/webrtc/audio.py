@@ -108,14 +108,15 @@ class LipSync:
     ``observe`` takes each processed frame's delay through the gateway; the hold follows their
     median over the last ``window`` frames (one slow frame does not move it), moves towards it at
     most ``slew`` seconds per second (a change listeners' jitter buffers absorb without a click),
-    and stays within ``[0, max_s]``. Before the first frame the hold is 0; the first frame sets it
-    at once.
+    and stays within ``[0, max_s]``. Before the first frame the hold is 0; until ``window`` frames
+    are known it follows their median at once (a stream's first frames are the slowest to encode).
     """
 
     def __init__(self, max_s: float = 0.5, window: int = 15, slew: float = 0.05) -> None:
         self.max_s = max_s
         self.slew = slew
         self._delays: deque[float] = deque(maxlen=window)
+        self._seen = 0
         self._target: float | None = None
         self._hold = 0.0
         self._at = time.monotonic()
@@ -123,9 +124,9 @@ class LipSync:
     def observe(self, delay_s: float) -> None:
         """One video frame took ``delay_s`` from decoded to sent."""
         self._delays.append(min(max(delay_s, 0.0), self.max_s))
-        first = self._target is None
         self._target = statistics.median(self._delays)
-        if first:
+        self._seen += 1
+        if self._seen <= (self._delays.maxlen or 1):  # the first frames (slow to encode) set it directly
             self._hold, self._at = self._target, time.monotonic()
 
     def hold(self, now: float | None = None) -> float:
