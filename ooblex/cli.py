@@ -238,11 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", default="1h", help="lifetime: 90 (seconds), 30m, 12h, 7d (default 1h)")
     p.set_defaults(func=cmd_token)
 
-    p = sub.add_parser("send", help="send video to a gateway over WHIP; prints fps and round-trip latency")
+    p = sub.add_parser("send", help="send video (and a file's sound) to a gateway over WHIP; prints fps and "
+                       "round-trip latency")
     p.add_argument("--source", required=True, help="webcam index, video file, rtsp:// or http:// MJPEG URL")
     p.add_argument("--to", required=True, help="WHIP URL, e.g. http://127.0.0.1:8800/whip/identity?k=3")
     p.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
-    p.add_argument("--fps", type=float, default=30.0, help="sending rate for files (default 30)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="sending rate for files (default: the file's own; another rate drops its sound)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until the end)")
     p.add_argument("--every", type=float, default=1.0, help="seconds between printed reports")
     p.add_argument("--token", default=None, help="publish token for the thread (default $OOBLEX_TOKEN)")

@@ -3,6 +3,7 @@
 Works in an ``<img>`` tag, VLC, OpenCV and ``ooblex run --source http://...``. Each viewer has
 its own bounded latest-wins queue (``stream.listen``), so a slow viewer skips frames instead of
 delaying the others; each frame is JPEG-encoded once however many viewers there are.
+Pictures only: MJPEG has no sound (a stream's audio goes to WHEP viewers).
 With a secret set it needs a ``view`` token (or ``publish`` for the thread), as a header or ``?token=``.
 """
 
