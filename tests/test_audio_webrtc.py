@@ -198,3 +198,16 @@ async def test_ooblex_send_sends_the_files_sound(tmp_path, name: str) -> None:
     back = float(re.search(r"audio back ([\d.]+) s", output).group(1))
     assert relays and relays[0].counts["in"] >= 150, relays and relays[0].counts
     assert back >= 3.0, output  # the file's 4 s of sound, less what was in flight when it ended
+
+
+@in_netns
+async def test_the_sync_check_in_the_gateway_docs_works() -> None:
+    from .docs import code_blocks
+    from .gateway_server import running_gateway
+
+    (example,) = [b for b in code_blocks("gateway.md", "python") if "check_sync" in b]
+    namespace: dict = {"__name__": "docs"}
+    exec(compile(example, "docs/gateway.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    with running_gateway() as gw:
+        result = await namespace["check_sync"](gw.url + "/whip/identity", 5.0)
+    assert result["n"] >= 3 and abs(result["median"]) <= 40, result

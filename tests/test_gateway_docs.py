@@ -21,7 +21,7 @@ def blocks(kind: str) -> list[str]:
 
 
 def test_python_examples(capsys) -> None:
-    app_example, ws_example = blocks("python")
+    app_example, ws_example = blocks("python")[:2]
     namespace: dict = {"__name__": "docs"}
     exec(compile(app_example, "docs/gateway.md", "exec"), namespace)
     assert "blur" in namespace["app"].state.gateway.engine.threads
