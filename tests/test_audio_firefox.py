@@ -49,4 +49,5 @@ def test_firefox_microphone_comes_back_with_sound() -> None:
             time.sleep(0.5)
         assert stats and stats["packets"] > first["packets"] + 50, (first, stats)
         assert stats["energy"] > first["energy"], ("no sound in the returned audio", first, stats)
-        assert relay.counts["in"] > 100 and relay.counts["late"] == 0 and relay.listeners == 1, relay.describe()
+        assert relay.counts["in"] >= stats["packets"] and relay.counts["late"] == 0 and relay.listeners == 1, \
+            relay.describe()
