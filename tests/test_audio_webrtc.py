@@ -59,12 +59,12 @@ async def test_opus_goes_back_and_to_whep_viewers_byte_for_byte() -> None:
         track = ImageTrack(moving_picture(320, 240), fps=30, clock=clock)
         pub = WhipClient(gw.url + "/whip/identity", track, audio=packet_track(sent, clock))
         back = Received()
-        assert pub.tap_audio(back)
+        pub.tap_audio(back)
         async with pub:
             await pub.wait_connected()
             viewer = WhepClient(f"{gw.url}/whep/{pub.stream_id}")
             seen = Received()
-            assert viewer.tap_audio(seen)
+            viewer.tap_audio(seen)
             await viewer.start()
             await asyncio.sleep(4.0)
             async with httpx.AsyncClient() as http:

@@ -96,6 +96,7 @@ class _Client:
         self.location: str | None = None
         self.stream_id: str | None = None
         self._got_track = asyncio.Event()
+        self._audio_tap: Callable[[AudioPacket], None] | None = None
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -105,13 +106,15 @@ class _Client:
             elif track.kind == "audio":
                 self.remote_audio = track
 
-    def tap_audio(self, on_packet: Callable[[AudioPacket], None]) -> bool:
+    def tap_audio(self, on_packet: Callable[[AudioPacket], None]) -> None:
         """Receive audio as the Opus packets that arrive (``on_packet``), undecoded, instead of on
-        ``remote_audio``; call before ``start``. False if there is no audio transceiver."""
-        receivers = [t.receiver for t in self.pc.getTransceivers() if t.kind == "audio"]
-        return bool(receivers) and tap_receiver(receivers[0], on_packet) is not None
+        ``remote_audio``; call before ``start``."""
+        self._audio_tap = on_packet
 
     async def _negotiate(self) -> None:
+        audio = [t.receiver for t in self.pc.getTransceivers() if t.kind == "audio"]
+        if self._audio_tap is not None and audio:
+            tap_receiver(audio[0], self._audio_tap)
         if self.fast:
             low_latency(self.pc)
         with loopback_candidates() if self.local else contextlib.nullcontext():
@@ -160,15 +163,16 @@ class WhipClient(_Client):
         self.track = track
         self.receive = receive
         self.codec = codec
-        self.direction = "sendrecv" if receive else "sendonly"
-        transceiver = self.pc.addTransceiver(self.track, direction=self.direction)
+        self.audio = audio
+
+    async def start(self) -> None:
+        direction = "sendrecv" if self.receive else "sendonly"
+        transceiver = self.pc.addTransceiver(self.track, direction=direction)
         prefs = [c for c in RTCRtpSender.getCapabilities("video").codecs
                  if c.mimeType.lower() in (f"video/{self.codec.lower()}", "video/rtx")]
         transceiver.setCodecPreferences(prefs)
-        if audio is not None:
-            self.pc.addTransceiver(audio, direction=self.direction)
-
-    async def start(self) -> None:
+        if self.audio is not None:
+            self.pc.addTransceiver(self.audio, direction=direction)
         await self._negotiate()
         if self.receive:
             await asyncio.wait_for(self._got_track.wait(), 10)
@@ -180,11 +184,12 @@ class WhepClient(_Client):
 
     def __init__(self, url: str, *, audio: bool = True, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        self.pc.addTransceiver("video", direction="recvonly")
-        if audio:
-            self.pc.addTransceiver("audio", direction="recvonly")
+        self.audio = audio
 
     async def start(self) -> None:
+        self.pc.addTransceiver("video", direction="recvonly")
+        if self.audio:
+            self.pc.addTransceiver("audio", direction="recvonly")
         await self._negotiate()
         await asyncio.wait_for(self._got_track.wait(), 10)
 
