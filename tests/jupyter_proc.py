@@ -26,14 +26,15 @@ class JupyterServer:
     """Started by ``start()``, stopped by ``stop()`` (tests use it as a context manager)."""
 
     def __init__(self, workdir: Path, *, app: str = "jupyter_server", token: str = "test-token",
-                 args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 args: list[str] | None = None, env: dict[str, str] | None = None, base_url: str = "/") -> None:
         self.workdir = workdir
         self.app = app
         self.token = token
-        self.args = args or []
+        self.args = [*(args or []), f"--ServerApp.base_url={base_url}"]
         self.env = env or {}
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.origin = f"http://127.0.0.1:{self.port}"
+        self.url = self.origin + base_url.rstrip("/")  # everything of this server is under its base URL
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{app}-{self.port}.log"
 

@@ -29,6 +29,7 @@ import re
 import shutil
 import stat
 import struct
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -279,14 +280,14 @@ def shared_channel() -> SideChannel | None:
 
 
 def _connection_file() -> str | None:
-    try:
-        from ipykernel.connect import get_connection_file
-        from ipykernel.kernelapp import IPKernelApp
-    except ImportError:
+    """The running kernel's connection file; None outside a kernel (importing ipykernel's app there
+    would replace the ``comm`` package's manager, so it is only looked up when already imported)."""
+    app_module = sys.modules.get("ipykernel.kernelapp")
+    if app_module is None or not app_module.IPKernelApp.initialized():
         return None
-    if not IPKernelApp.initialized():
-        return None
+    from ipykernel.connect import get_connection_file
+
     try:
-        return os.path.abspath(get_connection_file())
+        return os.path.abspath(get_connection_file(app_module.IPKernelApp.instance()))
     except (OSError, RuntimeError):
         return None

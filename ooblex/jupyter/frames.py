@@ -5,7 +5,8 @@ with one payload: a JPEG, or raw RGBA pixels straight from the canvas (no encode
 local kernel, where bandwidth is free and the browser's JPEG encoder is the slowest step).
 Kernel -> browser: ``{"type": "frame", "lane": i, "ack": n, "images": [{"role": "input" | "output",
 "format": ..., "width": w, "height": h}, ...], ...}`` with one payload per image: the input (kernel-side
-sources only) and the output, in the widget's ``codec``. The transport (comm buffers or a side-channel binary message) is not seen here.
+sources only) and the output, in the widget's ``codec``. The transport (comm buffers or a side-channel
+binary message) is not seen here.
 """
 
 from __future__ import annotations

@@ -161,10 +161,10 @@ class LiveSession:
                    "kernel_ms": round((time.time() - frame.stamps.get("captured", time.time())) * 1e3, 2)}
         (origin or self.broadcast).send(content, buffers)
 
-    def wait_frame(self, after: int, timeout: float) -> bool:
-        """Block (any thread but the loop's) until more than ``after`` frames were delivered."""
+    def wait_frame(self, ready: Callable[[], bool], timeout: float) -> bool:
+        """Block (any thread but the loop's) until ``ready()``, checked after each delivered frame."""
         with self.arrived:
-            return self.arrived.wait_for(lambda: self.delivered > after, timeout)
+            return self.arrived.wait_for(ready, timeout)
 
     # --- stats -----------------------------------------------------------------------------
     def add_rtt(self, samples: list[Any]) -> None:

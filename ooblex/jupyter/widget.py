@@ -181,7 +181,7 @@ class LiveWidget(anywidget.AnyWidget):
         """The newest processed frame: ``.input``/``.output`` numpy images (RGB), ``.result``, ``.error``.
         Waits up to ``timeout`` s for a first frame (in compare mode: one ``Shot`` per thread)."""
         if any(s.latest is None for s in self._sessions):
-            self._wait_for_frame(0, timeout, "snapshot()")
+            self._wait_for_frame(lambda: all(s.latest is not None for s in self._sessions), timeout, "snapshot()")
         return self._one([s.latest for s in self._sessions])
 
     def record(self, seconds: float, *, max_frames: int = 300, timeout: float = 30.0, block: bool | None = None,
@@ -194,7 +194,8 @@ class LiveWidget(anywidget.AnyWidget):
         if block is None:
             block = not (self.source_kind == "browser" and not self._conns and self._browser_path.startswith("comm"))
         if block:
-            self._wait_for_frame(self._sessions[0].delivered, timeout, "record()")
+            first, after = self._sessions[0], self._sessions[0].delivered
+            self._wait_for_frame(lambda: first.delivered > after, timeout, "record()")
         recs = [Recording(seconds, max_frames, name=lane["label"] if self.compare else "") for lane in self.lanes]
         for session, rec in zip(self._sessions, recs, strict=True):
             self._loop.call(session.recordings.append, rec)
@@ -332,10 +333,10 @@ class LiveWidget(anywidget.AnyWidget):
         self.counters["bad_messages"] += 1
         log.warning("ooblex live widget: ignoring a bad message: %s", why)
 
-    def _wait_for_frame(self, after: int, timeout: float, what: str) -> None:
+    def _wait_for_frame(self, ready: Any, timeout: float, what: str) -> None:
         if not self.running:
             raise RuntimeError(f"{what}: the live widget is stopped: call start() (or press Start) first")
-        if not self._sessions[0].wait_frame(after, timeout):
+        if not self._sessions[0].wait_frame(ready, timeout):
             raise TimeoutError(f"{what}: no processed frame within {timeout:g} s: {self._no_frames_hint()}")
 
     def _no_frames_hint(self) -> str:
