@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {"live": ".registry", "close_all": ".registry", "live_widgets": ".registry", "LiveWidget": ".widget",
-            "Recording": ".recording", "Shot": ".recording"}
+            "Recording": ".recording", "Shot": ".recording", "quiet_native_logs": ".quiet"}
 
 __all__ = sorted(_EXPORTS)
 

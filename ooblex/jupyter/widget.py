@@ -239,6 +239,10 @@ class LiveWidget(anywidget.AnyWidget):
         self._pool.shutdown(wait=False, cancel_futures=True)
         super().close()
 
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running" if self.running else "stopped"
+        return f"<LiveWidget {self.title} v{self.version} · {self.source_label} · {state}>"
+
     # --- side channel (called on the loop thread) ----------------------------------------------
     def attach(self, conn: Connection) -> None:
         self._conns.add(conn)
