@@ -2,7 +2,7 @@
 
 Starts ``jupyter lab`` and headless Chromium (fake camera), runs ``ob.live`` with each
 configuration and prints a table of the widget's own measurements over the last 200 frames:
-capture (canvas draw + JPEG encode in the browser), kernel (comm arrival -> processed JPEG sent)
+capture (canvas draw + JPEG encode in the browser), kernel (frame arrival in the kernel -> processed JPEG sent)
 and the whole round trip. Usage: ``python benchmarks/jupyter_roundtrip.py [--frames 250]``.
 """
 

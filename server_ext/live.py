@@ -30,7 +30,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from ooblex.jupyter.channel import BINARY, TEXT, ProtocolError, frame, locate, read_message, unpack
+from ooblex.jupyter.channel import BINARY, READ_BUFFER, TEXT, ProtocolError, frame, locate, read_message, unpack
 
 #: Frames unanswered after this long no longer count as in flight (a lost reply must not stall the view).
 IN_FLIGHT_TIMEOUT_S = 2.0
@@ -97,7 +97,7 @@ class LiveChannelHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         try:
             path = locate(km.get_kernel(kernel_id).connection_file)
             self.reader, self.writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(path, limit=1 << 16), CONNECT_TIMEOUT_S)
+                asyncio.open_unix_connection(path, limit=READ_BUFFER), CONNECT_TIMEOUT_S)
         except LookupError as exc:
             raise web.HTTPError(404, str(exc)) from None
         except (OSError, asyncio.TimeoutError) as exc:

@@ -44,6 +44,8 @@ TEXT, BINARY = 0, 1
 MAX_MESSAGE_BYTES = 16 << 20
 #: Bytes queued toward a slow reader before outgoing frames lose their pixels (latest-frame-wins).
 MAX_BUFFERED_BYTES = 4 << 20
+#: Stream buffer size: a raw frame (1.2 MB at 640x480) arrives without pausing the socket dozens of times.
+READ_BUFFER = 4 << 20
 HELLO_TIMEOUT_S = 10.0
 _HEAD = struct.Struct(">IB")
 _U32 = struct.Struct(">I")
@@ -201,7 +203,7 @@ class SideChannel:
         atexit.register(self.close)
 
     async def _start(self) -> None:
-        self.server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=1 << 16)
+        self.server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=READ_BUFFER)
         os.chmod(self.path, 0o600)
         tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
