@@ -91,6 +91,16 @@ def measure(page, lab: JupyterServer, name: str, seconds: float) -> dict[str, fl
             "busy_fps": busy_fps, "busy_rtt": busy_rtt, "busy_s": busy_s}
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the idle window and of the busy cell")
@@ -119,7 +129,7 @@ def main() -> None:
             finally:
                 lab.stop()
         browser.close()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load average "
           f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after; JupyterLab + kernel + headless Chromium "
           f"(software rendering, fake 640x480 camera) on this machine; idle window and busy cell {args.seconds:g} s")
     print(f"{'path':13} {'codec':5} {'thread':9} {'shown as':12} {'idle fps':>8} {'busy fps':>8} {'ratio':>6} "
