@@ -54,12 +54,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),
 class Browser:
     """A Jupyter app and headless Chromium with a fake camera; keeps a screenshot and the logs on failure."""
 
-    def __init__(self, p, tmp_path, app: str, theme: str = "JupyterLab Light", args: list[str] | None = None) -> None:
+    def __init__(self, p, tmp_path, app: str, theme: str = "JupyterLab Light", args: list[str] | None = None,
+                 base_url: str = "/", cameras: int = 1) -> None:
         pytest.importorskip(app)
         lab_settings(tmp_path, theme)
         self.app, self.tmp = app, tmp_path
-        self.server = JupyterServer(tmp_path, app=app, env=CONFIG, args=args).start()
-        self.browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
+        self.server = JupyterServer(tmp_path, app=app, env=CONFIG, args=args, base_url=base_url).start()
+        flags = [f if f != "--use-fake-device-for-media-stream" else f"{f}=device-count={cameras}" for f in FLAGS]
+        self.browser = p.chromium.launch(executable_path=str(CHROMIUM), args=flags, headless=True)
         self.page = self.browser.new_page(viewport={"width": 1400, "height": 1000})
         self.console: list[str] = []
         self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
@@ -114,16 +116,18 @@ def contrast(page, selector: str) -> float:
     }""", selector)
 
 
-@pytest.mark.parametrize("app, theme", [("jupyterlab", "JupyterLab Light"), ("notebook", "JupyterLab Dark")])
-def test_quickstart_streams_while_the_notebook_works(app, theme, tmp_path, monkeypatch):
+@pytest.mark.parametrize("app, theme, base_url", [("jupyterlab", "JupyterLab Light", "/"),
+                                                  ("notebook", "JupyterLab Dark", "/user/alice/")])
+def test_quickstart_streams_while_the_notebook_works(app, theme, base_url, tmp_path, monkeypatch):
     """The quickstart's live cell: frames over the side channel, readable in the theme, edit-and-rerun and a
-    slider, and frames still flowing while another cell sleeps."""
+    slider, and frames still flowing while another cell sleeps. Notebook 7 runs under a JupyterHub-style
+    base URL."""
     monkeypatch.delenv("OOBLEX_SOURCE", raising=False)  # the browser's (fake) webcam
     shutil.copy(ROOT / "notebooks" / "01_quickstart.ipynb", tmp_path / "quickstart.ipynb")
     ARTIFACTS.mkdir(exist_ok=True)
     tag = f"{app}_{theme.split()[-1].lower()}"
     with playwright.sync_playwright() as p:
-        b = Browser(p, tmp_path, app, theme)
+        b = Browser(p, tmp_path, app, theme, base_url=base_url)
         page = b.page
         try:
             b.open("quickstart.ipynb")
@@ -252,14 +256,15 @@ both
 
 @pytest.mark.parametrize("theme", ["JupyterLab Light", "JupyterLab Dark"])
 def test_compare_mode_overlay_and_toolbar(theme, tmp_path, monkeypatch):
-    """Two threads on the same frames side by side, a result drawn as an overlay, the resolution menu,
-    mirror, and the Snapshot and Record buttons reaching Python while a cell runs."""
+    """Two threads on the same frames side by side, a result drawn as an overlay, the camera picker (two
+    fake cameras), the resolution menu, mirror, and the Snapshot and Record buttons reaching Python while a
+    cell runs."""
     monkeypatch.delenv("OOBLEX_SOURCE", raising=False)
     write_notebook(tmp_path / "compare.ipynb",
                    [COMPARE, BUSY, "print(len(both.snapshots), [len(r) > 0 for r in both.recordings[-1]])"])
     tag = theme.split()[-1].lower()
     with playwright.sync_playwright() as p:
-        b = Browser(p, tmp_path, "jupyterlab", theme)
+        b = Browser(p, tmp_path, "jupyterlab", theme, cameras=2)
         page = b.page
         try:
             b.open("compare.ipynb")
@@ -283,6 +288,12 @@ def test_compare_mode_overlay_and_toolbar(theme, tmp_path, monkeypatch):
             readable = contrast(page, ".ooblex-live .ooblex-lane .ooblex-stats")
             assert readable >= 4.5, readable
 
+            camera = "document.querySelector('video.ooblex-input').srcObject?.getVideoTracks()[0].label"
+            assert page.locator(".ooblex-camera option").all_inner_texts() == ["fake_device_0", "fake_device_1"]
+            page.locator(".ooblex-camera").select_option(label="fake_device_1")
+            page.wait_for_function(f"() => {camera} === 'fake_device_1'", timeout=30_000)
+            before = frames_shown(widget)
+            wait_frames(page, widget, before + 10)
             page.locator(".ooblex-resolution").select_option("320x240")
             page.wait_for_function("() => document.querySelector('.ooblex-lane canvas.ooblex-output').width === 320",
                                    timeout=60_000)

@@ -102,3 +102,22 @@ def test_face_detect_results_carry_the_overlay_schema():
     assert len(drawn["boxes"]) == 1 and drawn["boxes"][0]["label"] == "face"
     assert drawn["boxes"][0]["box"] == [float(v) for v in result["faces"][0]["box"]]
     assert len(drawn["boxes"][0]["points"]) == 68 and drawn["size"] == [640.0, 480.0]
+
+
+def test_socket_directories_of_dead_kernels_are_swept(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from ooblex.jupyter.channel import _sweep
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = tmp_path / f"ooblex-live-{dead.stdout.strip()}-abc"
+    alive = tmp_path / f"ooblex-live-{os.getpid()}-def"
+    other = tmp_path / "ooblex-live-notapid-x"
+    for d in (gone, alive, other):
+        d.mkdir()
+    _sweep()
+    assert not gone.exists() and alive.exists() and other.exists()

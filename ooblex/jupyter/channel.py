@@ -195,7 +195,8 @@ class SideChannel:
         self.loop = loop
         self.kernel_id = kernel_id(connection_file)
         self.file = channel_file(connection_file)
-        self.dir = Path(tempfile.mkdtemp(prefix="ooblex-live-"))  # 0700, short enough for AF_UNIX
+        _sweep()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"ooblex-live-{os.getpid()}-"))  # 0700, short enough for AF_UNIX
         self.path = self.dir / "channel.sock"
         self.widgets: dict[str, Endpoint] = {}
         self.server: asyncio.AbstractServer | None = None
@@ -259,6 +260,20 @@ class SideChannel:
         if self.server is not None and self.loop.thread.is_alive():
             self.loop.call(self.server.close)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _sweep() -> None:
+    """Remove socket directories of this user's kernels that died without cleaning up (killed)."""
+    for d in Path(tempfile.gettempdir()).glob("ooblex-live-*-*"):
+        try:
+            pid = int(d.name.split("-")[2])
+            if d.lstat().st_uid != os.getuid():
+                continue
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, OSError):
+            continue
 
 
 _lock = threading.Lock()
