@@ -436,3 +436,32 @@ def test_works_under_a_base_url(tmp_path):
         assert run(go())["result"]["k"] == 3
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("first", [b"\x00\x00\x00\x03\x00{{{", b"\x00\x00\x00\x02\x01{}", b"\xff\xff\xff\xff\x00",
+                                   b'\x00\x00\x00\x12\x00{"type":"hello"}  '])
+def test_the_kernel_end_answers_a_bad_hello_and_keeps_serving(server, widget, first):
+    """Straight to the kernel's socket (as its own user could): junk first messages end that connection only."""
+    from ooblex.jupyter.channel import locate, read_message
+
+    async def go():
+        reader, writer = await asyncio.open_unix_connection(locate(server.connection_file))
+        writer.write(first)
+        try:
+            kind, body = await asyncio.wait_for(read_message(reader), 15)
+            reply = json.loads(body)
+        except asyncio.IncompleteReadError:
+            reply = None  # a frame header it cannot accept: closed without a word
+        writer.close()
+        return reply
+
+    reply = run(go())
+    assert reply is None or (reply["type"] == "error" and reply["status"] == 404)
+
+    async def still():
+        ws = await server.connect(widget)
+        header, _ = await send_frame(ws, 8000)
+        ws.close()
+        return header
+
+    assert run(still())["type"] == "frame"

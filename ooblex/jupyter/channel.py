@@ -207,7 +207,9 @@ class SideChannel:
         self.server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=READ_BUFFER)
         os.chmod(self.path, 0o600)
         tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"socket": str(self.path), "pid": os.getpid()}, f)
         os.replace(tmp, self.file)
@@ -222,13 +224,12 @@ class SideChannel:
         conn = Connection(writer, asyncio.get_running_loop())
         endpoint: Endpoint | None = None
         try:
-            kind, body = await asyncio.wait_for(read_message(reader, 4096), HELLO_TIMEOUT_S)
-            hello = json.loads(body) if kind == TEXT else None
-            wid = hello.get("widget") if isinstance(hello, dict) and hello.get("type") == "hello" else None
-            endpoint = self.widgets.get(wid) if isinstance(wid, str) else None
+            wid = _hello(*await asyncio.wait_for(read_message(reader, 4096), HELLO_TIMEOUT_S))
+            endpoint = self.widgets.get(wid) if wid is not None else None
             if endpoint is None:
-                conn.send({"type": "error", "status": 404,
-                           "message": f"no live widget {wid!r} in this kernel (closed, or the kernel restarted)"}, [])
+                why = "no hello naming a widget" if wid is None else \
+                    f"no live widget {wid[:64]!r} in this kernel (closed, or the kernel restarted)"
+                conn.send({"type": "error", "status": 404, "message": why}, [])
                 return
             conn.send({"type": "hello", "ok": True}, [])
             endpoint.attach(conn)
@@ -260,6 +261,16 @@ class SideChannel:
         if self.server is not None and self.loop.thread.is_alive():
             self.loop.call(self.server.close)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _hello(kind: int, body: bytes) -> str | None:
+    """The widget id a connection's first message names, if it is a well-formed hello."""
+    try:
+        hello = json.loads(body) if kind == TEXT else None
+    except ValueError:
+        return None
+    wid = hello.get("widget") if isinstance(hello, dict) and hello.get("type") == "hello" else None
+    return wid if isinstance(wid, str) else None
 
 
 def _sweep() -> None:
