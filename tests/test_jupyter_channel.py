@@ -162,7 +162,7 @@ def test_frames_flow_while_a_cell_runs(server, widget):
     time.sleep(0.5)  # the cell is running now
     n, dark_half = run(feed())
     assert server.kernel.result(busy, 30).strip() == "slept"
-    assert n >= 10, f"only {n} frames answered in 2 s while the kernel was busy"
+    assert n >= 5, f"only {n} frames answered in 2 s while the kernel was busy"  # over the comm: none
     assert abs(dark_half - 215) < 6  # inverted
 
 
@@ -300,7 +300,7 @@ def test_frames_in_flight_are_bounded_by_the_proxy(server):
     wid = server.kernel.execute("""
 @ob.tensor_thread
 def slow(frame):
-    time.sleep(0.3)
+    time.sleep(1.0)
     return frame
 s = ob.live(slow, max_in_flight=8)
 print(s.model_id)
