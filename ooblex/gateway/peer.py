@@ -10,7 +10,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from fastapi import Request, Response
 
 from ..errors import BadRequest, UnsupportedMediaType
-from ..webrtc import check_offer, loopback_candidates, low_latency, rtc_configuration
+from ..webrtc import accept_rsa_peers, check_offer, loopback_candidates, low_latency, rtc_configuration
 from ..webrtc.sdp import Offer
 from .bodies import media_type, read_body
 from .sessions import Session
@@ -29,6 +29,7 @@ async def read_offer(request: Request, settings: Settings) -> Offer:
 
 
 def new_peer(settings: Settings) -> RTCPeerConnection:
+    accept_rsa_peers()  # GStreamer and other stacks with RSA certificates (ooblex.webrtc.dtls)
     return RTCPeerConnection(rtc_configuration(settings.ice_servers))
 
 

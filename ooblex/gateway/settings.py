@@ -85,8 +85,10 @@ class Settings:
     loopback_candidates: bool = False
     #: STUN/TURN servers, as RTCIceServer dicts: [{"urls": "stun:..."}, {"urls": "turn:...", "username":..}].
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
-    #: A WebRTC session whose peer stops sending media for this long is closed.
-    session_idle_s: float = 5.0
+    #: A WebRTC session whose peer sends nothing (no media, no RTCP, no ICE consent check) for this long
+    #: is closed. RFC 3550 lets a receiver report every 2.5-7.5 s (5 s on average; webrtcbin does), so
+    #: 20 s outlasts a lost report or two and stays under the 30 s of ICE consent expiry (RFC 7675).
+    session_idle_s: float = 20.0
     #: A new WebRTC session that has not connected (ICE + DTLS) this long after the answer is closed,
     #: and so is one whose peer sends nothing (no media, no RTCP) for this long after connecting.
     connect_timeout_s: float = 10.0

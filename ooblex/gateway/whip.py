@@ -60,7 +60,7 @@ async def whip(thread: str, request: Request) -> Response:
             session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of if keep else None))
 
     sdp = await negotiate(session, offer, attach, gw.settings)
-    session.watch(lambda: _last_frame(ingest[0]), gw.settings.session_idle_s, gw.settings.connect_timeout_s)
+    session.watch(gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whip_sessions")
     return sdp_created(sdp, f"/whip/{thread}/{session.id}", stream.id, ice_links(gw.settings),
                        view_token(request, granted, stream))
@@ -88,7 +88,3 @@ def _outputs(stream: Stream) -> Callable[[], Awaitable[Frame | None]]:
         except StreamClosed:
             return None
     return next_frame
-
-
-async def _last_frame(ingest: Ingest) -> float:
-    return ingest.last_frame_at

@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from ..supervision import cancel
 from . import framecode
+from .dtls import accept_rsa_peers
 from .ice import loopback_candidates, rtc_configuration
 from .jitter import low_latency
 
@@ -89,6 +90,7 @@ class _Client:
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         #: The server is on this machine: this connection (only) lets ICE use loopback.
         self.local = httpx.URL(url).host in ("127.0.0.1", "localhost", "::1")
+        accept_rsa_peers()
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
         self.remote: MediaStreamTrack | None = None
         self.location: str | None = None
