@@ -71,16 +71,3 @@ def sdp_created(sdp: str, location: str, stream_id: str, ice_links: list[str],
         headers["Link"] = ", ".join(ice_links)
     return Response(sdp, status_code=201, media_type="application/sdp", headers=headers)
 
-
-def ice_links(settings: Settings) -> list[str]:
-    """RFC 9725 ``Link: <stun:...>; rel="ice-server"`` headers for the configured servers."""
-    links = []
-    for server in settings.ice_servers:
-        urls = server["urls"] if isinstance(server["urls"], list) else [server["urls"]]
-        for url in urls:
-            link = f'<{url}>; rel="ice-server"'
-            if server.get("username"):
-                link += f'; username="{server["username"]}"; credential="{server.get("credential", "")}"'
-                link += '; credential-type="password"'
-            links.append(link)
-    return links

@@ -14,7 +14,8 @@ from fastapi import APIRouter, Request, Response
 from ..errors import BadRequest
 from ..webrtc.tracks import ProcessedTrack
 from .auth import stream_for
-from .peer import ice_links, negotiate, new_peer, read_offer, sdp_created
+from .ice import ice_links
+from .peer import negotiate, new_peer, read_offer, sdp_created
 from .state import client_of, gateway
 from .whip import SDP_BODY
 
@@ -45,7 +46,7 @@ async def whep(stream_id: str, request: Request) -> Response:
     sdp = await negotiate(session, offer, attach, gw.settings)
     session.watch(gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whep_sessions")
-    return sdp_created(sdp, f"/whep/{stream_id}/{session.id}", stream.id, ice_links(gw.settings))
+    return sdp_created(sdp, f"/whep/{stream_id}/{session.id}", stream.id, ice_links(gw.settings, session.id))
 
 
 @router.delete("/whep/{stream_id}/{session_id}")
