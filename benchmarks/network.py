@@ -86,6 +86,7 @@ async def measure(url: str, stock: bool, seconds: float, warmup: float = 4.0) ->
     await asyncio.sleep(seconds)
     end, bytes1 = time.monotonic(), await _bytes(client.pc)
     reader.cancel()
+    recovery = _recovery(client.pc)
     await client.close()
     inside = [t for t in arrivals if start <= t <= end]
     edges = [start, *inside, end]
@@ -97,7 +98,20 @@ async def measure(url: str, stock: bool, seconds: float, warmup: float = 4.0) ->
             "longest_gap_ms": round(max(gaps) * 1e3),
             "rtt_p50_ms": round(float(p50), 1), "rtt_p99_ms": round(float(p99), 1),
             "kbit_up": round((bytes1[0] - bytes0[0]) * 8 / (end - start) / 1e3),
-            "kbit_down": round((bytes1[1] - bytes0[1]) * 8 / (end - start) / 1e3)}
+            "kbit_down": round((bytes1[1] - bytes0[1]) * 8 / (end - start) / 1e3), **recovery}
+
+
+def _recovery(pc) -> dict:
+    """What the client's loss recovery did (ooblex client only): NACK retries, holes given up on."""
+    from ooblex.webrtc.recovery import RecoveringJitterBuffer
+
+    for transceiver in pc.getTransceivers():
+        buffer = getattr(transceiver.receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        if isinstance(buffer, RecoveringJitterBuffer):
+            nacks = transceiver.receiver._RTCRtpReceiver__nack_generator
+            return {"nack_retries": nacks.retries, "gave_up": buffer.gave_up, "discarded": buffer.discarded,
+                    "rtt_ms": round(nacks.rtt * 1e3)}
+    return {}
 
 
 async def _bytes(pc) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from fastapi import Request, Response
 
 from ..errors import BadRequest, UnsupportedMediaType
 from ..webrtc import accept_rsa_peers, check_offer, loopback_candidates, low_latency, rtc_configuration
+from ..webrtc.recovery import recover_losses
 from ..webrtc.sdp import Offer
 from .bodies import media_type, read_body
 from .sessions import Session
@@ -44,6 +45,7 @@ async def negotiate(session: Session, offer: Offer, attach: Callable[[], Awaitab
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         low_latency(pc)
+        recover_losses(pc)
         pending = attach()
         if pending is not None:
             await pending

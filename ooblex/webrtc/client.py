@@ -25,6 +25,7 @@ from . import framecode
 from .dtls import accept_rsa_peers
 from .ice import ice_servers_from_links, loopback_candidates, rtc_configuration
 from .jitter import low_latency
+from .recovery import recover_losses
 
 VIDEO_CLOCK = 90000
 
@@ -126,6 +127,7 @@ class _Client:
     async def _negotiate(self) -> None:
         if self.fast:
             low_latency(self.pc)
+            recover_losses(self.pc)
         with loopback_candidates() if self.local else contextlib.nullcontext():
             await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers candidates
         async with httpx.AsyncClient(timeout=30) as http:
