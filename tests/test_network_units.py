@@ -105,3 +105,75 @@ async def test_whip_answer_links_carry_credentials_for_the_session() -> None:
             await http.delete(gw.url + r.headers["location"])
     assert servers[0] == {"urls": "stun:203.0.113.5:3478"}
     assert re.fullmatch(rf"\d{{10}}:{re.escape(session)}", servers[1]["username"]), servers
+
+
+def _vp8(seq: int, ts: int, start: bool, key: bool, marker: bool):
+    from aiortc.codecs.vpx import VpxPayloadDescriptor
+    from aiortc.rtp import RtpPacket
+
+    descriptor = bytes(VpxPayloadDescriptor(partition_start=int(start), partition_id=0, picture_id=seq))
+    payload = descriptor + (bytes([0x00 if key else 0x01]) if start else b"\x55") + b"\x00" * 10
+    packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=ts, marker=int(marker))
+    packet.payload = payload
+    packet._data = payload[len(descriptor):]
+    return packet
+
+
+def test_keyframe_starts_are_recognised() -> None:
+    from ooblex.webrtc.recovery import starts_keyframe
+
+    assert starts_keyframe("VP8", _vp8(1, 0, start=True, key=True, marker=False).payload)
+    assert not starts_keyframe("VP8", _vp8(1, 0, start=True, key=False, marker=False).payload)
+    assert not starts_keyframe("VP8", _vp8(1, 0, start=False, key=True, marker=False).payload)
+    assert starts_keyframe("H264", bytes([0x67, 0x42]))                    # SPS alone (OBS)
+    assert starts_keyframe("H264", bytes([0x65, 0x88]))                    # IDR slice
+    assert starts_keyframe("H264", bytes([0x78, 0x00, 0x05, 0x67]))        # STAP-A starting with SPS
+    assert starts_keyframe("H264", bytes([0x7C, 0x85]))                    # FU-A start of an IDR
+    assert not starts_keyframe("H264", bytes([0x7C, 0x05]))                # FU-A middle of an IDR
+    assert not starts_keyframe("H264", bytes([0x41, 0x9A]))                # P slice
+    assert not starts_keyframe("VP9", b"\x00")
+
+
+def test_jitter_buffer_gives_up_on_a_hole_then_waits_for_a_keyframe(monkeypatch) -> None:
+    from ooblex.webrtc import recovery
+
+    clock = [100.0]
+    monkeypatch.setattr(recovery.time, "monotonic", lambda: clock[0])
+    buffer = recovery.RecoveringJitterBuffer(64, lambda pt: "VP8", give_up_s=0.5)
+    assert buffer.add(_vp8(0, 0, start=True, key=True, marker=True))[1] is not None   # keyframe: released
+    # frame 1 loses its first packet; frames 2 and 3 arrive whole but must wait behind the hole
+    for seq, ts in ((2, 3000), (3, 6000), (4, 9000)):
+        clock[0] += 0.033
+        pli, frame = buffer.add(_vp8(seq, ts, start=seq != 2, key=False, marker=True))
+        assert frame is None and not pli
+    clock[0] += 0.6                                       # past give_up_s: skip the hole, ask for a keyframe
+    pli, frame = buffer.add(_vp8(5, 12000, start=True, key=False, marker=True))
+    assert pli and frame is None and buffer.waiting_keyframe and buffer.gave_up == 1
+    clock[0] += 0.033
+    pli, frame = buffer.add(_vp8(6, 15000, start=True, key=False, marker=True))
+    assert frame is None and not pli                      # delta frames after a loss are not decodable: dropped
+    clock[0] += 0.033
+    pli, frame = buffer.add(_vp8(7, 18000, start=True, key=True, marker=True))
+    assert frame is not None and frame.timestamp == 18000 and not buffer.waiting_keyframe
+    assert buffer.discarded >= 2
+
+
+def test_nacks_retry_a_bounded_number_of_times(monkeypatch) -> None:
+    from aiortc.rtp import RtpPacket
+
+    from ooblex.webrtc import recovery
+
+    clock = [0.0]
+    monkeypatch.setattr(recovery.time, "monotonic", lambda: clock[0])
+    nacks = recovery.RetryingNacks()
+    nacks.add(RtpPacket(sequence_number=10))
+    assert nacks.add(RtpPacket(sequence_number=13))       # 11 and 12 missing: NACKed once by aiortc
+    assert nacks.due() == []                              # too soon to ask again
+    sent = 1
+    for _ in range(10):
+        clock[0] += nacks.rtt
+        sent += bool(nacks.due())
+    assert sent == recovery.MAX_NACKS
+    clock[0] += 0.05
+    nacks.add(RtpPacket(sequence_number=11))              # repaired: no longer asked for
+    assert 11 not in nacks.missing and 11 not in nacks.count

@@ -14,7 +14,10 @@ video freeze for seconds at a few per cent of loss:
   a frame that refers to a lost one cannot be decoded right (VP8/H.264 decoders do not say so,
   they draw garbage). The PLI is repeated while no keyframe arrives.
 
-``recover_losses(pc)`` puts both on every video receiver of ``pc`` (after ``low_latency``).
+- **Retransmissions feed the bitrate estimate** (REMB) with the send time of the original packet,
+  which reads as a draining queue while the link loses packets; they are left out of it.
+
+``recover_losses(pc)`` puts all three on every video receiver of ``pc`` (after ``low_latency``).
 """
 
 from __future__ import annotations
@@ -123,6 +126,7 @@ class RecoveringJitterBuffer(MarkerJitterBuffer):
         self.discarded = 0      # frames dropped while waiting for a keyframe
         self._stalled_since: float | None = None
         self._last_pli = 0.0
+        self._just_discarded = False
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         pli, frame = super().add(packet)
@@ -137,6 +141,9 @@ class RecoveringJitterBuffer(MarkerJitterBuffer):
                 frame = self._remove_frame(packet.sequence_number)
         else:
             self._stalled_since = None
+        while frame is None and self._just_discarded:  # a dropped frame frees the next one: go on
+            self._just_discarded = False
+            frame = self._remove_frame(packet.sequence_number)
         if self.waiting_keyframe and now - self._last_pli > PLI_REPEAT_S:
             pli = True
         if pli:
@@ -157,6 +164,7 @@ class RecoveringJitterBuffer(MarkerJitterBuffer):
         if self.waiting_keyframe:
             if not starts_keyframe(self.codec_of(packets[0].payload_type), packets[0].payload):
                 self.discarded += 1
+                self._just_discarded = True
                 return None
             self.waiting_keyframe = False
         return frame
@@ -185,17 +193,24 @@ def recover_losses(pc: RTCPeerConnection) -> int:
         receiver._RTCRtpReceiver__jitter_buffer = RecoveringJitterBuffer(current.capacity, codec_of)  # type: ignore[attr-defined]
         nacks = RetryingNacks()
         receiver._RTCRtpReceiver__nack_generator = nacks  # type: ignore[attr-defined]
-        receiver._handle_rtp_packet = _nacking_again(receiver, nacks)  # type: ignore[method-assign]
+        receiver._handle_rtp_packet = _nacking_again(receiver, nacks, codec_of)  # type: ignore[method-assign]
         changed += 1
     return changed
 
 
-def _nacking_again(receiver: Any, nacks: RetryingNacks) -> Callable[..., Any]:
-    """The receiver's packet handler, followed by NACKs for packets still missing after half a round trip."""
+def _nacking_again(receiver: Any, nacks: RetryingNacks, codec_of: Callable[[int], str | None]) -> Callable[..., Any]:
+    """The receiver's packet handler, followed by NACKs for packets still missing after 3/4 round trip.
+
+    Retransmissions are kept out of the bitrate estimate (REMB): they carry the send time of the
+    original packet, so the estimator would read their late arrival as a fast-draining queue and
+    raise the estimate just when the link is losing packets.
+    """
     handle = receiver._handle_rtp_packet
 
     @functools.wraps(handle)
     async def handle_and_retry(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if codec_of(packet.payload_type) == "rtx":
+            packet.extensions.abs_send_time = None
         await handle(packet, arrival_time_ms=arrival_time_ms)
         due = nacks.due() if nacks.missing else []
         if due and nacks.media_ssrc is not None:
