@@ -27,7 +27,7 @@ from .. import __version__
 from ..broker.base import redact
 from ..engine import Engine, Stream
 from ..errors import OoblexError, status
-from . import frames, jobs, metrics, mjpeg, whep, whip
+from . import frames, ice, jobs, metrics, mjpeg, whep, whip
 from .auth import require_control, stream_for
 from .bodies import read_json
 from .guard import Guard, local_hosts
@@ -84,7 +84,7 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     public = urlsplit(public_url).hostname if public_url else None
     app.add_middleware(Guard, hosts=local_hosts(settings.host) | set(settings.allowed_hosts) | {public or ""},
                        origins=settings.cors_origins)
-    for module in (whip, whep, mjpeg, frames, metrics, jobs):
+    for module in (whip, whep, ice, mjpeg, frames, metrics, jobs):
         app.include_router(module.router)
     app.include_router(_api_router())
     _error_handlers(app)

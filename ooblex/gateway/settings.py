@@ -14,7 +14,7 @@ from typing import Any
 from ..thread import TensorThread
 
 #: Fields given in the environment as comma-separated lists.
-LISTS = ("allowed_hosts", "cors_origins", "trusted_proxies", "source_hosts")
+LISTS = ("allowed_hosts", "cors_origins", "trusted_proxies", "source_hosts", "turn_urls")
 
 
 @dataclass
@@ -84,9 +84,19 @@ class Settings:
     #: Offer 127.0.0.1 host candidates (aioice leaves loopback out; needed for same-machine peers).
     loopback_candidates: bool = False
     #: STUN/TURN servers, as RTCIceServer dicts: [{"urls": "stun:..."}, {"urls": "turn:...", "username":..}].
+    #: The gateway's own connections use them, and they are handed to clients (RFC 9725 Link headers).
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
-    #: A WebRTC session whose peer stops sending media for this long is closed.
-    session_idle_s: float = 5.0
+    #: TURN server URLs handed to clients with fresh credentials per session (TURN REST API, coturn
+    #: ``use-auth-secret``): ``turn:turn.example.com:3478?transport=udp``, ``turns:...:5349``.
+    turn_urls: list[str] = field(default_factory=list)
+    #: The secret shared with the TURN server (coturn ``static-auth-secret``); needed with ``turn_urls``.
+    turn_secret: str = field(default="", repr=False)
+    #: How long handed-out TURN credentials are good for an allocation, in seconds.
+    turn_ttl_s: float = 600.0
+    #: A WebRTC session whose peer sends nothing (no media, no RTCP, no ICE consent check) for this long
+    #: is closed. RFC 3550 lets a receiver report every 2.5-7.5 s (5 s on average; webrtcbin does), so
+    #: 20 s outlasts a lost report or two and stays under the 30 s of ICE consent expiry (RFC 7675).
+    session_idle_s: float = 20.0
     #: A new WebRTC session that has not connected (ICE + DTLS) this long after the answer is closed,
     #: and so is one whose peer sends nothing (no media, no RTCP) for this long after connecting.
     connect_timeout_s: float = 10.0
@@ -121,6 +131,8 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= 0:
                 raise ValueError(f"{f.name} must be >= 0, got {value!r}")
+        if self.turn_urls and not self.turn_secret:
+            raise ValueError("turn_urls need turn_secret (OOBLEX_TURN_SECRET), the TURN server's static-auth-secret")
         if self.return_timestamps not in ("send", "input"):
             raise ValueError(f"return_timestamps must be 'send' or 'input', got {self.return_timestamps!r}")
 

@@ -20,7 +20,8 @@ from ..frame import Frame
 from ..webrtc.tracks import Ingest, ProcessedTrack
 from .auth import require, view_token
 from .frames import thread_params
-from .peer import ice_links, negotiate, new_peer, read_offer, sdp_created
+from .ice import ice_links
+from .peer import negotiate, new_peer, read_offer, sdp_created
 from .state import client_of, gateway
 
 router = APIRouter(tags=["webrtc"])
@@ -60,9 +61,9 @@ async def whip(thread: str, request: Request) -> Response:
             session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of if keep else None))
 
     sdp = await negotiate(session, offer, attach, gw.settings)
-    session.watch(lambda: _last_frame(ingest[0]), gw.settings.session_idle_s, gw.settings.connect_timeout_s)
+    session.watch(gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whip_sessions")
-    return sdp_created(sdp, f"/whip/{thread}/{session.id}", stream.id, ice_links(gw.settings),
+    return sdp_created(sdp, f"/whip/{thread}/{session.id}", stream.id, ice_links(gw.settings, session.id),
                        view_token(request, granted, stream))
 
 
@@ -88,7 +89,3 @@ def _outputs(stream: Stream) -> Callable[[], Awaitable[Frame | None]]:
         except StreamClosed:
             return None
     return next_frame
-
-
-async def _last_frame(ingest: Ingest) -> float:
-    return ingest.last_frame_at

@@ -58,7 +58,6 @@ class Ingest:
         self.track = track
         self.stream = stream
         self.pts: dict[int, int] = {}
-        self.last_frame_at = 0.0  # monotonic time of the newest decoded frame; 0.0 = none yet
         self.frames = 0
 
     async def run(self) -> None:
@@ -86,7 +85,6 @@ class Ingest:
             while True:
                 vf = await self.track.recv()
                 self.frames += 1
-                self.last_frame_at = time.monotonic()
                 slot.put(vf)
         except MediaStreamError:
             pass
