@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ from .. import __version__
 from ..broker.base import redact
 from ..engine import Engine, Stream
 from ..errors import OoblexError, status
+from ..supervision import cancel, supervise
 from . import frames, jobs, metrics, mjpeg, whep, whip
+from .admission import Admission
 from .auth import require_control, stream_for
 from .bodies import read_json
 from .guard import Guard, local_hosts
@@ -35,6 +38,7 @@ from .peer import EXPOSED
 from .settings import Settings
 from .state import Gateway, gateway
 
+log = logging.getLogger("ooblex.gateway")
 STATIC = Path(__file__).parent / "static"
 PARAMS_BODY = {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["params"], "properties": {"params": {"type": "object"}}}}}}
@@ -68,9 +72,11 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owns_engine:
             await engine.start()
+        meter = supervise(lambda: gw.meter.run(gw.governor.update), "gateway:load", logger=log)
         try:
             yield
         finally:
+            await cancel(meter)
             await gw.sessions.close_all()
             if owns_engine:
                 await engine.close()
@@ -82,6 +88,7 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=list(EXPOSED))
     public = urlsplit(public_url).hostname if public_url else None
+    app.add_middleware(Admission, governor=gw.governor)
     app.add_middleware(Guard, hosts=local_hosts(settings.host) | set(settings.allowed_hosts) | {public or ""},
                        origins=settings.cors_origins)
     for module in (whip, whep, mjpeg, frames, metrics, jobs):
@@ -136,7 +143,7 @@ def _api_router() -> APIRouter:
         gw = gateway(request)
         return {"status": "ok", "version": __version__, "broker": redact(gw.engine.broker.url),
                 "threads": len(gw.engine.threads), "streams": len(gw.engine.streams),
-                "sessions": len(gw.sessions.items)}
+                "sessions": len(gw.sessions.items), "capacity": gw.governor.describe()}
 
     return router
 

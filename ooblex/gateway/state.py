@@ -14,6 +14,7 @@ from ..cluster.jobs import Job
 from ..engine import Engine, Stream
 from ..errors import NotFound, TooManyRequests
 from ..frame import Frame
+from .admission import Governor, LoadMeter
 from .sessions import Sessions
 from .settings import Settings
 
@@ -51,6 +52,9 @@ class Gateway:
     settings: Settings
     sessions: Sessions = field(init=False)
     jpegs: JpegCache = field(init=False)
+    #: Measured load, and what it means for new sessions and every stream (``admission.py``).
+    meter: LoadMeter = field(init=False)
+    governor: Governor = field(init=False)
     counters: dict[str, int] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
 
@@ -58,8 +62,11 @@ class Gateway:
     owners: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.sessions = Sessions(self.settings)
-        self.jpegs = JpegCache(self.settings.jpeg_quality)
+        s = self.settings
+        self.sessions = Sessions(s)
+        self.jpegs = JpegCache(s.jpeg_quality)
+        self.meter = LoadMeter()
+        self.governor = Governor(s.max_loop_busy, s.max_cpu, s.max_loop_lag_ms, s.min_fps, s.min_scale)
 
     def open(self, client: str, thread: str, **options: Any) -> Stream:
         """Open a stream for ``client``, within the per-client and engine stream limits (429 past them)."""
