@@ -159,7 +159,7 @@ def _api_router() -> APIRouter:
     async def healthz(request: Request) -> dict[str, Any]:
         """Liveness: ok while the app serves; counts of threads, streams and sessions."""
         gw = gateway(request)
-        return {"status": "ok", "version": __version__, "broker": redact(gw.engine.broker.url),
+        return {"status": "ok", "version": __version__, "instance": gw.instance, "broker": redact(gw.engine.broker.url),
                 "threads": len(gw.engine.threads), "streams": len(gw.engine.streams),
                 "sessions": len(gw.sessions.items), "capacity": gw.governor.describe()}
 
