@@ -425,10 +425,10 @@ def run_all(args: argparse.Namespace) -> None:
                     break  # two rows past the last that held
         print(f"\nLargest number of streams held: ooblex {held['ooblex']}, stock aiortc {held['baseline']} "
               f"(clients on the same machine; see the CPU columns for what one stream costs)")
-        per_core = 1000 / max(base["server_ms_per_stream_s"], 1e-9)
-        print(f"Sizing: one gateway core carries ~{per_core:.1f} such streams at 100 % "
-              f"(1000 / {base['server_ms_per_stream_s']} ms per stream-second); plan for 70 %: "
-              f"{0.7 * per_core:.1f} per core.")
+        per_second = total_ms * 30  # what a stream delivered at its full 30 fps costs
+        per_core = 1000 / max(per_second, 1e-9)
+        print(f"Sizing: {total_ms:.2f} ms per frame x 30 fps = {per_second:.0f} ms per stream-second: one gateway "
+              f"core carries ~{per_core:.1f} such streams at 100 %, {0.7 * per_core:.1f} at 70 %.")
     finally:
         servers.close()
 
