@@ -51,7 +51,6 @@ async def measure(info: dict, rounds: int) -> None:
     from ooblex.tokens import mint
     from ooblex.webrtc.client import ImageTrack, WhepClient, WhipClient
 
-
     token = mint("control")
     g1, g2 = info["gateways"]
     async with httpx.AsyncClient(timeout=5) as http:
