@@ -26,7 +26,8 @@ def test_overload_lowers_fps_first_then_resolution_and_recovers_slowly() -> None
         g.update(HOT, now=i)
         seen.append((g.fps_cap, g.scale))
     assert g.overloaded
-    caps = [c for c, s in seen if s == 1.0]
+    caps = [c for c, s in seen[2:] if s == 1.0]
+    assert seen[:2] == [(0.0, 1.0)] * 2, "sustained: the first samples over change nothing"
     assert caps == sorted(caps, reverse=True) and min(caps) == 10, f"fps first, down to min_fps: {seen}"
     assert seen[-1] == (10, 0.5), "then the resolution, down to min_scale"
     assert [s for _, s in seen] == sorted((s for _, s in seen), reverse=True)
@@ -41,12 +42,25 @@ def test_overload_lowers_fps_first_then_resolution_and_recovers_slowly() -> None
     assert g.level == level - 1
 
 
+def test_a_short_burst_is_no_overload() -> None:
+    g = Governor(max_loop_busy=0.9, sustain=3)
+    for i in range(2):
+        g.update(HOT, now=i)
+    assert not g.overloaded and g.level == 0
+    g.update(COOL, now=2)
+    g.update(HOT, now=3)
+    g.update(HOT, now=4)
+    assert not g.overloaded, "the count starts again after a sample below"
+    g.update(HOT, now=5)
+    assert g.overloaded and g.level == 1
+
+
 def test_each_measure_counts_and_zero_turns_one_off() -> None:
     for load in (Load(cpu=0.95), Load(lag_ms=300)):
-        g = Governor(max_loop_busy=0.9, max_cpu=0.9, max_lag_ms=200)
+        g = Governor(max_loop_busy=0.9, max_cpu=0.9, max_lag_ms=200, sustain=1)
         g.update(load, now=0)
         assert g.overloaded, load
-    g = Governor(max_loop_busy=0, max_cpu=0, max_lag_ms=0)
+    g = Governor(max_loop_busy=0, max_cpu=0, max_lag_ms=0, sustain=1)
     g.update(Load(loop=5, cpu=5, lag_ms=5000), now=0)
     assert not g.overloaded and g.level == 0
 
@@ -87,11 +101,14 @@ async def test_the_meter_measures_the_event_loop() -> None:
             sum(range(10_000))
             await asyncio.sleep(0)
 
+    await asyncio.sleep(0.6)
+    idle = meter.load.loop
     await spin()
     busy = meter.load.loop
     task.cancel()
-    assert busy > 0.3, f"a spinning loop reads busy {busy}"
-    assert meter.samples >= 3
+    # Relative, not absolute: on a shared machine a spinning thread may get a small share of a core.
+    assert busy > 0.05 and busy > 3 * idle, f"a spinning loop reads busy {busy}, an idle one {idle}"
+    assert meter.samples >= 6
 
 
 @in_netns

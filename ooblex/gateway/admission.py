@@ -10,7 +10,7 @@ itself every ``every_s`` (``LoadMeter``):
   the cores it may run on.
 - ``lag_ms``: how late a timer fires: what the loop's backlog (or a starved machine) adds to every frame.
 
-Past a threshold (``Settings.max_loop_busy``, ``max_cpu``, ``max_loop_lag_ms``):
+Over a threshold (``Settings.max_loop_busy``, ``max_cpu``, ``max_loop_lag_ms``) for ``SUSTAIN`` samples in a row:
 1. new sessions and streams get ``503 Service Unavailable`` with ``Retry-After`` (``Admission``,
    an ASGI middleware: a load balancer can retry them on another gateway), and
 2. every stream degrades the same way (``Governor``): first a lower frame-rate cap, down to
@@ -34,6 +34,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 FPS_STEPS = (0.0, 24.0, 20.0, 15.0, 12.0, 10.0, 8.0, 5.0)
 #: Resolution scales tried once the frame rate is at its floor.
 SCALE_STEPS = (1.0, 0.75, 0.5, 0.375, 0.25)
+#: Samples in a row over a threshold before the gateway counts as overloaded (x ``every_s`` = 1.5 s).
+SUSTAIN = 3
 #: Steps are undone once every measure is below this share of its threshold.
 RECOVER = 0.7
 #: Seconds the load must stay low before one step is undone (quick down, slow up: no flapping).
@@ -90,9 +92,11 @@ class Governor:
     so all streams get the same rate); ``scale`` is the resolution factor for frames it takes.
     """
 
-    def __init__(self, max_loop_busy: float = 0.9, max_cpu: float = 0.9, max_lag_ms: float = 200.0,
-                 min_fps: float = 10.0, min_scale: float = 0.5) -> None:
+    def __init__(self, max_loop_busy: float = 0.9, max_cpu: float = 0.9, max_lag_ms: float = 500.0,
+                 min_fps: float = 10.0, min_scale: float = 0.5, sustain: int = SUSTAIN) -> None:
         self.limits = (max_loop_busy, max_cpu, max_lag_ms)
+        self.sustain = sustain
+        self._over = 0  # consecutive samples over a threshold
         self.steps = [(f, 1.0) for f in FPS_STEPS if f == 0 or f >= min_fps]
         self.steps += [(self.steps[-1][0], s) for s in SCALE_STEPS[1:] if s >= min_scale]
         self.level = 0
@@ -112,7 +116,8 @@ class Governor:
 
     @property
     def overloaded(self) -> bool:
-        return self._ratio(self.load) > 1.0
+        """Over a threshold for ``sustain`` samples in a row (a burst of a second is no overload)."""
+        return self._over >= self.sustain
 
     def _ratio(self, load: Load) -> float:
         """The highest measure as a share of its threshold (thresholds of 0 are off)."""
@@ -120,11 +125,12 @@ class Governor:
         return max((v / limit for v, limit in pairs if limit > 0), default=0.0)
 
     def update(self, load: Load, now: float | None = None) -> None:
-        """Take a new measurement: one step down when over a threshold, one up after ``RECOVER_S`` below."""
+        """Take a new measurement: one step down per sample while overloaded, one up after ``RECOVER_S`` below."""
         now = time.monotonic() if now is None else now
         self.load = load
         ratio = self._ratio(load)
-        if ratio > 1.0:
+        self._over = self._over + 1 if ratio > 1.0 else 0
+        if self.overloaded:
             self.level = min(self.level + 1, len(self.steps) - 1)
             self._low_since = None
         elif ratio < RECOVER and self.level > 0:
