@@ -101,8 +101,12 @@ async def _mjpeg(url: str, token: str, relay_pid: int | None, seconds: float = 5
     async with httpx.AsyncClient(timeout=None) as http:
         async with http.stream("GET", url, headers={"Authorization": f"Bearer {token}"}) as r:
             t0, cpu0 = time.monotonic(), cpu_seconds(relay_pid) if relay_pid else 0.0
-            async for chunk in r.aiter_raw():
-                frames += chunk.count(b"Content-Type: image/jpeg")
+            buf, marker = b"", b"Content-Type: image/jpeg"
+            async for chunk in r.aiter_raw():  # a relay may split a part header across chunks
+                buf += chunk
+                n = buf.count(marker)
+                frames += n
+                buf = buf[buf.rfind(marker) + len(marker):] if n else buf[-len(marker):]
                 if time.monotonic() - t0 > seconds:
                     break
             wall = time.monotonic() - t0
