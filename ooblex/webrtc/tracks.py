@@ -2,8 +2,11 @@
 
 ``Ingest`` reads a remote video track as fast as it decodes and keeps only the newest frame,
 so a slow consumer never works through a backlog of stale pictures; colour conversion of large
-frames runs in a worker thread. ``ProcessedTrack`` is a local track that sends processed frames
-as soon as they exist.
+frames runs in a worker thread. Past the gateway's capacity a ``Pace`` (the gateway's governor)
+skips frames over its frame-rate cap before any conversion and scales the rest down.
+``ProcessedTrack`` is a local track that sends processed frames as soon as they exist; a frame
+whose pixels the thread left as they were goes out as the decoded input frame itself (no RGB ->
+YUV conversion).
 """
 
 from __future__ import annotations
