@@ -70,3 +70,43 @@ async def test_slow_frames_are_computed_once_and_workers_stay_counted(kind: str,
         if rabbit:
             rabbit.cleanup()
         redis.cleanup()
+
+
+async def test_the_worker_record_stays_alive_while_a_deploy_loads_slowly(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    """Loading a version (requirements, weights) can take minutes; the worker's record must not lapse meanwhile."""
+    import ooblex as ob
+    from ooblex.cluster import artifacts
+    from ooblex.cluster.node import WorkerNode
+    from ooblex.cluster.registry import Registry
+    from ooblex.cluster.servers import RedisServer
+
+    monkeypatch.setenv("OOBLEX_SECRET", SECRET)
+    load = artifacts.load
+    loading = {"now": False}
+
+    def slow_load(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        loading["now"] = True
+        time.sleep(4.0)  # > the record's lifetime (3 heartbeats of 0.5 s)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(artifacts, "load", slow_load)
+    redis = RedisServer().start()
+    reg = Registry(redis.url)
+    node = WorkerNode(redis.url, redis.url, cache=tmp_path, heartbeat_s=0.5)
+    stop_node = asyncio.Event()
+    task = asyncio.create_task(node.run(stop_node))
+    try:
+        await wait_for(lambda: reg.records("worker"), 20, "the worker's first record")
+        ob.deploy(slow, cluster=redis.url)
+        await wait_for(lambda: loading["now"], 20, "the load to start")
+        seen = []
+        while "slow" not in node.queues:
+            seen.append(len(reg.records("worker")))
+            await asyncio.sleep(0.25)
+        assert seen and min(seen) == 1, f"the record lapsed while the deploy loaded: {seen}"
+    finally:
+        stop_node.set()
+        await task
+        reg.close()
+        redis.cleanup()
