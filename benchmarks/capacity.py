@@ -167,14 +167,15 @@ class Servers:
 
 
 # --- load generator (a separate process) -----------------------------------------------------------
-async def loadgen(url: str, streams: int, seconds: float, warmup: float, viewers: str, token: str) -> dict:
+async def loadgen(url: str, streams: int, seconds: float, warmup: float, viewers: str, token: str,
+                  codec: str = "vp8") -> dict:
     """``streams`` WHIP publishers (+ viewers per stream: "", "mjpeg", "whep"); round trips and loss."""
     from ooblex.webrtc.client import ImageTrack, RoundTrips, WebRTCError, WhepClient, WhipClient
 
     clients, trips, extra, tasks, refused = [], [], [], [], 0
     for _ in range(streams):
         track = ImageTrack(moving_picture(), fps=30)
-        client = WhipClient(url, track, token=token)
+        client = WhipClient(url, track, token=token, codec=codec)
         try:
             await client.start()
         except WebRTCError as exc:  # 503 at capacity (or a failed negotiation): counted, not fatal
@@ -236,14 +237,14 @@ async def _mjpeg(url: str, token: str) -> None:
 
 
 def run_load(url: str, streams: int, seconds: float, server_pid: int, viewers: str = "",
-             profile: bool = False, per_process: int = 2) -> dict:
+             profile: bool = False, per_process: int = 2, codec: str = "vp8") -> dict:
     """Load generators in their own processes; the server's CPU from /proc over the measured window."""
     token = mint("control")
     procs = []
     for i in range(0, streams, per_process):
         n = min(per_process, streams - i)
         out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-        argv = [sys.executable, __file__, "--loadgen", url, str(n), str(seconds), viewers, token, out]
+        argv = [sys.executable, __file__, "--loadgen", url, str(n), str(seconds), viewers, token, out, codec]
         procs.append((subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True),
                       out))
     for p, _ in procs:
@@ -382,9 +383,11 @@ def run_all(args: argparse.Namespace) -> None:
         pid = servers.procs["ooblex"].pid
         secs = 6 if args.quick else args.seconds
         s = args.profile_streams
-        runs = {v: run_load(url, s, secs, pid, viewers=v, profile=(v == "")) for v in ("", "mjpeg", "whep")}
+        runs = {v: run_load(url, s, secs, pid, viewers=v, profile=(v == ""), codec=args.codec)
+                for v in ("", "mjpeg", "whep")}
         base = runs[""]
-        print(f"## Where the gateway's CPU goes: {s} WHIP streams, 640x480@30 VP8, identity, video back "
+        print(f"## Where the gateway's CPU goes: {s} WHIP streams, 640x480@30 {args.codec.upper()}, identity, "
+              f"video back "
               f"(load {base['load']})\n")
         stages = split(base)
         total_ms = base["server_cpu_s"] * 1e3 / max(1, base["frames"])
@@ -414,7 +417,7 @@ def run_all(args: argparse.Namespace) -> None:
         for which in ("ooblex", "baseline"):
             held[which] = 0
             for n in range(1, args.max_streams + 1):
-                r = run_load(servers.urls[which], n, secs, servers.procs[which].pid)
+                r = run_load(servers.urls[which], n, secs, servers.procs[which].pid, codec=args.codec)
                 ok = r["p99"] <= P99_MAX_MS and r["loss_pct"] < LOSS_MAX_PCT and not r["refused"]
                 verdict = ("yes" if ok else "no") + (f" ({r['refused']} refused)" if r["refused"] else "")
                 print(f"| {which} | {n} | {r['p50']} | {r['p99']} | {r['loss_pct']} | {r['server_ms_per_stream_s']} | "
@@ -443,11 +446,12 @@ def main() -> int:
     parser.add_argument("--ooblex-root", help="run the gateway from this checkout (before/after comparisons)")
     parser.add_argument("--encoder-speed", choices=["stock", "fast", "fastest"], help="the gateway's encoder_speed")
     parser.add_argument("--no-netns", action="store_true", help="do not re-run inside unshare -n")
-    parser.add_argument("--loadgen", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="what the clients send and receive")
+    parser.add_argument("--loadgen", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loadgen:
-        url, n, seconds, viewers, token, out = args.loadgen
-        result = asyncio.run(loadgen(url, int(n), float(seconds), 3.0, viewers, token))
+        url, n, seconds, viewers, token, out, codec = args.loadgen
+        result = asyncio.run(loadgen(url, int(n), float(seconds), 3.0, viewers, token, codec))
         Path(out).write_text(json.dumps(result))
         return 0
     if not args.no_netns and os.environ.get("OOBLEX_IN_NETNS") != "1":
