@@ -91,6 +91,22 @@ def test_only_requests_that_start_work_are_refused() -> None:
         assert not starts_work(scope(method, path)), (method, path)
 
 
+def test_a_container_cpu_limit_caps_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from ooblex.gateway import admission
+
+    real = Path.read_text
+
+    def fake(self: Path, *args: object, **kwargs: object) -> str:
+        if str(self) == "/sys/fs/cgroup/cpu.max":
+            return "50000 100000\n"  # limits: {cpu: 500m}
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", fake)
+    assert admission.usable_cores() == 0.5
+
+
 async def test_the_meter_measures_the_event_loop() -> None:
     meter = LoadMeter(every_s=0.1)
     task = asyncio.create_task(meter.run())

@@ -7,7 +7,7 @@ itself every ``every_s`` (``LoadMeter``):
   Signalling, RTP/SRTP, colour conversion and the engine all run there, so near 1.0 every frame
   waits for the loop. Other processes on the machine do not raise it (it is our own CPU time).
 - ``cpu``: this process's CPU time (loop, codec threads, JPEG encodes) per second, as a share of
-  the cores it may run on.
+  the cores it may run on (its affinity, or a container's CPU limit).
 - ``lag_ms``: how late a timer fires: what the loop's backlog (or a starved machine) adds to every frame.
 
 Over a threshold (``Settings.max_loop_busy``, ``max_cpu``, ``max_loop_lag_ms``) for ``SUSTAIN`` samples in a row:
@@ -26,6 +26,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -62,7 +63,7 @@ class LoadMeter:
     def __init__(self, every_s: float = 0.5, smoothing: float = 0.5) -> None:
         self.every_s = every_s
         self.smoothing = smoothing
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.cores = usable_cores()
         self.load = Load()
         self.samples = 0
 
@@ -83,6 +84,18 @@ class LoadMeter:
         self.load = Load(*(a * new + (1 - a) * old for new, old in
                            zip((sample.loop, sample.cpu, sample.lag_ms),
                                (self.load.loop, self.load.cpu, self.load.lag_ms), strict=True)))
+
+
+def usable_cores() -> float:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 quota (a container's CPU limit)."""
+    cores = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(float(quota) / float(period), 0.01))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 class Governor:
