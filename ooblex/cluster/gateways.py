@@ -47,13 +47,13 @@ class Directory:
                 self._read_at = time.monotonic()
             return list(self._peers)
 
-    async def owner(self, ident: str) -> dict[str, Any] | None:
+    async def owner(self, ident: str, max_age_s: float | None = None) -> dict[str, Any] | None:
         """The record of the other gateway holding ``ident``; None if it is ours, has no tag, or its gateway
-        is not (or no longer) alive."""
+        is not (or no longer) alive. ``max_age_s=0`` reads the records afresh."""
         tag = instance_of(ident)
         if tag is None or tag == self.instance:
             return None
-        for fresh in (None, 0.5):  # on a miss, read again: a gateway that started a moment ago
+        for fresh in (max_age_s, 0.5):  # on a miss, read again: a gateway that started a moment ago
             found = next((p for p in await self.peers(fresh) if p.get("instance") == tag), None)
             if found is not None:
                 return found

@@ -83,7 +83,7 @@ class PeerRouter:
                     and self._token_verifies(scope):
                 owner = await self.directory.owner(ident)
                 if owner is not None:
-                    await self.forward(scope, receive, send, owner)
+                    await self.forward(scope, receive, send, ident, owner)
                     return
         await self.app(scope, receive, send)  # ours, unknown (404 there), or no valid token (401 there)
 
@@ -103,8 +103,9 @@ class PeerRouter:
         except OoblexError:
             return False
 
-    async def forward(self, scope: Scope, receive: Receive, send: Send, owner: dict[str, Any]) -> None:
-        """Send the request to ``owner``'s ``peer_url`` and stream its answer back."""
+    async def forward(self, scope: Scope, receive: Receive, send: Send, ident: str, owner: dict[str, Any]) -> None:
+        """Send the request to ``owner``'s ``peer_url`` and stream its answer back. If the owner cannot be
+        reached and its record is gone (it stopped), the request is answered here: 404 like any unknown id."""
         body = await _body(receive)
         if body is None:
             await _answer(send, 413, f"request body over {MAX_BODY} bytes")
@@ -120,6 +121,9 @@ class PeerRouter:
         try:
             response = await self.http.send(request, stream=True)
         except httpx.HTTPError as exc:
+            if await self.directory.owner(ident, max_age_s=0) is None:
+                await self.app(scope, _replay(body, receive), send)
+                return
             log.warning("gateway %s (%s) holding %s did not answer: %s", owner.get("instance"), owner["peer_url"],
                         scope["path"], exc)
             await _answer(send, 502, f"the gateway holding this stream ({owner.get('instance')}) did not answer; "
@@ -179,6 +183,20 @@ async def _body(receive: Receive) -> bytes | None:
             return None
         if not message.get("more_body"):
             return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for a request whose body was already read: the body once, then the connection's messages."""
+    sent = False
+
+    async def again() -> Any:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
 
 
 async def _disconnected(receive: Receive) -> None:
