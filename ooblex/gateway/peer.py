@@ -11,6 +11,7 @@ from fastapi import Request, Response
 
 from ..errors import BadRequest, UnsupportedMediaType
 from ..webrtc import accept_rsa_peers, check_offer, loopback_candidates, low_latency, rtc_configuration
+from ..webrtc.encoders import realtime_encoders
 from ..webrtc.recovery import recover_losses
 from ..webrtc.sdp import Offer
 from .bodies import media_type, read_body
@@ -51,6 +52,7 @@ async def negotiate(session: Session, offer: Offer, attach: Callable[[], Awaitab
             await pending
         with loopback_candidates() if settings.loopback_candidates else contextlib.nullcontext():
             await pc.setLocalDescription(await pc.createAnswer())
+        realtime_encoders(pc, settings.encoder_speed)
     except Exception as exc:  # aiortc raises many types for offers it cannot answer
         log.info("%s session %s: cannot answer offer: %s", session.kind, session.id, exc)
         await session.close()

@@ -40,7 +40,7 @@ class Session:
 
     def __init__(self, registry: Sessions, kind: str, client: str, pc: RTCPeerConnection, stream: Stream,
                  owns_stream: bool) -> None:
-        self.id = secrets.token_urlsafe(12)
+        self.id = registry.prefix + secrets.token_urlsafe(12)
         self.registry = registry
         self.kind = kind
         self.client = client
@@ -131,6 +131,8 @@ class Sessions:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        #: Session ids start with it: the gateway instance's tag, so any gateway of a cluster finds the holder.
+        self.prefix = ""
         self.items: dict[str, Session] = {}
         self.opened = 0
         self.rejected = 0

@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from ..thread import TensorThread
+from ..webrtc.encoders import SPEEDS
 
 #: Fields given in the environment as comma-separated lists.
 LISTS = ("allowed_hosts", "cors_origins", "trusted_proxies", "source_hosts", "turn_urls")
@@ -103,6 +104,23 @@ class Settings:
     #: RTP timestamps of the processed video sent back to a WHIP publisher: "send" (when each frame is
     #: sent; smallest browser jitter buffer) or "input" (the publisher's own frame timestamps).
     return_timestamps: str = "send"
+    #: Video encoder speed: "fast" (VP8 cpu-used -10, x264 veryfast), "fastest" (-16, ultrafast: VP8
+    #: visibly worse) or "stock" (aiortc's -6 and medium). Encoding is most of what a stream costs.
+    encoder_speed: str = "fast"
+
+    # --- capacity (docs/deploy.md) --------------------------------------------------------------
+    #: Past any of these measured loads, new sessions and streams get 503 and every stream degrades the
+    #: same way (lower fps, then lower resolution); 0 turns a measure off. The event loop's share of
+    #: wall time on the CPU (signalling, RTP, colour conversion and the engine all run there):
+    max_loop_busy: float = 0.9
+    #: ... this process's CPU time as a share of the cores it may use (codec threads included):
+    max_cpu: float = 0.9
+    #: ... how late the event loop runs a timer (ms): a machine too busy to run the gateway in time.
+    max_loop_lag_ms: float = 500.0
+    #: Degradation floor for the frame rate before the resolution is lowered.
+    min_fps: float = 10.0
+    #: Degradation floor for the resolution, as a scale of the input's.
+    min_scale: float = 0.5
 
     def server_options(self) -> dict[str, Any]:
         """uvicorn options that enforce these settings at the protocol layer (message size, proxies)."""
@@ -133,6 +151,10 @@ class Settings:
                 raise ValueError(f"{f.name} must be >= 0, got {value!r}")
         if self.turn_urls and not self.turn_secret:
             raise ValueError("turn_urls need turn_secret (OOBLEX_TURN_SECRET), the TURN server's static-auth-secret")
+        if self.encoder_speed not in SPEEDS:
+            raise ValueError(f"encoder_speed must be one of {sorted(SPEEDS)}, got {self.encoder_speed!r}")
+        if not 0 < self.min_scale <= 1:
+            raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale!r}")
         if self.return_timestamps not in ("send", "input"):
             raise ValueError(f"return_timestamps must be 'send' or 'input', got {self.return_timestamps!r}")
 

@@ -48,7 +48,7 @@ async def whip(thread: str, request: Request) -> Response:
     @session.pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
         if track.kind == "video" and not ingest:
-            ingest.append(Ingest(track, stream))
+            ingest.append(Ingest(track, stream, gw.governor))
             session.spawn(ingest[0].run(), "ingest")
         else:
             session.discard(track)
@@ -58,7 +58,8 @@ async def whip(thread: str, request: Request) -> Response:
             raise ValueError("the offer's video track did not arrive")
         if offer.wants_video_back:
             keep = gw.settings.return_timestamps == "input"
-            session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of if keep else None))
+            session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of if keep else None,
+                                               ingest[0].original))
 
     sdp = await negotiate(session, offer, attach, gw.settings)
     session.watch(gw.settings.session_idle_s, gw.settings.connect_timeout_s)
