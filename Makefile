@@ -35,6 +35,8 @@ bench: setup
 	$(PY) benchmarks/cluster.py
 	$(PY) benchmarks/webrtc_rtt.py
 	$(PY) benchmarks/models.py
+	$(PY) benchmarks/capacity.py
+	$(PY) benchmarks/gateways.py
 	$(PY) benchmarks/av_sync.py
 
 clean:

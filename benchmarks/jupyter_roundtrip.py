@@ -2,7 +2,7 @@
 
 Starts ``jupyter lab`` and headless Chromium (fake camera), runs ``ob.live`` with each
 configuration and prints a table of the widget's own measurements over the last 200 frames:
-capture (canvas draw + JPEG encode in the browser), kernel (comm arrival -> processed JPEG sent)
+capture (canvas draw + JPEG encode in the browser), kernel (frame arrival in the kernel -> processed JPEG sent)
 and the whole round trip. Usage: ``python benchmarks/jupyter_roundtrip.py [--frames 250]``.
 """
 
@@ -38,8 +38,9 @@ CONFIGS = [("identity", 320, 240, 1), ("identity", 640, 480, 1), ("identity", 64
            ("cartoon", 640, 480, 1), ("cartoon", 640, 480, 2)]
 
 
-#: The server extension's installed config (TCP_NODELAY kernel websockets); NAGLE=1 measures stock Jupyter.
-CONFIG = {} if os.environ.get("NAGLE") else {"JUPYTER_CONFIG_PATH": str(ROOT / "server_ext" / "jupyter-config")}
+#: The server extension as installed (side channel); NAGLE=1 turns it off: the comm path on stock Jupyter.
+CONFIG = {"JUPYTER_CONFIG_PATH": str(ROOT / "server_ext" / "jupyter-config")}
+ARGS = ['--ServerApp.jpserver_extensions={"server_ext": False}'] if os.environ.get("NAGLE") else None
 
 
 def notebook(path: Path, thread: str, w: int, h: int, in_flight: int) -> None:
@@ -77,8 +78,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=250)
     args = ap.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, JupyterServer(Path(tmp), app="jupyterlab", env=CONFIG) as lab, \
-            sync_playwright() as p:
+    with tempfile.TemporaryDirectory() as tmp, \
+            JupyterServer(Path(tmp), app="jupyterlab", env=CONFIG, args=ARGS) as lab, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
         for i, (thread, w, h, n) in enumerate(CONFIGS):
             name = f"bench{i}.ipynb"

@@ -16,14 +16,17 @@ from .faces import FaceThread, check_frame
 @tensor_thread(name="face_detect", licence=licences.FACES,
                params={"scale": {"min": 0.1, "max": 2.0}, "upsample": {"min": 0, "max": 2}})
 class FaceDetect(FaceThread):
-    """Finds faces: boxes [x, y, w, h], scores and 68 landmarks as JSON; ``overlay`` draws them too."""
+    """Finds faces: boxes [x, y, w, h], scores and 68 landmarks as JSON; ``overlay`` draws them into the frame.
+
+    The result also carries ``boxes`` in the overlay schema (docs/jupyter.md), so ``ob.live`` draws the
+    faces over the output without touching its pixels."""
 
     def __call__(self, frame: np.ndarray, overlay: bool = False, landmarks: bool = True, scale: float = 1.0,
                  upsample: int = 0) -> Any:
         frame = check_frame(frame)
         faces = self.detector.detect(frame, scale, upsample, with_landmarks=landmarks)
         result = {"faces": [f.to_json(landmarks) for f in faces], "count": len(faces),
-                  "size": [frame.shape[1], frame.shape[0]]}
+                  "size": [frame.shape[1], frame.shape[0]], "boxes": [f.to_overlay(landmarks) for f in faces]}
         if not overlay:
             return result
         out = frame.copy()

@@ -36,6 +36,13 @@ class Face:
             out["landmarks"] = np.round(self.landmarks).astype(int).tolist()
         return out
 
+    def to_overlay(self, with_landmarks: bool = True) -> dict[str, Any]:
+        """The face as an item of the result schema that viewers draw (``ooblex/jupyter/overlay.py``)."""
+        out: dict[str, Any] = {"box": list(self.box), "label": "face", "score": round(self.score, 3)}
+        if with_landmarks and self.landmarks is not None:
+            out["points"] = np.round(self.landmarks).astype(int).tolist()
+        return out
+
 
 def landmarks_path() -> Path:
     """Where ``face_recognition_models`` keeps the 68-point predictor (raises if not installed)."""

@@ -1,10 +1,12 @@
-"""Ooblex Jupyter server extension: cluster control and a gateway proxy under ``/ooblex/``.
+"""Ooblex Jupyter server extension: cluster control, a gateway proxy and the live widget's side channel.
 
-Everything sits behind Jupyter's own authentication, so a browser that can reach only the
-Jupyter origin (a remote JupyterHub) can list and deploy tensor threads and watch deployed
-streams. Enabled on install (``etc/jupyter/jupyter_server_config.d/server_ext.json``) or with
+Everything sits under ``{base_url}ooblex/`` behind Jupyter's own authentication, so a browser that
+can reach only the Jupyter origin (a remote JupyterHub) can list and deploy tensor threads, watch
+deployed streams, and feed ``ob.live`` widgets while their kernel runs a cell (``live.py``).
+Enabled on install (``etc/jupyter/jupyter_server_config.d/server_ext.json``) or with
 ``jupyter server extension enable server_ext``. Settings come from the server's environment:
-``OOBLEX_CLUSTER`` (broker URL), ``OOBLEX_SECRET`` and ``OOBLEX_GATEWAY`` (gateway base URL).
+``OOBLEX_CLUSTER`` (broker URL), ``OOBLEX_SECRET``, ``OOBLEX_GATEWAY`` (gateway base URL) and the
+live proxy's limits (``OOBLEX_LIVE_MAX_MESSAGE_BYTES``, ``OOBLEX_LIVE_MAX_IN_FLIGHT``).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from .cluster import Cluster, ClusterUnavailable, Settings
+from .live import live_handlers
 from .proxy import GatewayProxyHandler
 
 LISTINGS = ("threads", "deployments", "workers", "streams")
@@ -48,7 +49,8 @@ class StatusHandler(OoblexHandler):
         from ooblex import __version__
 
         self.reply({"ooblex": __version__, **self.ob_settings.describe(),
-                    "endpoints": [*LISTINGS, "deployments (POST)", "deployments/<name> (DELETE)", "gateway/<path>"]})
+                    "endpoints": [*LISTINGS, "deployments (POST)", "deployments/<name> (DELETE)", "gateway/<path>",
+                                  "kernels/<kernel id>/live/<widget id> (WebSocket)"]})
 
 
 class ListHandler(OoblexHandler):
@@ -95,6 +97,7 @@ def setup_handlers(web_app: Any, settings: Settings) -> None:
         (url_path_join(base, "deployments", "([^/]+)") + "/?", DeploymentHandler, kw),
         (url_path_join(base, f"({'|'.join(LISTINGS)})") + "/?", ListHandler, kw),
         (url_path_join(base, "gateway", "(.*)"), GatewayProxyHandler, kw),
+        *live_handlers(web_app.settings["base_url"]),
     ])
 
 

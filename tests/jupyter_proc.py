@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -26,14 +27,15 @@ class JupyterServer:
     """Started by ``start()``, stopped by ``stop()`` (tests use it as a context manager)."""
 
     def __init__(self, workdir: Path, *, app: str = "jupyter_server", token: str = "test-token",
-                 args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 args: list[str] | None = None, env: dict[str, str] | None = None, base_url: str = "/") -> None:
         self.workdir = workdir
         self.app = app
         self.token = token
-        self.args = args or []
+        self.args = [*(args or []), f"--ServerApp.base_url={base_url}"]
         self.env = env or {}
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.origin = f"http://127.0.0.1:{self.port}"
+        self.url = self.origin + base_url.rstrip("/")  # everything of this server is under its base URL
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{app}-{self.port}.log"
 
@@ -96,6 +98,17 @@ def open_notebook(page: Any, server: JupyterServer, name: str) -> None:
         time.sleep(0.2)
 
 
+def _settle(page: Any, quiet_s: float = 3.0) -> None:
+    """Wait until no "Select Kernel" dialog has shown for ``quiet_s`` (a fresh workspace may show it
+    after the kernel started; accepting it then switches kernels, and work sent before is lost)."""
+    calm = time.time()
+    while time.time() - calm < quiet_s:
+        if page.locator(".jp-Dialog").count():
+            _select_kernel(page)
+            calm = time.time()
+        time.sleep(0.2)
+
+
 def _select_kernel(page: Any) -> None:
     """Accept the "Select Kernel" dialog a fresh workspace may show (also after the kernel started)."""
     select = page.locator(".jp-Dialog button", has_text="Select")
@@ -118,3 +131,40 @@ def run_cell(page: Any, index: int, attempts: int = 10, ran: str = r"\[[*\d]") -
         except Exception:  # noqa: BLE001 - playwright's TimeoutError: try again
             time.sleep(0.5)
     raise TimeoutError(f"cell {index} did not run")
+
+
+def lab_settings(workdir: Path, theme: str = "JupyterLab Light") -> None:
+    """User settings of a ``JupyterServer(workdir)``'s JupyterLab / Notebook 7: the theme, and no news
+    pop-up (it would cover screenshots)."""
+    settings = workdir / "jupyter-home" / "config" / "lab" / "user-settings" / "@jupyterlab"
+    for plugin, values in (("apputils-extension/themes", {"theme": theme}),
+                           ("apputils-extension/notification", {"fetchNews": "false"})):
+        path = settings / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+
+
+def run_all(page: Any, timeout: float = 300) -> list[str]:
+    """Run → Run All Cells from the menu bar; wait until no cell runs any more (all ran, or one failed
+    and stopped the rest). Returns the code cells' prompts ("[3]:"; "[ ]:" for cells that never ran)."""
+    prompts = page.locator(f"{PANEL} .jp-CodeCell .jp-InputPrompt")
+    deadline = time.time() + timeout
+    while True:
+        _settle(page)
+        page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+        page.locator(".lm-Menu-item:visible", has_text=re.compile(r"^Run All Cells")).first.click()
+        started = time.time()
+        while time.time() - started < 10 and not any("*" in t for t in prompts.all_inner_texts()):
+            time.sleep(0.2)
+        if any(re.search(r"\d", t) or "*" in t for t in prompts.all_inner_texts()):
+            break
+        if time.time() > deadline:
+            raise TimeoutError("Run All did not start any cell")
+    quiet = 0
+    while quiet < 4:  # two seconds without a running cell
+        texts = [t.strip() for t in prompts.all_inner_texts()]
+        quiet = 0 if any("*" in t for t in texts) else quiet + 1
+        if time.time() > deadline:
+            raise TimeoutError(f"Run All did not finish: prompts {texts}")
+        time.sleep(0.5)
+    return texts

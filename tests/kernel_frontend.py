@@ -11,20 +11,37 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jupyter_client import BlockingKernelClient
 from jupyter_client.manager import start_new_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class KernelFrontend:
-    def __init__(self) -> None:
-        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        self.km, self.kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(ROOT))
+    """Starts its own kernel, or with ``connection_file`` drives one that a Jupyter server started."""
+
+    def __init__(self, connection_file: str | Path | None = None) -> None:
         self.held: list[dict[str, Any]] = []
+        self.outputs: list[dict[str, Any]] = []  # other iopub messages of executed cells (displays, stderr)
+        if connection_file is None:
+            env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+            self.km, self.kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(ROOT))
+            return
+        self.km = None
+        self.kc = BlockingKernelClient(connection_file=str(connection_file))
+        self.kc.load_connection_file()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
 
     def execute(self, code: str, timeout: float = 60) -> str:
         """Run ``code``; return its stdout; raise with the traceback if it failed."""
-        msg_id = self.kc.execute(code)
+        return self.result(self.submit(code), timeout)
+
+    def submit(self, code: str) -> str:
+        """Start running ``code`` (the kernel is busy until it ends); ``result`` waits for it."""
+        return self.kc.execute(code)
+
+    def result(self, msg_id: str, timeout: float = 60) -> str:
         out: list[str] = []
         deadline = time.time() + timeout
         while True:
@@ -39,6 +56,7 @@ class KernelFrontend:
                 raise RuntimeError("\n".join(content["traceback"]))
             elif kind == "status" and content["execution_state"] == "idle":
                 return "".join(out)
+            self.outputs.append(msg)
 
     def send_custom(self, comm_id: str, content: Any, buffers: list[bytes] | None = None) -> None:
         self._comm_msg(comm_id, {"method": "custom", "content": content}, buffers)
@@ -80,4 +98,5 @@ class KernelFrontend:
 
     def close(self) -> None:
         self.kc.stop_channels()
-        self.km.shutdown_kernel(now=True)
+        if self.km is not None:
+            self.km.shutdown_kernel(now=True)

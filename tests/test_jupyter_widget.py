@@ -63,22 +63,22 @@ def test_import_ooblex_does_not_import_ipywidgets():
 def test_frame_in_processed_frame_out(kernel, comm_id):
     content, buffers = send_frame(kernel, comm_id, 0, value=40)
     assert content["type"] == "frame" and content["error"] is None
-    assert content["result"] == {"k": 3}
-    assert len(buffers) == 1 and not content["input"]
+    assert content["result"] == {"k": 3} and content["lane"] == 0
+    assert len(buffers) == 1 and content["images"] == [{"role": "output", "format": "jpeg", "width": 64, "height": 48}]
     out = jpeg.decode(buffers[0])
     assert out.shape == (48, 64, 3)
     assert abs(int(out[:, :32].mean()) - 215) < 6 and abs(int(out[:, 32:].mean()) - 255) < 6  # inverted
 
 
 def test_parameter_change_from_frontend_applies_to_next_frames(kernel, comm_id):
-    kernel.send_state(comm_id, {"params": {"k": 7}})
+    kernel.send_state(comm_id, {"values": [{"k": 7}]})
     content, _ = send_frame(kernel, comm_id, 1)
     assert content["result"] == {"k": 7}
     assert kernel.execute("print(w.params['k'])").strip() == "7"
 
 
 def test_invalid_parameter_is_refused_and_reverted(kernel, comm_id):
-    kernel.send_state(comm_id, {"params": {"k": 99}})
+    kernel.send_state(comm_id, {"values": [{"k": 99}]})
     time.sleep(0.3)
     out = kernel.execute("print(w.params['k'], '|', w.status)")
     assert out.startswith("7 |") and "within [1, 9]" in out
@@ -92,16 +92,18 @@ def test_invalid_parameter_is_refused_and_reverted(kernel, comm_id):
     ({"type": "frame", "seq": "x"}, [b"\xff\xd8"], "expected an integer"),
     ({"type": "frame", "seq": 100}, [], "carries 0 buffers"),
     ({"type": "frame", "seq": 101}, [b"not a jpeg at all"], "not a decodable image"),
+    ({"type": "frame", "seq": 102, "format": "rgba", "width": 3, "height": 3}, [b"\0" * 35], "is not 3x3 RGBA"),
+    ({"type": "frame", "seq": 103, "format": "gif"}, [b"GIF89a"], "format 'gif'"),
     ({"type": "rtt", "ms": 5}, [], "without a list"),
 ])
 def test_bad_messages_are_ignored_with_a_warning(kernel, comm_id, content, buffers, why):
-    before = int(kernel.execute("print(w._session.counters['bad_messages'])"))
+    before = int(kernel.execute("print(w.counters['bad_messages'])"))
     kernel.send_custom(comm_id, content, buffers)
     if isinstance(content, dict) and isinstance(content.get("seq"), int):  # the browser's slot is freed
         ack, _ = kernel.wait_custom(comm_id, lambda c: c.get("ack") == content["seq"])
         assert ack["type"] == "ack"
     deadline = time.time() + 10
-    while int(kernel.execute("print(w._session.counters['bad_messages'])")) == before:
+    while int(kernel.execute("print(w.counters['bad_messages'])")) == before:
         assert time.time() < deadline, "bad message was not counted"
         time.sleep(0.1)
     assert why in kernel.execute("print(warnings[-1])")
@@ -135,7 +137,7 @@ def test_code_swap_on_rerun_keeps_widget_and_params(kernel, comm_id):
 def invert(frame, k: int = 3, flip: bool = False):
     return (frame[:, ::-1] if flip else frame), {"k": k, "swapped": True}
 w_again = ob.live(invert)
-print(w_again is w, w.version, w.params, [c['kind'] for c in w.controls])
+print(w_again is w, w.version, w.params, [c['kind'] for c in w.lanes[0]['controls']])
 """)
     assert out.strip() == "True 2 {'k': 7, 'flip': False} ['slider', 'checkbox']"
     content, buffers = send_frame(kernel, comm_id, 300, value=40)
@@ -177,7 +179,7 @@ print(v.model_id)
     assert kind == "kernel" and int(n_frames) >= 15 and n_frames == n_inputs  # ~30 fps, looped clip
     assert "120, 160, 3)" in first and first.endswith("True")
     content, buffers = kernel.wait_custom(cid, lambda c: c.get("type") == "frame")
-    assert content["input"] and len(buffers) == 2
+    assert [i["role"] for i in content["images"]] == ["input", "output"] and len(buffers) == 2
     inp, outp = jpeg.decode(buffers[0]), jpeg.decode(buffers[1])
     assert abs(inp.mean() * 0.5 - outp.mean()) < 4
     kernel.execute("v.close()")
@@ -211,7 +213,7 @@ try:
 except OSError as exc:
     print("raised:", exc)
 w.start()
-print(w.version, w.thread_name)
+print(w.version, w.title)
 """)
     assert out.splitlines()[0] == "raised: weights.bin not found"
     version = out.splitlines()[1]
@@ -246,3 +248,77 @@ def test_http_mjpeg_url_as_kernel_side_source():
         live.close()
         stop.set()
         sink.close()
+
+
+def test_compare_mode_sends_the_same_frames_to_each_thread(kernel, comm_id):
+    cid = kernel.execute("""
+def darken(frame, gain: float = 0.5):
+    return (frame * gain).astype("uint8")
+cmp = ob.live([darken, invert], name="compare")
+print(cmp.model_id)
+""").strip()
+    kernel.send_custom(cid, {"type": "frame", "seq": 0, "t": 0}, [frame_jpeg(200)])
+    lanes = {}
+    deadline = time.time() + 20
+    while len(lanes) < 2 and time.time() < deadline:
+        for content, buffers in kernel.custom_messages(cid, 0.5):
+            if content.get("type") == "frame":
+                lanes[content["lane"]] = jpeg.decode(buffers[0])
+    assert abs(int(lanes[0][:, :32].mean()) - 100) < 6  # darken
+    assert lanes[1].shape == (48, 64, 3)  # the (last swapped-in) invert of this kernel
+    out = kernel.execute("""
+print(cmp.compare, [l['label'] for l in cmp.lanes], cmp.set_params(gain=0.25)[0])
+s = cmp.snapshot()
+print(len(s), s[0].output.shape, len(cmp.stats()))
+""").splitlines()
+    assert out[0] == "True ['darken', 'invert'] {'gain': 0.25}"
+    assert out[1] == "2 (48, 64, 3) 2"
+    with pytest.raises(RuntimeError, match="has no parameter 'nope'"):
+        kernel.execute("cmp.set_params(nope=1)")
+    kernel.execute("cmp.close()")
+
+
+def test_on_the_comm_path_snapshot_times_out_with_a_clear_message_and_record_fills_in_the_background(kernel, comm_id):
+    cid = kernel.execute("""
+c = ob.live(lambda f: f, name="comm-only")
+print(c.model_id)
+""").strip()
+    kernel.send_custom(cid, {"type": "hello", "transport": "comm", "why": "no server extension"})
+    time.sleep(0.3)
+    out = kernel.execute("try:\n    c.snapshot(timeout=0.5)\nexcept TimeoutError as exc:\n    print(exc)")
+    assert out.startswith("snapshot(): no processed frame within 0.5 s: this widget's frames travel over the "
+                          "comm: no server extension;") and "later cell" in out
+    kernel.outputs.clear()
+    out = kernel.execute("r = c.record(0.5)\nprint(r.done, c.transport)")
+    assert out.strip() == "False comm: no server extension"  # returned at once
+    seen = kernel.outputs + kernel.held  # the progress line keeps updating after the cell ended
+    deadline = time.time() + 10
+    while not any(m["msg_type"] == "update_display_data" and "done>" in m["content"]["data"]["text/plain"]
+                  for m in seen):
+        assert time.time() < deadline, "the recording's output line was not updated to done"
+        seen += _iopub(kernel, 0.3)
+    kernel.execute("c.close()")
+
+
+def test_record_shows_live_progress_in_the_cell(kernel, comm_id, tmp_path):
+    clip = write_video(tmp_path / "clip.mp4", 30)
+    kernel.outputs.clear()
+    kernel.execute(f"p = ob.live(lambda f: f, source={str(clip)!r}, name='progress')\nrec = p.record(1.0)")
+    shown = [m for m in kernel.outputs if m["msg_type"] in ("display_data", "update_display_data")
+             and m["content"].get("transient", {}).get("display_id")]
+    texts = [m["content"]["data"]["text/plain"] for m in shown]
+    assert shown[0]["msg_type"] == "display_data" and "s left>" in texts[0]
+    assert len({m["content"]["transient"]["display_id"] for m in shown}) == 1  # one line, updated in place
+    assert len(shown) >= 3 and "done>" in texts[-1]
+    kernel.execute("p.close()")
+
+
+def _iopub(kernel: KernelFrontend, timeout: float) -> list[dict]:
+    out = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            out.append(kernel.kc.get_iopub_msg(timeout=max(deadline - time.time(), 0.01)))
+        except Exception:  # noqa: BLE001 - queue.Empty
+            break
+    return out

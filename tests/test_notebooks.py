@@ -1,4 +1,6 @@
-"""Every notebook in notebooks/ runs top to bottom, headless, with a video file standing in for the webcam."""
+"""Every notebook in notebooks/ runs top to bottom, headless, with a video file standing in for the webcam,
+and prints nothing to stderr (no worker logs, no library banners). Run All with the browser's webcam:
+``test_jupyter_browser.py``."""
 
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ def run_notebook(name: str, clip: Path, monkeypatch: pytest.MonkeyPatch, timeout
     texts = []
     for cell in nb.cells:
         for out in cell.get("outputs", []):
+            assert out.get("name") != "stderr", f"{name} printed to stderr in a cell: {out['text']!r}"
             texts.append(out.get("text") or "".join(out.get("data", {}).get("text/plain", "")))
     return texts
 
@@ -79,4 +82,6 @@ CLUSTER = importlib.util.find_spec("ooblex.cluster") is not None
 def test_04_deploy_to_cluster(webcam, monkeypatch):
     texts = run_notebook("04_deploy_to_cluster.ipynb", webcam, monkeypatch, timeout=300)
     assert any("served by 1 worker(s)" in t for t in texts)
+    assert any(t.startswith("endpoints: {'whip': 'http://127.0.0.1:") for t in texts), texts  # waited for them
     assert any("20 frames processed, 0 errors" in t for t in texts)
+    assert "0" not in texts  # no stray return value of cluster.wait()

@@ -1,7 +1,21 @@
-"""Jupyter integration: ``ob.live`` (live webcam widget). Needs the ``jupyter`` extra (anywidget, ipywidgets)."""
+"""Jupyter integration: ``ob.live`` (live webcam widget). Needs the ``jupyter`` extra (anywidget, ipywidgets).
 
-from .live import close_all, live, live_widgets
-from .session import Recording, Shot
-from .widget import LiveWidget
+Attributes are imported on first use, so the Jupyter server extension can use ``ooblex.jupyter.channel``
+(the side channel's framing and discovery) without importing the widget.
+"""
 
-__all__ = ["LiveWidget", "Recording", "Shot", "close_all", "live", "live_widgets"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"live": ".registry", "close_all": ".registry", "live_widgets": ".registry", "LiveWidget": ".widget",
+            "Recording": ".recording", "Shot": ".recording", "quiet_native_logs": ".quiet"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ooblex.jupyter' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

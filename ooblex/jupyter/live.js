@@ -1,14 +1,21 @@
-// ooblex live widget (anywidget ESM). Webcam -> canvas -> JPEG -> comm; processed JPEG -> canvas.
-// At most `max_in_flight` frames are unanswered; an output acknowledges every frame up to its `ack`
-// (older ones were dropped kernel-side: latest-frame-wins). Round trip = capture to processed frame drawn.
+// ooblex live widget (anywidget ESM). Webcam -> canvas -> JPEG or raw RGBA -> kernel; processed frame -> canvas.
+// Frames travel over the side channel (a WebSocket the ooblex server extension proxies to the kernel's
+// live loop thread: keeps flowing while a cell runs) or, where that cannot be opened, over the widget's
+// comm. At most `max_in_flight` frames are unanswered; a reply acknowledges every frame up to its `ack`
+// (older ones were dropped kernel-side: latest-frame-wins), per lane in compare mode.
+// Round trip = capture to processed frame drawn.
 
 const ACK_TIMEOUT_MS = 2000;
-const RTT_WINDOW = 200;
+const WINDOW = 200;
+const RESOLUTIONS = [[320, 240], [640, 480], [1280, 720], [1920, 1080]];
+const PALETTE = ["#00e676", "#ffea00", "#40c4ff", "#ff4081", "#ff9100", "#b388ff"];
+const enc = new TextEncoder();
+const dec = new TextDecoder();
 
-function pct(sorted, p) {
-  if (!sorted.length) return null;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.round((p / 100) * (sorted.length - 1))));
-  return sorted[i];
+function pct(values, p) {
+  if (!values.length) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.round((p / 100) * (sorted.length - 1))))];
 }
 
 function fmt(v) {
@@ -22,10 +29,108 @@ function h(tag, cls, text) {
   return e;
 }
 
-function buildControl(model, c, onChange) {
+function keep(list, v) {
+  list.push(v);
+  if (list.length > WINDOW) list.splice(0, list.length - WINDOW);
+}
+
+// --- side channel: where it is, and its binary messages (u32 header length | JSON header | payloads) ---
+function pageConfig() {
+  const el = document.getElementById("jupyter-config-data");
+  try { return el ? JSON.parse(el.textContent) : null; } catch { return null; }
+}
+
+function channelUrl(channel) {
+  const cfg = pageConfig();
+  if (!cfg || !channel || !channel.kernel || !channel.widget) return null;
+  const path = `ooblex/kernels/${encodeURIComponent(channel.kernel)}/live/${encodeURIComponent(channel.widget)}`;
+  if (cfg.wsUrl) return cfg.wsUrl.replace(/\/?$/, "/") + path;
+  const base = (cfg.baseUrl || "/").replace(/\/?$/, "/");
+  return location.origin.replace(/^http/, "ws") + base + path;
+}
+
+function pack(header, payload) {
+  const head = enc.encode(JSON.stringify(header));
+  const out = new Uint8Array(4 + head.length + payload.byteLength);
+  new DataView(out.buffer).setUint32(0, head.length);
+  out.set(head, 4);
+  out.set(new Uint8Array(payload), 4 + head.length);
+  return out.buffer;
+}
+
+function unpack(buf) {
+  const n = new DataView(buf).getUint32(0);
+  const header = JSON.parse(dec.decode(new Uint8Array(buf, 4, n)));
+  const payloads = [];
+  let at = 4 + n;
+  for (const size of header.sizes || []) { payloads.push(new Uint8Array(buf, at, size)); at += size; }
+  return [header, payloads];
+}
+
+function bytesOf(b) {
+  return b instanceof Uint8Array ? b : new Uint8Array(b.buffer ?? b, b.byteOffset ?? 0, b.byteLength);
+}
+
+async function drawBytes(canvas, bytes, meta) {
+  if (meta.format === "rgba") {
+    const img = new ImageData(new Uint8ClampedArray(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+      meta.width, meta.height);
+    if (canvas.width !== img.width || canvas.height !== img.height) { canvas.width = img.width; canvas.height = img.height; }
+    canvas.getContext("2d").putImageData(img, 0, 0);
+    return;
+  }
+  const bmp = await createImageBitmap(new Blob([bytes], { type: "image/jpeg" }));
+  if (canvas.width !== bmp.width || canvas.height !== bmp.height) { canvas.width = bmp.width; canvas.height = bmp.height; }
+  canvas.getContext("2d").drawImage(bmp, 0, 0);
+  bmp.close();
+}
+
+// --- the result overlay (schema: ooblex/jupyter/overlay.py) ---
+function drawOverlay(canvas, ov, w, hgt, mirror) {
+  if (canvas.width !== w || canvas.height !== hgt) { canvas.width = w; canvas.height = hgt; }
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, w, hgt);
+  if (!ov) return 0;
+  const sx = ov.size ? w / ov.size[0] : 1, sy = ov.size ? hgt / ov.size[1] : 1;
+  const X = (x) => (mirror ? w - x * sx : x * sx);
+  const line = Math.max(2, Math.round(w / 320));
+  const font = Math.max(12, Math.round(w / 40));
+  ctx.font = `${font}px sans-serif`;
+  ctx.textBaseline = "top";
+  const tag = (text, x, y, color) => {
+    const tw = ctx.measureText(text).width + 8;
+    ctx.fillStyle = "rgba(0,0,0,0.6)";
+    ctx.fillRect(x, y, tw, font + 6);
+    ctx.fillStyle = color;
+    ctx.fillText(text, x + 4, y + 3);
+  };
+  const dot = (p, color) => {
+    ctx.fillStyle = color;
+    ctx.beginPath();
+    ctx.arc(X(p[0]), p[1] * sy, line * 1.2, 0, 2 * Math.PI);
+    ctx.fill();
+  };
+  let drawn = 0;
+  ov.boxes.forEach((b, i) => {
+    const color = b.color || PALETTE[i % PALETTE.length];
+    const [x, y, bw, bh] = b.box;
+    const left = mirror ? X(x + bw) : X(x);
+    ctx.strokeStyle = color;
+    ctx.lineWidth = line;
+    ctx.strokeRect(left, y * sy, bw * sx, bh * sy);
+    const text = [b.label, b.score == null ? null : b.score.toFixed(2)].filter((s) => s != null).join(" ");
+    if (text) tag(text, left, Math.max(0, y * sy - font - 6), color);
+    b.points.forEach((p) => dot(p, color));
+    drawn += 1;
+  });
+  ov.points.forEach((p) => dot(p, PALETTE[1]));
+  ov.labels.forEach((text, i) => tag(text, 4, 4 + i * (font + 8), "#fff"));
+  return drawn + ov.points.length + ov.labels.length;
+}
+
+function buildControl(value, c, onChange) {
   const row = h("label", "ooblex-control");
   row.append(h("span", "ooblex-control-name", c.name));
-  const value = () => model.get("params")[c.name];
   let input;
   const out = h("span", "ooblex-control-value");
   if (c.kind === "dropdown") {
@@ -35,19 +140,19 @@ function buildControl(model, c, onChange) {
       opt.value = String(i);
       input.append(opt);
     });
-    input.value = String(Math.max(0, c.options.findIndex((o) => o === value())));
+    input.value = String(Math.max(0, c.options.findIndex((o) => o === value)));
     input.onchange = () => onChange(c.name, c.options[Number(input.value)]);
   } else if (c.kind === "checkbox") {
     input = h("input");
     input.type = "checkbox";
-    input.checked = !!value();
+    input.checked = !!value;
     input.onchange = () => onChange(c.name, input.checked);
   } else if (c.kind === "slider") {
     input = h("input");
     input.type = "range";
     input.min = c.min; input.max = c.max; input.step = c.step;
-    input.value = value();
-    out.textContent = String(value());
+    input.value = value;
+    out.textContent = String(value);
     input.oninput = () => {
       const v = c.type === "int" ? parseInt(input.value, 10) : parseFloat(input.value);
       out.textContent = String(v);
@@ -56,7 +161,7 @@ function buildControl(model, c, onChange) {
   } else {
     input = h("input");
     input.type = "text";
-    input.value = value() == null ? "" : String(value());
+    input.value = value == null ? "" : String(value);
     input.onchange = () => onChange(c.name, input.value);
   }
   input.dataset.param = c.name;
@@ -66,106 +171,253 @@ function buildControl(model, c, onChange) {
 
 function render({ model, el }) {
   el.classList.add("ooblex-live");
+  // header: title, transport badge, status; toolbar; panes (input + one per lane)
   const head = h("div", "ooblex-head");
   const title = h("span", "ooblex-title");
-  const button = h("button", "ooblex-toggle");
+  const badge = h("span", "ooblex-path");
   const status = h("span", "ooblex-status");
-  head.append(title, button, status);
+  head.append(title, badge, status);
+  const bar = h("div", "ooblex-toolbar");
+  const button = h("button", "ooblex-toggle");
+  const cameraSel = h("select", "ooblex-camera");
+  cameraSel.title = "camera";
+  const sizeSel = h("select", "ooblex-resolution");
+  sizeSel.title = "resolution";
+  for (const [w, hh] of RESOLUTIONS) {
+    const o = h("option", null, `${w}×${hh}`);
+    o.value = `${w}x${hh}`;
+    sizeSel.append(o);
+  }
+  const check = (cls, label, on) => {
+    const l = h("label", `ooblex-check ${cls}`);
+    const box = h("input");
+    box.type = "checkbox";
+    box.checked = on;
+    l.append(box, h("span", null, label));
+    return [l, box];
+  };
+  const [mirrorLabel, mirrorBox] = check("ooblex-mirror", "mirror", false);
+  const [overlayLabel, overlayBox] = check("ooblex-overlay-toggle", "overlay", true);
+  const snapButton = h("button", "ooblex-snapshot", "Snapshot");
+  snapButton.title = "keep the newest processed frame in live.snapshots";
+  const recButton = h("button", "ooblex-record", "● Record");
+  recButton.title = "record processed frames into live.recordings";
+  bar.append(button, cameraSel, sizeSel, mirrorLabel, overlayLabel, snapButton, recButton);
   const panes = h("div", "ooblex-panes");
   const inPane = h("div", "ooblex-pane");
-  const outPane = h("div", "ooblex-pane");
   const video = h("video", "ooblex-input");
   video.muted = true; video.playsInline = true; video.autoplay = true;
   const inCanvas = h("canvas", "ooblex-input");
-  const outCanvas = h("canvas", "ooblex-output");
-  inPane.append(h("div", "ooblex-label", "input"), video, inCanvas);
-  outPane.append(h("div", "ooblex-label", "output"), outCanvas);
-  panes.append(inPane, outPane);
-  const statsEl = h("div", "ooblex-stats");
-  const resultEl = h("pre", "ooblex-result");
-  const controlsEl = h("div", "ooblex-controls");
-  el.append(head, panes, statsEl, controlsEl, resultEl);
+  const inInfo = h("div", "ooblex-stats ooblex-input-stats");
+  inPane.append(h("div", "ooblex-label", "input"), h("div", "ooblex-media"), inInfo);
+  inPane.querySelector(".ooblex-media").append(video, inCanvas);
+  panes.append(inPane);
+  el.append(head, bar, panes);
 
   const grab = document.createElement("canvas");
-  const grabCtx = grab.getContext("2d");
+  const grabCtx = grab.getContext("2d", { willReadFrequently: true });
   let camera = null;            // MediaStream
   let seq = 0;
-  const pending = new Map();    // browser seq -> send time (performance.now())
-  let rtts = [];
-  let kernelMs = [];            // comm arrival to processed JPEG sent, measured by the kernel
-  let captureMs = [];           // draw + JPEG encode in the browser
-  let unsentRtts = [];
-  let shown = 0;
+  const pending = new Map();    // browser seq -> {t0, lanes: Set of lanes still to answer}
+  let captureMs = [];           // draw + encode in the browser
   let capturing = false;
   let alive = true;
-  let kernelStats = {};
   let pump = null;
-  let drawing = Promise.resolve();
+  let lanes = [];               // per lane: its elements and measurements
+  let ws = null;                // the side channel, when open
+  let path = "connecting";
+  let retryMs = 2000;
+  let retryTimer = null;
+  let noteTimer = null;
   el.dataset.framesShown = "0";
 
   const isBrowser = () => model.get("source_kind") === "browser";
 
-  function renderHead() {
-    title.textContent = `${model.get("thread_name")} · v${model.get("version")} · ${model.get("source_label")}`;
-    button.textContent = model.get("running") ? "Stop" : "Start";
-    status.textContent = model.get("status");
-    video.style.display = isBrowser() ? "" : "none";
-    inCanvas.style.display = isBrowser() ? "none" : "";
+  function setPath(p, why) {
+    path = p;
+    el.dataset.transport = p;
+    badge.textContent = p === "channel" ? "side channel" : p;
+    badge.className = `ooblex-path ooblex-path-${p}`;
+    badge.title = p === "channel"
+      ? "frames travel over the ooblex server extension's WebSocket: they keep flowing while cells run"
+      : p === "comm" ? `frames travel over the widget's comm, which the kernel reads only between cells (${why})`
+        : "opening the side channel";
   }
 
-  function renderControls() {
-    controlsEl.replaceChildren(...model.get("controls").map((c) => buildControl(model, c, (name, v) => {
-      model.set("params", { ...model.get("params"), [name]: v });
+  function note(text) {
+    status.textContent = text;
+    clearTimeout(noteTimer);
+    noteTimer = setTimeout(renderHead, 5000);
+  }
+
+  // --- transport ---
+  function sendControl(msg) {
+    if (ws) ws.send(JSON.stringify(msg)); else model.send(msg);
+  }
+
+  function sendFrame(header, payload) {
+    if (ws) ws.send(pack(header, payload)); else model.send(header, undefined, [payload]);
+  }
+
+  function useComm(why) {
+    if (path !== "comm") model.send({ type: "hello", transport: "comm", why });
+    setPath("comm", why);
+  }
+
+  function connect() {
+    retryTimer = null;
+    if (!alive || ws) return;
+    const url = channelUrl(model.get("channel"));
+    if (!url) {
+      useComm(pageConfig() ? "the kernel serves no side channel" : "this page is not JupyterLab or Notebook 7");
+      return;
+    }
+    const sock = new WebSocket(url);
+    sock.binaryType = "arraybuffer";
+    let opened = false;
+    const giveUp = setTimeout(() => sock.close(), 5000);
+    sock.onopen = () => {
+      clearTimeout(giveUp);
+      opened = true;
+      retryMs = 2000;
+      ws = sock;
+      pending.clear();
+      setPath("channel");
+      tick();
+    };
+    sock.onmessage = (ev) => {
+      if (typeof ev.data === "string") onMsg(JSON.parse(ev.data), []);
+      else { const [header, payloads] = unpack(ev.data); onMsg(header, payloads); }
+    };
+    sock.onclose = (ev) => {
+      clearTimeout(giveUp);
+      if (ws === sock) { ws = null; pending.clear(); }
+      if (!alive) return;
+      useComm(opened ? `side channel closed (${ev.reason || ev.code})`
+        : "the ooblex server extension's WebSocket could not be opened (not installed or enabled, or a remote kernel)");
+      retryTimer = setTimeout(connect, retryMs);
+      retryMs = Math.min(retryMs * 2, 60000);
+    };
+  }
+
+  // --- lanes: one output pane per thread, with its stats, controls and result ---
+  function buildLanes() {
+    for (const lane of lanes) lane.pane.remove();
+    lanes = model.get("lanes").map((spec, i) => {
+      const pane = h("div", "ooblex-pane ooblex-lane");
+      const media = h("div", "ooblex-media");
+      const canvas = h("canvas", "ooblex-output");
+      const overlay = h("canvas", "ooblex-overlay");
+      media.append(canvas, overlay);
+      const stats = h("div", "ooblex-stats");
+      const controls = h("div", "ooblex-controls");
+      const result = h("pre", "ooblex-result");
+      pane.append(h("div", "ooblex-label", spec.label), media, stats, controls, result);
+      panes.append(pane);
+      const lane = { i, spec, pane, canvas, overlay, stats, controls, result, rtts: [], unsent: [], kernelMs: [],
+        shown: 0, drawing: Promise.resolve(), kernel: {} };
+      renderControls(lane);
+      return lane;
+    });
+    el.classList.toggle("ooblex-compare", lanes.length > 1);
+  }
+
+  function renderControls(lane) {
+    const values = model.get("values")[lane.i] || {};
+    lane.controls.replaceChildren(...lane.spec.controls.map((c) => buildControl(values[c.name], c, (name, v) => {
+      const all = model.get("values").map((x, j) => (j === lane.i ? { ...x, [name]: v } : x));
+      model.set("values", all);
       model.save_changes();
+      if (ws) sendControl({ type: "params", lane: lane.i, params: all[lane.i] });
     })));
   }
 
   function updateControls() {
-    const params = model.get("params");
-    for (const input of controlsEl.querySelectorAll("[data-param]")) {
-      if (input === document.activeElement) continue;
-      const c = model.get("controls").find((x) => x.name === input.dataset.param);
-      const v = params[input.dataset.param];
-      if (!c) continue;
-      if (c.kind === "checkbox") input.checked = !!v;
-      else if (c.kind === "dropdown") input.value = String(Math.max(0, c.options.findIndex((o) => o === v)));
-      else input.value = v == null ? "" : String(v);
-      const out = input.parentElement.querySelector(".ooblex-control-value");
-      if (out && c.kind === "slider") out.textContent = String(v);
+    const all = model.get("values");
+    for (const lane of lanes) {
+      const values = all[lane.i] || {};
+      for (const input of lane.controls.querySelectorAll("[data-param]")) {
+        if (input === document.activeElement) continue;
+        const c = lane.spec.controls.find((x) => x.name === input.dataset.param);
+        if (!c) continue;
+        const v = values[c.name];
+        if (c.kind === "checkbox") input.checked = !!v;
+        else if (c.kind === "dropdown") input.value = String(Math.max(0, c.options.findIndex((o) => o === v)));
+        else input.value = v == null ? "" : String(v);
+        const out = input.parentElement.querySelector(".ooblex-control-value");
+        if (out && c.kind === "slider") out.textContent = String(v);
+      }
     }
   }
 
+  function renderHead() {
+    title.textContent = `${model.get("title")} · v${model.get("version")} · ${model.get("source_label")}`;
+    button.textContent = model.get("running") ? "Stop" : "Start";
+    status.textContent = model.get("status");
+    const browser = isBrowser();
+    video.style.display = browser ? "" : "none";
+    inCanvas.style.display = browser ? "none" : "";
+    cameraSel.style.display = browser && cameraSel.options.length > 1 ? "" : "none";
+    sizeSel.style.display = browser ? "" : "none";
+  }
+
   function renderStats() {
-    const sorted = [...rtts].sort((a, b) => a - b);
-    const p50 = pct(sorted, 50), p95 = pct(sorted, 95);
-    el.dataset.rttP50 = p50 == null ? "" : p50.toFixed(2);
-    el.dataset.rttP95 = p95 == null ? "" : p95.toFixed(2);
-    const k50 = pct([...kernelMs].sort((a, b) => a - b), 50), c50 = pct([...captureMs].sort((a, b) => a - b), 50);
-    el.dataset.kernelP50 = k50 == null ? "" : k50.toFixed(2);
+    for (const lane of lanes) {
+      const p50 = pct(lane.rtts, 50), p95 = pct(lane.rtts, 95);
+      const k = lane.kernel, lat = k.latency_ms || {};
+      const parts = [`fps ${fmt(k.fps ?? 0)}`];
+      if (isBrowser()) parts.push(`round trip ${fmt(p50)}/${fmt(p95)} ms`);
+      for (const s of ["queue", "compute", "engine", "total"]) {
+        if (lat[s]) parts.push(`${s} ${fmt(lat[s].p50)}/${fmt(lat[s].p95)} ms`);
+      }
+      parts.push(`dropped ${k.dropped ?? 0} · errors ${k.errors ?? 0}`);
+      lane.stats.textContent = parts.join(" · ") + "  (p50/p95)";
+      lane.pane.dataset.rttP50 = p50 == null ? "" : p50.toFixed(2);
+      lane.pane.dataset.framesShown = String(lane.shown);
+      if (lane.i === 0) {
+        el.dataset.rttP50 = lane.pane.dataset.rttP50;
+        el.dataset.rttP95 = p95 == null ? "" : p95.toFixed(2);
+        const k50 = pct(lane.kernelMs, 50);
+        el.dataset.kernelP50 = k50 == null ? "" : k50.toFixed(2);
+      }
+    }
+    const c50 = pct(captureMs, 50);
     el.dataset.captureP50 = c50 == null ? "" : c50.toFixed(2);
-    const lat = kernelStats.latency_ms || {};
-    const stages = ["queue", "compute", "return", "engine", "total"]
-      .filter((s) => lat[s])
-      .map((s) => `${s} ${fmt(lat[s].p50)}/${fmt(lat[s].p95)}`);
-    const parts = [`fps ${fmt(kernelStats.fps ?? 0)}`];
-    if (isBrowser()) parts.push(`round trip ${fmt(p50)}/${fmt(p95)} ms`);
-    parts.push(...stages.map((s) => s + " ms"));
-    parts.push(`dropped ${kernelStats.dropped ?? 0} · errors ${kernelStats.errors ?? 0}`);
-    statsEl.textContent = parts.join(" · ") + "  (p50/p95)";
+    inInfo.textContent = isBrowser() && camera
+      ? `${grab.width}×${grab.height} · ${model.get("codec")} · capture ${fmt(c50)} ms` : "";
+  }
+
+  // --- camera ---
+  function constraints() {
+    const c = { ...model.get("constraints") };
+    if (cameraSel.value) c.deviceId = { exact: cameraSel.value };
+    return Object.keys(c).length ? c : true;
+  }
+
+  async function listCameras() {
+    const devices = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === "videoinput");
+    const current = camera && camera.getVideoTracks()[0]?.getSettings().deviceId;
+    cameraSel.replaceChildren(...devices.map((d, i) => {
+      const o = h("option", null, d.label || `camera ${i + 1}`);
+      o.value = d.deviceId;
+      return o;
+    }));
+    if (current) cameraSel.value = current;
+    renderHead();
   }
 
   async function startCamera() {
     if (camera) return;
     try {
-      const c = model.get("constraints");
-      camera = await navigator.mediaDevices.getUserMedia({ video: Object.keys(c).length ? c : true, audio: false });
+      camera = await navigator.mediaDevices.getUserMedia({ video: constraints(), audio: false });
     } catch (err) {
       status.textContent = `camera unavailable: ${err.name}: ${err.message}`;
       return;
     }
-    if (!alive || !model.get("running")) { stopCamera(); return; }
+    if (!alive || !model.get("running") || !isBrowser()) { stopCamera(); return; }
     video.srcObject = camera;
     await video.play().catch(() => {});
+    listCameras().catch(() => {});
     pump = setInterval(tick, 5);
   }
 
@@ -178,13 +430,18 @@ function render({ model, el }) {
     pending.clear();
   }
 
+  function restartCamera() {
+    stopCamera();
+    if (model.get("running") && isBrowser()) startCamera();
+  }
+
   function expire(now) {
-    for (const [s, t0] of pending) if (now - t0 > ACK_TIMEOUT_MS) pending.delete(s);
+    for (const [s, p] of pending) if (now - p.t0 > ACK_TIMEOUT_MS) pending.delete(s);
   }
 
   let lastVideoTime = -1;
   async function tick() {
-    if (capturing || !camera || video.readyState < 2) return;
+    if (capturing || !camera || video.readyState < 2 || path === "connecting") return;
     const now = performance.now();
     expire(now);
     if (pending.size >= model.get("max_in_flight") || video.currentTime === lastVideoTime) return;
@@ -195,63 +452,86 @@ function render({ model, el }) {
       if (grab.width !== w || grab.height !== hgt) { grab.width = w; grab.height = hgt; }
       const t0 = performance.now();
       grabCtx.drawImage(video, 0, 0, w, hgt);
-      const blob = await new Promise((res) => grab.toBlob(res, "image/jpeg", model.get("quality")));
-      if (!blob || !camera) return;
-      const buf = await blob.arrayBuffer();
+      let header, payload;
+      if (model.get("codec") === "raw") {
+        payload = grabCtx.getImageData(0, 0, w, hgt).data.buffer;
+        header = { format: "rgba", width: w, height: hgt };
+      } else {
+        const blob = await new Promise((res) => grab.toBlob(res, "image/jpeg", model.get("quality")));
+        if (!blob) return;
+        payload = await blob.arrayBuffer();
+        header = { format: "jpeg" };
+      }
+      if (!camera) return;
       const s = seq++;
-      pending.set(s, t0);
-      captureMs.push(performance.now() - t0);
-      if (captureMs.length > RTT_WINDOW) captureMs = captureMs.slice(-RTT_WINDOW);
-      model.send({ type: "frame", seq: s, t: t0 }, undefined, [buf]);
+      pending.set(s, { t0, lanes: new Set(lanes.map((l) => l.i)) });
+      keep(captureMs, performance.now() - t0);
+      sendFrame({ type: "frame", seq: s, ...header }, payload);
     } finally {
       capturing = false;
     }
   }
 
-  function ack(s) {
+  // An answer from `lane` (null: every lane) covers every frame up to `s`; returns when `s` was sent.
+  function ack(lane, s) {
     if (s == null) return null;
-    const t0 = pending.get(s);
-    for (const k of [...pending.keys()]) if (k <= s) pending.delete(k);
-    return t0 ?? null;
-  }
-
-  async function draw(canvas, buffer) {
-    const bmp = await createImageBitmap(new Blob([buffer], { type: "image/jpeg" }));
-    if (canvas.width !== bmp.width || canvas.height !== bmp.height) {
-      canvas.width = bmp.width; canvas.height = bmp.height;
+    const t0 = pending.get(s)?.t0 ?? null;
+    for (const [k, p] of pending) {
+      if (k > s) continue;
+      if (lane == null) p.lanes.clear(); else p.lanes.delete(lane);
+      if (!p.lanes.size) pending.delete(k);
     }
-    canvas.getContext("2d").drawImage(bmp, 0, 0);
-    bmp.close();
+    return t0;
   }
 
   function onFrame(msg, buffers) {
-    const t0 = ack(msg.ack);
-    const [inBuf, outBuf] = msg.input ? buffers : [null, buffers[0]];
-    drawing = drawing.then(async () => {
-      if (inBuf) await draw(inCanvas, inBuf.buffer ?? inBuf);
-      if (outBuf) await draw(outCanvas, outBuf.buffer ?? outBuf);
-      shown += 1;
-      el.dataset.framesShown = String(shown);
+    const lane = lanes[msg.lane ?? 0];
+    if (!lane) return;
+    const t0 = ack(lane.i, msg.ack);
+    const images = (msg.images || []).map((meta, i) => [meta, buffers[i]]).filter(([, b]) => b);
+    lane.drawing = lane.drawing.then(async () => {
+      for (const [meta, buf] of images) await drawBytes(meta.role === "input" ? inCanvas : lane.canvas, bytesOf(buf), meta);
+      const shown = overlayBox.checked
+        ? drawOverlay(lane.overlay, msg.overlay, lane.canvas.width, lane.canvas.height, mirrorBox.checked)
+        : drawOverlay(lane.overlay, null, lane.canvas.width, lane.canvas.height, false);
+      lane.pane.dataset.overlayItems = String(shown);
+      lane.shown += 1;
+      if (lane.i === 0) el.dataset.framesShown = String(lane.shown);
       if (t0 != null) {
         const rtt = performance.now() - t0;
-        rtts.push(rtt); unsentRtts.push(rtt);
-        if (msg.kernel_ms != null) kernelMs.push(msg.kernel_ms);
-        if (kernelMs.length > RTT_WINDOW) kernelMs = kernelMs.slice(-RTT_WINDOW);
-        if (rtts.length > RTT_WINDOW) rtts = rtts.slice(-RTT_WINDOW);
+        keep(lane.rtts, rtt);
+        if (lane.unsent.length < 64) lane.unsent.push(rtt);
+        if (msg.kernel_ms != null) keep(lane.kernelMs, msg.kernel_ms);
       }
-      resultEl.textContent = msg.error ? `error: ${msg.error}` : (msg.result ? JSON.stringify(msg.result) : "");
+      lane.result.textContent = msg.error ? `error: ${msg.error}` : (msg.result ? JSON.stringify(msg.result) : "");
       if (isBrowser()) tick();
     }).catch((err) => { status.textContent = `cannot show frame: ${err}`; });
   }
 
+  function onStats(msg) {
+    (msg.lanes || []).forEach((k, i) => { if (lanes[i]) lanes[i].kernel = k || {}; });
+    renderStats();
+    const rec = msg.recording;
+    recButton.classList.toggle("ooblex-recording", !!rec);
+    recButton.textContent = rec ? `■ Stop ${rec.seconds.toFixed(1)} s · ${rec.frames}` : "● Record";
+    for (const lane of lanes) {
+      if (lane.unsent.length) sendControl({ type: "rtt", lane: lane.i, ms: lane.unsent });
+      lane.unsent = [];
+    }
+  }
+
   function onMsg(msg, buffers) {
     if (msg.type === "frame") onFrame(msg, buffers);
-    else if (msg.type === "ack") { ack(msg.ack); }
-    else if (msg.type === "reset") { pending.clear(); }
-    else if (msg.type === "stats") {
-      kernelStats = msg.stats || {};
-      renderStats();
-      if (unsentRtts.length) { model.send({ type: "rtt", ms: unsentRtts }); unsentRtts = []; }
+    else if (msg.type === "ack") ack(msg.lane ?? null, msg.ack);
+    else if (msg.type === "reset") pending.clear();
+    else if (msg.type === "stats") onStats(msg);
+    else if (msg.type === "note") note(msg.text);
+    else if (msg.type === "recording") { recButton.classList.remove("ooblex-recording"); recButton.textContent = "● Record"; }
+    else if (msg.type === "params") {
+      const all = model.get("values").map((x, j) => (j === msg.lane ? msg.params : x));
+      model.set("values", all);
+      updateControls();
+      if (msg.error) note(msg.error);
     }
   }
 
@@ -260,21 +540,50 @@ function render({ model, el }) {
     if (model.get("running") && isBrowser()) startCamera(); else stopCamera();
   }
 
+  function relane() {
+    buildLanes();
+    renderHead();
+    renderStats();
+  }
+
   button.onclick = () => { model.set("running", !model.get("running")); model.save_changes(); };
+  cameraSel.onchange = restartCamera;
+  sizeSel.onchange = () => {
+    const [w, hgt] = sizeSel.value.split("x").map(Number);
+    model.set("constraints", { ...model.get("constraints"), width: { ideal: w }, height: { ideal: hgt } });
+    model.save_changes();
+    restartCamera();
+  };
+  mirrorBox.onchange = () => el.classList.toggle("ooblex-mirrored", mirrorBox.checked);
+  snapButton.onclick = () => sendControl({ type: "snapshot" });
+  recButton.onclick = () => {
+    const on = !recButton.classList.contains("ooblex-recording");
+    recButton.classList.toggle("ooblex-recording", on);
+    recButton.textContent = on ? "■ Stop" : "● Record";
+    sendControl({ type: "record", on });
+  };
+  const wanted = model.get("constraints").width?.ideal;
+  const size = RESOLUTIONS.find(([w]) => w === wanted);
+  if (size) sizeSel.value = `${size[0]}x${size[1]}`;
+
   // One list for subscribing and unsubscribing, so the two cannot drift apart.
   const listeners = [
-    ["msg:custom", onMsg], ["change:running", sync], ["change:source_kind", sync],
-    ["change:status", renderHead], ["change:version", renderHead], ["change:thread_name", renderHead],
-    ["change:controls", renderControls], ["change:params", updateControls],
+    ["msg:custom", (msg, buffers) => onMsg(msg, (buffers || []).map(bytesOf))], ["change:running", sync],
+    ["change:source_kind", sync], ["change:status", renderHead], ["change:version", renderHead],
+    ["change:title", renderHead], ["change:lanes", relane], ["change:values", updateControls],
+    ["change:channel", () => { if (!ws) connect(); }],
   ];
   for (const [event, handler] of listeners) model.on(event, handler);
-  renderControls();
-  renderStats();
+  setPath("connecting");
+  relane();
+  connect();
   sync();
 
   return () => {
     alive = false;
     stopCamera();
+    clearTimeout(retryTimer);
+    if (ws) ws.close();
     for (const [event, handler] of listeners) model.off(event, handler);
   };
 }

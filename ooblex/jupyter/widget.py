@@ -1,15 +1,19 @@
 """``LiveWidget``: webcam (or kernel-side source) and processed output side by side, with live controls.
 
-Transport is the widget's own comm channel, so it works wherever the notebook does (JupyterLab,
-Notebook 7, a remote JupyterHub): the browser sends JPEG frames as binary buffers, at most
-``max_in_flight`` unanswered at once; the kernel answers each processed frame with a JPEG whose
-``ack`` names the newest browser frame it covers (older ones were dropped: latest-frame-wins).
-The comm handler only hands bytes to the live loop thread, so the kernel stays responsive.
+Two paths carry frames (``docs/jupyter.md``): the **side channel** (``channel.py``: the browser's
+WebSocket, proxied by the Jupyter server extension to a Unix socket served by the live loop thread,
+so frames keep flowing while a cell runs) and, where that is not reachable, the widget's own
+**comm** (works wherever the notebook does, but the kernel reads it only between cells). Messages
+and frames are the same on both (``frames.py``); the browser says which path it uses. At most
+``max_in_flight`` browser frames are unanswered at once; a reply's ``ack`` names the newest frame it
+covers (older ones were dropped: latest-frame-wins). Compare mode runs one lane per thread on the
+same frames.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import contextlib
 import logging
 import time
@@ -20,15 +24,16 @@ import anywidget
 import traitlets as t
 
 from ..thread import TensorThread
+from . import frames
+from .channel import Connection, Peer, shared_channel
 from .controls import controls
 from .feed import KernelFeed
 from .loop import LoopThread, shared_loop
-from .session import LiveSession, Recording, Shot
+from .recording import Progress, Recording, Shot, in_kernel
+from .session import Intake, LiveSession
 
 log = logging.getLogger("ooblex.live")
 
-#: Largest browser frame accepted (bytes); a 1080p JPEG is well under this.
-MAX_FRAME_BYTES = 8 << 20
 START_TIMEOUT_S = 120.0
 
 
@@ -38,42 +43,91 @@ class LiveWidget(anywidget.AnyWidget):
     _esm = Path(__file__).with_name("live.js")
     _css = Path(__file__).with_name("live.css")
 
-    thread_name = t.Unicode("").tag(sync=True)
+    title = t.Unicode("").tag(sync=True)
     version = t.Int(1).tag(sync=True)
-    controls = t.List([]).tag(sync=True)
-    params = t.Dict({}).tag(sync=True)
+    lanes = t.List([]).tag(sync=True)      # per thread: name, label, controls
+    values = t.List([]).tag(sync=True)     # per thread: its parameter values
     running = t.Bool(False).tag(sync=True)
     source_kind = t.Unicode("browser").tag(sync=True)
     source_label = t.Unicode("webcam").tag(sync=True)
     constraints = t.Dict({}).tag(sync=True)
     quality = t.Float(0.8).tag(sync=True)
+    codec = t.Unicode("jpeg").tag(sync=True)
     max_in_flight = t.Int(1).tag(sync=True)
+    channel = t.Dict({}).tag(sync=True)    # {"kernel": id, "widget": id} when the kernel serves a side channel
     status = t.Unicode("").tag(sync=True)
 
-    def __init__(self, thread: TensorThread, source: Any = "webcam", *, params: dict[str, Any] | None = None,
+    def __init__(self, threads: list[TensorThread], source: Any = "webcam", *, params: dict[str, Any] | None = None,
                  constraints: dict[str, Any] | None = None, max_in_flight: int = 1, max_latency_ms: float = 500.0,
-                 quality: float = 0.8, autostart: bool = True, loop_file: bool = True) -> None:
+                 quality: float = 0.8, codec: str = "jpeg", autostart: bool = True, loop_file: bool = True,
+                 max_record_s: float = 60.0) -> None:
+        if not threads:
+            raise ValueError("ob.live needs at least one tensor thread")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        values = thread.resolve_params(params or {})
-        super().__init__(thread_name=thread.name, controls=controls(thread), params=values,
-                         max_in_flight=max_in_flight, quality=quality, constraints=constraints or {})
-        self.thread = thread
+        if codec not in frames.CODECS:
+            raise ValueError(f"codec must be one of {frames.CODECS}, got {codec!r}")
+        values = _split_params(threads, params or {})
+        super().__init__(title=_title(threads), lanes=_lanes(threads), values=values, max_in_flight=max_in_flight,
+                         quality=quality, codec=codec, constraints=constraints or {})
+        self.threads = list(threads)
+        self.max_record_s = max_record_s
+        self.snapshots: list[Shot | list[Shot]] = []
+        self.recordings: list[Recording | list[Recording]] = []
+        self.counters = {"bad_messages": 0, "refused": 0}
         self._loop: LoopThread = shared_loop()
-        self._session = LiveSession(self._post, max_in_flight=max_in_flight, max_latency_ms=max_latency_ms)
+        self._pool = cf.ThreadPoolExecutor(2, thread_name_prefix="ooblex-live-codec")
+        self._broadcast = _Broadcast(self)
+        self._comm_peer = _CommPeer(self)
+        self._conns: set[Connection] = set()
+        self._browser_path = ""  # what the browser last said over the comm ("comm: <why>")
+        self._button_recording: list[Recording] | None = None
+        self._sessions = [LiveSession(i, self._broadcast, self._pool, max_in_flight=max_in_flight,
+                                      max_latency_ms=max_latency_ms, codec=codec, quality=round(quality * 100))
+                          for i in range(len(threads))]
+        self._intake = Intake(self._pool, lambda: self._sessions, self.counters, self._bad)
         self._feed: KernelFeed | None = None
         self._source: Any = None
         self._loop_file = loop_file
         self._closed = False
-        self._loop.run(self._session.start(thread, values)).result(START_TIMEOUT_S)
+        for session, thread, v in zip(self._sessions, threads, values, strict=True):
+            self._loop.run(session.start(thread, v)).result(START_TIMEOUT_S)
         self._ticker = self._loop.run(self._tick())
+        side = shared_channel()
+        if side is not None and side.kernel_id:
+            side.register(self.model_id, self)
+            self.channel = {"kernel": side.kernel_id, "widget": self.model_id}
         self.on_msg(self._on_custom)
-        self.observe(self._on_params, "params")
+        self.observe(self._on_values, "values")
         self.observe(self._on_running, "running")
         self.set_source(source)
         self.running = autostart
 
     # --- public API --------------------------------------------------------------------------
+    @property
+    def thread(self) -> TensorThread:
+        """The (first) tensor thread."""
+        return self.threads[0]
+
+    @property
+    def compare(self) -> bool:
+        """Several threads on the same frames (``ob.live([a, b])``)."""
+        return len(self.threads) > 1
+
+    @property
+    def params(self) -> dict[str, Any] | list[dict[str, Any]]:
+        """Current parameter values (one dict per thread in compare mode)."""
+        return self._one(list(self.values))
+
+    @property
+    def transport(self) -> str:
+        """How frames reach the kernel: ``side channel``, ``comm: <why>``, or why none do yet."""
+        if self.source_kind == "kernel":
+            return "kernel-side source"
+        if self._conns:
+            return "side channel"
+        return self._browser_path or "no browser view connected yet"
+
     def set_source(self, source: Any) -> None:
         """Switch between the browser webcam (``"webcam"``) and a kernel-side source (path, URL, index)."""
         kind, label = _describe_source(source)
@@ -86,29 +140,36 @@ class LiveWidget(anywidget.AnyWidget):
         if was_running and kind == "kernel":
             self._start_feed()
 
-    def swap(self, thread: TensorThread, params: dict[str, Any] | None = None) -> None:
-        """Run ``thread`` from now on, keeping current parameter values that still apply."""
-        keep = {}
-        for name, value in self.params.items():
-            if name in thread.params:
-                with contextlib.suppress(ValueError):
-                    keep[name] = thread.params[name].coerce(value)
-        values = thread.resolve_params({**keep, **(params or {})})
-        self._loop.run(self._session.start(thread, values)).result(START_TIMEOUT_S)
-        self.thread = thread
+    def swap(self, threads: list[TensorThread], params: dict[str, Any] | None = None) -> None:
+        """Run ``threads`` (one per lane) from now on, keeping parameter values that still apply."""
+        if len(threads) != len(self.threads):
+            raise ValueError(f"this widget compares {len(self.threads)} thread(s), not {len(threads)}")
+        kept = []
+        for thread, old in zip(threads, self.values, strict=True):
+            keep = {}
+            for name, value in old.items():
+                if name in thread.params:
+                    with contextlib.suppress(ValueError):
+                        keep[name] = thread.params[name].coerce(value)
+            kept.append(thread.resolve_params(keep))
+        values = _split_params(threads, params or {}, base=kept)
+        for session, thread, v in zip(self._sessions, threads, values, strict=True):
+            self._loop.run(session.start(thread, v)).result(START_TIMEOUT_S)
+        self.threads = list(threads)
         with self.hold_sync():
-            self.thread_name = thread.name
-            self.controls = controls(thread)
-            self.params = values
+            self.title = _title(threads)
+            self.lanes = _lanes(threads)
+            self.values = values
             self.version += 1
             self.status = f"swapped in new code (version {self.version})"
-        self._post({"type": "reset"}, [])
+        self._broadcast.send({"type": "reset"}, [])
 
-    def set_params(self, **params: Any) -> dict[str, Any]:
-        """Change parameters while frames flow (same as moving the controls)."""
-        values = self.thread.resolve_params(params, base=dict(self.params))
-        self.params = values
-        return values
+    def set_params(self, **params: Any) -> dict[str, Any] | list[dict[str, Any]]:
+        """Change parameters while frames flow (same as moving the controls). In compare mode each
+        value goes to every thread that declares it."""
+        per_lane = _split_params(self.threads, params, base=list(self.values))
+        self.values = per_lane
+        return self._one(per_lane)
 
     def start(self) -> None:
         self.running = True
@@ -116,34 +177,45 @@ class LiveWidget(anywidget.AnyWidget):
     def stop(self) -> None:
         self.running = False
 
-    def snapshot(self, timeout: float = 5.0) -> Shot:
-        """The newest processed frame: ``.input``/``.output`` numpy images (RGB), ``.result``, ``.error``."""
-        if self._session.latest is None and self.source_kind == "kernel" and self.running:
-            self._session.got_shot.wait(timeout)
-        shot = self._session.latest
-        if shot is None:
-            hint = ("press Start and allow the camera, then call snapshot() in a later cell (browser frames "
-                    "cannot arrive while this cell runs)") if self.source_kind == "browser" else "is it running?"
-            raise RuntimeError(f"no processed frame yet: {hint}")
-        return shot
+    def snapshot(self, timeout: float = 30.0) -> Shot | list[Shot]:
+        """The newest processed frame: ``.input``/``.output`` numpy images (RGB), ``.result``, ``.error``.
+        Waits up to ``timeout`` s for a first frame (in compare mode: one ``Shot`` per thread)."""
+        if any(s.latest is None for s in self._sessions):
+            self._wait_for_frame(lambda: all(s.latest is not None for s in self._sessions), timeout, "snapshot()")
+        return self._one([s.latest for s in self._sessions])
 
-    def record(self, seconds: float, *, block: bool | None = None, max_frames: int = 300) -> Recording:
-        """Collect processed frames for ``seconds``. Blocks for kernel-side sources; for the browser
-        webcam it returns at once (frames arrive only while no cell runs) - read it in a later cell."""
-        if block is None:
-            block = self.source_kind == "kernel"
-        if block and self.source_kind == "browser":
-            raise ValueError("record(block=True) cannot receive browser frames while this cell runs: "
-                             "use rec = live.record(s) and look at rec in a later cell")
+    def record(self, seconds: float, *, max_frames: int = 300, timeout: float = 30.0, block: bool | None = None,
+               progress: bool | None = None) -> Recording | list[Recording]:
+        """Collect processed frames for ``seconds``, starting with the next frame (waits up to ``timeout``
+        s for it). Blocks until done, with a progress line in the notebook, unless the browser's frames
+        travel over the comm (they cannot arrive while this cell runs): then it fills in the background."""
         if not self.running:
             raise RuntimeError("the live widget is stopped: call start() (or press Start) before record()")
-        rec = Recording(seconds, max_frames)
-        self._loop.call(self._session.recordings.append, rec)
-        return rec.wait() if block else rec
+        if block is None:
+            block = not (self.source_kind == "browser" and not self._conns and self._browser_path.startswith("comm"))
+        if block:
+            first, after = self._sessions[0], self._sessions[0].delivered
+            self._wait_for_frame(lambda: first.delivered > after, timeout, "record()")
+        recs = [Recording(seconds, max_frames, name=lane["label"] if self.compare else "") for lane in self.lanes]
+        for session, rec in zip(self._sessions, recs, strict=True):
+            self._loop.call(session.recordings.append, rec)
+        shown = Progress(recs) if (in_kernel() if progress is None else progress) else None
+        if not block:
+            if shown is not None:
+                shown.follow()
+            return self._one(recs)
+        while not all(r.done for r in recs):
+            time.sleep(0.2)
+            if shown is not None:
+                shown.update()
+        if shown is not None:
+            shown.update()
+        return self._one(recs)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any] | list[dict[str, Any]]:
         """fps, per-stage latency percentiles (ms), browser round trip (when measured) and counters."""
-        return self._loop.run(_call(self._session.describe)).result(5)
+        lanes = self._loop.run(_call(lambda: [s.describe() for s in self._sessions])).result(5)
+        return self._one([{**d, **self.counters, "transport": self.transport} for d in lanes])
 
     @property
     def closed(self) -> bool:
@@ -155,56 +227,159 @@ class LiveWidget(anywidget.AnyWidget):
         self._closed = True
         self._stop_feed()
         self._ticker.cancel()
+        side = shared_channel()
+        if side is not None:
+            side.unregister(self.model_id)
+        for conn in list(self._conns):
+            self._loop.call(conn.writer.close)
         if not self._loop.here:
-            with contextlib.suppress(Exception):
-                self._loop.run(self._session.close()).result(10)
+            for session in self._sessions:
+                with contextlib.suppress(Exception):
+                    self._loop.run(session.close()).result(10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         super().close()
 
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running" if self.running else "stopped"
+        return f"<LiveWidget {self.title} v{self.version} · {self.source_label} · {state}>"
+
+    # --- side channel (called on the loop thread) ----------------------------------------------
+    def attach(self, conn: Connection) -> None:
+        self._conns.add(conn)
+
+    def detach(self, conn: Connection) -> None:
+        self._conns.discard(conn)
+
+    def on_channel(self, conn: Connection, header: dict[str, Any], payloads: list[memoryview]) -> None:
+        kind = header.get("type")
+        if kind == "frame":
+            self._frame(header, payloads, conn)
+        elif kind == "params":
+            self._channel_params(conn, header)
+        else:
+            self._control(header, conn)
+
+    def _channel_params(self, conn: Connection, header: dict[str, Any]) -> None:
+        """A control moved: applied at once (the comm's state update arrives between cells)."""
+        lane, values = header.get("lane"), header.get("params")
+        if not (isinstance(lane, int) and 0 <= lane < len(self._sessions) and isinstance(values, dict)):
+            return self._bad(f"params message for lane {lane!r} with {type(values).__name__}")
+        session = self._sessions[lane]
+        try:
+            resolved = self.threads[lane].resolve_params(values)
+        except ValueError as exc:
+            current = session.stream.params if session.stream is not None else {}
+            return conn.send({"type": "params", "lane": lane, "params": current, "error": str(exc)}, [])
+        session.set_params(resolved)
+
+    # --- comm (called on the kernel's main thread, between cells) -------------------------------
+    def _on_custom(self, _widget: Any, content: Any, buffers: list[Any]) -> None:
+        if not isinstance(content, dict):
+            return self._bad(f"content is {type(content).__name__}, not an object")
+        kind = content.get("type")
+        if kind == "frame":
+            return self._frame(content, buffers, self._comm_peer)
+        if kind == "hello":
+            why = content.get("why")
+            self._browser_path = f"comm: {why}" if isinstance(why, str) and why else "comm"
+            return None
+        self._loop.call(self._control, content, self._comm_peer)
+        return None
+
+    # --- messages from either path -------------------------------------------------------------
+    def _frame(self, content: dict[str, Any], buffers: list[Any], origin: Peer) -> None:
+        try:
+            msg = frames.incoming(content, buffers)
+        except frames.BadMessage as exc:
+            self._bad(str(exc))
+            if exc.seq is not None:
+                origin.send({"type": "ack", "ack": exc.seq, "lane": None}, [])
+            return
+        if not self.running or self.source_kind != "browser":
+            return origin.send({"type": "ack", "ack": msg.seq, "lane": None}, [])
+        self._loop.call(self._intake.submit, msg, time.time(), origin)
+
+    def _control(self, content: dict[str, Any], origin: Peer) -> None:
+        """Small messages (loop thread): round-trip samples and the Snapshot/Record buttons."""
+        kind = content.get("type")
+        if kind == "rtt":
+            samples, lane = content.get("ms"), content.get("lane", 0)
+            if not isinstance(samples, list) or not isinstance(lane, int) or not 0 <= lane < len(self._sessions):
+                return self._bad("rtt message without a list 'ms' and a valid 'lane'")
+            return self._sessions[lane].add_rtt(samples)
+        if kind == "snapshot":
+            shots = [s.latest for s in self._sessions]
+            if any(s is None for s in shots):
+                return origin.send({"type": "note", "text": "no processed frame to keep yet"}, [])
+            self.snapshots.append(self._one(shots))
+            return origin.send({"type": "note", "text": f"kept as live.snapshots[{len(self.snapshots) - 1}]"}, [])
+        if kind == "record":
+            return self._button_record(bool(content.get("on")), origin)
+        return self._bad(f"unknown message type {kind!r}")
+
+    def _button_record(self, on: bool, origin: Peer) -> None:
+        if self._button_recording is not None:
+            for rec in self._button_recording:
+                rec.stop()
+            n = len(self._button_recording[0])
+            self._button_recording = None
+            origin.send({"type": "note", "text": f"recorded {n} frames: live.recordings[{len(self.recordings) - 1}]"},
+                        [])
+        if on:
+            recs = [Recording(self.max_record_s, 10**6, name=lane["label"] if self.compare else "")
+                    for lane in self.lanes]
+            for session, rec in zip(self._sessions, recs, strict=True):
+                session.recordings.append(rec)
+            self._button_recording = recs
+            self.recordings.append(self._one(recs))
+
+    def _bad(self, why: str) -> None:
+        self.counters["bad_messages"] += 1
+        log.warning("ooblex live widget: ignoring a bad message: %s", why)
+
+    def _wait_for_frame(self, ready: Any, timeout: float, what: str) -> None:
+        if not self.running:
+            raise RuntimeError(f"{what}: the live widget is stopped: call start() (or press Start) first")
+        if not self._sessions[0].wait_frame(ready, timeout):
+            raise TimeoutError(f"{what}: no processed frame within {timeout:g} s: {self._no_frames_hint()}")
+
+    def _no_frames_hint(self) -> str:
+        if self.source_kind == "kernel":
+            return f"the source {self.source_label} gives no frames ({self.status or 'no status'})"
+        if self._conns:
+            return "the browser is connected over the side channel but sends no frames: allow the camera, " \
+                   "or pick another one in the widget"
+        if self._browser_path.startswith("comm"):
+            return f"this widget's frames travel over the {self._browser_path}; the kernel reads the comm only " \
+                   "between cells, so call this in a later cell, or enable the ooblex server extension " \
+                   "(docs/jupyter.md)"
+        return "no browser view of the widget is connected: is its output shown and the camera allowed? " \
+               "(Without the ooblex server extension, browser frames arrive only between cells.)"
+
     # --- plumbing ------------------------------------------------------------------------------
-    def _post(self, content: dict[str, Any], buffers: list[bytes]) -> None:
+    def _one(self, per_lane: list[Any]) -> Any:
+        return per_lane if self.compare else per_lane[0]
+
+    def _send_comm(self, content: dict[str, Any], buffers: list[bytes]) -> None:
         """Thread-safe: ipykernel's iopub socket accepts sends from any thread."""
         if not self._closed and self.comm is not None:
             self.send(content, buffers or None)
 
-    def _on_custom(self, _widget: Any, content: Any, buffers: list[Any]) -> None:
-        if not isinstance(content, dict):
-            return self._session.bad_message(f"content is {type(content).__name__}, not an object")
-        kind = content.get("type")
-        if kind == "frame":
-            return self._on_frame(content, buffers)
-        if kind == "rtt":
-            samples = content.get("ms")
-            if not isinstance(samples, list):
-                return self._session.bad_message("rtt message without a list 'ms'")
-            return self._loop.call(self._session.add_rtt, samples)
-        self._session.bad_message(f"unknown message type {kind!r}")
-
-    def _on_frame(self, content: dict[str, Any], buffers: list[Any]) -> None:
-        seq = content.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool):
-            return self._session.bad_message(f"frame message with seq {seq!r} (expected an integer)")
-        if len(buffers) != 1:
-            self._session.bad_message(f"frame {seq} carries {len(buffers)} buffers (expected one JPEG)")
-            return self._post({"type": "ack", "ack": seq}, [])
-        data = bytes(buffers[0])
-        if not data or len(data) > MAX_FRAME_BYTES:
-            self._session.bad_message(f"frame {seq} has {len(data)} bytes (expected 1..{MAX_FRAME_BYTES})")
-            return self._post({"type": "ack", "ack": seq}, [])
-        if not self.running or self.source_kind != "browser":
-            return self._post({"type": "ack", "ack": seq}, [])
-        self._loop.call(self._session.submit_jpeg, data, seq, time.time())
-
-    def _on_params(self, change: dict[str, Any]) -> None:
+    def _on_values(self, change: dict[str, Any]) -> None:
+        new = change["new"]
         try:
-            values = self.thread.resolve_params(dict(change["new"]))
-        except ValueError as exc:
+            if not isinstance(new, list) or len(new) != len(self.threads):
+                raise ValueError(f"expected {len(self.threads)} parameter set(s)")
+            resolved = [th.resolve_params(dict(v)) for th, v in zip(self.threads, new, strict=True)]
+        except (ValueError, TypeError) as exc:
             self.status = str(exc)
-            self.params = change["old"]
+            self.values = change["old"]
             return
-        if values != change["new"]:
-            self.params = values  # coerced (e.g. "3" -> 3); observed again with equal values
+        if resolved != new:
+            self.values = resolved  # coerced (e.g. "3" -> 3); observed again with equal values
             return
-        self._loop.call(_quiet, self._session.set_params, values)
+        for session, v in zip(self._sessions, resolved, strict=True):
+            self._loop.call(_quiet, session.set_params, v)
 
     def _on_running(self, change: dict[str, Any]) -> None:
         if self.source_kind == "kernel":
@@ -213,8 +388,12 @@ class LiveWidget(anywidget.AnyWidget):
 
     def _start_feed(self) -> None:
         if self._feed is None or not self._feed.running:
-            self._feed = KernelFeed(self._source, lambda img, ts: self._loop.call(self._session.submit_image, img, ts),
+            self._feed = KernelFeed(self._source, lambda img, ts: self._loop.call(self._fan_out, img, ts),
                                     self._feed_ended, loop=self._loop_file)
+
+    def _fan_out(self, image: Any, captured: float) -> None:
+        for session in self._sessions:
+            asyncio.ensure_future(session.submit(image, captured))
 
     def _stop_feed(self) -> None:
         if self._feed is not None:
@@ -227,11 +406,41 @@ class LiveWidget(anywidget.AnyWidget):
             self.running = False
 
     async def _tick(self) -> None:
-        """Push stats to the browser twice a second while running."""
+        """Push stats to the browser twice a second while running; end a Record-button recording at its limit."""
         while True:
             await asyncio.sleep(0.5)
+            recs = self._button_recording
+            if recs is not None and all(r.done for r in recs):
+                self._button_record(False, self._broadcast)
+                self._broadcast.send({"type": "recording", "on": False}, [])
             if self.running:
-                self._post({"type": "stats", "stats": self._session.describe()}, [])
+                rec = {"frames": len(recs[0]), "seconds": round(recs[0].elapsed, 1)} if recs else None
+                self._broadcast.send({"type": "stats", "lanes": [s.describe() for s in self._sessions],
+                                      "counters": self.counters, "recording": rec}, [])
+
+
+class _CommPeer:
+    """Replies to frames that came over the comm."""
+
+    def __init__(self, widget: LiveWidget) -> None:
+        self.widget = widget
+
+    def send(self, content: dict[str, Any], buffers: list[bytes]) -> None:
+        self.widget._send_comm(content, buffers)
+
+
+class _Broadcast:
+    """Messages for every view: each side-channel connection, or the comm when there is none."""
+
+    def __init__(self, widget: LiveWidget) -> None:
+        self.widget = widget
+
+    def send(self, content: dict[str, Any], buffers: list[bytes]) -> None:
+        conns = list(self.widget._conns)
+        for conn in conns:
+            conn.send(content, buffers)
+        if not conns:
+            self.widget._send_comm(content, buffers)
 
 
 async def _call(fn: Any) -> Any:
@@ -243,6 +452,29 @@ def _quiet(fn: Any, *args: Any) -> None:
         fn(*args)
     except ValueError as exc:
         log.warning("ooblex live widget: %s", exc)
+
+
+def _title(threads: list[TensorThread]) -> str:
+    return " vs ".join(th.name for th in threads)
+
+
+def _lanes(threads: list[TensorThread]) -> list[dict[str, Any]]:
+    names = [th.name for th in threads]
+    return [{"name": th.name, "label": f"{th.name} ({i + 1})" if names.count(th.name) > 1 else th.name,
+             "controls": controls(th)} for i, th in enumerate(threads)]
+
+
+def _split_params(threads: list[TensorThread], params: dict[str, Any],
+                  base: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Per thread: its values with ``params`` applied where it declares them (each name must be declared
+    by at least one thread)."""
+    unknown = [k for k in params if not any(k in th.params for th in threads)]
+    if unknown:
+        names = " / ".join(th.name for th in threads)
+        known = sorted({p for th in threads for p in th.params}) or ["none"]
+        raise ValueError(f"{names} has no parameter {unknown[0]!r} (parameters: {', '.join(known)})")
+    return [th.resolve_params({k: v for k, v in params.items() if k in th.params},
+                              base=None if base is None else dict(base[i])) for i, th in enumerate(threads)]
 
 
 def _describe_source(source: Any) -> tuple[str, str]:

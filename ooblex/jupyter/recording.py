@@ -1,0 +1,143 @@
+"""Frames handed back to Python: one ``Shot`` per processed frame, ``Recording``s of many.
+
+A recording fills from the live loop thread while the notebook does anything else; in a notebook
+its progress line updates in place (a display with an id) until it is done.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class Shot:
+    """One processed frame: input and output pixels (RGB uint8), the thread's result and error."""
+
+    input: np.ndarray | None
+    output: np.ndarray | None
+    result: dict[str, Any] | None
+    error: str | None
+    seq: int
+    latency_ms: float | None
+
+
+class Recording:
+    """Processed frames collected for ``seconds`` (at most ``max_frames``), or until ``stop()``."""
+
+    def __init__(self, seconds: float, max_frames: int = 300, name: str = "") -> None:
+        if seconds <= 0:
+            raise ValueError(f"seconds must be > 0, got {seconds!r}")
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames!r}")
+        self.seconds = seconds
+        self.max_frames = max_frames
+        self.name = name
+        self.started = time.time()
+        self.ends = self.started + seconds
+        self.shots: list[Shot] = []
+        self._lock = threading.Lock()
+
+    def add(self, shot: Shot) -> None:
+        with self._lock:
+            if time.time() <= self.ends and len(self.shots) < self.max_frames:
+                self.shots.append(shot)
+
+    def stop(self) -> Recording:
+        """End now (the Record button does this)."""
+        self.ends = min(self.ends, time.time())
+        return self
+
+    @property
+    def done(self) -> bool:
+        return time.time() > self.ends or len(self.shots) >= self.max_frames
+
+    @property
+    def elapsed(self) -> float:
+        return min(time.time(), self.ends) - self.started
+
+    def wait(self) -> Recording:
+        """Block until the recording is over."""
+        while not self.done:
+            time.sleep(min(0.05, max(self.ends - time.time(), 0.001)))
+        return self
+
+    @property
+    def frames(self) -> list[np.ndarray]:
+        """Processed output images, oldest first."""
+        return [s.output for s in self._copy() if s.output is not None]
+
+    @property
+    def inputs(self) -> list[np.ndarray]:
+        return [s.input for s in self._copy() if s.input is not None]
+
+    @property
+    def results(self) -> list[dict[str, Any] | None]:
+        return [s.result for s in self._copy()]
+
+    def array(self) -> np.ndarray:
+        """Output frames stacked as an (N, H, W, 3) array (all frames must share one size)."""
+        frames = self.frames
+        if not frames:
+            raise ValueError("the recording has no frames (was the widget running?)")
+        return np.stack(frames)
+
+    def _copy(self) -> list[Shot]:
+        with self._lock:
+            return list(self.shots)
+
+    def __len__(self) -> int:
+        return len(self.shots)
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else f"{max(self.ends - time.time(), 0):.1f}s left"
+        name = f" {self.name}:" if self.name else ""
+        return f"<Recording{name} {len(self.shots)} frames over {self.seconds:g}s, {state}>"
+
+
+class Progress:
+    """A notebook output line showing recordings as they fill; a no-op outside a Jupyter kernel."""
+
+    def __init__(self, recordings: list[Recording]) -> None:
+        self.recordings = recordings
+        self.handle = None
+        if in_kernel():
+            from IPython.display import display
+
+            self.handle = display(self._view(), display_id=True)
+
+    def update(self) -> None:
+        if self.handle is not None:
+            self.handle.update(self._view())
+
+    def follow(self, every: float = 0.25) -> None:
+        """Keep updating from a daemon thread until every recording is done (returns at once)."""
+        if self.handle is None:
+            return
+
+        def run() -> None:
+            while not all(r.done for r in self.recordings):
+                time.sleep(every)
+                self.update()
+            self.update()
+
+        threading.Thread(target=run, name="ooblex-record-progress", daemon=True).start()
+
+    def _view(self) -> Any:
+        from IPython.display import Pretty
+
+        return Pretty("\n".join(repr(r) for r in self.recordings))
+
+
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel (where display updates reach the notebook)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None

@@ -1,0 +1,123 @@
+"""Pure logic of the live widget: the overlay schema, the side channel's framing and frame codecs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from ooblex.jupyter import frames
+from ooblex.jupyter.channel import (
+    BINARY,
+    TEXT,
+    ProtocolError,
+    channel_file,
+    frame,
+    kernel_id,
+    pack,
+    read_message,
+    unpack,
+)
+from ooblex.jupyter.overlay import MAX_BOXES, overlay
+
+
+def test_overlay_keeps_the_documented_items():
+    result = {"boxes": [{"box": [1, 2, 30, 40], "label": "face", "score": 0.5, "color": "#ff0000",
+                         "points": [[3, 4], {"xy": [5, 6]}]}],
+              "points": [[7, 8]], "labels": ["cat 0.93", {"text": "dog", "score": 0.41}], "size": [320, 240],
+              "count": 1}
+    assert overlay(result) == {
+        "boxes": [{"box": [1.0, 2.0, 30.0, 40.0], "label": "face", "score": 0.5, "color": "#ff0000",
+                   "points": [[3.0, 4.0], [5.0, 6.0]]}],
+        "points": [[7.0, 8.0]], "labels": ["cat 0.93", "dog 0.41"], "size": [320.0, 240.0]}
+
+
+@pytest.mark.parametrize("result", [None, "text", {"count": 3}, {"boxes": "no"}, {"boxes": [{"box": [1, 2]}]},
+                                    {"points": [[1, "x"]]}, {"labels": [None, 3.5j]}])
+def test_nothing_to_draw_is_none(result):
+    assert overlay(result) is None
+
+
+def test_overlay_skips_bad_items_and_is_bounded():
+    result = {"boxes": [{"box": [0, 0, 1, 1], "color": "red; background: url(x)", "label": "x" * 500},
+                        {"box": [True, 0, 1, 1]}] + [{"box": [0, 0, 1, 1]}] * (MAX_BOXES + 50),
+              "size": [0, 10]}
+    out = overlay(result)
+    assert len(out["boxes"]) == MAX_BOXES - 1  # the bool box is skipped, the rest cut at the limit
+    assert out["boxes"][0]["color"] is None and len(out["boxes"][0]["label"]) == 64 and out["size"] is None
+
+
+async def test_framing_round_trip_and_limits():
+    body = pack({"type": "frame", "seq": 3}, [b"abc", b"", b"defg"])
+    header, payloads = unpack(body)
+    assert header == {"type": "frame", "seq": 3, "sizes": [3, 0, 4]} and [bytes(p) for p in payloads] == [
+        b"abc", b"", b"defg"]
+    reader = asyncio.StreamReader()
+    reader.feed_data(frame(TEXT, b'{"a":1}') + frame(BINARY, body) + frame(BINARY, b"x" * 100) + frame(7, b""))
+    assert await read_message(reader) == (TEXT, b'{"a":1}')
+    assert await read_message(reader) == (BINARY, body)
+    with pytest.raises(ProtocolError, match="100 bytes"):
+        await read_message(reader, max_bytes=99)
+
+
+@pytest.mark.parametrize("body, why", [(b"\0\0", "shorter"), (b"\0\0\0\x09{}", "header of 9"),
+                                       (b"\0\0\0\x02[]", "not a JSON object"), (b"\0\0\0\x01{", "not JSON"),
+                                       (b'\0\0\0\x0d{"sizes":[5]}abc', "do not add up")])
+def test_bad_binary_messages_are_protocol_errors(body, why):
+    with pytest.raises(ProtocolError, match=why):
+        unpack(body)
+
+
+def test_a_browser_frame_without_sizes_is_one_payload():
+    header, payloads = unpack(b'\0\0\0\x02{}' + b"jpeg")
+    assert header == {} and [bytes(p) for p in payloads] == [b"jpeg"]
+
+
+def test_the_announcement_sits_next_to_the_connection_file():
+    assert channel_file("/run/user/0/jupyter/runtime/kernel-abc-1.json").as_posix() == \
+        "/run/user/0/jupyter/runtime/kernel-abc-1.ooblex.json"
+    assert kernel_id("/x/kernel-0b8c-11ef.json") == "0b8c-11ef" and kernel_id("/x/my-kernel.json") is None
+
+
+def test_raw_codec_round_trip():
+    img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), np.uint8)
+    meta, data = frames.encode(img, "raw", 80)
+    assert meta == {"format": "rgba", "width": 7, "height": 5} and len(data) == 5 * 7 * 4
+    msg = frames.incoming({"seq": 1, **meta}, [data])
+    assert (frames.decode(msg) == img).all()
+
+
+def test_face_detect_results_carry_the_overlay_schema():
+    pytest.importorskip("dlib")
+    import cv2
+
+    from models.detect import face_detect
+
+    from .kernel_frontend import ROOT
+
+    photo = cv2.cvtColor(cv2.imread(str(ROOT / "tests" / "data" / "one_face.jpg")), cv2.COLOR_BGR2RGB)
+    result = face_detect(photo)
+    drawn = overlay(result)
+    assert len(drawn["boxes"]) == 1 and drawn["boxes"][0]["label"] == "face"
+    assert drawn["boxes"][0]["box"] == [float(v) for v in result["faces"][0]["box"]]
+    assert len(drawn["boxes"][0]["points"]) == 68 and drawn["size"] == [640.0, 480.0]
+
+
+def test_socket_directories_of_dead_kernels_are_swept(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from ooblex.jupyter.channel import _sweep
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = tmp_path / f"ooblex-live-{dead.stdout.strip()}-abc"
+    alive = tmp_path / f"ooblex-live-{os.getpid()}-def"
+    other = tmp_path / "ooblex-live-notapid-x"
+    for d in (gone, alive, other):
+        d.mkdir()
+    _sweep()
+    assert not gone.exists() and alive.exists() and other.exists()
