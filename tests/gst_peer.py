@@ -4,7 +4,7 @@ Runs under Debian's own Python (``/usr/bin/python3`` with ``python3-gi``), not t
 virtual environment: it is an independent peer, with GStreamer's ICE (libnice), DTLS (its default
 RSA-2048 certificate), RTP stack and RTCP timing (reports every ~5 s, RFC 3550).
 
-    python3 gst_peer.py whip URL --codec vp8|h264 --seconds S [--token T]
+    python3 gst_peer.py whip URL --codec vp8|h264 --seconds S [--token T] [--audio]
     python3 gst_peer.py whep URL --seconds S [--token T]
 
 Prints one JSON object per line: ``{"event": "answered", ...}`` once the server answered, then
@@ -38,6 +38,10 @@ ENCODERS = {
             "application/x-rtp,media=video,encoding-name=H264,payload=102,clock-rate=90000",
 }
 VIEWER_CAPS = "application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000"
+#: Sound as OBS sends it: Opus at 48 kHz (here a 440 Hz tone), 20 ms packets.
+AUDIO = ("audiotestsrc is-live=true wave=sine freq=440 volume=0.3 ! audioconvert ! audioresample ! "
+         "opusenc ! rtpopuspay pt=111 ! application/x-rtp,media=audio,encoding-name=OPUS,payload=111,"
+         "clock-rate=48000 ! rtc.")
 
 
 def say(**event: object) -> None:
@@ -51,11 +55,13 @@ class Peer:
         self.loop = GLib.MainLoop()
         self.started = time.monotonic()
         if args.mode == "whip":
-            self.pipe = Gst.parse_launch(f"{SOURCE} ! queue ! {ENCODERS[args.codec]} ! webrtcbin name=rtc")
+            sound = f" {AUDIO}" if args.audio else ""
+            self.pipe = Gst.parse_launch(f"{SOURCE} ! queue ! {ENCODERS[args.codec]} ! webrtcbin name=rtc{sound}")
             self.rtc = self.pipe.get_by_name("rtc")
             # a WHIP publisher only sends (as OBS does); webrtcbin's default would be sendrecv
-            self.rtc.emit("get-transceiver", 0).set_property(
-                "direction", GstWebRTC.WebRTCRTPTransceiverDirection.SENDONLY)
+            for index in range(2 if args.audio else 1):
+                self.rtc.emit("get-transceiver", index).set_property(
+                    "direction", GstWebRTC.WebRTCRTPTransceiverDirection.SENDONLY)
         else:
             self.pipe = Gst.Pipeline.new("viewer")
             self.rtc = Gst.ElementFactory.make("webrtcbin", "rtc")
@@ -146,6 +152,7 @@ def main() -> int:
     parser.add_argument("--codec", choices=sorted(ENCODERS), default="vp8")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--token")
+    parser.add_argument("--audio", action="store_true", help="whip: send Opus sound too")
     args = parser.parse_args()
     Gst.init(None)
     return Peer(args).run()

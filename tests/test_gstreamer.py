@@ -21,7 +21,8 @@ from .netns import in_netns
 
 GST_PYTHON = "/usr/bin/python3"
 PEER = Path(__file__).with_name("gst_peer.py")
-ELEMENTS = ("webrtcbin", "nicesrc", "vp8enc", "vp8dec", "x264enc", "rtph264pay", "videotestsrc")
+ELEMENTS = ("webrtcbin", "nicesrc", "vp8enc", "vp8dec", "x264enc", "rtph264pay", "videotestsrc", "audiotestsrc",
+            "opusenc", "rtpopuspay")
 #: SMPTE colour bars (videotestsrc pattern=smpte), top row, left to right: which of R, G, B are lit.
 BARS = [(1, 1, 1), (1, 1, 0), (0, 1, 1), (0, 1, 0), (1, 0, 1), (1, 0, 0), (0, 0, 1)]
 
@@ -152,3 +153,35 @@ async def test_webrtcbin_watches_over_whep_past_30_s() -> None:
     late = [t for t in ticks if t["t"] > 10]
     for a, b in zip(late, late[4:], strict=False):  # every ~4 s window after the start, well past 30 s, has new frames
         assert b["frames"] - a["frames"] > 20, f"the viewer stalled between {a['t']} s and {b['t']} s: {ticks}"
+
+
+@in_netns
+async def test_webrtcbin_sound_reaches_whep_viewers_untouched() -> None:
+    """Opus from a stock webrtcbin publisher (as OBS sends it) goes to an aiortc WHEP viewer undecoded."""
+    needs_gstreamer()
+    give_namespace_an_address()
+    import av
+    import numpy as np
+
+    from ooblex.media.avsync import mono
+    from ooblex.webrtc.client import WhepClient
+
+    from .gateway_server import running_gateway
+
+    with running_gateway() as gw:
+        proc = await start_peer("whip", gw.url + "/whip/identity", "--seconds", "8", "--audio")
+        answered = await until_answered(proc)
+        got: list = []
+        viewer = WhepClient(f"{gw.url}/whep/{answered['stream']}")
+        viewer.tap_audio(got.append)
+        await viewer.start()
+        await asyncio.sleep(4)
+        relay = gw.state.audio[answered["stream"]].describe()
+        await viewer.close()
+        await events(proc, 30)
+    decoder = av.CodecContext.create("libopus", "r")
+    samples = np.concatenate([mono(f) for p in got for f in decoder.decode(av.Packet(p.data))])
+    rms = float(np.sqrt(np.mean(samples[samples.size // 4:] ** 2)))
+    print(f"webrtcbin sound at the viewer: {len(got)} packets, rms {rms:.3f}, relay {relay}")
+    assert len(got) > 100 and relay["late"] == 0, (len(got), relay)
+    assert rms > 0.05, f"the viewer's sound is silent (rms {rms})"  # a 440 Hz tone at volume 0.3: ~0.2
