@@ -150,8 +150,8 @@ class AudioRelay:
     median transit of the last ``window`` packets: a publisher that sends in bursts, as a loaded
     machine does, leaves here evenly paced, so listeners need no deep jitter buffer) plus the
     hold. One that arrives after that leaves at once. Packets leave in timestamp order; one that
-    arrives after a later one has left is dropped (``late``): listeners conceal a missing packet,
-    but not one that goes back in time. The queue holds at most ``max_packets`` (the hold is
+    arrives after a later one has left, or twice, is dropped (``late``): listeners conceal a
+    missing packet, but not one that goes back in time. The queue holds at most ``max_packets`` (the hold is
     bounded, so this is only reached if the clock stalls); past it the oldest leaves at once.
     """
 
