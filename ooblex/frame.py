@@ -35,6 +35,9 @@ class Frame:
     reply_to: str = ""
     #: True when a worker skipped the frame (expired before it could start).
     skipped: bool = False
+    #: The pixels still JPEG-coded, as a network broker delivered them to a worker (``image`` is None
+    #: meanwhile): the worker decodes them in its compute threads, on the GPU when its model is there.
+    jpeg: bytes | None = None
 
     def stamp(self, stage: str, t: float | None = None) -> None:
         """Record that this frame reached ``stage`` now (or at ``t``)."""
