@@ -6,8 +6,9 @@ EXTRAS ?= gateway,cluster,jupyter,onnx,torch,tensorflow,models,dev
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 HOST   ?= 127.0.0.1
 PORT   ?= 8800
+GPU_PYTHON ?= $(PY)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -35,6 +36,10 @@ bench: setup
 	$(PY) benchmarks/cluster.py
 	$(PY) benchmarks/webrtc_rtt.py
 	$(PY) benchmarks/models.py
+
+# On a CUDA machine, with any Python that has CUDA torch + numpy, simplejpeg, tqdm (docs/performance.md)
+bench-gpu:
+	$(GPU_PYTHON) benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

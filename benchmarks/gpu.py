@@ -15,7 +15,8 @@ One table per model and precision, one row per path and batch size:
 
 Then the live case: N streams at 30 fps each (live mode), delivered fps per stream and p99.
 resnet50 has random weights (torchvision's definition when it imports, else a local one);
-``cartoon`` is the shipped network (models/cartoon_net.py) at the frame size. Nothing is
+``cartoon`` is the shipped network (models/cartoon_net.py) at the frame size; ``tiny`` is a
+probe (pool + linear) that shows what the adapter and engine themselves cost. Nothing is
 downloaded. Targets (docs/performance.md): engine at batch 32 >= 70 % of the raw ceiling and
 >= 5x its batch-1 rate; >= 64 streams of 640x480 at 30 fps with p99 <= 50 ms.
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import concurrent.futures as cf
 import platform
 import statistics
 import sys
@@ -36,14 +37,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 import ooblex as ob  # noqa: E402
-from ooblex import Engine  # noqa: E402
+from ooblex import Engine, jpeg  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -86,6 +86,11 @@ def resnet50() -> nn.Module:
                          nn.MaxPool2d(3, 2, 1), *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000))
 
 
+def tiny() -> nn.Module:
+    """A probe as cheap as a model gets: what is measured is the adapter's own work (upload, resize, normalise)."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 10))
+
+
 def cartoon() -> nn.Module:
     from models.cartoon_net import load_cartoon_net
 
@@ -103,23 +108,35 @@ def pct(samples: list[float]) -> tuple[float, float]:
 
 
 def timed(fn: Callable[[], Any], batch: int, seconds: float, sync: Callable[[], None]) -> tuple[float, float, float]:
-    """(img/s, p50 ms, p99 ms) of back-to-back calls of ``fn`` (one batch each), after a short warm-up."""
-    for _ in range(3):
-        fn()
-    sync()
-    lat: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or len(lat) < 5:
-        t = time.perf_counter()
-        fn()
+    """(img/s, p50 ms, p99 ms) of back-to-back calls of ``fn`` (one batch each), after a short warm-up.
+
+    Run in a thread of its own, as the engine runs a model (the main thread's CPU maths behaved
+    differently on a loaded machine).
+    """
+    def loop() -> tuple[float, float, float]:
+        for _ in range(3):
+            fn()
         sync()
-        lat.append(time.perf_counter() - t)
-    return round(batch * len(lat) / (time.perf_counter() - start), 1), *pct(lat)
+        lat: list[float] = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds or len(lat) < 5:
+            t = time.perf_counter()
+            fn()
+            sync()
+            lat.append(time.perf_counter() - t)
+        return round(batch * len(lat) / (time.perf_counter() - start), 1), *pct(lat)
+
+    with cf.ThreadPoolExecutor(1) as pool:
+        return pool.submit(loop).result()
 
 
 def raw_rows(net: nn.Module, dev: torch.device, dtype: torch.dtype, batch: int, frame: np.ndarray,
-             size: tuple[int, int] | None, seconds: float, sync: Callable[[], None]) -> list[tuple[str, tuple]]:
-    """The model alone, then the model behind hand-written upload + preprocessing in PyTorch."""
+             size: tuple[int, int] | None, seconds: float, sync: Callable[[], None],
+             channels_last: bool) -> list[tuple[str, tuple]]:
+    """The model alone, then the model behind hand-written upload + preprocessing in PyTorch (both in the
+    memory order the adapter is given)."""
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=memory)
     h, w = (size[1], size[0]) if size else frame.shape[:2]
     mean = torch.tensor(MEAN, device=dev, dtype=dtype).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=dev, dtype=dtype).view(1, 3, 1, 1)
@@ -129,7 +146,7 @@ def raw_rows(net: nn.Module, dev: torch.device, dtype: torch.dtype, batch: int, 
     x = host.to(dev).permute(0, 3, 1, 2).to(dtype) / 255  # the same pixels as the other paths see
     if size:
         x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True)
-    x = ((x - mean) / std).contiguous()
+    x = ((x - mean) / std).contiguous(memory_format=memory)
 
     @torch.inference_mode()
     def model_only() -> None:
@@ -140,7 +157,7 @@ def raw_rows(net: nn.Module, dev: torch.device, dtype: torch.dtype, batch: int, 
         t = host.to(dev, non_blocking=True).permute(0, 3, 1, 2).to(dtype)
         if size:
             t = F.interpolate(t, size=(h, w), mode="bilinear", antialias=True)
-        y = net(((t / 255) - mean) / std)
+        y = net((((t / 255) - mean) / std).contiguous(memory_format=memory))
         if y.ndim == 4:  # an image: back to uint8 frames on the host
             y = (y.float() * 255).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         y.cpu()
@@ -163,11 +180,10 @@ async def engine_saturated(thread: ob.TensorThread, streams: int, frame: np.ndar
                 await s.submit(frame)
 
         async def drain(s: Any) -> None:
-            while time.perf_counter() < stop:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    f = await s.get(timeout=1.0)
-                    if counting:
-                        lat.append(f.stamps["sent"] - f.stamps["received"])
+            while True:
+                f = await s.get()
+                if counting:
+                    lat.append(f.stamps["sent"] - f.stamps["received"])
 
         async def window() -> tuple[int, float]:
             nonlocal counting
@@ -226,14 +242,16 @@ async def engine_paced(thread: ob.TensorThread, streams: int, frame: np.ndarray,
 
 # --- the run --------------------------------------------------------------------------------
 def build(kind: str, args: argparse.Namespace, batch: int, half: bool, dev: str) -> tuple[nn.Module, ob.TensorThread]:
-    net = resnet50() if kind == "resnet50" else cartoon()
+    net = {"resnet50": resnet50, "tiny": tiny, "cartoon": cartoon}[kind]()
     options: dict[str, Any] = {"device": dev, "half": half, "batch_size": batch, "max_wait_ms": args.max_wait_ms,
                                "warmup": args.frame_hw}
     if args.accelerate != "none":
         options["accelerate"] = args.accelerate
     if args.concurrency:
         options["concurrency"] = args.concurrency
-    if kind == "resnet50":
+    if args.channels_last:
+        options["channels_last"] = True
+    if kind != "cartoon":
         options.update(size=(args.input, args.input), mean=MEAN, std=STD, postprocess=top1)
     return net, ob.torch.module(net, name=f"{kind}_b{batch}", **options)
 
@@ -251,14 +269,18 @@ def run_model(kind: str, args: argparse.Namespace, frame: np.ndarray) -> list[li
         for batch in args.batches:
             net, thread = build(kind, args, batch, half, args.device)
             raw_net = (net.to(dev).eval().half() if half else net.to(dev).eval())
-            size = (args.input, args.input) if kind == "resnet50" else None
-            for path, (ips, p50, p99) in raw_rows(raw_net, dev, dtype, batch, frame, size, args.seconds, sync):
-                rows.append([kind, precision, path, batch, ips, p50, p99])
-            frames = [frame.copy() for _ in range(batch)]
-            call = (lambda t=thread, f=frames: t(f)) if batch > 1 else (lambda t=thread, f=frames: t(f[0]))
-            rows.append([kind, precision, "adapter", batch, *timed(call, batch, args.seconds, sync)])
-            ips, p50, p99 = asyncio.run(engine_saturated(thread, args.streams, frame, args.seconds))
-            rows.append([kind, precision, f"engine {args.streams} streams", batch, ips, p50, p99])
+            size = None if kind == "cartoon" else (args.input, args.input)
+            if "raw" in args.paths:
+                for path, (ips, p50, p99) in raw_rows(raw_net, dev, dtype, batch, frame, size, args.seconds, sync,
+                                                      args.channels_last):
+                    rows.append([kind, precision, path, batch, ips, p50, p99])
+            if "adapter" in args.paths:
+                frames = [frame.copy() for _ in range(batch)]
+                call = (lambda t=thread, f=frames: t(f)) if batch > 1 else (lambda t=thread, f=frames: t(f[0]))
+                rows.append([kind, precision, "adapter", batch, *timed(call, batch, args.seconds, sync)])
+            if "engine" in args.paths:
+                ips, p50, p99 = asyncio.run(engine_saturated(thread, args.streams, frame, args.seconds))
+                rows.append([kind, precision, f"engine {args.streams} streams", batch, ips, p50, p99])
             thread.teardown()
             del net, raw_net, thread
             if dev.type == "cuda":
@@ -300,10 +322,10 @@ def print_targets(rows: list[list[Any]]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--models", default="resnet50,cartoon")
+    ap.add_argument("--models", default="tiny,resnet50,cartoon")
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--precisions", default="fp32,fp16")
-    ap.add_argument("--frame", default="640x480", help="frame size WxH (a resized copy of tests/data/one_face.jpg)")
+    ap.add_argument("--frame", default="640x480", help="frame size WxH (tests/data/one_face.jpg, resized)")
     ap.add_argument("--input", type=int, default=224, help="resnet50 input size (frames are resized to it)")
     ap.add_argument("--streams", type=int, default=32, help="streams for the throughput rows")
     ap.add_argument("--paced-streams", type=int, default=64, help="live 30 fps streams (0: skip)")
@@ -311,17 +333,25 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--accelerate", default="none", choices=("none", "graphs", "compile"))
     ap.add_argument("--concurrency", type=int, default=0, help="batches in flight (0: the adapter's default)")
+    ap.add_argument("--channels-last", action="store_true", help="NHWC memory order for the model (raw rows too)")
+    ap.add_argument("--paths", default="raw,adapter,engine", help="which rows to measure")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.precisions = args.precisions.split(",")
     w, h = (int(v) for v in args.frame.split("x"))
     args.frame_hw = (h, w)
-    frame = cv2.resize(cv2.cvtColor(cv2.imread(str(ROOT / "tests/data/one_face.jpg")), cv2.COLOR_BGR2RGB), (w, h))
+    photo = torch.from_numpy(jpeg.decode((ROOT / "tests/data/one_face.jpg").read_bytes())).permute(2, 0, 1)[None]
+    frame = F.interpolate(photo.float(), size=(h, w), mode="bilinear", antialias=True).round().clamp(0, 255)
+    frame = np.ascontiguousarray(frame[0].permute(1, 2, 0).to(torch.uint8).numpy())
     dev = args.device
     torch.set_flush_denormal(True)  # random weights make denormal floats, which crawl on a CPU
     gpu = torch.cuda.get_device_name(0) if dev.startswith("cuda") else "none (CPU run)"
     print(f"# benchmarks/gpu.py on {platform.node()}: device {dev}, GPU {gpu}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads; frames {w}x{h}; accelerate={args.accelerate}\n")
+          f"{torch.get_num_threads()} CPU threads; frames {w}x{h}; accelerate={args.accelerate}; "
+          f"channels_last={args.channels_last}\n")
     rows: list[list[Any]] = []
     for kind in args.models.split(","):
         rows += run_model(kind, args, frame)

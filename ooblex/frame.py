@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+#: Pixels as a worker may hold them: an RGB HxWx3 uint8 array, or JPEG bytes not decoded yet (``Frame.jpeg``).
+Pixels = np.ndarray | bytes
+
 #: Stage names in the order a frame passes them.
 STAGES = ("captured", "received", "queued", "started", "finished", "returned", "sent")
 

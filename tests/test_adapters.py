@@ -237,12 +237,13 @@ def test_every_framework_preprocesses_on_its_device_as_documented(tmp_path, size
         layout = "nhwc" if framework == "tensorflow" else "nchw"
         want = reference_input(PHOTO, size, layout)
         assert got.shape == want.shape, framework
-        diff = np.abs(got - want)
+        std = np.asarray(STD).reshape((3, 1, 1) if layout == "nchw" else (1, 1, 3))
+        levels = np.abs(got - want) * std * 255  # the difference in levels of the 0..255 input
         if size is None:
-            assert diff.max() < 1e-5, framework
-        else:  # the same antialiased bilinear resize inside; frameworks treat the last row and column differently
-            inside = diff[:, 2:-2, 2:-2] if layout == "nchw" else diff[2:-2, 2:-2]
-            assert inside.max() < 1e-3 and diff.mean() < 1e-3, framework
+            assert levels.max() < 1e-3, framework
+        else:  # the same antialiased bilinear resize (on bytes on a CPU: within a level); edges may differ
+            inside = levels[:, 2:-2, 2:-2] if layout == "nchw" else levels[2:-2, 2:-2]
+            assert inside.max() <= 1.01 and levels.mean() < 0.5, framework
 
 
 def test_image_outputs_come_back_as_frames_of_the_frame_size_in_every_framework(tmp_path) -> None:

@@ -19,12 +19,11 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import jpeg
+from ..frame import Pixels
 from ..thread import TensorThread
 
 Layout = Literal["nchw", "nhwc"]
 Postprocess = Callable[[Any, np.ndarray], Any]
-#: A frame as an adapter may receive it: pixels, or (from a cluster wire, to a GPU decoder) JPEG bytes.
-Pixels = np.ndarray | bytes
 
 
 @dataclass(frozen=True)

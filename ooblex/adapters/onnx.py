@@ -143,26 +143,31 @@ class OnnxPipeline(Pipeline):
 
 
 def preprocess_graph(t: Transform, half: bool) -> Any:
-    """uint8 NHWC ``frames`` -> ``x``: float (or float16) in ``t.layout``, scaled, normalised, resized."""
+    """uint8 NHWC ``frames`` -> ``x``: float (or float16) in ``t.layout``, resized, scaled, normalised.
+
+    Resizing and reordering happen on the bytes, before they become four times as many bytes of floats.
+    """
     from onnx import TensorProto, helper
 
     a, b = t.affine()
-    nodes = [helper.make_node("Cast", ["frames"], ["f"], to=TensorProto.FLOAT),
-             helper.make_node("Mul", ["f", "a"], ["m"]),
-             helper.make_node("Add", ["m", "b"], ["n"])]
-    last = "n"
-    if t.layout == "nchw":
-        nodes.append(helper.make_node("Transpose", [last], ["t"], perm=[0, 3, 1, 2]))
-        last = "t"
-    inits = [helper.make_tensor("a", TensorProto.FLOAT, [3], a.tolist()),
-             helper.make_tensor("b", TensorProto.FLOAT, [3], b.tolist())]
+    shape = [1, 3, 1, 1] if t.layout == "nchw" else [3]
+    inits = [helper.make_tensor("a", TensorProto.FLOAT, shape, a.tolist()),
+             helper.make_tensor("b", TensorProto.FLOAT, shape, b.tolist())]
+    nodes, last = [], "frames"
     if t.size is not None:
         inits.append(helper.make_tensor("size", TensorProto.INT64, [2], [t.size[1], t.size[0]]))
         nodes.append(helper.make_node("Resize", [last, "", "", "size"], ["r"], mode="linear", antialias=1,
-                                      axes=[2, 3] if t.layout == "nchw" else [1, 2]))
+                                      axes=[1, 2]))
         last = "r"
+    if t.layout == "nchw":
+        nodes.append(helper.make_node("Transpose", [last], ["t"], perm=[0, 3, 1, 2]))
+        last = "t"
     out_type = TensorProto.FLOAT16 if half else TensorProto.FLOAT
-    nodes.append(helper.make_node("Cast", [last], ["x"], to=out_type))
+    nodes += [helper.make_node("Cast", [last], ["f"], to=TensorProto.FLOAT),
+              helper.make_node("Mul", ["f", "a"], ["m"]),
+              helper.make_node("Add", ["m", "b"], ["x" if not half else "n"])]
+    if half:
+        nodes.append(helper.make_node("Cast", ["n"], ["x"], to=out_type))
     dims = ["n", 3, "h", "w"] if t.layout == "nchw" else ["n", "h", "w", 3]
     return _model(helper.make_graph(nodes, "ooblex_preprocess",
                                     [helper.make_tensor_value_info("frames", TensorProto.UINT8, ["n", "h", "w", 3])],
@@ -174,8 +179,8 @@ def postprocess_graph(t: Transform, channels: int, resize: bool, half: bool) -> 
     from onnx import TensorProto, helper
 
     layout = t.output_layout or t.layout
-    nodes = [helper.make_node("Cast", ["y"], ["yf"], to=TensorProto.FLOAT)]
-    last = "yf"
+    nodes = [helper.make_node("Cast", ["y"], ["yf"], to=TensorProto.FLOAT)] if half else []
+    last = "yf" if half else "y"
     if layout == "nhwc":
         nodes.append(helper.make_node("Transpose", [last], ["nchw"], perm=[0, 3, 1, 2]))
         last = "nchw"

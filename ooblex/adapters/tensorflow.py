@@ -74,9 +74,10 @@ class TfPipeline(Pipeline):
         t = transform
 
         def run(frames: Any) -> tuple[Any, bool]:
-            x = tf.cast(frames, tf.float32) * a + b
+            x = frames  # resized before the maths, on the fewer pixels when a model wants small frames
             if t.size is not None:
                 x = tf.image.resize(x, (t.size[1], t.size[0]), method="bilinear", antialias=True)
+            x = tf.cast(x, tf.float32) * a + b
             if t.layout == "nchw":
                 x = tf.transpose(x, [0, 3, 1, 2])
             y = net(x, training=False)
@@ -111,6 +112,7 @@ def _to_frames(y: Any, hw: Any, t: Transform) -> Any:
     if (t.output_layout or t.layout) == "nchw":
         y = tf.transpose(y, [0, 2, 3, 1])
     y = tf.cast(y, tf.float32) * t.output_scale
-    y = tf.image.resize(y, hw, method="bilinear", antialias=True)  # a no-op size costs a copy, not a resample
+    y = tf.cond(tf.reduce_all(tf.shape(y)[1:3] == hw), lambda: y,
+                lambda: tf.image.resize(y, hw, method="bilinear", antialias=True))
     y = tf.cast(tf.round(tf.clip_by_value(y, 0, 255)), tf.uint8)
     return tf.tile(y, [1, 1, 1, 3]) if y.shape[-1] == 1 else y

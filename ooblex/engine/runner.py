@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import jpeg
-from ..frame import Frame
+from ..frame import Frame, Pixels
 from ..thread import TensorThread, normalize_output
 
 log = logging.getLogger("ooblex.runner")
@@ -137,9 +137,6 @@ class Runner:
 
 
 Result = tuple[np.ndarray | None, dict[str, Any] | None]
-
-
-Pixels = np.ndarray | bytes
 
 
 def call_thread(thread: TensorThread, images: list[Pixels], params: dict[str, Any]) -> list[Result]:
