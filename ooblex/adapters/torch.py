@@ -212,8 +212,8 @@ class _Lane:
         self.dev = dev
         self.cuda = dev.type == "cuda"
         self.stream = torch.cuda.Stream(dev) if self.cuda else None
-        self._host: dict[tuple[int, int, int], Any] = {}
-        self._device: dict[tuple[int, int, int], Any] = {}
+        self._host: dict[tuple[int, int], Any] = {}
+        self._device: dict[tuple[int, int], Any] = {}
         self.graphs: dict[tuple[int, ...], _Graph] = {}
 
     def active(self) -> contextlib.AbstractContextManager[Any]:
@@ -229,8 +229,8 @@ class _Lane:
         import torch
 
         h, w = frames[0].shape[:2]  # type: ignore[union-attr]
-        buf = _reuse(self._host, (rows, h, w), lambda: torch.empty((rows, h, w, 3), dtype=torch.uint8,
-                                                                   pin_memory=self.cuda))
+        buf = _reuse(self._host, rows, (h, w), lambda n: torch.empty((n, h, w, 3), dtype=torch.uint8,
+                                                                     pin_memory=self.cuda))
         view = buf.numpy()
         for i, f in enumerate(frames):
             view[i] = f
@@ -241,8 +241,8 @@ class _Lane:
         import torch
 
         h, w = images[0].shape[1:]
-        buf = _reuse(self._device, (rows, h, w), lambda: torch.empty((rows, h, w, 3), dtype=torch.uint8,
-                                                                     device=self.dev))
+        buf = _reuse(self._device, rows, (h, w), lambda n: torch.empty((n, h, w, 3), dtype=torch.uint8,
+                                                                       device=self.dev))
         buf[:len(images)].copy_(torch.stack(list(images)).permute(0, 2, 3, 1))
         return buf
 
@@ -284,11 +284,14 @@ class _Graph:
         return self.output
 
 
-def _reuse(cache: dict[tuple[int, int, int], Any], key: tuple[int, int, int], make: Callable[[], Any]) -> Any:
-    """A buffer per shape, at most a few (frame sizes change rarely; a new one evicts the oldest)."""
-    buf = cache.get(key)
-    if buf is None:
-        if len(cache) >= 8:
+def _reuse(cache: dict[tuple[int, int], Any], rows: int, size: tuple[int, int], make: Callable[[int], Any]) -> Any:
+    """``rows`` rows of this lane's buffer for frames of ``size``, made (bigger) only when it has too few.
+
+    One buffer per frame size, at most a few (sizes change rarely; a new one evicts the oldest).
+    """
+    buf = cache.get(size)
+    if buf is None or len(buf) < rows:
+        if buf is None and len(cache) >= 4:
             del cache[next(iter(cache))]
-        buf = cache[key] = make()
-    return buf
+        buf = cache[size] = make(rows)
+    return buf[:rows]
