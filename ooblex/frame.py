@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+#: Pixels as a worker may hold them: an RGB HxWx3 uint8 array, or JPEG bytes not decoded yet (``Frame.jpeg``).
+Pixels = np.ndarray | bytes
+
 #: Stage names in the order a frame passes them.
 STAGES = ("captured", "received", "queued", "started", "finished", "returned", "sent")
 
@@ -35,6 +38,9 @@ class Frame:
     reply_to: str = ""
     #: True when a worker skipped the frame (expired before it could start).
     skipped: bool = False
+    #: The pixels still JPEG-coded, as a network broker delivered them to a worker (``image`` is None
+    #: meanwhile): the worker decodes them in its compute threads, on the GPU when its model is there.
+    jpeg: bytes | None = None
 
     def stamp(self, stage: str, t: float | None = None) -> None:
         """Record that this frame reached ``stage`` now (or at ``t``)."""
