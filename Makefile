@@ -6,8 +6,9 @@ EXTRAS ?= gateway,cluster,jupyter,onnx,torch,tensorflow,models,dev
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 HOST   ?= 127.0.0.1
 PORT   ?= 8800
+GPU_PYTHON ?= $(PY)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-gpu gpu-check clean
 
 setup: $(STAMP)
 
@@ -38,6 +39,15 @@ bench: setup
 	$(PY) benchmarks/capacity.py
 	$(PY) benchmarks/gateways.py
 	$(PY) benchmarks/av_sync.py
+
+# On a CUDA machine, with any Python that has CUDA torch + numpy, simplejpeg, tqdm (docs/performance.md)
+bench-gpu:
+	$(GPU_PYTHON) benchmarks/gpu.py
+
+# The GPU tests (they skip without one; they need pytest, onnxruntime), then a shorter benchmark run
+gpu-check:
+	$(GPU_PYTHON) -m pytest -q -rs -p no:cacheprovider tests/test_adapters.py -k "gpu or cuda or nvjpeg"
+	$(GPU_PYTHON) benchmarks/gpu.py --seconds 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

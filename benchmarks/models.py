@@ -1,6 +1,6 @@
 """Per-frame cost of each demo thread at 640x480, on one CPU thread by default.
 
-    python benchmarks/models.py [--frames 60] [--threads 1]
+    python benchmarks/models.py [--frames 60] [--threads 1] [--only cartoon_torch,sketch]
 
 Prints a table: wall-clock milliseconds per call (p50/p95), the process CPU time per call, and
 the frame rate one core sustains (1 / CPU time: on a busy machine wall-clock time also counts
@@ -105,13 +105,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default="", help="comma-separated thread names (default: all)")
     args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
     limit_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, {args.threads} compute thread(s), 640x480 frames\n")
     print("| thread | frame | params | faces found | p50 ms | p95 ms | CPU ms | fps per core (1/CPU) |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for name, image, thread, params in cases(args.threads):
+        if only and name not in only:
+            continue
         frame = load(image)
         p50, p95, cpu = timed(lambda t=thread, f=frame, p=params: t(f, **p), args.frames)
         shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"

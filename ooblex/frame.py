@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+#: Pixels as a worker may hold them: an RGB HxWx3 uint8 array, or JPEG bytes not decoded yet (``Frame.jpeg``).
+Pixels = np.ndarray | bytes
+
 #: Stage names in the order a frame passes them.
 STAGES = ("captured", "received", "queued", "started", "finished", "returned", "sent")
 
@@ -39,6 +42,9 @@ class Frame:
     #: the source has none. Outputs keep the input's timing by it, and other media of the same source
     #: (its soundtrack) line up with the pictures on it.
     pts: float | None = None
+    #: The pixels still JPEG-coded, as a network broker delivered them to a worker (``image`` is None
+    #: meanwhile): the worker decodes them in its compute threads, on the GPU when its model is there.
+    jpeg: bytes | None = None
 
     def stamp(self, stage: str, t: float | None = None) -> None:
         """Record that this frame reached ``stage`` now (or at ``t``)."""

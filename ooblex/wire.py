@@ -55,18 +55,22 @@ def encode(frame: Frame, codec: Codec = "jpeg", quality: int = 85) -> bytes:
     return b"".join((_LEN.pack(len(head)), head, payload))
 
 
-def decode(data: bytes | bytearray | memoryview) -> Frame:
+def decode(data: bytes | bytearray | memoryview, defer_jpeg: bool = False) -> Frame:
     """bytes -> Frame; raises ``WireError`` naming what is wrong (never anything else: a broker drops
-    such a message and goes on with the next)."""
+    such a message and goes on with the next).
+
+    ``defer_jpeg``: JPEG pixels stay coded in ``frame.jpeg`` (only their header is checked here), so
+    that a worker decodes them off the event loop, a batch at a time, on the GPU if it has one.
+    """
     try:
-        return _decode(memoryview(data))
+        return _decode(memoryview(data), defer_jpeg)
     except WireError:
         raise
     except (ValueError, TypeError, AttributeError, OverflowError) as exc:  # pixels that do not match the header
         raise WireError(f"bad frame message: {type(exc).__name__}: {exc}") from None
 
 
-def _decode(data: memoryview) -> Frame:
+def _decode(data: memoryview, defer_jpeg: bool) -> Frame:
     if len(data) < _LEN.size:
         raise WireError("frame message too short")
     (n,) = _LEN.unpack_from(data)
@@ -82,6 +86,13 @@ def _decode(data: memoryview) -> Frame:
     shape, dtype = header.pop("shape", None), header.pop("dtype", None)
     if codec == "none":
         image = None
+    elif codec == "jpeg" and defer_jpeg:
+        coded = bytes(payload)
+        if jpeg.image_size(coded) is None:
+            raise WireError("frame pixels are not a JPEG image")
+        frame = Frame.from_header(header, None)
+        frame.jpeg = coded
+        return frame
     elif codec == "jpeg":
         image = jpeg.decode(bytes(payload))
     elif codec == "raw":

@@ -161,8 +161,17 @@ def test_onnx_session_runs_on_the_gpu(tmp_path) -> None:
     thread = ob.onnx.session(onnx_swap_rb(str(tmp_path / "s.onnx")), name="onnx_gpu",
                              providers=["CUDAExecutionProvider"])
     out = thread(FRAME)
-    assert thread.instance().infer is not None
+    assert thread.instance().pipeline.device == ("cuda", 0) and thread.concurrency == 2
     assert np.abs(out.astype(int) - FRAME[:, :, ::-1]).max() <= 1
+    # resized and padded on the GPU, the output made into frames there and copied back once: as on the CPU
+    sized = {p: ob.onnx.session(onnx_swap_rb(str(tmp_path / f"{p}.onnx")), name=f"onnx_sized_{p}", size=(32, 24),
+                                batch_size=3, batch_sizes=(4,), providers=[p], warmup=(48, 64))
+             for p in ("CUDAExecutionProvider", "CPUExecutionProvider")}
+    frames = [FRAME, FRAME[::-1].copy(), FRAME]
+    on_gpu, on_cpu = (sized[p](frames) for p in ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert [o.shape for o in on_gpu] == [FRAME.shape] * 3
+    for g, c in zip(on_gpu, on_cpu, strict=True):
+        assert np.abs(g.astype(int) - c).max() <= 1
 
 
 def test_tensorflow_model_from_an_object_and_a_keras_file(tmp_path) -> None:
@@ -196,3 +205,174 @@ def test_tensorflow_device_choice_and_gpu_path() -> None:
     inp = tf.keras.Input((None, None, 3))
     out = ob.tensorflow.model(tf.keras.Model(inp, inp * 1.0), name="tf_gpu", device="/GPU:0", warmup=None)(FRAME)
     assert np.abs(out.astype(int) - FRAME).max() <= 1
+
+
+# --- where the pre/post-processing runs, padding, lanes ------------------------------------------------
+PHOTO = np.ascontiguousarray(__import__("cv2").imread("tests/data/one_face.jpg")[:, :, ::-1])  # smooth, 640x480
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def reference_input(frame: np.ndarray, size: tuple[int, int] | None, layout: str) -> np.ndarray:
+    """What the model should see: resized (bilinear, antialiased), scaled to 0..1, normalised, in ``layout``."""
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
+    if size:
+        x = torch.nn.functional.interpolate(x, size=(size[1], size[0]), mode="bilinear", antialias=True)
+    x = (x / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    return (x[0] if layout == "nchw" else x[0].permute(1, 2, 0)).numpy()
+
+
+def identity_onnx(path: str) -> str:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "same",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, "h", "w"])])
+    import onnx
+
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("size", [None, (224, 160)])
+def test_every_framework_preprocesses_on_its_device_as_documented(tmp_path, size) -> None:
+    """An identity model with ``postprocess=raw`` shows the model's input: the same in torch, ONNX and TF."""
+    raw = {"mean": MEAN, "std": STD, "size": size, "postprocess": lambda out, frame: out, "warmup": None}
+    seen = {"torch": ob.torch.module(torch.nn.Identity(), name="t_in", **raw)(PHOTO),
+            "onnx": ob.onnx.session(identity_onnx(str(tmp_path / "id.onnx")), name="o_in", **raw)(PHOTO)}
+    tf = pytest.importorskip("tensorflow")
+    inp = tf.keras.Input((None, None, 3))
+    seen["tensorflow"] = ob.tensorflow.model(tf.keras.Model(inp, inp), name="tf_in", layout="nhwc", **raw)(PHOTO)
+    for framework, got in seen.items():
+        layout = "nhwc" if framework == "tensorflow" else "nchw"
+        want = reference_input(PHOTO, size, layout)
+        assert got.shape == want.shape, framework
+        std = np.asarray(STD).reshape((3, 1, 1) if layout == "nchw" else (1, 1, 3))
+        levels = np.abs(got - want) * std * 255  # the difference in levels of the 0..255 input
+        if size is None:
+            assert levels.max() < 1e-3, framework
+        else:  # the same antialiased bilinear resize (on bytes on a CPU: within a level); edges may differ
+            inside = levels[:, 2:-2, 2:-2] if layout == "nchw" else levels[2:-2, 2:-2]
+            assert inside.max() <= 1.01 and levels.mean() < 0.5, framework
+
+
+def test_image_outputs_come_back_as_frames_of_the_frame_size_in_every_framework(tmp_path) -> None:
+    """A model at a fixed size, a grey (1-channel) output: uint8 RGB frames of the input's size, grey repeated."""
+    grey_net = torch.nn.Conv2d(3, 1, 1, bias=False)
+    with torch.no_grad():
+        grey_net.weight.fill_(1 / 3)
+    frame = PHOTO[:120, :160].copy()
+    want = np.round(frame.astype(np.float32).mean(2))
+    out = ob.torch.module(grey_net, name="grey_t", size=(80, 60), warmup=None)(frame)
+    assert out.shape == frame.shape and out.dtype == np.uint8 and (out[..., 0] == out[..., 2]).all()
+    assert np.abs(out[..., 0] - want).mean() < 6  # down to 80x60 and back up: a blurred copy of the grey
+    path = str(tmp_path / "grey.onnx")
+    torch.onnx.export(grey_net, torch.zeros(1, 3, 60, 80), path, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+    onnx_out = ob.onnx.session(path, name="grey_o", size=(80, 60), warmup=None)(frame)
+    assert onnx_out.shape == frame.shape and np.abs(onnx_out.astype(int) - out).mean() < 2
+
+
+def test_batch_sizes_pad_each_batch_to_the_nearest_size_and_split_bigger_ones() -> None:
+    from ooblex.adapters.base import check_sizes, default_sizes, padded_size
+
+    assert default_sizes(1) == (1,) and default_sizes(32) == (1, 2, 4, 8, 16, 32)
+    assert default_sizes(12) == (1, 2, 4, 8, 12)
+    assert [padded_size(n, (1, 4, 8)) for n in (1, 2, 4, 5, 8)] == [1, 4, 4, 8, 8]
+    assert padded_size(5, None) == 5
+    with pytest.raises(ValueError, match="do not fit"):
+        padded_size(9, (1, 8))
+    with pytest.raises(ValueError, match="positive integers"):
+        check_sizes((0, 4))
+    net = SwapRB()
+    thread = ob.torch.module(net, name="padded", batch_size=8, batch_sizes=(4,), warmup=(48, 64))
+    frames = [RNG.integers(0, 256, FRAME.shape, dtype=np.uint8) for _ in range(5)]
+    outs = thread(frames[:3])
+    assert net.calls[0][0] == (4, 3, 48, 64) and net.calls[1][0] == (4, 3, 48, 64)  # warm-up, then 3 padded to 4
+    outs += thread(frames[3:]) + thread(frames)  # 2 -> 4; 5 -> 4 + 1 -> 4 + 4
+    assert [c[0][0] for c in net.calls[2:]] == [4, 4, 4]
+    assert len(outs) == 10
+    for out, f in zip(outs, frames[:3] + frames[3:] + frames, strict=True):
+        assert np.abs(out.astype(int) - f[:, :, ::-1]).max() <= 1
+
+
+def test_acceleration_is_checked_and_cuda_graphs_are_refused_on_a_cpu() -> None:
+    with pytest.raises(ValueError, match="accelerate must be"):
+        ob.torch.module(SwapRB(), accelerate="jit")
+    if not GPU:
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            ob.torch.module(SwapRB(), accelerate="graphs")
+    assert ob.torch.module(SwapRB(), device="cpu").concurrency == 1  # one lane: torch ops use every core already
+
+
+@pytest.mark.timeout(600)
+def test_torch_compile_runs_the_whole_pipeline_at_padded_sizes() -> None:
+    """accelerate="compile" on a CPU (inductor): compiled at setup for each size, padded batches, same output."""
+    net = SwapRB()
+    thread = ob.torch.module(net, name="compiled", device="cpu", accelerate="compile", batch_size=2,
+                             warmup=(48, 64))
+    assert thread.instance().pipeline.accelerate == "compile"
+    outs = thread([FRAME])
+    assert np.abs(outs[0].astype(int) - FRAME[:, :, ::-1]).max() <= 1
+    assert outs == [] or outs[0].shape == FRAME.shape
+    pairs = thread([FRAME, FRAME[::-1].copy()])
+    assert np.abs(pairs[1].astype(int) - FRAME[::-1, :, ::-1]).max() <= 1
+
+
+def test_concurrent_calls_each_use_their_own_lane() -> None:
+    """concurrency=2: two calls at once, each with its own buffers; neither sees the other's frames."""
+    import concurrent.futures as cf
+
+    thread = ob.torch.module(SwapRB(), name="lanes", device="cpu", concurrency=2, batch_size=4, warmup=(48, 64))
+    model = thread.instance()
+    assert model.pipeline.lane_count == 2
+    batches = [[RNG.integers(0, 256, FRAME.shape, dtype=np.uint8) for _ in range(4)] for _ in range(16)]
+    with cf.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(model.run, batches))
+    for frames, outs in zip(batches, results, strict=True):
+        for f, o in zip(frames, outs, strict=True):
+            assert np.abs(o.astype(int) - f[:, :, ::-1]).max() <= 1
+
+
+def test_an_adapter_without_a_gpu_decoder_takes_no_jpeg_bytes() -> None:
+    from ooblex import jpeg
+
+    thread = ob.torch.module(SwapRB(), name="no_jpeg", device="cpu", warmup=None)
+    assert thread.instance().decodes_jpeg is False
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        thread(jpeg.encode(FRAME))
+
+
+@pytest.mark.skipif(not GPU, reason="no CUDA GPU on this machine")
+def test_cuda_graphs_lanes_and_fp16_give_the_eager_result() -> None:
+    frames = [RNG.integers(0, 256, FRAME.shape, dtype=np.uint8) for _ in range(3)]
+    eager = ob.torch.module(SwapRB(), name="eager_gpu", device="cuda", batch_size=4, warmup=(48, 64))
+    graphs = ob.torch.module(SwapRB(), name="graphs_gpu", device="cuda", batch_size=4, accelerate="graphs",
+                             warmup=(48, 64))
+    assert graphs.concurrency == 2
+    pipeline = graphs.instance().pipeline
+    lanes = [pipeline.lanes.get() for _ in range(pipeline.lane_count)]
+    assert [len(lane.graphs) for lane in lanes] == [3, 3]  # sizes 1, 2, 4 captured at setup, in each lane
+    for lane in lanes:
+        pipeline.lanes.put(lane)
+    for a, b in zip(eager(frames), graphs(frames), strict=True):
+        assert np.abs(a.astype(int) - b).max() <= 1
+    half = ob.torch.module(SwapRB(), name="half_gpu", device="cuda", half=True, channels_last=True, warmup=None)
+    assert np.abs(half(frames[0]).astype(int) - frames[0][:, :, ::-1]).max() <= 2
+    # resizing on the GPU (floats) and on a CPU (bytes first) agree to within rounding
+    sized = {d: ob.torch.module(SwapRB(), name=f"sized_{d}", device=d, size=(320, 240), warmup=None)
+             for d in ("cuda", "cpu")}
+    assert np.abs(sized["cuda"](PHOTO).astype(int) - sized["cpu"](PHOTO)).mean() < 1
+
+
+@pytest.mark.skipif(not GPU, reason="no CUDA GPU on this machine")
+def test_jpeg_bytes_are_decoded_on_the_gpu_when_torchvision_can() -> None:
+    from ooblex import jpeg
+
+    if jpeg.cuda_decoder() is None:
+        pytest.skip("torchvision with nvJPEG is not importable here")
+    thread = ob.torch.module(SwapRB(), name="nvjpeg", device="cuda", batch_size=2, warmup=None)
+    assert thread.instance().decodes_jpeg
+    data = jpeg.encode(PHOTO, 95)
+    from_bytes, from_pixels = thread([data, data]), thread([jpeg.decode(data)] * 2)
+    assert from_bytes[0].shape == PHOTO.shape
+    assert np.abs(from_bytes[0].astype(int) - from_pixels[0]).mean() < 2  # nvJPEG and libjpeg-turbo differ slightly

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from ooblex import wire
+from ooblex import jpeg, wire
 from ooblex.broker import connect
 from ooblex.frame import Frame
 
@@ -175,3 +175,86 @@ async def test_redis_unacked_job_is_reclaimed_from_a_dead_consumer(redis_server)
     finally:
         await a.close()
         await b.close()
+
+
+def test_wire_can_leave_jpeg_pixels_coded_for_the_worker() -> None:
+    data = wire.encode(frame(9), "jpeg")
+    f = wire.decode(data, defer_jpeg=True)
+    assert f.image is None and f.jpeg is not None and f.seq == 9
+    assert np.abs(jpeg.decode(f.jpeg).astype(int) - 9).max() <= 3
+    assert wire.decode(wire.encode(frame(9), "raw"), defer_jpeg=True).jpeg is None  # raw pixels are not coded
+    head = data.index(b"\xff\xd8")
+    with pytest.raises(wire.WireError, match="not a JPEG"):
+        wire.decode(data[:head] + b"\xff\xd8 not a jpeg", defer_jpeg=True)  # the header is still checked
+
+
+async def _worker_decodes_tasks(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker gets JPEG tasks still coded: it decodes them in its compute threads, hands bytes to a thread
+    that decodes them itself, and returns a frame whose pixels do not decode with its error (others run)."""
+    import ooblex as ob
+    from ooblex import Worker
+
+    @ob.tensor_thread(name="kinds", batch_size=4, max_wait_ms=200)
+    def kinds(frames: list[np.ndarray], k: int = 1) -> list[dict]:
+        return [{"type": type(f).__name__, "mean": float(f.mean())} for f in frames]
+
+    class Coded:
+        decodes_jpeg = True  # e.g. an adapter whose model, and nvJPEG, are on a GPU
+
+        def __call__(self, frame: bytes, k: int = 1) -> dict:
+            return {"type": type(frame).__name__}
+
+    encode = wire.encode
+
+    def truncating(f: Frame, *args: object, **kwargs: object) -> bytes:
+        data = encode(f, *args, **kwargs)
+        return data[:-2000] if f.seq == 2 and f.image is not None else data  # the task: its scan data cut short
+
+    monkeypatch.setattr(wire, "encode", truncating)
+    broker = connect(url)
+    await broker.start()
+    worker = Worker(broker, [kinds, ob.tensor_thread(Coded, name="coded")])
+    await worker.start()
+    results = broker.results("gw.test")
+    got: dict[int, Frame] = {}
+
+    async def read() -> None:
+        async for f in results:
+            got[f.seq] = f
+            if len(got) == 5:
+                return
+
+    reader = asyncio.create_task(read())  # reading first: RabbitMQ drops replies to a queue not yet declared
+    try:
+        for _ in range(50):
+            if await broker.consumers("kinds") > 0 and await broker.consumers("coded") > 0:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        noisy = frame(2, thread="kinds")
+        noisy.image = np.random.default_rng(2).integers(0, 256, noisy.image.shape, dtype=np.uint8)  # ~7 KB coded
+        for f in (frame(0, thread="kinds"), frame(40, thread="kinds"), noisy, frame(120, thread="kinds")):
+            await broker.submit(f, live=False)
+        await broker.submit(frame(7, thread="coded"), live=False)
+        await asyncio.wait_for(reader, 20)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await results.aclose()
+        await worker.stop()
+        await broker.close()
+    for seq in (0, 40, 120):
+        assert got[seq].error is None and got[seq].result["type"] == "ndarray"
+        assert abs(got[seq].result["mean"] - seq) < 3
+    assert got[2].result is None and got[2].error.startswith("ImageDecodeError: not a valid JPEG")
+    assert got[7].error is None and got[7].result == {"type": "bytes"}
+
+
+@needs_redis
+async def test_redis_worker_decodes_jpeg_off_the_event_loop(redis_server, monkeypatch) -> None:  # noqa: F811
+    await _worker_decodes_tasks(redis_server.url, monkeypatch)
+
+
+@needs_rabbitmq
+async def test_rabbitmq_worker_decodes_jpeg_off_the_event_loop(rabbit_server, monkeypatch) -> None:  # noqa: F811
+    await _worker_decodes_tasks(rabbit_server.url, monkeypatch)

@@ -1,12 +1,15 @@
 """``ob.onnx.session(path)``: an ONNX model served by onnxruntime as a tensor thread.
 
-Uses the CUDA execution provider when onnxruntime has it (else CPU), feeds the model's first
-input, and warms up at setup. Pre/post-processing: see ``Transform``.
+Uses the CUDA execution provider when onnxruntime has it (else CPU) and feeds the model's
+first input. Pre- and post-processing are two small ONNX graphs of their own (uint8 frames ->
+scaled, normalised, resized model input; image output -> uint8 frames) run by the same
+execution provider, chained to the model with I/O binding: on a GPU, tensors stay on the
+device from the uint8 upload to the uint8 frames that come back, once per batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -14,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..thread import TensorThread
-from .base import Layout, Postprocess, Transform, model_thread
+from .base import Images, Layout, Pipeline, Pixels, Postprocess, Transform, image_like, model_thread
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+OPSET = 18  # Resize with `axes` and `antialias`
 
 
 def pick_providers(providers: Sequence[str] | None = None) -> list[str]:
@@ -36,11 +40,14 @@ def session(path_or_session: str | PathLike[str] | Any, *, name: str = "onnx_mod
             scale: float = 1 / 255, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
             size: tuple[int, int] | None = None, output_scale: float = 255.0, postprocess: Postprocess | None = None,
             batch_size: int = 1, max_wait_ms: float = 0.0, warmup: tuple[int, int] | None = (480, 640),
-            description: str = "", **options: Any) -> TensorThread:
+            batch_sizes: Sequence[int] | None = None, concurrency: int | None = None, description: str = "",
+            **options: Any) -> TensorThread:
     """A tensor thread running an ONNX model: a path (session created at setup) or an ``InferenceSession``.
 
     ``providers`` defaults to CUDA when available, then CPU; ``threads`` sets onnxruntime's intra-op
-    threads (0 = its default). The model's first input gets the batch in its declared float type.
+    threads (0 = its default: every core). The model's first input gets the batch in its declared
+    float type. ``batch_sizes``: for a model exported with fixed batch sizes, the sizes batches are
+    padded to. ``concurrency``: batches in flight (default 2 with the CUDA provider, else 1).
     """
     import onnxruntime as ort
 
@@ -51,23 +58,160 @@ def session(path_or_session: str | PathLike[str] | Any, *, name: str = "onnx_mod
     transform = Transform(layout=layout, scale=scale, mean=mean, std=std, size=size, output_scale=output_scale,
                           postprocess=postprocess)
 
-    def load() -> Callable[[np.ndarray], Any]:
+    def options_() -> Any:
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        return opts
+
+    def load() -> OnnxPipeline:
         if isinstance(path_or_session, ort.InferenceSession):
             sess = path_or_session
         else:
-            opts = ort.SessionOptions()
-            if threads:
-                opts.intra_op_num_threads = threads
-            sess = ort.InferenceSession(str(path_or_session), opts, providers=pick_providers(providers))
-        first = sess.get_inputs()[0]
-        dtype = np.float16 if first.type == "tensor(float16)" else np.float32
-        single = len(sess.get_outputs()) == 1
+            sess = ort.InferenceSession(str(path_or_session), options_(), providers=pick_providers(providers))
+        return OnnxPipeline(sess, transform, options_)
 
-        def infer(x: np.ndarray) -> Any:
-            out = sess.run(None, {first.name: x.astype(dtype, copy=False)})
-            return out[0] if single else out
-
-        return infer
-
+    if concurrency is None:
+        chosen = (path_or_session.get_providers() if isinstance(path_or_session, ort.InferenceSession)
+                  else pick_providers(providers))
+        concurrency = 2 if chosen[0] != "CPUExecutionProvider" else 1
     return model_thread(load, transform, name=name, batch_size=batch_size, max_wait_ms=max_wait_ms, warmup=warmup,
-                        description=description, **options)
+                        batch_sizes=batch_sizes, description=description, concurrency=concurrency, **options)
+
+
+class OnnxPipeline(Pipeline):
+    """Preprocessing graph -> model -> postprocessing graph, on one execution provider, by I/O binding."""
+
+    def __init__(self, sess: Any, transform: Transform, options: Any) -> None:
+        import onnxruntime as ort
+
+        self.sess, self.transform = sess, transform
+        providers = sess.get_providers()
+        provider_options = sess.get_provider_options()
+        self._new = lambda model: ort.InferenceSession(
+            model.SerializeToString(), options(), providers=providers,
+            provider_options=[provider_options.get(p, {}) for p in providers])
+        on_gpu = providers[0] == "CUDAExecutionProvider"
+        self.device = ("cuda", int(provider_options.get("CUDAExecutionProvider", {}).get("device_id", 0))) if on_gpu \
+            else ("cpu", 0)
+        self.input = sess.get_inputs()[0].name
+        self.outputs = [o.name for o in sess.get_outputs()]
+        half = sess.get_inputs()[0].type == "tensor(float16)"
+        self.pre = self._new(preprocess_graph(transform, half))
+        self._post: dict[tuple[int, bool, bool], Any] = {}
+
+    def __call__(self, frames: Sequence[Pixels], rows: int) -> Any:
+        n = len(frames)
+        h, w = frames[0].shape[:2]  # type: ignore[union-attr]
+        batch = np.empty((rows, h, w, 3), np.uint8)
+        for i, f in enumerate(frames):
+            batch[i] = f
+        batch[n:] = 0
+        io = self.pre.io_binding()
+        io.bind_cpu_input("frames", batch)
+        io.bind_output("x", *self.device)
+        self.pre.run_with_iobinding(io)
+        run = self.sess.io_binding()
+        run.bind_ortvalue_input(self.input, io.get_outputs()[0])
+        for name in self.outputs:
+            run.bind_output(name, *self.device)
+        self.sess.run_with_iobinding(run)
+        ys = run.get_outputs()
+        t = self.transform
+        if t.images and image_like(ys[0].shape(), t.output_layout or t.layout):
+            return Images(self._frames(ys[0], (h, w))[:n])
+        raw = [np.asarray(y[:n], np.float32) for y in run.copy_outputs_to_cpu()]
+        return raw[0] if len(raw) == 1 else raw
+
+    def _frames(self, y: Any, hw: tuple[int, int]) -> np.ndarray:
+        """The model's image output -> uint8 NHWC frames of size ``hw``, on the device, then one copy back."""
+        layout = self.transform.output_layout or self.transform.layout
+        shape = y.shape()
+        channels = shape[1 if layout == "nchw" else 3]
+        resize = tuple(shape[2:] if layout == "nchw" else shape[1:3]) != hw
+        key = (channels, resize, y.data_type() == "tensor(float16)")
+        post = self._post.get(key)
+        if post is None:
+            post = self._post[key] = self._new(postprocess_graph(self.transform, *key))
+        io = post.io_binding()
+        io.bind_ortvalue_input("y", y)
+        if resize:
+            io.bind_cpu_input("hw", np.asarray(hw, np.int64))
+        io.bind_output("frames", "cpu")
+        post.run_with_iobinding(io)
+        return io.copy_outputs_to_cpu()[0]
+
+
+def preprocess_graph(t: Transform, half: bool) -> Any:
+    """uint8 NHWC ``frames`` -> ``x``: float (or float16) in ``t.layout``, resized, scaled, normalised.
+
+    Resizing and reordering happen on the bytes, before they become four times as many bytes of floats.
+    """
+    from onnx import TensorProto, helper
+
+    a, b = t.affine()
+    shape = [1, 3, 1, 1] if t.layout == "nchw" else [3]
+    inits = [helper.make_tensor("a", TensorProto.FLOAT, shape, a.tolist()),
+             helper.make_tensor("b", TensorProto.FLOAT, shape, b.tolist())]
+    nodes, last = [], "frames"
+    if t.size is not None:
+        inits.append(helper.make_tensor("size", TensorProto.INT64, [2], [t.size[1], t.size[0]]))
+        nodes.append(helper.make_node("Resize", [last, "", "", "size"], ["r"], mode="linear", antialias=1,
+                                      axes=[1, 2]))
+        last = "r"
+    if t.layout == "nchw":
+        nodes.append(helper.make_node("Transpose", [last], ["t"], perm=[0, 3, 1, 2]))
+        last = "t"
+    out_type = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    nodes += [helper.make_node("Cast", [last], ["f"], to=TensorProto.FLOAT),
+              helper.make_node("Mul", ["f", "a"], ["m"]),
+              helper.make_node("Add", ["m", "b"], ["x" if not half else "n"])]
+    if half:
+        nodes.append(helper.make_node("Cast", ["n"], ["x"], to=out_type))
+    dims = ["n", 3, "h", "w"] if t.layout == "nchw" else ["n", "h", "w", 3]
+    return _model(helper.make_graph(nodes, "ooblex_preprocess",
+                                    [helper.make_tensor_value_info("frames", TensorProto.UINT8, ["n", "h", "w", 3])],
+                                    [helper.make_tensor_value_info("x", out_type, dims)], inits))
+
+
+def postprocess_graph(t: Transform, channels: int, resize: bool, half: bool) -> Any:
+    """An image output ``y`` (and the frame size ``hw`` if it differs) -> uint8 NHWC RGB ``frames``."""
+    from onnx import TensorProto, helper
+
+    layout = t.output_layout or t.layout
+    nodes = [helper.make_node("Cast", ["y"], ["yf"], to=TensorProto.FLOAT)] if half else []
+    last = "yf" if half else "y"
+    if layout == "nhwc":
+        nodes.append(helper.make_node("Transpose", [last], ["nchw"], perm=[0, 3, 1, 2]))
+        last = "nchw"
+    nodes.append(helper.make_node("Mul", [last, "scale"], ["s"]))
+    last = "s"
+    inputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT16 if half else TensorProto.FLOAT,
+                                            ["n", "c", "h", "w"] if layout == "nchw" else ["n", "h", "w", "c"])]
+    if resize:
+        inputs.append(helper.make_tensor_value_info("hw", TensorProto.INT64, [2]))
+        nodes.append(helper.make_node("Resize", [last, "", "", "hw"], ["r"], mode="linear", antialias=1, axes=[2, 3]))
+        last = "r"
+    nodes += [helper.make_node("Clip", [last, "lo", "hi"], ["c"]),
+              helper.make_node("Round", ["c"], ["rd"]),
+              helper.make_node("Cast", ["rd"], ["u8"], to=TensorProto.UINT8),
+              helper.make_node("Transpose", ["u8"], ["nhwc" if channels == 3 else "grey"], perm=[0, 2, 3, 1])]
+    inits = [helper.make_tensor("scale", TensorProto.FLOAT, [], [t.output_scale]),
+             helper.make_tensor("lo", TensorProto.FLOAT, [], [0.0]),
+             helper.make_tensor("hi", TensorProto.FLOAT, [], [255.0])]
+    if channels == 1:
+        inits.append(helper.make_tensor("rgb", TensorProto.INT64, [4], [1, 1, 1, 3]))
+        nodes.append(helper.make_node("Tile", ["grey", "rgb"], ["nhwc"]))
+    nodes.append(helper.make_node("Identity", ["nhwc"], ["frames"]))
+    return _model(helper.make_graph(nodes, "ooblex_postprocess", inputs,
+                                    [helper.make_tensor_value_info("frames", TensorProto.UINT8,
+                                                                   ["n", "h", "w", 3])], inits))
+
+
+def _model(graph: Any) -> Any:
+    from onnx import checker, helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 9  # what onnxruntime builds of the last few years all read
+    checker.check_model(model)
+    return model

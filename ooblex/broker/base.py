@@ -53,6 +53,10 @@ class Broker(abc.ABC):
 
     #: Where the broker is, password redacted (safe to show); backends keep the real URL to themselves.
     url: str = ""
+    #: Network brokers: hand tasks over with JPEG pixels still coded (``frame.jpeg``) instead of decoding
+    #: them on the event loop as they arrive. A ``Worker`` turns this on: it decodes them in its compute
+    #: threads, on every core, or on the GPU where its model is (see ``ooblex.jpeg.cuda_decoder``).
+    defer_jpeg: bool = False
 
     @functools.cached_property
     def poisoned(self) -> Incidents:

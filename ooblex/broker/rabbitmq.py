@@ -128,7 +128,7 @@ class RabbitMQBroker(Broker):
         try:
             async with queue.iterator(no_ack=True) as it:
                 async for msg in it:
-                    frame = self._decode(msg)
+                    frame = self._decode(msg, task=False)
                     if frame is not None:
                         yield frame
         finally:
@@ -173,10 +173,10 @@ class RabbitMQBroker(Broker):
         finally:
             await _quiet(_cleanup(*(queue.cancel(tag) for queue, tag in tags), channel.close()))
 
-    def _decode(self, msg: AbstractIncomingMessage) -> Frame | None:
+    def _decode(self, msg: AbstractIncomingMessage, task: bool = True) -> Frame | None:
         """The message's frame, or None (counted, logged) for a message that is not one."""
         try:
-            return wire.decode(msg.body)
+            return wire.decode(msg.body, defer_jpeg=task and self.defer_jpeg)
         except wire.WireError as exc:
             self.poisoned.report(f"{msg.routing_key} message: {exc}")
             return None

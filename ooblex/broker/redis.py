@@ -118,7 +118,7 @@ class RedisBroker(Broker):
                 for _, entries in got or ():
                     for entry_id, fields in entries:
                         last = entry_id
-                        frame = self._decode(key, entry_id, fields)
+                        frame = self._decode(key, entry_id, fields, task=False)
                         if frame is not None:
                             yield frame
         finally:
@@ -210,12 +210,12 @@ class RedisBroker(Broker):
                 p.zrem(consumers_key(t), consumer)
             await p.execute()
 
-    def _decode(self, key: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Frame | None:
+    def _decode(self, key: str, entry_id: bytes, fields: dict[bytes, bytes], task: bool = True) -> Frame | None:
         """The entry's frame, or None (counted, logged) for an entry that is not one."""
         try:
             if b"f" not in fields:
                 raise wire.WireError(f"no frame field (fields: {sorted(k.decode(errors='replace') for k in fields)})")
-            return wire.decode(fields[b"f"])
+            return wire.decode(fields[b"f"], defer_jpeg=task and self.defer_jpeg)
         except wire.WireError as exc:
             self.poisoned.report(f"{key} entry {entry_id.decode()}: {exc}")
             return None

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..frame import Frame
+from .. import jpeg
+from ..frame import Frame, Pixels
 from ..thread import TensorThread, normalize_output
 
 log = logging.getLogger("ooblex.runner")
@@ -32,6 +33,8 @@ class Runner:
         self._pool: cf.Executor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged: set[tuple[str, str]] = set()
+        #: The thread takes JPEG bytes and decodes them itself (a framework adapter with its model on a GPU).
+        self.decodes_jpeg = False
 
     def start(self) -> None:
         if self.thread.executor == "process":
@@ -50,7 +53,8 @@ class Runner:
     async def setup(self) -> None:
         """Load the model (``setup()``) before the first frame, off the event loop."""
         if self.thread.executor == "thread" and self.thread.is_class:
-            await asyncio.get_running_loop().run_in_executor(self._pool, self.thread.instance)
+            inst = await asyncio.get_running_loop().run_in_executor(self._pool, self.thread.instance)
+            self.decodes_jpeg = bool(getattr(inst, "decodes_jpeg", False)) and self.thread.color == "rgb"
 
     def close(self) -> None:
         if self._pool is not None:
@@ -69,16 +73,35 @@ class Runner:
         A batch may mix streams with different parameters: each parameter set is one call.
         """
         groups: dict[str, list[Frame]] = {}
-        for f in frames:
+        for f in await self._pixels(frames):
             groups.setdefault(repr(sorted(f.params.items())), []).append(f)
         if len(groups) > 1:
             await asyncio.gather(*(self._process(g) for g in groups.values()))
-        else:
-            await self._process(frames)
+        elif groups:
+            await self._process(next(iter(groups.values())))
         return frames
 
+    async def _pixels(self, frames: list[Frame]) -> list[Frame]:
+        """The frames ready to run. Pixels a network broker left JPEG-coded are decoded here, off the event
+        loop and on every core, unless the thread decodes them itself; a frame whose pixels do not decode
+        comes back with its error, and the others run."""
+        coded = [f for f in frames if f.jpeg is not None]
+        if not coded or self.decodes_jpeg:
+            return frames
+        images = await asyncio.get_running_loop().run_in_executor(None, jpeg.decode_many,
+                                                                  [f.jpeg for f in coded])
+        bad: set[int] = set()
+        for f, im in zip(coded, images, strict=True):
+            f.jpeg = None
+            if isinstance(im, np.ndarray):
+                f.image = im
+            else:
+                f.error = f"{type(im).__name__}: {im}"
+                bad.add(id(f))
+        return [f for f in frames if id(f) not in bad]
+
     async def _process(self, frames: list[Frame]) -> None:
-        images = [f.image for f in frames]
+        images = [f.image if f.jpeg is None else f.jpeg for f in frames]
         params = frames[0].params
         started = time.time()
         try:
@@ -100,6 +123,7 @@ class Runner:
             f.stamps.setdefault("started", started)
             f.stamps["finished"] = finished
             f.image = img  # None: pixels unchanged, so no broker carries them back (the stream has them)
+            f.jpeg = None
             f.result = res
 
     def _log_once(self, frames: list[Frame], exc: BaseException) -> None:
@@ -115,8 +139,11 @@ class Runner:
 Result = tuple[np.ndarray | None, dict[str, Any] | None]
 
 
-def call_thread(thread: TensorThread, images: list[np.ndarray], params: dict[str, Any]) -> list[Result]:
-    """Call user code synchronously on one image or a batch; returns (image, result) per input."""
+def call_thread(thread: TensorThread, images: list[Pixels], params: dict[str, Any]) -> list[Result]:
+    """Call user code synchronously on one image or a batch; returns (image, result) per input.
+
+    JPEG bytes reach only a thread that decodes them itself (``Runner.decodes_jpeg``).
+    """
     fn = thread.instance()
     inputs = [_to_user(thread, im) for im in images]
     if thread.batched:
@@ -126,7 +153,7 @@ def call_thread(thread: TensorThread, images: list[np.ndarray], params: dict[str
     return [_from_user(thread, o, im) for o, im in zip(outs, inputs, strict=True)]
 
 
-async def _call_async(thread: TensorThread, images: list[np.ndarray], params: dict[str, Any]) -> list[Result]:
+async def _call_async(thread: TensorThread, images: list[Pixels], params: dict[str, Any]) -> list[Result]:
     fn = thread.instance()
     inputs = [_to_user(thread, im) for im in images]
     if thread.batched:
@@ -145,7 +172,9 @@ def _batch_outputs(thread: TensorThread, outs: Any, n: int) -> list[Any] | tuple
                     f"frames and must return a list with one output per input frame (called with {n}, got {got})")
 
 
-def _to_user(thread: TensorThread, image: np.ndarray) -> np.ndarray:
+def _to_user(thread: TensorThread, image: Pixels) -> Pixels:
+    if isinstance(image, bytes):
+        return image
     if thread.color == "bgr":
         return np.ascontiguousarray(image[:, :, ::-1])
     # A read-only view: user code that writes into its input would corrupt the sender's buffer.
@@ -154,7 +183,7 @@ def _to_user(thread: TensorThread, image: np.ndarray) -> np.ndarray:
     return view
 
 
-def _from_user(thread: TensorThread, out: Any, given: np.ndarray) -> Result:
+def _from_user(thread: TensorThread, out: Any, given: Pixels) -> Result:
     """(image or None if the user's code left the frame it was given as it was, result)."""
     o = normalize_output(thread, out, given)
     img = None if o.image is given else o.image
@@ -174,6 +203,6 @@ def _init_child(payload: bytes) -> None:
     _child_thread.instance()
 
 
-def _call_in_child(images: list[np.ndarray], params: dict[str, Any]) -> list[Result]:
+def _call_in_child(images: list[Pixels], params: dict[str, Any]) -> list[Result]:
     assert _child_thread is not None
     return call_thread(_child_thread, images, params)

@@ -1,9 +1,9 @@
 """A worker: takes tasks for the tensor threads it hosts from a broker, runs them, replies.
 
 Embedded in the demo process (memory broker) or run as ``ooblex worker`` on any machine
-(redis/rabbitmq). Each served queue gets its own consumer, a batcher (``batch_size`` frames
-within ``max_wait_ms``, across streams) and at most ``concurrency`` calls in flight, so nothing
-it holds is unbounded. One runner (one loaded model) may serve several queue names, e.g. a
+(redis/rabbitmq). Each served queue gets its own consumer, a batcher (up to ``batch_size`` frames,
+across streams, formed from what is waiting: see ``batching``) and at most ``concurrency`` calls
+in flight, so nothing it holds is unbounded. One runner (one loaded model) may serve several queue names, e.g. a
 deployed thread's ``name`` and ``name@3``.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ from ..stats import StreamStats
 from ..supervision import cancel, supervise
 from ..thread import TensorThread
 from ..wire import WireError
+from .batching import Batcher
 from .runner import Runner
 
 log = logging.getLogger("ooblex.worker")
@@ -28,14 +28,14 @@ log = logging.getLogger("ooblex.worker")
 
 @dataclass
 class _Serving:
-    """One queue being served: its consumer, its batch inbox and the calls in flight.
+    """One queue being served: its consumer, its batcher and the calls in flight.
 
     ``slots`` bounds the calls in flight; it lives here, not in the batch loop, so that a restarted
     loop still counts the calls its predecessor started.
     """
 
     runner: Runner
-    inbox: asyncio.Queue[Delivery]
+    batcher: Batcher
     slots: asyncio.Semaphore
     loop: asyncio.Task[None] | None = None
     feeder: asyncio.Task[None] | None = None
@@ -48,6 +48,7 @@ class Worker:
 
     def __init__(self, broker: Broker, threads: Iterable[TensorThread]) -> None:
         self.broker = broker
+        broker.defer_jpeg = True  # pixels are decoded in the compute threads (or on the GPU), not on the loop
         self.runners: dict[str, Runner] = {t.name: Runner(t) for t in threads}
         self._serving: dict[str, _Serving] = {}
         self._started = False
@@ -96,13 +97,13 @@ class Worker:
             for t in list(s.running):
                 t.cancel()
             await asyncio.gather(*s.running, return_exceptions=True)
-            while not s.inbox.empty():
-                s.inbox.get_nowait().nack()
+            for d in s.batcher.drain():
+                d.nack()
         if runner is not None and runner not in self.runners.values():
             runner.close()
 
     def stats(self) -> dict[str, dict]:
-        """Per served queue: fps and compute/queue latency percentiles over recent frames."""
+        """Per served queue: fps, compute/queue latency percentiles over recent frames, frames and batches run."""
         return {q: s.stats.snapshot() for q, s in self._serving.items()}
 
     @property
@@ -112,29 +113,31 @@ class Worker:
 
     def _serve(self, queue: str, runner: Runner) -> None:
         thread = runner.thread
-        s = _Serving(runner, asyncio.Queue(thread.batch_size), asyncio.Semaphore(thread.concurrency))
+        s = _Serving(runner, Batcher(thread.batch_size, thread.max_wait_ms / 1e3),
+                     asyncio.Semaphore(thread.concurrency))
         s.feeder = supervise(lambda: self._feed(queue, s), f"worker:{queue}:feed", logger=log)
         s.loop = supervise(lambda: self._batches(s), f"worker:{queue}", logger=log)
         self._serving[queue] = s
 
     async def _batches(self, s: _Serving) -> None:
+        """Wait for a frame, then for a free call slot (frames that arrive meanwhile join the batch), then run."""
         thread = s.runner.thread
         while True:
-            batch = await _collect(s.inbox, thread.batch_size, thread.max_wait_ms / 1e3)
+            first = await s.batcher.first()
             try:
                 await s.slots.acquire()
             except asyncio.CancelledError:
-                for d in batch:
-                    d.nack()
+                first[1].nack()
                 raise
             try:
-                batch = await self._drop_expired(batch)
+                batch = await self._drop_expired(await s.batcher.fill(first))
             except BaseException:
                 s.slots.release()
                 raise
             if not batch:
                 s.slots.release()
                 continue
+            s.stats.count("batches")
             task = asyncio.create_task(self._run(s, batch), name=f"worker:{thread.name}:call")
             s.running.add(task)
             task.add_done_callback(s.running.discard)
@@ -143,7 +146,7 @@ class Worker:
         thread = s.runner.thread
         async for delivery in self.broker.tasks([queue], prefetch=thread.batch_size * thread.concurrency):
             try:
-                await s.inbox.put(delivery)
+                await s.batcher.put(delivery)
             except asyncio.CancelledError:
                 delivery.nack()
                 raise
@@ -165,7 +168,7 @@ class Worker:
                 keep.append(d)
                 continue
             d.frame.skipped = True
-            d.frame.image = None  # nothing to show; spare the reply path the pixels
+            d.frame.image = d.frame.jpeg = None  # nothing to show; spare the reply path the pixels
             self.skipped += 1
             try:
                 await self._reply(d.frame)
@@ -211,24 +214,3 @@ class Worker:
             f.result, f.error = None, f"{type(exc).__name__}: {exc}"
             await self.broker.reply(f)
 
-
-async def _collect(inbox: asyncio.Queue[Delivery], size: int, wait_s: float) -> list[Delivery]:
-    """The next batch: waits for one delivery, then up to ``wait_s`` for the batch to fill."""
-    batch = [await inbox.get()]
-    deadline = time.monotonic() + wait_s
-    while len(batch) < size:
-        if not inbox.empty():
-            batch.append(inbox.get_nowait())
-            continue
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        try:
-            batch.append(await asyncio.wait_for(inbox.get(), remaining))
-        except asyncio.TimeoutError:
-            break
-        except asyncio.CancelledError:
-            for d in batch:  # taken from the inbox, so nobody else would give them back
-                d.nack()
-            raise
-    return batch
