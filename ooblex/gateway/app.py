@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..broker import kind
 from ..broker.base import redact
 from ..engine import Engine, Stream
 from ..errors import OoblexError, status
@@ -59,7 +60,7 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     """
     settings = settings or Settings.from_env()
     owns_engine = engine is None
-    if engine is None and broker.split(":", 1)[0].lower() in ("redis", "rediss", "amqp", "amqps") \
+    if engine is None and kind(broker) != "memory" \
             and not embedded_worker:
         from ..cluster.engine import ClusterEngine
 
