@@ -29,6 +29,7 @@ from ..broker import kind
 from ..broker.base import redact
 from ..engine import Engine, Stream
 from ..errors import OoblexError, status
+from ..frame import result_json
 from ..supervision import cancel, supervise
 from . import frames, ice, jobs, metrics, mjpeg, whep, whip
 from .admission import Admission
@@ -170,7 +171,7 @@ def _api_router() -> APIRouter:
 def _stream_info(s: Stream) -> dict[str, Any]:
     """``Stream.describe()`` plus the newest result/error and where to watch the stream."""
     latest = s.latest
-    result = json.loads(frames.to_json(latest.result)) if latest and latest.result is not None else None
+    result = json.loads(result_json(latest.result, lenient=True)) if latest and latest.result is not None else None
     return {**s.describe(), "result": result, "error": latest.error if latest else None,
             "mjpeg": f"/mjpeg/{s.id}", "whep": f"/whep/{s.id}"}
 

@@ -29,7 +29,7 @@ from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 
 from ..engine import Stream, StreamClosed
 from ..errors import BadRequest, GatewayTimeout, OoblexError, PayloadTooLarge, status
-from ..frame import Frame
+from ..frame import Frame, result_json
 from .auth import TOKEN_PARAM, require, view_token
 from .bodies import check_image_type, decode_image, parse_json, read_body
 from .state import Gateway, client_of, gateway
@@ -50,11 +50,6 @@ def output_mode(query: Any, allowed: tuple[str, ...] = OUTPUTS) -> str:
     if mode not in allowed:
         raise BadRequest(f"output must be one of {list(allowed)}, got {mode!r}")
     return mode
-
-
-def to_json(obj: Any) -> str:
-    """JSON text; numpy scalars and arrays in thread results become numbers and lists."""
-    return json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 
 
 def describe_result(frame: Frame) -> dict[str, Any]:
@@ -93,12 +88,13 @@ async def process_frame(thread: str, request: Request) -> Response:
 async def frame_response(gw: Gateway, frame: Frame, mode: str) -> Response:
     info = describe_result(frame)
     if mode == "json":
-        return Response(to_json(info), media_type="application/json")
+        return Response(result_json(info, lenient=True), media_type="application/json")
     body = await gw.jpegs.get(frame)
     if mode == "both":
         info["image"] = base64.b64encode(body).decode()
-        return Response(to_json(info), media_type="application/json")
-    headers = {"X-Ooblex-Result": to_json(frame.result), "X-Ooblex-Latency-Ms": json.dumps(info["latency_ms"])}
+        return Response(result_json(info, lenient=True), media_type="application/json")
+    headers = {"X-Ooblex-Result": result_json(frame.result, lenient=True),
+               "X-Ooblex-Latency-Ms": json.dumps(info["latency_ms"])}
     if frame.error:
         headers["X-Ooblex-Error"] = frame.error.encode("ascii", "replace").decode()
     return Response(body, media_type="image/jpeg", headers=headers)
@@ -187,6 +183,6 @@ async def _send_results(ws: WebSocket, gw: Gateway, stream: Stream, mode: str, l
             frame = await stream.get()
             body = await gw.jpegs.get(frame) if mode == "jpeg" and frame.image is not None else None
             async with lock:
-                await ws.send_text(to_json(describe_result(frame)))
+                await ws.send_text(result_json(describe_result(frame), lenient=True))
                 if body is not None:
                     await ws.send_bytes(body)
