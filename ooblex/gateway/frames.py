@@ -27,6 +27,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 
+from .. import routes
 from ..engine import Stream, StreamClosed
 from ..errors import BadRequest, GatewayTimeout, OoblexError, PayloadTooLarge, status
 from ..frame import Frame, result_json
@@ -61,7 +62,7 @@ IMAGE_BODY = {"required": True, "content": {t: {"schema": {"type": "string", "fo
                                             for t in ("image/jpeg", "image/png")}}
 
 
-@router.post("/api/v1/frames/{thread}", tags=["frames"], openapi_extra={"requestBody": IMAGE_BODY},
+@router.post(routes.FRAMES, tags=["frames"], openapi_extra={"requestBody": IMAGE_BODY},
              responses={200: {"content": {"image/jpeg": {}, "application/json": {}}}})
 async def process_frame(thread: str, request: Request) -> Response:
     """Process one JPEG/PNG image through ``thread``; query parameters set its parameters."""
@@ -100,7 +101,7 @@ async def frame_response(gw: Gateway, frame: Frame, mode: str) -> Response:
     return Response(body, media_type="image/jpeg", headers=headers)
 
 
-@router.websocket("/ws/{thread}")
+@router.websocket(routes.WS)
 async def frames_socket(ws: WebSocket, thread: str) -> None:
     """Pushed stream of JPEG/PNG frames in, results (and processed JPEGs) out."""
     gw = gateway(ws)
