@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from typing import Any
 
@@ -223,9 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-loopback", action="store_true", help="do not offer 127.0.0.1 ICE candidates")
     p.set_defaults(func=cmd_demo)
 
+    from .cluster.config import env_broker
+
     p = sub.add_parser("gateway", help="the media gateway alone, in front of workers on a broker")
     add_server_args(p)
-    p.add_argument("--broker", default=os.environ.get("OOBLEX_BROKER") or None,
+    p.add_argument("--broker", default=env_broker() or None,
                    help="redis://HOST:PORT, amqp://... or memory:// (default $OOBLEX_BROKER)")
     p.add_argument("--thread", action="append", default=[], metavar="SPEC",
                    help="a thread the workers serve (name shown in listings); repeatable")

@@ -7,6 +7,7 @@ clock (``time.time()``) so that hops between machines can be measured too.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,3 +86,26 @@ class Frame:
     @classmethod
     def from_header(cls, header: dict[str, Any], image: np.ndarray | None) -> Frame:
         return cls(image=image, **header)
+
+
+def json_value(obj: Any) -> Any:
+    """``json.dumps`` hook for thread results: numpy scalars and arrays become numbers and lists;
+    anything else JSON cannot hold is a ``TypeError`` naming its type."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"result value of type {type(obj).__name__} is not JSON-serializable")
+
+
+def result_json(result: Any, *, lenient: bool = False, **options: Any) -> str:
+    """A thread result (or anything holding one) as JSON text: what the broker wire, the gateway and
+    the live widget all send. ``lenient`` (for people, not programs) shows other values as ``str``."""
+    return json.dumps(result, default=_shown if lenient else json_value, **options)
+
+
+def _shown(obj: Any) -> Any:
+    try:
+        return json_value(obj)
+    except TypeError:
+        return str(obj)

@@ -1,7 +1,8 @@
 """Fast JPEG encode/decode for the broker wire format and MJPEG/HTTP endpoints.
 
 simplejpeg (libjpeg-turbo, bundled in its wheel) is the default: measured fastest here, see
-``benchmarks/engine_overhead.py``. PyTurboJPEG and OpenCV are fallbacks, tried in that order.
+``benchmarks/engine_overhead.py`` (PyTurboJPEG was slower). Without simplejpeg, OpenCV encodes and
+decodes; other formats (PNG, BMP, ...) always go through OpenCV.
 Images are always RGB HxWx3 uint8 on our side of these functions.
 
 Batches: ``decode_many`` decodes on every core (libjpeg-turbo runs without the GIL), and

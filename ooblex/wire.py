@@ -16,7 +16,7 @@ import numpy as np
 
 from . import jpeg
 from .errors import BadRequest
-from .frame import Frame
+from .frame import Frame, result_json
 
 Codec = Literal["jpeg", "raw"]
 CODECS = ("jpeg", "raw")
@@ -49,7 +49,7 @@ def encode(frame: Frame, codec: Codec = "jpeg", quality: int = 85) -> bytes:
         header["codec"], header["shape"], header["dtype"] = "raw", list(image.shape), image.dtype.str
         payload = image.tobytes()
     try:
-        head = json.dumps(header, separators=(",", ":"), default=_json_default).encode()
+        head = result_json(header, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
         raise WireError(f"frame {frame.stream_id}#{frame.seq} cannot be sent: {exc}") from None
     return b"".join((_LEN.pack(len(head)), head, payload))
@@ -115,12 +115,3 @@ def _check_header(header: Any) -> None:
             raise WireError(f"frame header field {key!r} has the wrong type ({type(value).__name__})")
     if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in header.get("stamps", {}).values()):
         raise WireError("frame header field 'stamps' holds a value that is not a time")
-
-
-def _json_default(obj: Any) -> Any:
-    """Results often hold numpy scalars/arrays; send them as plain JSON."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"result value of type {type(obj).__name__} is not JSON-serializable")

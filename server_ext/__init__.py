@@ -5,8 +5,8 @@ can reach only the Jupyter origin (a remote JupyterHub) can list and deploy tens
 deployed streams, and feed ``ob.live`` widgets while their kernel runs a cell (``live.py``).
 Enabled on install (``etc/jupyter/jupyter_server_config.d/server_ext.json``) or with
 ``jupyter server extension enable server_ext``. Settings come from the server's environment:
-``OOBLEX_CLUSTER`` (broker URL), ``OOBLEX_SECRET``, ``OOBLEX_GATEWAY`` (gateway base URL) and the
-live proxy's limits (``OOBLEX_LIVE_MAX_MESSAGE_BYTES``, ``OOBLEX_LIVE_MAX_IN_FLIGHT``).
+``OOBLEX_BROKER`` (broker URL; ``OOBLEX_CLUSTER`` is an alias), ``OOBLEX_SECRET``, ``OOBLEX_GATEWAY``
+(gateway base URL) and the live proxy's limits (``OOBLEX_LIVE_MAX_MESSAGE_BYTES``, ``OOBLEX_LIVE_MAX_IN_FLIGHT``).
 """
 
 from __future__ import annotations

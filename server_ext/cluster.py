@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from ooblex.cluster.config import env_broker
+
 NOT_AVAILABLE = "cluster support not installed/configured"
 
 
@@ -40,7 +42,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        return cls(os.environ.get("OOBLEX_CLUSTER") or os.environ.get("OOBLEX_BROKER", ""),
+        return cls(env_broker(),
                    os.environ.get("OOBLEX_STORE", ""), os.environ.get("OOBLEX_SECRET", ""),
                    os.environ.get("OOBLEX_GATEWAY", "").rstrip("/"))
 
@@ -82,7 +84,8 @@ class Cluster:
 
     def _modules(self) -> tuple[Any, Any]:
         if not self.settings.cluster:
-            raise ClusterUnavailable(f"{NOT_AVAILABLE}: set OOBLEX_CLUSTER (and OOBLEX_SECRET) for the Jupyter server")
+            raise ClusterUnavailable(f"{NOT_AVAILABLE}: set OOBLEX_BROKER (or its alias OOBLEX_CLUSTER) and "
+                                     "OOBLEX_SECRET for the Jupyter server")
         deploy, registry = _module("deploy"), _module("registry")
         if deploy is None or registry is None:
             raise ClusterUnavailable(f"{NOT_AVAILABLE}: install ooblex[cluster] on the Jupyter server")

@@ -17,10 +17,13 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from ooblex import routes
+
 from .cluster import Settings
 
 #: Gateway paths the proxy forwards; anything else is 404 (the proxy is not an open relay).
-ALLOWED = ("mjpeg/", "whip/", "whep/", "api/v1/", "healthz")
+ALLOWED = tuple(p.lstrip("/") for p in (routes.prefix(routes.MJPEG), routes.prefix(routes.WHIP),
+                                         routes.prefix(routes.WHEP), routes.API + "/", routes.HEALTH))
 #: Headers never copied across: hop-by-hop ones, and the caller's Jupyter credentials.
 SKIP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
         "transfer-encoding", "upgrade", "content-length", "host", "cookie", "authorization", "x-xsrftoken",

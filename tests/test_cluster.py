@@ -411,3 +411,23 @@ def test_undeploy_collects_blobs_only_it_used(redis_server, tmp_path) -> None:  
         assert left == {keeper_manifest["code"], keeper_manifest["weights"][0]["sha256"]}
     finally:
         reg.close()
+
+
+def test_one_broker_url_from_the_environment_everywhere(monkeypatch) -> None:
+    """OOBLEX_BROKER wins over its alias OOBLEX_CLUSTER for the SDK, the CLI and the Jupyter extension alike."""
+    from ooblex.broker import kind
+    from ooblex.cli import build_parser
+    from ooblex.cluster.config import resolve
+    from server_ext.cluster import Settings
+
+    monkeypatch.setenv("OOBLEX_CLUSTER", "redis://alias:6379/0")
+    monkeypatch.setenv("OOBLEX_BROKER", "redis://broker:6379/0")
+    assert resolve().broker == Settings.from_env().cluster == "redis://broker:6379/0"
+    assert build_parser().parse_args(["gateway"]).broker == "redis://broker:6379/0"
+    monkeypatch.delenv("OOBLEX_BROKER")
+    assert resolve().broker == Settings.from_env().cluster == "redis://alias:6379/0"
+    assert [kind(u) for u in ("memory://", "rediss://h", "AMQP://h")] == ["memory", "redis", "rabbitmq"]
+    with pytest.raises(ValueError, match="unknown broker URL 'kafka://u:\\*\\*\\*@h/'"):
+        kind("kafka://u:pw@h/")
+    with pytest.raises(ValueError, match="needs a network broker"):
+        resolve("memory://")

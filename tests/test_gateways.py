@@ -165,3 +165,17 @@ async def test_two_gateways_behind_haproxy_one_stopped(monkeypatch: pytest.Monke
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed (.ci/system-deps)")
+def test_balancer_config_is_valid_and_rotates_offers_apart_from_ice_preflights(tmp_path) -> None:
+    """A client that asks OPTIONS (ICE servers) before each offer must not have every offer sent to the
+    same gateway: OPTIONS go through a rotation of their own that follows the main one's health checks."""
+    from ooblex.cluster.balancer import haproxy_config
+
+    config = haproxy_config("127.0.0.1:18080", [("10.0.0.11", 8800), ("10.0.0.12", 8800)], check_host="gw.example")
+    assert "use_backend preflight if ice_servers_asked" in config
+    assert "server gw2 10.0.0.12:8800 track gateways/gw2" in config
+    (tmp_path / "haproxy.cfg").write_text(config)
+    check = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -11,6 +11,9 @@ config adds:
   ``admission.py``) or sent to one that just died is tried once more on another;
 - ``option forwardfor``: gateways that list the balancer in ``trusted_proxies`` count each real
   client for per-client limits;
+- ``OPTIONS`` (a WHIP/WHEP client asking for ICE servers before its offer) in a rotation of its
+  own: in the same rotation as the offers, every offer of a client that asks first would land on the
+  same gateway;
 - long tunnel timeouts for MJPEG viewers and WebSockets.
 """
 
@@ -46,6 +49,8 @@ defaults
 
 frontend ooblex
     bind {bind}
+    acl ice_servers_asked method OPTIONS
+    use_backend preflight if ice_servers_asked
     default_backend gateways
 
 backend gateways
@@ -54,6 +59,10 @@ backend gateways
     http-check send meth GET uri /healthz hdr Host {check_host}
     http-check expect status 200
 {servers}
+
+backend preflight
+    balance roundrobin
+{tracked}
 """
 
 
@@ -64,7 +73,9 @@ def haproxy_config(bind: str, gateways: list[tuple[str, int]], check_host: str =
         raise ValueError("a balancer needs at least one gateway")
     servers = "\n".join(f"    server gw{i + 1} {host}:{port} check inter 1s fall 2 rise 2"
                         for i, (host, port) in enumerate(gateways))
-    return TEMPLATE.format(count=len(gateways), bind=bind, check_host=check_host, servers=servers)
+    tracked = "\n".join(f"    server gw{i + 1} {host}:{port} track gateways/gw{i + 1}"
+                        for i, (host, port) in enumerate(gateways))
+    return TEMPLATE.format(count=len(gateways), bind=bind, check_host=check_host, servers=servers, tracked=tracked)
 
 
 @dataclass

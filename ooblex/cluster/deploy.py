@@ -15,21 +15,17 @@ from typing import Any
 
 import cloudpickle
 
+from .. import routes
 from ..broker.base import redact
 from ..thread import TensorThread, as_thread
 from .config import ClusterConfig, resolve
 from .registry import Registry, RegistryError, check_name
 from .signing import sha256
 
-#: Where a gateway's endpoints for a thread are, unless the gateway's record says otherwise.
+#: Where a gateway's endpoints for a thread are (``ooblex.routes``), unless the gateway's record says otherwise.
 #: WHEP and MJPEG are per stream: ``{stream_id}`` is left for the caller (the id a WHIP answer gives).
-DEFAULT_ROUTES = {
-    "whip": "{base}/whip/{thread}",
-    "whep": "{base}/whep/{{stream_id}}",
-    "mjpeg": "{base}/mjpeg/{{stream_id}}",
-    "http": "{base}/api/v1/frames/{thread}",
-    "ws": "{ws}/ws/{thread}",
-}
+DEFAULT_ROUTES = {name: ("{ws}" if name == "ws" else "{base}") + template.replace("{stream_id}", "{{stream_id}}")
+                  for name, template in routes.CLIENT.items()}
 
 
 def pickle_thread(thread: TensorThread) -> bytes:

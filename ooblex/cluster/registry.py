@@ -9,7 +9,7 @@ Keys (all under ``ooblex:``):
 - ``reg:<name>:seq``: the last version number given out;
 - ``reg:<name>:state``: the thread's signed state (``state.ThreadState``: active version, versions
   served with their manifests' signatures, removed, sequence number). Deploy, activate/rollback,
-  retire and undeploy (which leaves a signed tombstone) each write a new one; readers ignore
+  and undeploy (which leaves a signed tombstone) each write a new one; readers ignore
   unsigned, forged and older (replayed) states, and keep the last one they verified;
 - ``reg:rev``: bumped on every change, so workers and gateways notice within one poll;
 - ``<kind>:<id>`` and ``<kind>s`` (kind ``worker`` or ``gateway``): status records, signed with the
@@ -205,19 +205,6 @@ class Registry:
         secret = self.need_secret(f"activate {name}@{version}")
         sig = self.manifest(name, version)["signature"]  # never sign a state naming a manifest that would be refused
         self._change(name, secret, lambda s: s.then(active=version, serving={**s.serving, version: sig}, removed=False))
-
-    def retire(self, name: str, version: int) -> None:
-        """Stop serving one version (it stays stored, so it can be activated again)."""
-        secret = self.need_secret(f"retire {name}@{version}")
-
-        def change(s: ThreadState) -> ThreadState:
-            if s.seq == 0 or s.removed:
-                raise RegistryError(f"{name!r} is not deployed")
-            if s.active == version:
-                raise RegistryError(f"{name}@{version} is the active version; activate another first")
-            return s.then(serving={v: sig for v, sig in s.serving.items() if v != version})
-
-        self._change(name, secret, change)
 
     def remove(self, name: str, gc_grace_s: float = GC_GRACE_S) -> None:
         """Undeploy ``name``: workers stop serving it within a poll; blobs only it used are collected.

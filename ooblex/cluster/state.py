@@ -3,7 +3,7 @@
 The state names each served version's manifest by its signature, so it pins the exact manifest:
 a validly signed but different one (an older deploy's, under a reused version number) is refused.
 
-Deploy, activate (rollback, roll forward), retire and undeploy each write a new ``ThreadState``
+Deploy, activate (rollback, roll forward) and undeploy each write a new ``ThreadState``
 with a higher ``seq``, signed with the key derived for ``"state"``. A reader (``StateTracker``)
 acts on a state only when its signature holds and it names the thread it is stored under, and
 never goes back to an older ``seq`` than one it has accepted: an unsigned, forged, moved or

@@ -11,7 +11,6 @@ what is printed (the ``ready`` line) names URLs without passwords. Then it super
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import secrets
@@ -27,10 +26,6 @@ from typing import Any
 from ..broker.base import redact
 from .balancer import Balancer
 from .servers import RabbitMQServer, RedisServer, free_port, private_file
-
-
-def gateway_available() -> bool:
-    return importlib.util.find_spec("ooblex.gateway") is not None
 
 
 def store_server() -> RedisServer:
@@ -77,13 +72,9 @@ def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: i
         env = {**os.environ, **cluster}
         me = [sys.executable, "-m", "ooblex"]
         gateway_url, instances = None, []
-        if gateway_available() and gateways:
+        if gateways:
             gateway_url = f"http://{host}:{port}"
             instances = start_gateways(children, servers, gateways, host, port, env)
-        elif gateways:
-            print("ooblex up: this build has no gateway (ooblex.gateway); workers are up, reach them with "
-                  "ob.process(...) or ClusterEngine. Install the gateway extra / a build with it for WHIP/WHEP.",
-                  file=sys.stderr)
         extra = [a for t in threads for a in ("--thread", t)]
         for i in range(workers):
             children.append((f"worker{i + 1}", subprocess.Popen([*me, "worker", *extra], env=env)))

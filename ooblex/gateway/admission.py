@@ -31,6 +31,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .. import routes
+
 #: Frame-rate caps tried in turn when overloaded (0 = no cap); those below ``min_fps`` are left out.
 FPS_STEPS = (0.0, 24.0, 20.0, 15.0, 12.0, 10.0, 8.0, 5.0)
 #: Resolution scales tried once the frame rate is at its floor.
@@ -42,7 +44,8 @@ RECOVER = 0.7
 #: Seconds the load must stay low before one step is undone (quick down, slow up: no flapping).
 RECOVER_S = 3.0
 #: Routes that start new work, by method: the ones refused with 503 when overloaded.
-NEW_WORK = {"POST": ("/whip/", "/whep/", "/api/v1/frames/", "/api/v1/jobs"), "GET": ("/ws/", "/mjpeg/")}
+NEW_WORK = {"POST": tuple(routes.prefix(t) for t in (routes.WHIP, routes.WHEP, routes.FRAMES, routes.JOBS)),
+            "GET": (routes.prefix(routes.WS), routes.prefix(routes.MJPEG))}
 
 
 @dataclass
@@ -213,6 +216,6 @@ def starts_work(scope: Scope) -> bool:
     """A request that would open a session, stream, viewer or job (never one that ends or reads one)."""
     method = "GET" if scope["type"] == "websocket" else scope.get("method", "GET")
     path = scope.get("path", "")
-    if method == "POST" and path.startswith("/whip/") and path.count("/") > 2:
-        return False  # /whip/{thread}/{session}: not a new session
+    if routes.pattern(routes.WHIP_SESSION).match(path):
+        return False  # a session's own resource: not a new session
     return any(path.startswith(p) for p in NEW_WORK.get(method, ()))

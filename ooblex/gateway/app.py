@@ -24,10 +24,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from .. import __version__
+from .. import __version__, routes
+from ..broker import kind
 from ..broker.base import redact
 from ..engine import Engine, Stream
 from ..errors import OoblexError, status
+from ..frame import result_json
 from ..supervision import cancel, supervise
 from . import frames, ice, jobs, metrics, mjpeg, whep, whip
 from .admission import Admission
@@ -59,7 +61,7 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     """
     settings = settings or Settings.from_env()
     owns_engine = engine is None
-    if engine is None and broker.split(":", 1)[0].lower() in ("redis", "rediss", "amqp", "amqps") \
+    if engine is None and kind(broker) != "memory" \
             and not embedded_worker:
         from ..cluster.engine import ClusterEngine
 
@@ -113,12 +115,12 @@ def _api_router() -> APIRouter:
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @router.get("/api/v1/threads")
+    @router.get(routes.THREADS)
     async def threads(request: Request) -> list[dict[str, Any]]:
         """Tensor threads this gateway serves, with their parameters (name, type, default, bounds)."""
         return [t.describe() for t in gateway(request).engine.threads.values()]
 
-    @router.get("/api/v1/streams", dependencies=[Depends(require_control)])
+    @router.get(routes.STREAMS, dependencies=[Depends(require_control)])
     async def streams(request: Request, response: Response) -> list[dict[str, Any]]:
         """Open streams: thread, params, fps, per-stage latency p50/p95/p99 (ms), counters, viewer URLs, and
         the ``gateway`` (instance) holding each. In a cluster, every live gateway's streams (any gateway
@@ -134,12 +136,12 @@ def _api_router() -> APIRouter:
             response.headers["X-Ooblex-Unreachable"] = ",".join(missing)
         return mine + theirs
 
-    @router.get("/api/v1/streams/{stream_id}")
+    @router.get(routes.STREAM)
     async def stream(stream_id: str, request: Request) -> dict[str, Any]:
         """One open stream (404 if it is not open; a ``view`` token with a secret set)."""
         return _stream_info(stream_for(request, stream_id), gateway(request))
 
-    @router.patch("/api/v1/streams/{stream_id}", openapi_extra={"requestBody": PARAMS_BODY})
+    @router.patch(routes.STREAM, openapi_extra={"requestBody": PARAMS_BODY})
     async def update_stream(stream_id: str, request: Request) -> dict[str, Any]:
         """Change a live stream's thread parameters: ``application/json`` body ``{"params": {"name": value}}``
         (a ``publish`` token for the stream's thread with a secret set)."""
@@ -150,12 +152,12 @@ def _api_router() -> APIRouter:
             raise ValueError(f"body must be JSON like {example}")
         return {"params": s.set_params(**body["params"])}
 
-    @router.get("/api/v1/sessions", dependencies=[Depends(require_control)])
+    @router.get(routes.SESSIONS, dependencies=[Depends(require_control)])
     async def sessions(request: Request) -> list[dict[str, Any]]:
         """Open WebRTC sessions (WHIP ingest and WHEP viewers)."""
         return [s.describe() for s in gateway(request).sessions.items.values()]
 
-    @router.get("/healthz")
+    @router.get(routes.HEALTH)
     async def healthz(request: Request) -> dict[str, Any]:
         """Liveness: ok while the app serves; counts of threads, streams and sessions."""
         gw = gateway(request)
@@ -169,10 +171,11 @@ def _api_router() -> APIRouter:
 def _stream_info(s: Stream, gw: Gateway) -> dict[str, Any]:
     """``Stream.describe()`` plus the newest result/error, its audio pass-through and where to watch it."""
     latest = s.latest
-    result = json.loads(frames.to_json(latest.result)) if latest and latest.result is not None else None
+    result = json.loads(result_json(latest.result, lenient=True)) if latest and latest.result is not None else None
     audio = gw.audio.get(s.id)
     return {**s.describe(), "result": result, "error": latest.error if latest else None,
-            "audio": audio.describe() if audio else None, "mjpeg": f"/mjpeg/{s.id}", "whep": f"/whep/{s.id}"}
+            "audio": audio.describe() if audio else None,
+            "mjpeg": routes.path(routes.MJPEG, stream_id=s.id), "whep": routes.path(routes.WHEP, stream_id=s.id)}
 
 
 def _error_handlers(app: FastAPI) -> None:

@@ -27,9 +27,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 
+from .. import routes
 from ..engine import Stream, StreamClosed
 from ..errors import BadRequest, GatewayTimeout, OoblexError, PayloadTooLarge, status
-from ..frame import Frame
+from ..frame import Frame, result_json
 from .auth import TOKEN_PARAM, require, view_token
 from .bodies import check_image_type, decode_image, parse_json, read_body
 from .state import Gateway, client_of, gateway
@@ -52,11 +53,6 @@ def output_mode(query: Any, allowed: tuple[str, ...] = OUTPUTS) -> str:
     return mode
 
 
-def to_json(obj: Any) -> str:
-    """JSON text; numpy scalars and arrays in thread results become numbers and lists."""
-    return json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-
-
 def describe_result(frame: Frame) -> dict[str, Any]:
     return {"seq": frame.seq, "result": frame.result, "error": frame.error,
             "latency_ms": {k: round(v, 3) for k, v in frame.durations().items()}}
@@ -66,7 +62,7 @@ IMAGE_BODY = {"required": True, "content": {t: {"schema": {"type": "string", "fo
                                             for t in ("image/jpeg", "image/png")}}
 
 
-@router.post("/api/v1/frames/{thread}", tags=["frames"], openapi_extra={"requestBody": IMAGE_BODY},
+@router.post(routes.FRAMES, tags=["frames"], openapi_extra={"requestBody": IMAGE_BODY},
              responses={200: {"content": {"image/jpeg": {}, "application/json": {}}}})
 async def process_frame(thread: str, request: Request) -> Response:
     """Process one JPEG/PNG image through ``thread``; query parameters set its parameters."""
@@ -93,18 +89,19 @@ async def process_frame(thread: str, request: Request) -> Response:
 async def frame_response(gw: Gateway, frame: Frame, mode: str) -> Response:
     info = describe_result(frame)
     if mode == "json":
-        return Response(to_json(info), media_type="application/json")
+        return Response(result_json(info, lenient=True), media_type="application/json")
     body = await gw.jpegs.get(frame)
     if mode == "both":
         info["image"] = base64.b64encode(body).decode()
-        return Response(to_json(info), media_type="application/json")
-    headers = {"X-Ooblex-Result": to_json(frame.result), "X-Ooblex-Latency-Ms": json.dumps(info["latency_ms"])}
+        return Response(result_json(info, lenient=True), media_type="application/json")
+    headers = {"X-Ooblex-Result": result_json(frame.result, lenient=True),
+               "X-Ooblex-Latency-Ms": json.dumps(info["latency_ms"])}
     if frame.error:
         headers["X-Ooblex-Error"] = frame.error.encode("ascii", "replace").decode()
     return Response(body, media_type="image/jpeg", headers=headers)
 
 
-@router.websocket("/ws/{thread}")
+@router.websocket(routes.WS)
 async def frames_socket(ws: WebSocket, thread: str) -> None:
     """Pushed stream of JPEG/PNG frames in, results (and processed JPEGs) out."""
     gw = gateway(ws)
@@ -187,6 +184,6 @@ async def _send_results(ws: WebSocket, gw: Gateway, stream: Stream, mode: str, l
             frame = await stream.get()
             body = await gw.jpegs.get(frame) if mode == "jpeg" and frame.image is not None else None
             async with lock:
-                await ws.send_text(to_json(describe_result(frame)))
+                await ws.send_text(result_json(describe_result(frame), lenient=True))
                 if body is not None:
                     await ws.send_bytes(body)

@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from .. import routes
 from ..webrtc.ice import ice_server_links
 from ..webrtc.turn import turn_server
 from .auth import require, stream_for
@@ -51,7 +52,7 @@ def _links_response(request: Request, methods: str) -> Response:
     return Response(status_code=204, headers=headers)
 
 
-@router.options("/whip/{thread}", status_code=204)
+@router.options(routes.WHIP, status_code=204)
 async def whip_ice_servers(thread: str, request: Request) -> Response:
     """STUN/TURN servers (``Link`` headers) for a publisher to gather with before it offers."""
     require(request, "publish", thread=thread)
@@ -59,7 +60,7 @@ async def whip_ice_servers(thread: str, request: Request) -> Response:
     return _links_response(request, "OPTIONS, POST")
 
 
-@router.options("/whep/{stream_id}", status_code=204)
+@router.options(routes.WHEP, status_code=204)
 async def whep_ice_servers(stream_id: str, request: Request) -> Response:
     """STUN/TURN servers (``Link`` headers) for a viewer to gather with before it offers."""
     stream_for(request, stream_id)

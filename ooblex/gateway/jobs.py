@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from .. import routes
 from ..cluster.jobs import Job, start_job
 from ..errors import BadRequest, NotFound, TooManyRequests
 from .auth import require_control
@@ -35,7 +36,7 @@ JOB_BODY = {"required": True, "content": {"application/json": {"schema": {
                    "params": {"type": "object"}, "overwrite": {"type": "boolean"}}}}}}
 
 
-@router.post("/api/v1/jobs", status_code=201, openapi_extra={"requestBody": JOB_BODY})
+@router.post(routes.JOBS, status_code=201, openapi_extra={"requestBody": JOB_BODY})
 async def create_job(request: Request, response: Response) -> dict[str, Any]:
     """Body ``{"thread", "source", "sink"?, "params"?, "overwrite"?}``.
 
@@ -66,16 +67,16 @@ async def create_job(request: Request, response: Response) -> dict[str, Any]:
     job = start_job(gw.engine, thread, src, snk, params=params)
     jobs[job.id] = job
     _forget_old(jobs)
-    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
+    response.headers["Location"] = routes.path(routes.JOB, job_id=job.id)
     return job.describe()
 
 
-@router.get("/api/v1/jobs")
+@router.get(routes.JOBS)
 async def list_jobs(request: Request) -> list[dict[str, Any]]:
     return [j.describe() for j in gateway(request).jobs.values()]
 
 
-@router.get("/api/v1/jobs/{job_id}")
+@router.get(routes.JOB)
 async def get_job(job_id: str, request: Request, results: bool = False) -> dict[str, Any]:
     """A job's state and progress; ``?results=true`` adds the per-frame JSON results once done."""
     job = _job(request, job_id)
@@ -85,7 +86,7 @@ async def get_job(job_id: str, request: Request, results: bool = False) -> dict[
     return out
 
 
-@router.delete("/api/v1/jobs/{job_id}", status_code=204)
+@router.delete(routes.JOB, status_code=204)
 async def cancel_job(job_id: str, request: Request) -> None:
     _job(request, job_id).cancel()
 

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
+from .. import routes
 from .auth import require_control
 from .state import Gateway, gateway
 
@@ -14,7 +15,7 @@ router = APIRouter()
 QUANTILES = {"p50": "0.5", "p95": "0.95", "p99": "0.99"}
 
 
-@router.get("/metrics", response_class=PlainTextResponse, tags=["status"], dependencies=[Depends(require_control)])
+@router.get(routes.METRICS, response_class=PlainTextResponse, tags=["status"], dependencies=[Depends(require_control)])
 async def metrics(request: Request) -> str:
     """Prometheus metrics (text format 0.0.4). With a secret set, it needs a control token (its labels
     name every stream): Prometheus sends one with ``authorization: {credentials: <token>}``."""

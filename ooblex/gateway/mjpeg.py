@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from .. import routes
 from ..engine import Stream
 from .auth import stream_for
 from .state import Gateway, gateway
@@ -22,7 +23,7 @@ router = APIRouter()
 BOUNDARY = "ooblexframe"
 
 
-@router.get("/mjpeg/{stream_id}", tags=["streams"],
+@router.get(routes.MJPEG, tags=["streams"],
             responses={200: {"content": {f"multipart/x-mixed-replace; boundary={BOUNDARY}": {}}}})
 async def mjpeg(stream_id: str, request: Request) -> StreamingResponse:
     """Watch a processed stream as MJPEG (ends when the stream closes)."""

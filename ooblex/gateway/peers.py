@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from typing import Any
 
 import httpx
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .. import routes
 from ..cluster.gateways import Directory, instance_of
 from ..errors import OoblexError
 from ..tokens import verify
@@ -36,11 +36,11 @@ log = logging.getLogger("ooblex.gateway")
 FORWARDED = "x-ooblex-forwarded"
 #: (path pattern with the id that names the holder, methods) of the requests that go to the holder.
 ROUTES = [
-    (re.compile(r"^/whip/[^/]+/(?P<id>[^/]+)$"), ("DELETE", "PATCH")),
-    (re.compile(r"^/whep/(?P<id>[^/]+)$"), ("POST",)),
-    (re.compile(r"^/whep/(?P<id>[^/]+)/[^/]+$"), ("DELETE",)),
-    (re.compile(r"^/mjpeg/(?P<id>[^/]+)$"), ("GET", "HEAD")),
-    (re.compile(r"^/api/v1/streams/(?P<id>[^/]+)$"), ("GET", "PATCH")),
+    (routes.pattern(routes.WHIP_SESSION), "session_id", ("DELETE", "PATCH")),
+    (routes.pattern(routes.WHEP), "stream_id", ("POST",)),
+    (routes.pattern(routes.WHEP_SESSION), "stream_id", ("DELETE",)),
+    (routes.pattern(routes.MJPEG), "stream_id", ("GET", "HEAD")),
+    (routes.pattern(routes.STREAM), "stream_id", ("GET", "PATCH")),
 ]
 #: Headers that belong to one connection, not to the request or answer.
 HOP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade", b"proxy-authorization",
@@ -51,10 +51,10 @@ MAX_BODY = 256 * 1024
 
 def routed_id(method: str, path: str) -> str | None:
     """The stream or session id a request is about, if it is one that goes to the id's holder."""
-    for pattern, methods in ROUTES:
+    for pattern, holder, methods in ROUTES:
         m = pattern.match(path)
         if m and method in methods:
-            return m.group("id")
+            return m.group(holder)
     return None
 
 
@@ -115,7 +115,7 @@ class PeerRouter:
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP]
         client = scope["client"][0] if scope.get("client") else "unknown"
         headers += [(FORWARDED.encode(), self.directory.instance.encode()), (b"x-forwarded-for", client.encode())]
-        streaming = scope["path"].startswith("/mjpeg/")
+        streaming = scope["path"].startswith(routes.prefix(routes.MJPEG))
         request = self.http.build_request(scope["method"], url, headers=headers, content=body,
                                           timeout=httpx.Timeout(30.0, connect=3.0, read=None if streaming else 30.0))
         try:
@@ -159,7 +159,7 @@ async def cluster_streams(request: Request, directory: Directory, timeout_s: flo
 
     async def ask(http: httpx.AsyncClient, peer: dict[str, Any]) -> list[dict[str, Any]] | None:
         try:
-            r = await http.get(peer["peer_url"].rstrip("/") + "/api/v1/streams", headers=headers, params=params)
+            r = await http.get(peer["peer_url"].rstrip("/") + routes.STREAMS, headers=headers, params=params)
             return r.json() if r.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
             return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from .. import routes
 from ..errors import BadRequest
 from ..webrtc.tracks import ProcessedTrack
 from .audio import lip_sync, send_audio
@@ -24,7 +25,7 @@ from .whip import SDP_BODY
 router = APIRouter(tags=["webrtc"])
 
 
-@router.post("/whep/{stream_id}", status_code=201, openapi_extra={"requestBody": SDP_BODY},
+@router.post(routes.WHEP, status_code=201, openapi_extra={"requestBody": SDP_BODY},
              responses={201: {"content": {"application/sdp": {}}, "description": "SDP answer"}})
 async def whep(stream_id: str, request: Request) -> Response:
     """Watch processed stream ``stream_id`` over WebRTC (body: SDP offer that receives video)."""
@@ -50,10 +51,11 @@ async def whep(stream_id: str, request: Request) -> Response:
     sdp = await negotiate(session, offer, attach, gw.settings)
     session.watch(gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whep_sessions")
-    return sdp_created(sdp, f"/whep/{stream_id}/{session.id}", stream.id, ice_links(gw.settings, session.id))
+    location = routes.path(routes.WHEP_SESSION, stream_id=stream_id, session_id=session.id)
+    return sdp_created(sdp, location, stream.id, ice_links(gw.settings, session.id))
 
 
-@router.delete("/whep/{stream_id}/{session_id}")
+@router.delete(routes.WHEP_SESSION)
 async def whep_delete(stream_id: str, session_id: str, request: Request) -> dict[str, str]:
     """Stop watching."""
     stream_for(request, stream_id)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiortc import MediaStreamTrack
 from fastapi import APIRouter, Request, Response
 
+from .. import routes
 from ..engine import Stream, StreamClosed
 from ..errors import BadRequest, MethodNotAllowed
 from ..frame import Frame
@@ -30,7 +31,7 @@ router = APIRouter(tags=["webrtc"])
 SDP_BODY = {"content": {"application/sdp": {"schema": {"type": "string"}}}, "required": True}
 
 
-@router.post("/whip/{thread}", status_code=201, openapi_extra={"requestBody": SDP_BODY},
+@router.post(routes.WHIP, status_code=201, openapi_extra={"requestBody": SDP_BODY},
              responses={201: {"content": {"application/sdp": {}}, "description": "SDP answer"}})
 async def whip(thread: str, request: Request) -> Response:
     """Start ingesting a WebRTC video stream into ``thread`` (body: SDP offer)."""
@@ -68,11 +69,12 @@ async def whip(thread: str, request: Request) -> Response:
     sdp = await negotiate(session, offer, attach, gw.settings)
     session.watch(gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whip_sessions")
-    return sdp_created(sdp, f"/whip/{thread}/{session.id}", stream.id, ice_links(gw.settings, session.id),
+    location = routes.path(routes.WHIP_SESSION, thread=thread, session_id=session.id)
+    return sdp_created(sdp, location, stream.id, ice_links(gw.settings, session.id),
                        view_token(request, granted, stream))
 
 
-@router.delete("/whip/{thread}/{session_id}")
+@router.delete(routes.WHIP_SESSION)
 async def whip_delete(thread: str, session_id: str, request: Request) -> dict[str, str]:
     """End a WHIP session and its stream."""
     require(request, "publish", thread=thread)
@@ -81,7 +83,7 @@ async def whip_delete(thread: str, session_id: str, request: Request) -> dict[st
     return {"deleted": session_id}
 
 
-@router.patch("/whip/{thread}/{session_id}", status_code=405)
+@router.patch(routes.WHIP_SESSION, status_code=405)
 async def whip_patch(thread: str, session_id: str) -> Response:
     """Trickle ICE is not used: offers and answers carry all candidates."""
     raise MethodNotAllowed("trickle ICE is not supported: send a complete offer (gathering done)")

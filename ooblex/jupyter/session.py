@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import Engine, Stream, StreamClosed
-from ..frame import Frame
+from ..frame import Frame, result_json
 from ..thread import TensorThread
 from . import frames
 from .channel import Peer
@@ -216,8 +216,7 @@ def _jsonable(result: dict[str, Any] | None) -> Any:
     """Results travel as JSON to the browser; anything json cannot encode is shown as its repr."""
     if result is None:
         return None
-    try:
-        text = json.dumps(result)
-    except (TypeError, ValueError):
-        return {k: repr(v)[:200] for k, v in list(result.items())[:50]}
-    return result if len(text) <= MAX_RESULT_CHARS else {"note": f"result of {len(text)} characters not shown"}
+    text = result_json(result, lenient=True)
+    if len(text) > MAX_RESULT_CHARS:
+        return {"note": f"result of {len(text)} characters not shown"}
+    return json.loads(text)
