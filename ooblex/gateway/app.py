@@ -27,7 +27,8 @@ from .. import __version__
 from ..broker.base import redact
 from ..engine import Engine, Stream
 from ..errors import OoblexError, status
-from . import frames, jobs, metrics, mjpeg, whep, whip
+from ..supervision import cancel, supervise
+from . import console, frames, jobs, metrics, mjpeg, whep, whip
 from .auth import require_control, stream_for
 from .bodies import read_json
 from .guard import Guard, local_hosts
@@ -68,9 +69,11 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owns_engine:
             await engine.start()
+        sampler = supervise(lambda: gw.history.run(engine.streams), "gateway:history")
         try:
             yield
         finally:
+            await cancel(sampler)
             await gw.sessions.close_all()
             if owns_engine:
                 await engine.close()
@@ -84,7 +87,7 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     public = urlsplit(public_url).hostname if public_url else None
     app.add_middleware(Guard, hosts=local_hosts(settings.host) | set(settings.allowed_hosts) | {public or ""},
                        origins=settings.cors_origins)
-    for module in (whip, whep, mjpeg, frames, metrics, jobs):
+    for module in (whip, whep, mjpeg, frames, metrics, jobs, console):
         app.include_router(module.router)
     app.include_router(_api_router())
     _error_handlers(app)

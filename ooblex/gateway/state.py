@@ -14,6 +14,7 @@ from ..cluster.jobs import Job
 from ..engine import Engine, Stream
 from ..errors import NotFound, TooManyRequests
 from ..frame import Frame
+from .history import History
 from .sessions import Sessions
 from .settings import Settings
 
@@ -51,6 +52,7 @@ class Gateway:
     settings: Settings
     sessions: Sessions = field(init=False)
     jpegs: JpegCache = field(init=False)
+    history: History = field(init=False)
     counters: dict[str, int] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
 
@@ -60,6 +62,7 @@ class Gateway:
     def __post_init__(self) -> None:
         self.sessions = Sessions(self.settings)
         self.jpegs = JpegCache(self.settings.jpeg_quality)
+        self.history = History(self.settings.history_s)
 
     def open(self, client: str, thread: str, **options: Any) -> Stream:
         """Open a stream for ``client``, within the per-client and engine stream limits (429 past them)."""
