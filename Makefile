@@ -6,10 +6,30 @@ EXTRAS ?= gateway,cluster,jupyter,onnx,torch,tensorflow,models,dev
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 HOST   ?= 127.0.0.1
 PORT   ?= 8800
+# The JupyterLab panel: built from labextension/ with npm (package-lock.json pins every package) into
+# server_ext/labextension, which the wheel ships as share/jupyter/labextensions/@ooblex/jupyterlab-console.
+LABEXT := server_ext/labextension/package.json
+LABSRC := $(wildcard labextension/src/*.js labextension/style/*.css) labextension/package.json \
+          ooblex/gateway/static/console-view.js ooblex/gateway/static/console-view.css
+NODE_MODULES := labextension/node_modules/.package-lock.json
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean wheel
 
-setup: $(STAMP)
+setup: $(STAMP) $(LABEXT)
+
+$(NODE_MODULES): labextension/package-lock.json .ci/system-deps
+	cd labextension && npm ci --no-audit --no-fund
+	touch $@
+
+$(LABEXT): $(LABSRC) $(NODE_MODULES) $(STAMP)
+	cd labextension && PATH="$(abspath $(VENV))/bin:$$PATH" npm run build
+	# as `jupyter labextension develop` does: the venv's JupyterLab loads the build in place
+	install -d $(VENV)/share/jupyter/labextensions/@ooblex
+	ln -sfn $(abspath server_ext/labextension) $(VENV)/share/jupyter/labextensions/@ooblex/jupyterlab-console
+	touch $@
+
+wheel: setup
+	$(PY) -m pip wheel --no-deps -w dist .
 
 $(STAMP): pyproject.toml .ci/system-deps
 	bash .ci/system-deps
@@ -37,4 +57,4 @@ bench: setup
 	$(PY) benchmarks/models.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache test-artifacts labextension/node_modules server_ext/labextension dist
