@@ -50,6 +50,20 @@ def artifact(tmp_path: Path) -> Path:
                      license="Apache-2.0", secret=SECRET)
 
 
+@pytest.fixture
+def files(artifact: Path, tmp_path: Path) -> dict[str, bytes]:
+    """The uploads the API test sends, read here (not in the async test)."""
+    def unsign(name: str, data: bytes) -> bytes:
+        return json.dumps({k: v for k, v in json.loads(data).items() if k != "signature"}).encode() \
+            if name == "manifest.json" else data
+
+    return {"artifact": artifact.read_bytes(),
+            "unsigned": _rezip(artifact, tmp_path / "u.ooblex", unsign).read_bytes(),
+            "other": ob.deploy(shade, export=tmp_path / "other.ooblex", secret="another-secret-123456789").read_bytes(),
+            "model": tiny_onnx(tmp_path / "invert.onnx").read_bytes(),
+            "fixed": tiny_onnx(tmp_path / "fixed.onnx", (1, 3, 64, 64)).read_bytes()}
+
+
 def _rezip(src: Path, dst: Path, change) -> Path:  # noqa: ANN001
     """A copy of the artifact with ``change(name, data) -> data | None`` applied to each member."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
@@ -165,7 +179,7 @@ async def _until(fn, timeout: float = 60.0, what: str = "condition"):  # noqa: A
 
 @needs_redis
 async def test_console_api_deploys_uploads_rolls_back_and_undeploys(
-        redis_server, artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        redis_server, files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("OOBLEX_SECRET", SECRET)
     control = {"Authorization": f"Bearer {mint('control', secret=SECRET)}"}
@@ -188,12 +202,12 @@ async def test_console_api_deploys_uploads_rolls_back_and_undeploys(
                 assert (await http.get("/api/v1/cluster")).status_code == 401
                 publish = {"Authorization": f"Bearer {mint('publish', secret=SECRET)}"}
                 assert (await http.get("/api/v1/cluster", headers=publish)).status_code == 403
-                r = await http.post("/api/v1/cluster/deployments", content=artifact.read_bytes(),
+                r = await http.post("/api/v1/cluster/deployments", content=files["artifact"],
                                     headers={"Content-Type": bundle.MEDIA_TYPE})
                 assert r.status_code == 401
 
                 # v1 from the artifact, served by the worker process
-                r = await http.post("/api/v1/cluster/deployments", content=artifact.read_bytes(),
+                r = await http.post("/api/v1/cluster/deployments", content=files["artifact"],
                                     headers={**control, "Content-Type": bundle.MEDIA_TYPE})
                 assert r.status_code == 201, r.text
                 assert r.json()["version"] == 1 and r.json()["deployed_by"]["uploaded"]["via"] == "console"
@@ -223,10 +237,9 @@ async def test_console_api_deploys_uploads_rolls_back_and_undeploys(
                 assert r.status_code == 415
 
                 # an ONNX model with its transform, wrapped and signed by the gateway
-                model = tiny_onnx(tmp_path / "invert.onnx")
-                fixed = tiny_onnx(tmp_path / "fixed.onnx", (1, 3, 64, 64))
-                files = {"model": ("invert.onnx", model.read_bytes(), "application/octet-stream")}
-                r = await http.post("/api/v1/cluster/deployments/onnx", headers=control, files=files,
+                model, fixed = files["model"], files["fixed"]
+                r = await http.post("/api/v1/cluster/deployments/onnx", headers=control,
+                                    files={"model": ("invert.onnx", model, "application/octet-stream")},
                                     data={"name": "onnx_invert", "layout": "nchw", "license": "MIT"})
                 assert r.status_code == 201, r.text
                 assert r.json()["requirements"] == ["onnxruntime>=1.17"]
@@ -240,13 +253,10 @@ async def test_console_api_deploys_uploads_rolls_back_and_undeploys(
                 before = Registry(redis_server.url, SECRET).versions("shade")
                 bad = [
                     (b"not a zip at all", bundle.MEDIA_TYPE, 400, "not a zip"),
-                    (_rezip(artifact, tmp_path / "u.ooblex", lambda n, d: json.dumps(
-                        {k: v for k, v in json.loads(d).items() if k != "signature"}).encode()
-                        if n == "manifest.json" else d).read_bytes(), bundle.MEDIA_TYPE, 403, "unsigned"),
-                    (ob.deploy(shade, export=tmp_path / "other.ooblex", secret="another-secret-123456789").read_bytes(),
-                     bundle.MEDIA_TYPE, 403, "bad signature"),
+                    (files["unsigned"], bundle.MEDIA_TYPE, 403, "unsigned"),
+                    (files["other"], bundle.MEDIA_TYPE, 403, "bad signature"),
                     (b"x" * (5 << 20), bundle.MEDIA_TYPE, 413, "limit"),
-                    (artifact.read_bytes(), "application/json", 415, "artifact"),
+                    (files["artifact"], "application/json", 415, "artifact"),
                 ]
                 for body, ctype, code, words in bad:
                     r = await http.post("/api/v1/cluster/deployments", content=body,
@@ -258,24 +268,24 @@ async def test_console_api_deploys_uploads_rolls_back_and_undeploys(
                 r = await http.post("/api/v1/cluster/deployments", content=zipped.getvalue(),
                                     headers={**control, "Content-Type": "application/zip"})
                 assert r.status_code == 400 and "not an Ooblex artifact" in r.json()["detail"]
-                r = await http.post("/api/v1/cluster/deployments", content=artifact.read_bytes(),
+                r = await http.post("/api/v1/cluster/deployments", content=files["artifact"],
                                     headers={**control, "Content-Type": bundle.MEDIA_TYPE,
                                              "Origin": "http://evil.example"})
                 assert r.status_code == 403 and "cross-origin" in r.json()["detail"]
-                for data, files, words in (
-                        ({"name": "x"}, {"model": ("m.onnx", b"garbage", "application/octet-stream")}, "not an ONNX"),
-                        ({"name": "x", "layout": "nhwc"}, {"model": ("m.onnx", fixed.read_bytes(), "a/b")}, "64 channels"),
-                        ({"name": "x", "width": "32", "height": "32"}, {"model": ("m.onnx", fixed.read_bytes(), "a/b")},
-                         "does not fit"),
-                        ({"name": "x", "layout": "sideways"}, {"model": ("m.onnx", model.read_bytes(), "a/b")}, "layout"),
-                        ({"name": "x", "mean": "1,2"}, {"model": ("m.onnx", model.read_bytes(), "a/b")}, "mean"),
-                        ({}, {"model": ("m.onnx", model.read_bytes(), "a/b")}, "'name'"),
-                        ({"name": "x"}, {"picture": ("m.onnx", model.read_bytes(), "a/b")}, "'model'"),
-                        ({"name": "x", "colour": "red"}, {"model": ("m.onnx", model.read_bytes(), "a/b")}, "unknown")):
-                    r = await http.post("/api/v1/cluster/deployments/onnx", headers=control, data=data, files=files)
+                for data, field, body, words in (
+                        ({"name": "x"}, "model", b"garbage", "not an ONNX"),
+                        ({"name": "x", "layout": "nhwc"}, "model", fixed, "64 channels"),
+                        ({"name": "x", "width": "32", "height": "32"}, "model", fixed, "does not fit"),
+                        ({"name": "x", "layout": "sideways"}, "model", model, "layout"),
+                        ({"name": "x", "mean": "1,2"}, "model", model, "mean"),
+                        ({}, "model", model, "'name'"),
+                        ({"name": "x"}, "picture", model, "'model'"),
+                        ({"name": "x", "colour": "red"}, "model", model, "unknown")):
+                    r = await http.post("/api/v1/cluster/deployments/onnx", headers=control, data=data,
+                                        files={field: ("m.onnx", body, "application/octet-stream")})
                     assert r.status_code == 400 and words in r.json()["detail"], (data, r.text)
                 r = await http.post("/api/v1/cluster/deployments/onnx", headers={**control, "Content-Type":
-                                    "application/octet-stream"}, content=model.read_bytes())
+                                    "application/octet-stream"}, content=model)
                 assert r.status_code == 415
                 assert Registry(redis_server.url, SECRET).versions("shade") == before
 

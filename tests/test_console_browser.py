@@ -41,15 +41,24 @@ def tint_v2(frame: np.ndarray) -> np.ndarray:
     return frame // 2
 
 
+def scene(i: int, width: int = 320, height: int = 240) -> np.ndarray:
+    """A smooth picture with a ball that moves: easy on the eye in screenshots, and on PNG sizes."""
+    import cv2
+
+    img = np.zeros((height, width, 3), np.uint8)
+    img[..., 0] = np.linspace(40, 200, width, dtype=np.uint8)[None, :]
+    img[..., 2] = np.linspace(200, 60, height, dtype=np.uint8)[:, None]
+    centre = (int(width / 2 + width / 3 * np.sin(i / 12)), int(height / 2 + height / 4 * np.cos(i / 9)))
+    cv2.circle(img, centre, height // 6, (250, 220, 40), -1)
+    return img
+
+
 async def publish(url: str, token: str, stop_: asyncio.Event) -> None:
     """A camera stand-in: JPEG frames over the gateway's WebSocket at ~15 fps until ``stop_``."""
     from websockets.asyncio.client import connect
 
     from ooblex import jpeg
 
-    from .media import moving_picture
-
-    picture = moving_picture(320, 240)
     async with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
         json.loads(await ws.recv())
 
@@ -58,8 +67,10 @@ async def publish(url: str, token: str, stop_: asyncio.Event) -> None:
                 pass
 
         reader = asyncio.create_task(drain())
+        i = 0
         while not stop_.is_set():
-            await ws.send(jpeg.encode(picture()))
+            await ws.send(jpeg.encode(scene(i)))
+            i += 1
             await asyncio.sleep(1 / 15)
         reader.cancel()
 
