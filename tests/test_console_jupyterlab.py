@@ -46,6 +46,22 @@ def test_the_labextension_is_built_and_installed() -> None:
     assert "enabled" in line and "OK" in line, out.stdout + out.stderr
 
 
+def test_the_wheel_ships_the_prebuilt_panel(tmp_path) -> None:
+    """``pip install`` of the wheel brings the panel: no Node.js needed where it is installed."""
+    import zipfile
+
+    assert LABEXTENSION.exists(), "run make setup first (it builds the panel)"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("ooblex-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    prefix = "share/jupyter/labextensions/@ooblex/jupyterlab-console/"
+    shipped = {n.split(prefix, 1)[1] for n in names if prefix in n}
+    built = {str(f.relative_to(LABEXTENSION.parent)) for f in LABEXTENSION.parent.rglob("*") if f.is_file()}
+    assert shipped == built and "package.json" in shipped, (shipped, built)
+    assert "ooblex/gateway/static/vendor/uPlot.iife.min.js" in names
+
+
 def _wait_http(url: str, timeout: float = 60) -> None:
     import httpx
 
