@@ -18,6 +18,7 @@ import ooblex as ob
 
 from .cluster_fixtures import SECRET, needs_redis, start_worker, stop
 from .netns import ROOT, in_netns
+from .test_console_api import shade, shade_v2
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -27,18 +28,6 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-m
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow, needs_redis,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")]
-
-
-@ob.tensor_thread(name="tint", params={"amount": {"min": 0, "max": 255}})
-def tint(frame: np.ndarray, amount: int = 255) -> np.ndarray:
-    """v1: a photographic negative."""
-    return (amount - frame.astype(np.int16)).clip(0, 255).astype(np.uint8)
-
-
-@ob.tensor_thread(name="tint")
-def tint_v2(frame: np.ndarray) -> np.ndarray:
-    """v2: half as bright."""
-    return frame // 2
 
 
 def scene(i: int, width: int = 320, height: int = 240) -> np.ndarray:
@@ -98,8 +87,8 @@ async def test_console_deploys_rolls_back_and_charts_a_live_stream(tmp_path: Pat
 
     os.environ["OOBLEX_SECRET"] = SECRET
     ARTIFACTS.mkdir(exist_ok=True)
-    v1 = ob.deploy(tint, export=tmp_path / "tint-v1.ooblex", license="Apache-2.0", requirements=["numpy"])
-    v2 = ob.deploy(tint_v2, export=tmp_path / "tint-v2.ooblex", license="Apache-2.0")
+    v1 = ob.deploy(shade, export=tmp_path / "shade-v1.ooblex", license="Apache-2.0", requirements=["numpy"])
+    v2 = ob.deploy(shade_v2, export=tmp_path / "shade-v2.ooblex", license="Apache-2.0")
     onnx_model = tiny_onnx(tmp_path / "negative.onnx")
     junk = tmp_path / "notes.ooblex"
     junk.write_text("not an artifact")
@@ -139,20 +128,20 @@ async def test_console_deploys_rolls_back_and_charts_a_live_stream(tmp_path: Pat
                     # deploy v1 through the artifact form: the worker process picks it up
                     await page.set_input_files("#artifact-file", str(v1))
                     await page.click("#artifact-form button")
-                    v1_served = (".ob-deployment[data-name=tint] .ob-version.ob-active[data-version='1'] "
+                    v1_served = (".ob-deployment[data-name=shade] .ob-version.ob-active[data-version='1'] "
                                  ".ob-serving li")
                     await page.wait_for_selector(v1_served, timeout=60_000)
-                    row = await page.text_content(".ob-deployment[data-name=tint] .ob-version[data-version='1']")
+                    row = await page.text_content(".ob-deployment[data-name=shade] .ob-version[data-version='1']")
                     assert "Apache-2.0" in row and "numpy" in row and "signed ✓" in row and "export" in row
                     assert await page.locator(".ob-worker").count() == 1
-                    assert "tint" in await page.text_content(".ob-worker")
+                    assert "shade" in await page.text_content(".ob-worker")
 
                     # v2, then roll back to v1 with the button (and its confirmation)
                     await page.set_input_files("#artifact-file", str(v2))
                     await page.click("#artifact-form button")
-                    await page.wait_for_selector(".ob-deployment[data-name=tint] .ob-version.ob-active"
+                    await page.wait_for_selector(".ob-deployment[data-name=shade] .ob-version.ob-active"
                                                  "[data-version='2'] .ob-serving li", timeout=60_000)
-                    await page.click(".ob-deployment[data-name=tint] .ob-version[data-version='1'] .ob-activate")
+                    await page.click(".ob-deployment[data-name=shade] .ob-version[data-version='1'] .ob-activate")
                     await page.wait_for_selector(v1_served, timeout=60_000)
                     assert any("version 1 instead of version 2" in d for d in dialogs), dialogs
 
@@ -170,7 +159,7 @@ async def test_console_deploys_rolls_back_and_charts_a_live_stream(tmp_path: Pat
                     assert await page.get_attribute("#notice", "class") == "notice bad"
 
                     # a live stream: its charts fill and move, and it can be watched over WHEP
-                    ws_url = gw.url.replace("http", "ws") + "/ws/tint"
+                    ws_url = gw.url.replace("http", "ws") + "/ws/shade"
                     publisher = asyncio.create_task(publish(ws_url, mint("publish", secret=SECRET), stop_publishing))
                     await page.wait_for_selector(".ob-stream", timeout=30_000)
                     await until(page, "Number(document.querySelector('.ob-stream').dataset.samples) >= 4 && "
@@ -198,11 +187,11 @@ async def test_console_deploys_rolls_back_and_charts_a_live_stream(tmp_path: Pat
                     await asyncio.wait_for(publisher, 10)
 
                     # undeploy (confirmed): the thread leaves the list and the worker
-                    await page.click(".ob-deployment[data-name=tint] .ob-undeploy")
-                    await page.wait_for_selector(".ob-deployment[data-name=tint]", state="detached", timeout=30_000)
+                    await page.click(".ob-deployment[data-name=shade] .ob-undeploy")
+                    await page.wait_for_selector(".ob-deployment[data-name=shade]", state="detached", timeout=30_000)
                     deadline = time.monotonic() + 30
-                    while "tint" in await page.text_content(".ob-workers"):
-                        assert time.monotonic() < deadline, "the worker still serves tint"
+                    while "shade" in await page.text_content(".ob-workers"):
+                        assert time.monotonic() < deadline, "the worker still serves shade"
                         await asyncio.sleep(0.5)
                     assert not [m for m in logs if m.startswith("error") and "Failed to load resource" not in m], logs
                 except BaseException:

@@ -20,7 +20,9 @@ import ooblex as ob
 
 from .cluster_fixtures import SECRET, needs_redis, start_worker, stop
 from .jupyter_proc import CHROMIUM, FLAGS, ROOT, JupyterServer, free_port, lab_settings, open_notebook, run_cell
-from .test_console_browser import publish, tint, tint_v2
+from .test_console_api import shade, shade_v2
+from .test_console_browser import publish
+from .test_server_ext import wait_http
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400), needs_redis,
@@ -62,19 +64,6 @@ def test_the_wheel_ships_the_prebuilt_panel(tmp_path) -> None:
     assert "ooblex/gateway/static/vendor/uPlot.iife.min.js" in names
 
 
-def _wait_http(url: str, timeout: float = 60) -> None:
-    import httpx
-
-    deadline = time.time() + timeout
-    while True:
-        try:
-            httpx.get(url, timeout=2)
-            return
-        except httpx.HTTPError:
-            assert time.time() < deadline, f"nothing answers at {url}"
-            time.sleep(0.3)
-
-
 def _until(page, expression: str, timeout_s: float = 60) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout_s
     while not page.evaluate(f"() => {{ try {{ return !!({expression}); }} catch (e) {{ return false; }} }}"):
@@ -97,12 +86,12 @@ def test_jupyterlab_panel_shows_the_cluster_and_deploys_from_the_notebook(tmp_pa
     stop_publishing = asyncio.Event()
     publisher = None
     try:
-        ob.deploy(tint, cluster=redis.url, license="Apache-2.0")
-        ob.deploy(tint_v2, cluster=redis.url, license="Apache-2.0", wait=60)
-        _wait_http(f"{gateway_url}/healthz")
+        ob.deploy(shade, cluster=redis.url, license="Apache-2.0")
+        ob.deploy(shade_v2, cluster=redis.url, license="Apache-2.0", wait=60)
+        wait_http(f"{gateway_url}/healthz")
         loop = asyncio.new_event_loop()
         publisher = threading.Thread(target=loop.run_until_complete, daemon=True, args=(
-            _publish_when_ready(f"ws://127.0.0.1:{port}/ws/tint", mint("publish", secret=SECRET), stop_publishing),))
+            _publish_when_ready(f"ws://127.0.0.1:{port}/ws/shade", mint("publish", secret=SECRET), stop_publishing),))
         publisher.start()
         (tmp_path / "threads.ipynb").write_text(json.dumps(_notebook([NOTEBOOK_THREAD])))
         lab_settings(tmp_path)
@@ -128,9 +117,9 @@ def test_jupyterlab_panel_shows_the_cluster_and_deploys_from_the_notebook(tmp_pa
                 page.mouse.up()
 
                 # what the gateway console shows, from the server extension
-                page.wait_for_selector("#ooblex-console .ob-deployment[data-name=tint] .ob-version.ob-active"
+                page.wait_for_selector("#ooblex-console .ob-deployment[data-name=shade] .ob-version.ob-active"
                                        "[data-version='2'] .ob-serving li", timeout=60_000)
-                assert "Apache-2.0" in panel.locator(".ob-deployment[data-name=tint]").inner_text()
+                assert "Apache-2.0" in panel.locator(".ob-deployment[data-name=shade]").inner_text()
                 page.wait_for_selector("#ooblex-console .ob-worker", timeout=30_000)
                 page.wait_for_selector("#ooblex-console .ob-stream", timeout=60_000)
                 _until(page, "Number(document.querySelector('#ooblex-console .ob-stream').dataset.samples) >= 4")
@@ -144,12 +133,12 @@ def test_jupyterlab_panel_shows_the_cluster_and_deploys_from_the_notebook(tmp_pa
                 row = panel.locator(".ob-deployment[data-name=mirror] .ob-version[data-version='1']").inner_text()
                 assert "ob.deploy" in row, row  # deployed_by: the kernel's ob.deploy
 
-                # roll tint back to v1: JupyterLab's dialog asks first
-                panel.locator(".ob-deployment[data-name=tint] .ob-version[data-version='1'] .ob-activate").click()
+                # roll shade back to v1: JupyterLab's dialog asks first
+                panel.locator(".ob-deployment[data-name=shade] .ob-version[data-version='1'] .ob-activate").click()
                 page.locator(".jp-Dialog").wait_for()
                 assert "version 1 instead of version 2" in page.locator(".jp-Dialog").inner_text()
                 page.click(".jp-Dialog button.jp-mod-warn")
-                page.wait_for_selector("#ooblex-console .ob-deployment[data-name=tint] .ob-version.ob-active"
+                page.wait_for_selector("#ooblex-console .ob-deployment[data-name=shade] .ob-version.ob-active"
                                        "[data-version='1'] .ob-serving li", timeout=60_000)
 
                 # watch the stream through the server extension's proxy (no token in the page)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import BadRequest, PayloadTooLarge
-from .registry import CHUNK, Registry, check_name, remote_thread
+from .registry import CHUNK, Registry, check_name, file_entry, remote_thread
 from .signing import get_secret, require_secret, sign, verify
 
 FORMAT = "ooblex-artifact/1"
@@ -55,7 +55,7 @@ def write(path: str | Path, name: str, meta: dict[str, Any], code: bytes, *, req
     check_name(name)
     key = require_secret(secret)
     path = Path(path)
-    entries = [_hash_file(Path(w)) for w in weights]
+    entries = [file_entry(Path(w)) for w in weights]
     manifest = {"format": FORMAT, "name": name, "code": hashlib.sha256(code).hexdigest(), "size": len(code),
                 "requirements": list(requirements), "weights": entries, "meta": meta,
                 "python": f"{sys.version_info.major}.{sys.version_info.minor}", "license": license,
@@ -68,16 +68,6 @@ def write(path: str | Path, name: str, meta: dict[str, Any], code: bytes, *, req
             z.write(w, WEIGHTS + entry["sha256"], compress_type=zipfile.ZIP_STORED)
     tmp.replace(path)
     return path
-
-
-def _hash_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file not found: {path}")
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return {"name": path.name, "sha256": h.hexdigest(), "size": path.stat().st_size}
 
 
 @dataclass

@@ -85,20 +85,15 @@ class Registry:
     def put_file(self, path: str | Path) -> dict[str, Any]:
         """Store a weight file chunk by chunk (never whole in memory); returns its manifest entry."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"weight file not found: {path}")
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                h.update(chunk)
-        digest, size = h.hexdigest(), path.stat().st_size
+        entry = file_entry(path)
+        digest, size = entry["sha256"], entry["size"]
 
         def chunks() -> Any:
             with path.open("rb") as f:
                 yield from iter(lambda: f.read(CHUNK), b"")
 
         self.put_chunks(digest, size, chunks())
-        return {"name": path.name, "sha256": digest, "size": size}
+        return entry
 
     def put_chunks(self, digest: str, size: int, chunks: Any) -> None:
         """Store a blob from an iterable of byte chunks whose SHA-256 (``digest``) the caller has checked."""
@@ -321,6 +316,17 @@ class Registry:
             p.delete(f"{P}:{kind}:{ident}")
             p.zrem(f"{P}:{kind}s", ident)
             p.execute()
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    """A weight file's manifest entry: its name, SHA-256 (read chunk by chunk) and size."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file not found: {path}")
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return {"name": path.name, "sha256": h.hexdigest(), "size": path.stat().st_size}
 
 
 def check_name(name: str) -> None:
