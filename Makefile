@@ -17,7 +17,7 @@ NODE_MODULES := labextension/node_modules/.package-lock.json
 
 setup: $(STAMP) $(LABEXT)
 
-$(NODE_MODULES): labextension/package-lock.json .ci/system-deps
+$(NODE_MODULES): labextension/package-lock.json $(STAMP)
 	cd labextension && npm ci --no-audit --no-fund
 	touch $@
 
