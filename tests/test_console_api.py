@@ -18,7 +18,7 @@ import ooblex as ob
 from ooblex import jpeg
 from ooblex.cluster import bundle
 from ooblex.cluster.registry import Registry
-from ooblex.cluster.signing import SignatureError
+from ooblex.cluster.signing import SignatureError, sign
 from ooblex.errors import PayloadTooLarge
 from ooblex.gateway import Settings
 from ooblex.gateway.history import History
@@ -60,8 +60,17 @@ def files(artifact: Path, tmp_path: Path) -> dict[str, bytes]:
     return {"artifact": artifact.read_bytes(),
             "unsigned": _rezip(artifact, tmp_path / "u.ooblex", unsign).read_bytes(),
             "other": ob.deploy(shade, export=tmp_path / "other.ooblex", secret="another-secret-123456789").read_bytes(),
+            "other_python": _rezip(artifact, tmp_path / "py.ooblex", _from_python_3_99).read_bytes(),
             "model": tiny_onnx(tmp_path / "invert.onnx").read_bytes(),
             "fixed": tiny_onnx(tmp_path / "fixed.onnx", (1, 3, 64, 64)).read_bytes()}
+
+
+def _from_python_3_99(name: str, data: bytes) -> bytes:
+    """The artifact's manifest as another Python would have exported it (signed again with the secret)."""
+    if name != "manifest.json":
+        return data
+    doc = {k: v for k, v in json.loads(data).items() if k != "signature"}
+    return json.dumps(sign({**doc, "name": "oldpy", "python": "3.99"}, SECRET.encode(), bundle.BUNDLE)).encode()
 
 
 def _rezip(src: Path, dst: Path, change) -> Path:  # noqa: ANN001
@@ -248,6 +257,20 @@ async def test_console_api_deploys_uploads_rolls_back_and_undeploys(
                     **control, "Content-Type": "image/jpeg"})
                 assert r.status_code == 200, r.text
                 assert abs(int(jpeg.decode(r.content).mean()) - 55) < 6, "1 - x, scaled back to pixels"
+
+                # a signed artifact the worker cannot load: the refusal, its reason and next retry are listed
+                r = await http.post("/api/v1/cluster/deployments", content=files["other_python"],
+                                    headers={**control, "Content-Type": bundle.MEDIA_TYPE})
+                assert r.status_code == 201, r.text
+
+                async def refused() -> dict | None:
+                    d = next((d for d in (await cluster())["deployments"] if d["name"] == "oldpy"), None)
+                    return d if d and d["refused"] else None
+
+                d = await _until(refused, what="the worker refusing oldpy@1")
+                why = d["versions"][0]["refused"][0]
+                assert "Python 3.99" in why["reason"] and why["attempts"] >= 1 and why["retry_at"] > time.time()
+                assert d["serving"] == 0 and d["versions"][0]["verified"]
 
                 # bad uploads: clear 4xx, nothing stored
                 before = Registry(redis_server.url, SECRET).versions("shade")
