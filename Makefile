@@ -55,6 +55,8 @@ bench: setup
 	$(PY) benchmarks/cluster.py
 	$(PY) benchmarks/webrtc_rtt.py
 	$(PY) benchmarks/models.py
+	$(PY) benchmarks/capacity.py
+	$(PY) benchmarks/gateways.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts labextension/node_modules server_ext/labextension dist

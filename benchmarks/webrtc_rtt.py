@@ -43,7 +43,7 @@ from ooblex.tokens import mint  # noqa: E402
 from ooblex.webrtc.client import ImageTrack, RoundTrips, WhipClient, percentiles_ms  # noqa: E402
 
 
-def serve_baseline(port: int) -> None:
+def serve_baseline(port: int, host: str = "127.0.0.1") -> None:
     """The plain aiortc way: transform frames inside the returned track's ``recv``."""
     import uvicorn
     from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
@@ -97,7 +97,7 @@ def serve_baseline(port: int) -> None:
 
     app = Starlette(routes=[Route("/whip", offer, methods=["POST"]), Route("/whip/{key}", delete, methods=["DELETE"]),
                             Route("/healthz", health)])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def moving_picture(width: int = 640, height: int = 480) -> Callable[[], np.ndarray]:

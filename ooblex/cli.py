@@ -83,7 +83,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from .cluster.up import up
 
-    return up(workers=args.workers, broker=args.broker, host=args.host, port=args.port, threads=args.thread)
+    return up(workers=args.workers, broker=args.broker, host=args.host, port=args.port, threads=args.thread,
+              gateways=args.gateways)
 
 
 def _add_cluster_args(p: argparse.ArgumentParser, flag: str = "--broker") -> None:
@@ -115,8 +116,9 @@ def serve(app: Any, host: str, port: int) -> int:
     settings = app.state.gateway.settings
     print(f"ooblex: serving http://{host}:{port}/  (API docs: /docs, OpenAPI: /openapi.json)", flush=True)
     # Our logging setup (main) stays in charge: uvicorn's own would replace every handler.
+    # On SIGTERM, open MJPEG and WebSocket responses get a few seconds, then sessions close (peers told).
     uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None, access_log=False,
-                **settings.server_options())
+                timeout_graceful_shutdown=3, **settings.server_options())
     return 0
 
 
@@ -148,7 +150,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     threads = [load_thread(spec) for spec in args.thread]
     public = args.public_url or f"http://{args.host}:{args.port}"
     app = create_app(broker=args.broker, threads=threads, settings=settings,
-                     embedded_worker=args.broker.startswith("memory"), store=args.store, public_url=public)
+                     embedded_worker=args.broker.startswith("memory"), store=args.store, public_url=public,
+                     peer_url=args.peer_url)
     return serve(app, args.host, args.port)
 
 
@@ -220,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="gateway address")
     p.add_argument("--port", type=int, default=8800, help="gateway port")
     p.add_argument("--thread", action="append", default=[], help="local thread every worker serves (repeatable)")
+    p.add_argument("--gateways", type=int, default=1, help="gateway processes; more than 1 run behind HAProxy on "
+                   "--port (needs haproxy)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("demo", help="gateway + embedded engine + demo threads in one process (no services needed)")
@@ -236,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loopback", action="store_true", help="offer 127.0.0.1 ICE candidates")
     p.add_argument("--store", default=None, help="cluster Redis store (default $OOBLEX_STORE, or the Redis broker)")
     p.add_argument("--public-url", default=None, help="where clients reach this gateway, announced to the cluster "
-                   "(default http://HOST:PORT)")
+                   "(default http://HOST:PORT; behind a load balancer, the balancer's URL)")
+    p.add_argument("--peer-url", default=None, help="where the cluster's other gateways reach this one (default "
+                   "the public URL; behind a load balancer, this process's own address)")
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("token", help="mint a bearer token for a gateway (needs OOBLEX_SECRET)")

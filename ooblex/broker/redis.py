@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import wire
 from ..frame import Frame
-from ..supervision import Background
+from ..supervision import Background, cancel
 from .base import Broker, BrokerError, Delivery, redact
 
 log = logging.getLogger("ooblex.broker.redis")
@@ -38,6 +38,8 @@ GROUP = "workers"
 PREFIX = "ooblex"
 #: A consumer that has not refreshed its heartbeat for this long is presumed dead.
 HEARTBEAT_S = 3.0
+#: How often a consumer refreshes it (independently of the work it does).
+BEAT_S = 1.0
 #: Pending job entries idle this long are claimed even from a live consumer (a stuck worker).
 STUCK_S = 120.0
 DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -143,16 +145,22 @@ class RedisBroker(Broker):
         await self._retry(send, "reply")
 
     async def tasks(self, threads: list[str], prefetch: int = 1) -> AsyncIterator[Delivery]:
+        """Tasks for ``threads``. The consumer's heartbeat runs in its own task for as long as this
+        generator exists, so a worker busy with a slow frame (not asking for the next one) still
+        counts as alive: its pending job entries are not claimed by others and computed twice."""
         consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         streams = {task_key(t, live): ">" for t in threads for live in (True, False)}
-        next_beat = 0.0
         live_done: dict[str, list[bytes]] = {}
+        beating = asyncio.Event()
+        beat = asyncio.create_task(self._keep_alive(threads, consumer, streams, live_done, beating),
+                                   name=f"redis:heartbeat:{consumer}")
+        next_reclaim = 0.0
         try:
+            await beating.wait()  # counted as a consumer before the first task arrives
             while True:
                 try:
-                    if time.monotonic() >= next_beat:
-                        next_beat = time.monotonic() + 1.0
-                        await _blocking(self._beat(threads, consumer, live_done))
+                    if time.monotonic() >= next_reclaim:
+                        next_reclaim = time.monotonic() + 1.0
                         for d in await _blocking(self._reclaim(threads, consumer)):
                             yield d
                     got = await _blocking(self.redis.xreadgroup(GROUP, consumer, streams, count=prefetch,
@@ -161,13 +169,11 @@ class RedisBroker(Broker):
                     if "NOGROUP" not in str(exc):
                         raise
                     await _blocking(self._groups(streams))  # first use, or Redis restarted empty
-                    next_beat = 0.0
                     continue
                 except DOWN as exc:
                     _reraise_cancel()
                     log.warning("redis unreachable (%s); retrying", exc)
                     await asyncio.sleep(0.5)
-                    next_beat = 0.0
                     continue
                 for key, entries in got or ():
                     for entry_id, fields in entries:
@@ -175,9 +181,28 @@ class RedisBroker(Broker):
                         if d is not None:
                             yield d
         finally:
+            await cancel(beat)
             # Best effort: a heartbeat that is not removed lapses by itself within HEARTBEAT_S.
             with contextlib.suppress(RedisError, OSError, BrokerError, asyncio.TimeoutError):
                 await asyncio.wait_for(_blocking(self._leave(threads, consumer)), 2.0)
+
+    async def _keep_alive(self, threads: list[str], consumer: str, streams: dict[str, str],
+                          live_done: dict[str, list[bytes]], beating: asyncio.Event) -> None:
+        """Beat every second until cancelled, through Redis outages and restarts (groups recreated)."""
+        while True:
+            try:
+                await _blocking(self._beat(threads, consumer, live_done))
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    log.warning("heartbeat of %s failed: %s", consumer, exc)
+                else:  # first use, or Redis restarted empty
+                    with contextlib.suppress(*DOWN, ResponseError):
+                        await _blocking(self._groups(streams))
+            except DOWN as exc:
+                _reraise_cancel()
+                log.debug("heartbeat of %s: redis unreachable (%s)", consumer, exc)
+            beating.set()
+            await asyncio.sleep(BEAT_S)
 
     async def _leave(self, threads: list[str], consumer: str) -> None:
         async with self.redis.pipeline(transaction=False) as p:

@@ -7,6 +7,7 @@ Workers watching the registry load the new version within about a second, no res
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -77,10 +78,11 @@ class Deployment:
         no gateway is up."""
         reg = self._registry()
         try:
-            per = [gateway_urls(g, self.name) for g in reg.records("gateway")]
+            records = reg.records("gateway")
         finally:
             reg.close()
-        return {**(per[0] if per else {}), "gateways": per}
+        per = list({json.dumps(u, sort_keys=True): u for u in (gateway_urls(g, self.name) for g in records)}.values())
+        return {**(per[0] if per else {}), "gateways": per}  # gateways behind one balancer: listed once
 
     def status(self) -> dict[str, Any]:
         """Workers serving this thread (this version or the active one), fps, latency, refusals."""

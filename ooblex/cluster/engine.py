@@ -19,6 +19,7 @@ from ..engine import Engine
 from ..supervision import cancel, supervise
 from .config import resolve
 from .deploy import announce_gateway
+from .gateways import Directory
 from .registry import Registry, remote_thread, verified
 from .signing import ENV, SignatureError, warn_once
 
@@ -29,7 +30,8 @@ class ClusterEngine(Engine):
     """``Engine`` on a network broker, with its thread table synced from the registry."""
 
     def __init__(self, cluster: str | None = None, *, store: str | None = None, poll_s: float = 0.5,
-                 public_url: str | None = None, secret: str | bytes | None = None, **options: Any) -> None:
+                 public_url: str | None = None, peer_url: str | None = None, secret: str | bytes | None = None,
+                 **options: Any) -> None:
         self.config = resolve(cluster, store)
         super().__init__(connect(self.config.broker), embedded_worker=False, **options)
         self.registry = Registry(self.config.store, secret)
@@ -38,7 +40,15 @@ class ClusterEngine(Engine):
         self._remote: set[str] = set()
         self._follow: asyncio.Task[None] | None = None
         self.public_url = public_url
+        #: Where the cluster's other gateways reach this one (default: ``public_url``): see ``gateways.py``.
+        self.peer_url = peer_url or public_url
         self._announce: asyncio.Task[None] | None = None
+        self.directory = Directory(self.registry, self.instance)
+
+    @property
+    def instance(self) -> str:
+        """This gateway's tag: the ids of its streams and sessions start with it."""
+        return self.reply_to.split(".", 1)[1]
 
     async def start(self) -> ClusterEngine:
         await super().start()
@@ -93,7 +103,8 @@ class ClusterEngine(Engine):
         while True:
             try:
                 await asyncio.to_thread(announce_gateway, self.registry, self.reply_to, str(self.public_url),
-                                        ttl_s=3 * every_s, streams=len(self.streams))
+                                        ttl_s=3 * every_s, streams=len(self.streams), instance=self.instance,
+                                        peer_url=self.peer_url)
             except Exception as exc:  # noqa: BLE001 - keep announcing through store outages
                 log.debug("gateway announce failed: %s", exc)
             await asyncio.sleep(every_s)

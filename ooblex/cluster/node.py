@@ -25,6 +25,7 @@ from .. import __version__
 from ..broker import connect
 from ..broker.base import redact
 from ..engine.worker import Worker
+from ..supervision import cancel, supervise
 from ..thread import TensorThread
 from . import artifacts
 from .machine import Machine
@@ -81,15 +82,11 @@ class WorkerNode:
         if not self.secret:
             log.warning("no %s: this worker serves only its local threads (deployed ones cannot be verified) "
                         "and publishes no status record", ENV)
+        beat = supervise(self._beat, "worker:record", logger=log) if self.secret else None
         try:
-            next_beat = 0.0
             while not stop.is_set():
                 try:
                     await self.sync()
-                    if self.secret and time.monotonic() >= next_beat:
-                        next_beat = time.monotonic() + self.heartbeat_s
-                        await asyncio.to_thread(self.registry.put_record, "worker", self.id, self.status(),
-                                                3 * self.heartbeat_s)
                 except (OSError, ConnectionError, TimeoutError) as exc:
                     log.warning("store unreachable (%s); serving what is loaded", exc)
                     self._rev = -1
@@ -103,12 +100,24 @@ class WorkerNode:
         finally:
             log.info("worker %s stopping: finishing in-flight work (up to %.0f s)", self.id, self.drain_s)
             await self.worker.stop(self.drain_s)
+            await cancel(beat)
             try:
                 await asyncio.to_thread(self.registry.drop_record, "worker", self.id)
             except Exception:  # noqa: BLE001 - the record expires by itself anyway
                 pass
             self.registry.close()
             await broker.close()
+
+    async def _beat(self) -> None:
+        """Publish the status record every ``heartbeat_s``, whatever else the worker is doing (loading a new
+        version with its requirements can take minutes): a busy worker is not a dead one."""
+        while True:
+            try:
+                await asyncio.to_thread(self.registry.put_record, "worker", self.id, self.status(),
+                                        3 * self.heartbeat_s)
+            except Exception as exc:  # noqa: BLE001 - store outages: the record lapses, then comes back
+                log.debug("worker record not published: %s", exc)
+            await asyncio.sleep(self.heartbeat_s)
 
     async def sync(self) -> None:
         """Make the served queues match the registry (when its revision moved or a retry is due)."""

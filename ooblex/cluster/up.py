@@ -1,7 +1,8 @@
 """``ooblex up``: a whole local cluster in one command, stopped with Ctrl-C.
 
 Starts ``redis-server`` (and ``rabbitmq-server``) as child processes on free ports, a gateway
-(``ooblex gateway`` when this build has one) and N ``ooblex worker`` processes, all sharing one
+(``ooblex gateway`` when this build has one; with ``--gateways N``, N of them behind HAProxy on the
+port) and N ``ooblex worker`` processes, all sharing one
 ``OOBLEX_SECRET``. Redis requires a random password and keeps an append-only file; RabbitMQ has
 its own user with a random password (no ``guest``). The credentials go to the children through
 their environment and to the user through a private env file (mode 0600, deleted on exit):
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..broker.base import redact
-from .servers import RabbitMQServer, RedisServer, private_file
+from .balancer import Balancer
+from .servers import RabbitMQServer, RedisServer, free_port, private_file
 
 
 def gateway_available() -> bool:
@@ -48,9 +50,9 @@ def read_env(path: str | Path) -> dict[str, str]:
 
 
 def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: int = 8800,
-       threads: list[str] = ()) -> int:  # type: ignore[assignment]
-    if workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {workers}")
+       threads: list[str] = (), gateways: int = 1) -> int:  # type: ignore[assignment]
+    if workers < 0 or gateways < 0:
+        raise ValueError(f"--workers and --gateways must be >= 0, got {workers} and {gateways}")
     servers: list[Any] = []
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     private = tempfile.mkdtemp(prefix="ooblex-up-")  # mode 0700
@@ -74,14 +76,11 @@ def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: i
         env_file = private_file(Path(private, "env"), "".join(f"export {k}={v}\n" for k, v in cluster.items()))
         env = {**os.environ, **cluster}
         me = [sys.executable, "-m", "ooblex"]
-        gateway_url = None
-        if gateway_available():
-            loopback = ["--loopback"] if host.startswith("127.") else []  # same-machine WebRTC peers
-            # no --broker: the gateway reads $OOBLEX_BROKER, so no password shows in ``ps``
-            children.append(("gateway", subprocess.Popen([*me, "gateway", "--host", host, "--port", str(port),
-                                                          *loopback], env=env)))
+        gateway_url, instances = None, []
+        if gateway_available() and gateways:
             gateway_url = f"http://{host}:{port}"
-        else:
+            instances = start_gateways(children, servers, gateways, host, port, env)
+        elif gateways:
             print("ooblex up: this build has no gateway (ooblex.gateway); workers are up, reach them with "
                   "ob.process(...) or ClusterEngine. Install the gateway extra / a build with it for WHIP/WHEP.",
                   file=sys.stderr)
@@ -89,6 +88,7 @@ def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: i
         for i in range(workers):
             children.append((f"worker{i + 1}", subprocess.Popen([*me, "worker", *extra], env=env)))
         ready = {"broker": redact(broker_url), "store": redact(redis.url), "gateway": gateway_url,
+                 "gateways": instances, "balancer": gateway_url if gateways > 1 else None,
                  "workers": workers, "env_file": str(env_file)}
         print("ooblex up: ready " + json.dumps(ready), flush=True)
         print(f"  source {env_file}    # OOBLEX_BROKER, OOBLEX_STORE, OOBLEX_SECRET (mode 0600, deleted on exit)\n"
@@ -108,6 +108,29 @@ def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: i
         for s in reversed(servers):
             s.cleanup()
         shutil.rmtree(private, ignore_errors=True)
+
+
+def start_gateways(children: list[tuple[str, subprocess.Popen[bytes]]], servers: list[Any], count: int, host: str,
+                   port: int, env: dict[str, str]) -> list[dict[str, Any]]:
+    """One gateway on ``host:port``, or ``count`` gateways on free ports behind HAProxy on ``host:port``
+    (each forwards requests about the others' streams to them: ``ooblex.gateway.peers``)."""
+    me = [sys.executable, "-m", "ooblex", "gateway"]
+    loopback = ["--loopback"] if host.startswith("127.") else []  # same-machine WebRTC peers
+    # no --broker: the gateway reads $OOBLEX_BROKER, so no password shows in ``ps``
+    if count == 1:
+        children.append(("gateway", subprocess.Popen([*me, "--host", host, "--port", str(port), *loopback], env=env)))
+        return [{"url": f"http://{host}:{port}", "pid": children[-1][1].pid}]
+    local = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    trusted = ",".join(filter(None, [env.get("OOBLEX_TRUSTED_PROXIES", ""), local]))  # the balancer and peers
+    instances = []
+    for i in range(count):
+        p = free_port(local)
+        args = [*me, "--host", host, "--port", str(p), *loopback, "--public-url", f"http://{host}:{port}",
+                "--peer-url", f"http://{local}:{p}"]
+        children.append((f"gateway{i + 1}", subprocess.Popen(args, env={**env, "OOBLEX_TRUSTED_PROXIES": trusted})))
+        instances.append({"url": f"http://{local}:{p}", "pid": children[-1][1].pid})
+    servers.append(Balancer(host, port, [(local, int(g["url"].rsplit(":", 1)[1])) for g in instances]).start())
+    return instances
 
 
 def _supervise(children: list[tuple[str, subprocess.Popen[bytes]]], stopping: dict[str, bool]) -> int:

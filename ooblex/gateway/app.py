@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -28,14 +29,17 @@ from ..broker.base import redact
 from ..engine import Engine, Stream
 from ..errors import OoblexError, status
 from ..supervision import cancel, supervise
-from . import console, frames, jobs, metrics, mjpeg, whep, whip
+from . import console, frames, ice, jobs, metrics, mjpeg, whep, whip
+from .admission import Admission
 from .auth import require_control, stream_for
 from .bodies import read_json
 from .guard import Guard, local_hosts
 from .peer import EXPOSED
+from .peers import FORWARDED, PeerRouter, cluster_streams
 from .settings import Settings
 from .state import Gateway, gateway
 
+log = logging.getLogger("ooblex.gateway")
 STATIC = Path(__file__).parent / "static"
 PARAMS_BODY = {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["params"], "properties": {"params": {"type": "object"}}}}}}
@@ -43,12 +47,15 @@ PARAMS_BODY = {"required": True, "content": {"application/json": {"schema": {
 
 def create_app(engine: Engine | None = None, *, broker: str = "memory://", threads: Iterable[Any] = (),
                settings: Settings | None = None, embedded_worker: bool | None = None,
-               store: str | None = None, public_url: str | None = None) -> FastAPI:
+               store: str | None = None, public_url: str | None = None, peer_url: str | None = None) -> FastAPI:
     """A gateway app. Pass a started ``engine`` to share one, or let the app own and run its own.
 
     With a network broker (``redis://``, ``amqp://``) the app's engine is a ``ClusterEngine``: its
     threads follow the cluster's registry (``store``: the Redis store, default the broker or
     ``$OOBLEX_STORE``), and with ``public_url`` it announces itself so ``Deployment.urls`` finds it.
+    Several such gateways form one service (``peers.py``): each forwards requests about streams
+    another holds to that one's ``peer_url`` (default ``public_url``; set it when clients reach the
+    gateways through a load balancer) and lists every gateway's streams.
     """
     settings = settings or Settings.from_env()
     owns_engine = engine is None
@@ -56,7 +63,7 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
             and not embedded_worker:
         from ..cluster.engine import ClusterEngine
 
-        engine = ClusterEngine(broker, store=store, threads=threads, public_url=public_url,
+        engine = ClusterEngine(broker, store=store, threads=threads, public_url=public_url, peer_url=peer_url,
                                max_streams=settings.max_streams)
     elif engine is None:
         engine = Engine(broker, threads, embedded_worker=embedded_worker, max_streams=settings.max_streams)
@@ -69,11 +76,12 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owns_engine:
             await engine.start()
-        sampler = supervise(lambda: gw.history.run(engine.streams), "gateway:history")
+        meter = supervise(lambda: gw.meter.run(gw.governor.update), "gateway:load", logger=log)
+        sampler = supervise(lambda: gw.history.run(engine.streams), "gateway:history", logger=log)
         try:
             yield
         finally:
-            await cancel(sampler)
+            await cancel(meter, sampler)
             await gw.sessions.close_all()
             if owns_engine:
                 await engine.close()
@@ -85,9 +93,13 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=list(EXPOSED))
     public = urlsplit(public_url).hostname if public_url else None
+    app.add_middleware(Admission, governor=gw.governor)
+    directory = getattr(engine, "directory", None)
+    if directory is not None:
+        app.add_middleware(PeerRouter, directory=directory, secret=settings.secret)
     app.add_middleware(Guard, hosts=local_hosts(settings.host) | set(settings.allowed_hosts) | {public or ""},
                        origins=settings.cors_origins)
-    for module in (whip, whep, mjpeg, frames, metrics, jobs, console):
+    for module in (whip, whep, ice, mjpeg, frames, metrics, jobs, console):
         app.include_router(module.router)
     app.include_router(_api_router())
     _error_handlers(app)
@@ -108,9 +120,20 @@ def _api_router() -> APIRouter:
         return [t.describe() for t in gateway(request).engine.threads.values()]
 
     @router.get("/api/v1/streams", dependencies=[Depends(require_control)])
-    async def streams(request: Request) -> list[dict[str, Any]]:
-        """Open streams: thread, params, fps, per-stage latency p50/p95/p99 (ms), counters, viewer URLs."""
-        return [_stream_info(s) for s in gateway(request).engine.streams.values()]
+    async def streams(request: Request, response: Response) -> list[dict[str, Any]]:
+        """Open streams: thread, params, fps, per-stage latency p50/p95/p99 (ms), counters, viewer URLs, and
+        the ``gateway`` (instance) holding each. In a cluster, every live gateway's streams (any gateway
+        forwards requests about a stream to its holder); ``X-Ooblex-Unreachable`` names gateways that did
+        not answer."""
+        gw = gateway(request)
+        mine = [{**_stream_info(s), "gateway": gw.instance} for s in gw.engine.streams.values()]
+        directory = getattr(gw.engine, "directory", None)
+        if directory is None or FORWARDED in request.headers:
+            return mine
+        theirs, missing = await cluster_streams(request, directory)
+        if missing:
+            response.headers["X-Ooblex-Unreachable"] = ",".join(missing)
+        return mine + theirs
 
     @router.get("/api/v1/streams/{stream_id}")
     async def stream(stream_id: str, request: Request) -> dict[str, Any]:
@@ -137,9 +160,9 @@ def _api_router() -> APIRouter:
     async def healthz(request: Request) -> dict[str, Any]:
         """Liveness: ok while the app serves; counts of threads, streams and sessions."""
         gw = gateway(request)
-        return {"status": "ok", "version": __version__, "broker": redact(gw.engine.broker.url),
+        return {"status": "ok", "version": __version__, "instance": gw.instance, "broker": redact(gw.engine.broker.url),
                 "threads": len(gw.engine.threads), "streams": len(gw.engine.streams),
-                "sessions": len(gw.sessions.items)}
+                "sessions": len(gw.sessions.items), "capacity": gw.governor.describe()}
 
     return router
 

@@ -13,7 +13,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from ..cluster import overview
@@ -22,6 +22,7 @@ from ..errors import BadRequest, Conflict
 from . import uploads
 from .auth import require_control, stream_for
 from .bodies import read_json
+from .peers import FORWARDED, ask_peers
 from .state import gateway
 
 router = APIRouter(tags=["console"])
@@ -117,12 +118,22 @@ async def undeploy(name: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/api/v1/history", dependencies=[Depends(require_control)])
-async def history(request: Request, since: float = Query(0.0, ge=0, allow_inf_nan=False)) -> dict[str, Any]:
+async def history(request: Request, response: Response,
+                  since: float = Query(0.0, ge=0, allow_inf_nan=False)) -> dict[str, Any]:
     """Per-second history of every open stream (the last ``history_s`` seconds), newer than ``since`` (Unix
     seconds), in columns: ``{"streams": {id: {"thread", "t": [...], "fps_in", "fps", "dropped", "stale",
-    "errors", "queue", "compute", "return", "engine", "total" (p50 ms), "total_p95"}}}``."""
+    "errors", "queue", "compute", "return", "engine", "total" (p50 ms), "total_p95"}}}``. In a cluster, every
+    live gateway's streams (``X-Ooblex-Unreachable`` names gateways that did not answer)."""
     gw = gateway(request)
-    return {"seconds": gw.settings.history_s, "streams": gw.history.since(since)}
+    streams = gw.history.since(since)
+    directory = getattr(gw.engine, "directory", None)
+    if directory is not None and FORWARDED not in request.headers:  # the other gateways' streams too
+        answers, missing = await ask_peers(request, directory, "/api/v1/history", params={"since": repr(since)})
+        for a in answers:
+            streams.update(a.get("streams", {}) if isinstance(a, dict) else {})
+        if missing:
+            response.headers["X-Ooblex-Unreachable"] = ",".join(missing)
+    return {"seconds": gw.settings.history_s, "streams": streams}
 
 
 @router.get("/api/v1/streams/{stream_id}/history")

@@ -36,6 +36,15 @@ def render(gw: Gateway) -> str:
            [({"kind": k}, gw.sessions.count(k)) for k in ("whip", "whep")])
     metric("ooblex_sessions_rejected_total", "counter", "WebRTC sessions refused at the limit.",
            [({}, gw.sessions.rejected)])
+    g = gw.governor
+    metric("ooblex_gateway_load", "gauge", "Measured load: event loop busy share, process CPU share of usable "
+           "cores, event loop lag (ms).", [({"measure": k}, v) for k, v in g.load.as_dict().items()])
+    metric("ooblex_gateway_fps_cap", "gauge", "Frame-rate cap of every stream while overloaded (0: none).",
+           [({}, g.fps_cap)])
+    metric("ooblex_gateway_scale", "gauge", "Resolution scale of every stream while overloaded.", [({}, g.scale)])
+    metric("ooblex_gateway_refused_total", "counter", "Requests refused with 503 at capacity.", [({}, g.refused)])
+    metric("ooblex_gateway_skipped_frames_total", "counter", "Input frames skipped under the frame-rate cap.",
+           [({}, g.skipped)])
     metric("ooblex_gateway_events_total", "counter", "Gateway requests by kind.",
            [({"kind": k}, v) for k, v in sorted(gw.counters.items())])
     metric("ooblex_stream_frames_total", "counter", "Frames per stream by outcome.",

@@ -10,7 +10,9 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from fastapi import Request, Response
 
 from ..errors import BadRequest, UnsupportedMediaType
-from ..webrtc import check_offer, loopback_candidates, low_latency, rtc_configuration
+from ..webrtc import accept_rsa_peers, check_offer, loopback_candidates, low_latency, rtc_configuration
+from ..webrtc.encoders import realtime_encoders
+from ..webrtc.recovery import recover_losses
 from ..webrtc.sdp import Offer
 from .bodies import media_type, read_body
 from .sessions import Session
@@ -29,6 +31,7 @@ async def read_offer(request: Request, settings: Settings) -> Offer:
 
 
 def new_peer(settings: Settings) -> RTCPeerConnection:
+    accept_rsa_peers()  # GStreamer and other stacks with RSA certificates (ooblex.webrtc.dtls)
     return RTCPeerConnection(rtc_configuration(settings.ice_servers))
 
 
@@ -43,11 +46,13 @@ async def negotiate(session: Session, offer: Offer, attach: Callable[[], Awaitab
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         low_latency(pc)
+        recover_losses(pc)
         pending = attach()
         if pending is not None:
             await pending
         with loopback_candidates() if settings.loopback_candidates else contextlib.nullcontext():
             await pc.setLocalDescription(await pc.createAnswer())
+        realtime_encoders(pc, settings.encoder_speed)
     except Exception as exc:  # aiortc raises many types for offers it cannot answer
         log.info("%s session %s: cannot answer offer: %s", session.kind, session.id, exc)
         await session.close()
@@ -70,16 +75,3 @@ def sdp_created(sdp: str, location: str, stream_id: str, ice_links: list[str],
         headers["Link"] = ", ".join(ice_links)
     return Response(sdp, status_code=201, media_type="application/sdp", headers=headers)
 
-
-def ice_links(settings: Settings) -> list[str]:
-    """RFC 9725 ``Link: <stun:...>; rel="ice-server"`` headers for the configured servers."""
-    links = []
-    for server in settings.ice_servers:
-        urls = server["urls"] if isinstance(server["urls"], list) else [server["urls"]]
-        for url in urls:
-            link = f'<{url}>; rel="ice-server"'
-            if server.get("username"):
-                link += f'; username="{server["username"]}"; credential="{server.get("credential", "")}"'
-                link += '; credential-type="password"'
-            links.append(link)
-    return links

@@ -1,7 +1,9 @@
 """WebRTC sessions (WHIP ingest, WHEP viewers): a bounded registry, cleanup and a liveness watchdog.
 
-A peer that vanishes without a DELETE (closed laptop, killed process) sends no more media or
-RTCP; the watchdog notices within ``idle_s`` and closes the session, its tasks and its stream.
+A peer that vanishes without a DELETE (closed laptop, killed process) sends nothing more: no
+media, no RTCP, no ICE consent checks. The watchdog notices within ``idle_s`` and closes the
+session, its tasks and its stream. Any authenticated packet from the peer counts as life
+(``ooblex.webrtc.liveness``), so a viewer that only reports every 5-7 s (RFC 3550) stays.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiortc import MediaStreamTrack, RTCPeerConnection
@@ -19,6 +21,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from ..engine import Stream
 from ..errors import NotFound, TooManyRequests
+from ..webrtc.liveness import Liveness
 from .settings import Settings
 
 log = logging.getLogger("ooblex.gateway")
@@ -37,7 +40,7 @@ class Session:
 
     def __init__(self, registry: Sessions, kind: str, client: str, pc: RTCPeerConnection, stream: Stream,
                  owns_stream: bool) -> None:
-        self.id = secrets.token_urlsafe(12)
+        self.id = registry.prefix + secrets.token_urlsafe(12)
         self.registry = registry
         self.kind = kind
         self.client = client
@@ -67,16 +70,16 @@ class Session:
         """Call ``callback`` once when the session closes (release what it holds)."""
         self._on_close.append(callback)
 
-    def watch(self, last_activity: Callable[[], Awaitable[float]], idle_s: float, connect_s: float) -> None:
-        """Close the session once ``last_activity()`` (monotonic time, 0.0 = none yet) is older than
-        ``idle_s``, or when nothing at all arrived within ``connect_s`` (ICE, DTLS, first keyframe):
-        a peer that never connects holds its slot for ``connect_s`` at most."""
-        self.spawn(self._watchdog(last_activity, idle_s, connect_s), "watchdog")
+    def watch(self, idle_s: float, connect_s: float) -> None:
+        """Close the session once its peer has sent nothing (media, RTCP, ICE checks) for ``idle_s``,
+        or nothing at all within ``connect_s`` of the answer: a peer that never connects holds its
+        slot for ``connect_s`` at most. Call after the offer/answer exchange."""
+        self.spawn(self._watchdog(Liveness(self.pc), idle_s, connect_s), "watchdog")
 
-    async def _watchdog(self, last_activity: Callable[[], Awaitable[float]], idle_s: float, connect_s: float) -> None:
+    async def _watchdog(self, heard: Liveness, idle_s: float, connect_s: float) -> None:
         while True:
             await asyncio.sleep(min(1.0, idle_s / 4))
-            last = await last_activity()  # 0.0 until the peer's first media / report
+            last = heard.last  # 0.0 until the peer's first check or packet
             limit = idle_s if last else connect_s
             if time.monotonic() - (last or self.created) > limit:
                 log.info("%s session %s: peer silent for %.1f s, closing", self.kind, self.id, limit)
@@ -128,6 +131,8 @@ class Sessions:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        #: Session ids start with it: the gateway instance's tag, so any gateway of a cluster finds the holder.
+        self.prefix = ""
         self.items: dict[str, Session] = {}
         self.opened = 0
         self.rejected = 0

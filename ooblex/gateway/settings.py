@@ -12,9 +12,10 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from ..thread import TensorThread
+from ..webrtc.encoders import SPEEDS
 
 #: Fields given in the environment as comma-separated lists.
-LISTS = ("allowed_hosts", "cors_origins", "trusted_proxies", "source_hosts")
+LISTS = ("allowed_hosts", "cors_origins", "trusted_proxies", "source_hosts", "turn_urls")
 
 
 @dataclass
@@ -91,15 +92,42 @@ class Settings:
     #: Offer 127.0.0.1 host candidates (aioice leaves loopback out; needed for same-machine peers).
     loopback_candidates: bool = False
     #: STUN/TURN servers, as RTCIceServer dicts: [{"urls": "stun:..."}, {"urls": "turn:...", "username":..}].
+    #: The gateway's own connections use them, and they are handed to clients (RFC 9725 Link headers).
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
-    #: A WebRTC session whose peer stops sending media for this long is closed.
-    session_idle_s: float = 5.0
+    #: TURN server URLs handed to clients with fresh credentials per session (TURN REST API, coturn
+    #: ``use-auth-secret``): ``turn:turn.example.com:3478?transport=udp``, ``turns:...:5349``.
+    turn_urls: list[str] = field(default_factory=list)
+    #: The secret shared with the TURN server (coturn ``static-auth-secret``); needed with ``turn_urls``.
+    turn_secret: str = field(default="", repr=False)
+    #: How long handed-out TURN credentials are good for an allocation, in seconds.
+    turn_ttl_s: float = 600.0
+    #: A WebRTC session whose peer sends nothing (no media, no RTCP, no ICE consent check) for this long
+    #: is closed. RFC 3550 lets a receiver report every 2.5-7.5 s (5 s on average; webrtcbin does), so
+    #: 20 s outlasts a lost report or two and stays under the 30 s of ICE consent expiry (RFC 7675).
+    session_idle_s: float = 20.0
     #: A new WebRTC session that has not connected (ICE + DTLS) this long after the answer is closed,
     #: and so is one whose peer sends nothing (no media, no RTCP) for this long after connecting.
     connect_timeout_s: float = 10.0
     #: RTP timestamps of the processed video sent back to a WHIP publisher: "send" (when each frame is
     #: sent; smallest browser jitter buffer) or "input" (the publisher's own frame timestamps).
     return_timestamps: str = "send"
+    #: Video encoder speed: "fast" (VP8 cpu-used -10, x264 veryfast), "fastest" (-16, ultrafast: VP8
+    #: visibly worse) or "stock" (aiortc's -6 and medium). Encoding is most of what a stream costs.
+    encoder_speed: str = "fast"
+
+    # --- capacity (docs/deploy.md) --------------------------------------------------------------
+    #: Past any of these measured loads, new sessions and streams get 503 and every stream degrades the
+    #: same way (lower fps, then lower resolution); 0 turns a measure off. The event loop's share of
+    #: wall time on the CPU (signalling, RTP, colour conversion and the engine all run there):
+    max_loop_busy: float = 0.9
+    #: ... this process's CPU time as a share of the cores it may use (codec threads included):
+    max_cpu: float = 0.9
+    #: ... how late the event loop runs a timer (ms): a machine too busy to run the gateway in time.
+    max_loop_lag_ms: float = 500.0
+    #: Degradation floor for the frame rate before the resolution is lowered.
+    min_fps: float = 10.0
+    #: Degradation floor for the resolution, as a scale of the input's.
+    min_scale: float = 0.5
 
     def server_options(self) -> dict[str, Any]:
         """uvicorn options that enforce these settings at the protocol layer (message size, proxies)."""
@@ -128,6 +156,12 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= 0:
                 raise ValueError(f"{f.name} must be >= 0, got {value!r}")
+        if self.turn_urls and not self.turn_secret:
+            raise ValueError("turn_urls need turn_secret (OOBLEX_TURN_SECRET), the TURN server's static-auth-secret")
+        if self.encoder_speed not in SPEEDS:
+            raise ValueError(f"encoder_speed must be one of {sorted(SPEEDS)}, got {self.encoder_speed!r}")
+        if not 0 < self.min_scale <= 1:
+            raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale!r}")
         if self.return_timestamps not in ("send", "input"):
             raise ValueError(f"return_timestamps must be 'send' or 'input', got {self.return_timestamps!r}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from ..cluster.jobs import Job
 from ..engine import Engine, Stream
 from ..errors import NotFound, TooManyRequests
 from ..frame import Frame
+from .admission import Governor, LoadMeter
 from .history import History
 from .sessions import Sessions
 from .settings import Settings
@@ -52,17 +54,29 @@ class Gateway:
     settings: Settings
     sessions: Sessions = field(init=False)
     jpegs: JpegCache = field(init=False)
+    #: Measured load, and what it means for new sessions and every stream (``admission.py``).
+    meter: LoadMeter = field(init=False)
+    governor: Governor = field(init=False)
+    #: Per-second aggregates of every open stream, for the console's charts (``history.py``).
     history: History = field(init=False)
     counters: dict[str, int] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
+
+    #: This instance's tag: its stream and session ids start with it (``ooblex.cluster.gateways``).
+    instance: str = field(init=False)
 
     #: stream id -> the client address that opened it (per-client limits; pruned as streams close).
     owners: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.sessions = Sessions(self.settings)
-        self.jpegs = JpegCache(self.settings.jpeg_quality)
-        self.history = History(self.settings.history_s)
+        s = self.settings
+        self.sessions = Sessions(s)
+        self.jpegs = JpegCache(s.jpeg_quality)
+        self.meter = LoadMeter()
+        self.instance = self.engine.reply_to.rsplit(".", 1)[-1]
+        self.sessions.prefix = f"{self.instance}."
+        self.governor = Governor(s.max_loop_busy, s.max_cpu, s.max_loop_lag_ms, s.min_fps, s.min_scale)
+        self.history = History(s.history_s)
 
     def open(self, client: str, thread: str, **options: Any) -> Stream:
         """Open a stream for ``client``, within the per-client and engine stream limits (429 past them)."""
@@ -73,7 +87,7 @@ class Gateway:
         if mine >= limit:
             raise TooManyRequests(f"this client ({client}) already has {mine} open streams; the limit is {limit} "
                                   "(OOBLEX_MAX_STREAMS_PER_CLIENT)")
-        stream = self.engine.open(thread, **options)
+        stream = self.engine.open(thread, stream_id=f"{self.instance}.{secrets.token_urlsafe(12)}", **options)
         self.owners[stream.id] = client
         return stream
 

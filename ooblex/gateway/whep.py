@@ -9,16 +9,13 @@ queue and encoder, so a slow viewer never holds back the others or the stream it
 
 from __future__ import annotations
 
-import time
-from datetime import datetime, timezone
-
-from aiortc import RTCRtpSender
 from fastapi import APIRouter, Request, Response
 
 from ..errors import BadRequest
 from ..webrtc.tracks import ProcessedTrack
 from .auth import stream_for
-from .peer import ice_links, negotiate, new_peer, read_offer, sdp_created
+from .ice import ice_links
+from .peer import negotiate, new_peer, read_offer, sdp_created
 from .state import client_of, gateway
 from .whip import SDP_BODY
 
@@ -39,18 +36,17 @@ async def whep(stream_id: str, request: Request) -> Response:
     session = gw.sessions.add("whep", client, new_peer(gw.settings), stream, owns_stream=False)
     queue = stream.listen()
     track = ProcessedTrack(queue.get)
-    senders: list[RTCRtpSender] = []
 
     def attach() -> None:
-        senders.append(session.pc.addTrack(track))
+        session.pc.addTrack(track)
 
     session.pc.on("track", session.discard)  # a sendrecv viewer's own video is not wanted
     track.on("ended", session.close_soon)
     session.on_close(lambda: stream.unlisten(queue))
     sdp = await negotiate(session, offer, attach, gw.settings)
-    session.watch(lambda: _last_report(senders[0]), gw.settings.session_idle_s, gw.settings.connect_timeout_s)
+    session.watch(gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whep_sessions")
-    return sdp_created(sdp, f"/whep/{stream_id}/{session.id}", stream.id, ice_links(gw.settings))
+    return sdp_created(sdp, f"/whep/{stream_id}/{session.id}", stream.id, ice_links(gw.settings, session.id))
 
 
 @router.delete("/whep/{stream_id}/{session_id}")
@@ -60,13 +56,3 @@ async def whep_delete(stream_id: str, session_id: str, request: Request) -> dict
     session = gateway(request).sessions.get("whep", session_id)
     await session.close()
     return {"deleted": session_id}
-
-
-async def _last_report(sender: RTCRtpSender) -> float:
-    """Monotonic time of the viewer's last RTCP receiver report (a live viewer sends one every ~1 s); 0.0 = none."""
-    newest = 0.0
-    for stats in (await sender.getStats()).values():
-        if stats.type == "remote-inbound-rtp":
-            age = (datetime.now(timezone.utc) - stats.timestamp).total_seconds()
-            newest = max(newest, time.monotonic() - age)
-    return newest

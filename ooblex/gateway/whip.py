@@ -20,7 +20,8 @@ from ..frame import Frame
 from ..webrtc.tracks import Ingest, ProcessedTrack
 from .auth import require, view_token
 from .frames import thread_params
-from .peer import ice_links, negotiate, new_peer, read_offer, sdp_created
+from .ice import ice_links
+from .peer import negotiate, new_peer, read_offer, sdp_created
 from .state import client_of, gateway
 
 router = APIRouter(tags=["webrtc"])
@@ -47,7 +48,7 @@ async def whip(thread: str, request: Request) -> Response:
     @session.pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
         if track.kind == "video" and not ingest:
-            ingest.append(Ingest(track, stream))
+            ingest.append(Ingest(track, stream, gw.governor))
             session.spawn(ingest[0].run(), "ingest")
         else:
             session.discard(track)
@@ -57,12 +58,13 @@ async def whip(thread: str, request: Request) -> Response:
             raise ValueError("the offer's video track did not arrive")
         if offer.wants_video_back:
             keep = gw.settings.return_timestamps == "input"
-            session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of if keep else None))
+            session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of if keep else None,
+                                               ingest[0].original))
 
     sdp = await negotiate(session, offer, attach, gw.settings)
-    session.watch(lambda: _last_frame(ingest[0]), gw.settings.session_idle_s, gw.settings.connect_timeout_s)
+    session.watch(gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whip_sessions")
-    return sdp_created(sdp, f"/whip/{thread}/{session.id}", stream.id, ice_links(gw.settings),
+    return sdp_created(sdp, f"/whip/{thread}/{session.id}", stream.id, ice_links(gw.settings, session.id),
                        view_token(request, granted, stream))
 
 
@@ -88,7 +90,3 @@ def _outputs(stream: Stream) -> Callable[[], Awaitable[Frame | None]]:
         except StreamClosed:
             return None
     return next_frame
-
-
-async def _last_frame(ingest: Ingest) -> float:
-    return ingest.last_frame_at

@@ -22,8 +22,10 @@ from aiortc.mediastreams import MediaStreamError
 
 from ..supervision import cancel
 from . import framecode
-from .ice import loopback_candidates, rtc_configuration
+from .dtls import accept_rsa_peers
+from .ice import ice_servers_from_links, loopback_candidates, rtc_configuration
 from .jitter import low_latency
+from .recovery import recover_losses
 
 VIDEO_CLOCK = 90000
 
@@ -78,7 +80,11 @@ class ImageTrack(MediaStreamTrack):
 
 
 class _Client:
-    """Shared WHIP/WHEP steps: offer (all candidates gathered), POST, answer, DELETE on close."""
+    """Shared WHIP/WHEP steps: offer (all candidates gathered), POST, answer, DELETE on close.
+
+    ``ice_servers=None`` (the default) asks the endpoint first (``OPTIONS``, RFC 9725 ``Link``
+    headers) and gathers with what it offers, TURN relays included; a list uses exactly those.
+    """
 
     def __init__(self, url: str, *, fast: bool = True, ice_servers: list[dict[str, Any]] | None = None,
                  token: str | None = None) -> None:
@@ -89,21 +95,39 @@ class _Client:
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         #: The server is on this machine: this connection (only) lets ICE use loopback.
         self.local = httpx.URL(url).host in ("127.0.0.1", "localhost", "::1")
-        self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self.ice_servers = ice_servers
         self.remote: MediaStreamTrack | None = None
         self.location: str | None = None
         self.stream_id: str | None = None
         self._got_track = asyncio.Event()
+        self.pc = self._peer(ice_servers or [])
 
-        @self.pc.on("track")
+    def _peer(self, ice_servers: list[dict[str, Any]]) -> RTCPeerConnection:
+        accept_rsa_peers()
+        pc = RTCPeerConnection(rtc_configuration(ice_servers))
+
+        @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "video":
                 self.remote = track
                 self._got_track.set()
+        return pc
+
+    async def _ask_ice_servers(self) -> None:
+        """Without ``ice_servers``, take the endpoint's (``OPTIONS``): gathering needs them before the offer."""
+        if self.ice_servers is not None:
+            return
+        async with httpx.AsyncClient(timeout=10) as http:
+            resp = await http.options(self.url, headers=self.auth)
+        self.ice_servers = ice_servers_from_links(resp.headers.get_list("link")) if resp.status_code == 204 else []
+        if self.ice_servers:
+            await self.pc.close()  # unused so far: no transceivers yet
+            self.pc = self._peer(self.ice_servers)
 
     async def _negotiate(self) -> None:
         if self.fast:
             low_latency(self.pc)
+            recover_losses(self.pc)
         with loopback_candidates() if self.local else contextlib.nullcontext():
             await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers candidates
         async with httpx.AsyncClient(timeout=30) as http:
@@ -151,6 +175,7 @@ class WhipClient(_Client):
         self.codec = codec
 
     async def start(self) -> None:
+        await self._ask_ice_servers()
         transceiver = self.pc.addTransceiver(self.track, direction="sendrecv" if self.receive else "sendonly")
         prefs = [c for c in RTCRtpSender.getCapabilities("video").codecs
                  if c.mimeType.lower() in (f"video/{self.codec.lower()}", "video/rtx")]
@@ -164,6 +189,7 @@ class WhepClient(_Client):
     """Watch a processed stream from a WHEP URL (``remote`` is the video track)."""
 
     async def start(self) -> None:
+        await self._ask_ice_servers()
         self.pc.addTransceiver("video", direction="recvonly")
         await self._negotiate()
         await asyncio.wait_for(self._got_track.wait(), 10)

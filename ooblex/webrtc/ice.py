@@ -1,4 +1,4 @@
-"""ICE setup: STUN/TURN servers from settings, and optional 127.0.0.1 host candidates.
+"""ICE setup: STUN/TURN servers (and their RFC 9725 ``Link`` headers), optional 127.0.0.1 host candidates.
 
 aiortc gathers all candidates before it answers (non-trickle), so gathering must be quick:
 no STUN servers unless configured (aiortc would otherwise try Google's, which stalls offline).
@@ -18,7 +18,8 @@ aioice's own function is in place whenever neither is on.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -73,3 +74,37 @@ def rtc_configuration(ice_servers: list[dict[str, Any]] | None = None) -> RTCCon
     servers = [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
                for s in ice_servers or []]
     return RTCConfiguration(iceServers=servers)
+
+
+#: One ``<url>; param=value; ...`` element of a Link header; values may be quoted.
+_LINK = re.compile(r'<([^>]*)>((?:\s*;\s*[^;,=\s]+\s*(?:=\s*(?:"[^"]*"|[^;,]*))?)*)')
+_PARAM = re.compile(r';\s*([^;,=\s]+)\s*(?:=\s*(?:"([^"]*)"|([^;,]*)))?')
+
+
+def ice_server_links(servers: Iterable[dict[str, Any]]) -> list[str]:
+    """RFC 9725 ``Link: <turn:...>; rel="ice-server"; username=...; credential=...`` values, one per URL."""
+    links = []
+    for server in servers:
+        urls = server["urls"] if isinstance(server["urls"], list) else [server["urls"]]
+        for url in urls:
+            link = f'<{url}>; rel="ice-server"'
+            if server.get("username"):
+                link += f'; username="{server["username"]}"; credential="{server.get("credential", "")}"'
+                link += '; credential-type="password"'
+            links.append(link)
+    return links
+
+
+def ice_servers_from_links(values: Iterable[str]) -> list[dict[str, Any]]:
+    """The RTCIceServer dicts that ``Link`` header values announce (``rel="ice-server"`` only)."""
+    servers: list[dict[str, Any]] = []
+    for value in values:
+        for url, params in _LINK.findall(value):
+            attrs = {k.lower(): quoted or bare.strip() for k, quoted, bare in _PARAM.findall(params)}
+            if attrs.get("rel") != "ice-server":
+                continue
+            server: dict[str, Any] = {"urls": url}
+            if "username" in attrs:
+                server["username"], server["credential"] = attrs["username"], attrs.get("credential", "")
+            servers.append(server)
+    return servers

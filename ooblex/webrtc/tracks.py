@@ -2,8 +2,11 @@
 
 ``Ingest`` reads a remote video track as fast as it decodes and keeps only the newest frame,
 so a slow consumer never works through a backlog of stale pictures; colour conversion of large
-frames runs in a worker thread. ``ProcessedTrack`` is a local track that sends processed frames
-as soon as they exist.
+frames runs in a worker thread. Past the gateway's capacity a ``Pace`` (the gateway's governor)
+skips frames over its frame-rate cap before any conversion and scales the rest down.
+``ProcessedTrack`` is a local track that sends processed frames as soon as they exist; a frame
+whose pixels the thread left as they were goes out as the decoded input frame itself (no RGB ->
+YUV conversion).
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import fractions
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import av
+import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
@@ -29,6 +34,26 @@ TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 PTS_MEMORY = 64
 #: Frames up to this size are converted to RGB on the event loop: ~0.4 ms, cheaper than a thread hop.
 INLINE_PIXELS = 640 * 480
+#: Decoded input frames kept for reuse as output (frames in flight: the stream's window plus one waiting).
+DECODED_MEMORY = 4
+
+
+class Pace(Protocol):
+    """What ``Ingest`` asks before taking a frame (``ooblex.gateway.admission.Governor``)."""
+
+    scale: float
+
+    def allow(self, stream_id: str) -> bool: ...
+
+    def forget(self, stream_id: str) -> None: ...
+
+
+def to_rgb(vf: av.VideoFrame, scale: float = 1.0) -> np.ndarray:
+    """``vf`` as an RGB array, scaled by ``scale`` (even sizes) in the same pass."""
+    if scale == 1.0:
+        return vf.to_ndarray(format="rgb24")
+    width, height = max(2, int(vf.width * scale) & ~1), max(2, int(vf.height * scale) & ~1)
+    return vf.reformat(width=width, height=height, format="rgb24").to_ndarray()
 
 
 class LatestSlot:
@@ -54,11 +79,14 @@ class LatestSlot:
 class Ingest:
     """Feeds one remote video track into ``stream`` until the track ends."""
 
-    def __init__(self, track: MediaStreamTrack, stream: Stream) -> None:
+    def __init__(self, track: MediaStreamTrack, stream: Stream, pace: Pace | None = None) -> None:
         self.track = track
         self.stream = stream
+        #: Past capacity: which frames to take and at what scale (``ooblex.gateway.admission.Governor``).
+        self.pace = pace
         self.pts: dict[int, int] = {}
-        self.last_frame_at = 0.0  # monotonic time of the newest decoded frame; 0.0 = none yet
+        #: seq -> (the RGB array submitted, the decoded frame it came from), for the newest few frames.
+        self.decoded: dict[int, tuple[object, av.VideoFrame]] = {}
         self.frames = 0
 
     async def run(self) -> None:
@@ -70,15 +98,20 @@ class Ingest:
                 if vf is None or self.stream.closed:
                     return
                 assert isinstance(vf, av.VideoFrame)
+                if self.pace is not None and not self.pace.allow(self.stream.id):
+                    continue  # over the frame-rate cap: skipped before any conversion
                 captured = time.time()
-                if vf.width * vf.height <= INLINE_PIXELS:
-                    image = vf.to_ndarray(format="rgb24")
+                scale = self.pace.scale if self.pace is not None else 1.0
+                if vf.width * vf.height * scale * scale <= INLINE_PIXELS:
+                    image = to_rgb(vf, scale)
                 else:
-                    image = await asyncio.to_thread(vf.to_ndarray, format="rgb24")
+                    image = await asyncio.to_thread(to_rgb, vf, scale)
                 frame = await self.stream.submit(image, captured=captured)
-                self._remember(frame.seq, vf)
+                self._remember(frame.seq, vf, image if scale == 1.0 else None)
         finally:
             await cancel(reader)
+            if self.pace is not None:
+                self.pace.forget(self.stream.id)
 
     async def _read(self, slot: LatestSlot) -> None:
         """Decode into ``slot``; whatever ends the track (its end, or a failure: logged) ends ``run``."""
@@ -86,7 +119,6 @@ class Ingest:
             while True:
                 vf = await self.track.recv()
                 self.frames += 1
-                self.last_frame_at = time.monotonic()
                 slot.put(vf)
         except MediaStreamError:
             pass
@@ -94,15 +126,25 @@ class Ingest:
             log.exception("stream %s: reading the incoming track failed", self.stream.id)
         slot.put(None)
 
-    def _remember(self, seq: int, vf: av.VideoFrame) -> None:
+    def _remember(self, seq: int, vf: av.VideoFrame, image: object) -> None:
         if vf.pts is not None and vf.time_base is not None:
             self.pts[seq] = int(vf.pts * vf.time_base * VIDEO_CLOCK)
         if len(self.pts) > PTS_MEMORY:
             for old in sorted(self.pts)[: len(self.pts) - PTS_MEMORY]:
                 del self.pts[old]
+        if image is not None:
+            self.decoded[seq] = (image, vf)
+            while len(self.decoded) > DECODED_MEMORY:
+                del self.decoded[next(iter(self.decoded))]
 
     def pts_of(self, frame: Frame) -> int | None:
         return self.pts.pop(frame.seq, None)
+
+    def original(self, frame: Frame) -> av.VideoFrame | None:
+        """The decoded frame ``frame`` came from, if its pixels are still the ones submitted (the thread
+        left them as they were: identity, detectors): sending it spares an RGB -> YUV conversion."""
+        kept = self.decoded.pop(frame.seq, None)
+        return kept[1] if kept is not None and kept[0] is frame.image else None
 
 
 class ProcessedTrack(MediaStreamTrack):
@@ -118,10 +160,12 @@ class ProcessedTrack(MediaStreamTrack):
     kind = "video"
 
     def __init__(self, next_frame: Callable[[], Awaitable[Frame | None]],
-                 pts_of: Callable[[Frame], int | None] | None = None) -> None:
+                 pts_of: Callable[[Frame], int | None] | None = None,
+                 original: Callable[[Frame], av.VideoFrame | None] | None = None) -> None:
         super().__init__()
         self._next = next_frame
         self._pts_of = pts_of
+        self._original = original  # the decoded input frame, when the output's pixels are unchanged
         self._last_pts = -1
         self._t0 = time.time()
         self.sent = 0
@@ -133,7 +177,9 @@ class ProcessedTrack(MediaStreamTrack):
         if frame is None or frame.image is None:
             self.stop()
             raise MediaStreamError
-        out = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
+        out = self._original(frame) if self._original is not None else None
+        if out is None:
+            out = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
         out.pts = self._pts(frame)
         out.time_base = TIME_BASE
         self.sent += 1

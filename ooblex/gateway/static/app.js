@@ -112,6 +112,31 @@ function sendParams() {
   }, 80);
 }
 
+// RFC 9725 Link headers -> RTCIceServer list: <turn:host:3478>; rel="ice-server"; username="..."; credential="..."
+function parseIceLinks(header) {
+  const servers = [];
+  for (const m of (header || "").matchAll(/<([^>]*)>((?:\s*;\s*[^;,=\s]+\s*(?:=\s*(?:"[^"]*"|[^;,]*))?)*)/g)) {
+    const params = {};
+    for (const p of m[2].matchAll(/;\s*([^;,=\s]+)\s*(?:=\s*(?:"([^"]*)"|([^;,]*)))?/g)) {
+      params[p[1].toLowerCase()] = p[2] ?? (p[3] || "").trim();
+    }
+    if (params.rel !== "ice-server") continue;
+    const server = { urls: m[1] };
+    if (params.username) Object.assign(server, { username: params.username, credential: params.credential || "" });
+    servers.push(server);
+  }
+  return servers;
+}
+
+async function iceServersFor(path) {
+  try {
+    const r = await fetch(path, { method: "OPTIONS", headers: authHeaders() });
+    return r.status === 204 ? parseIceLinks(r.headers.get("Link")) : [];
+  } catch (_) {
+    return []; // the POST that follows reports what is wrong
+  }
+}
+
 function gatheringDone(pc, timeoutMs) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
@@ -130,7 +155,9 @@ async function start() {
       video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } }, audio: false,
     });
     $("input").srcObject = camera;
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    // STUN/TURN servers (fresh TURN credentials) come before the offer: a camera behind a NAT
+    // that lets no UDP through reaches the gateway only through the relay.
+    const pc = new RTCPeerConnection({ iceServers: await iceServersFor(`/whip/${encodeURIComponent(thread)}`) });
     const transceiver = pc.addTransceiver(camera.getVideoTracks()[0], { direction: "sendrecv", streams: [camera] });
     preferCodec(transceiver, $("codec").value);
     pc.ontrack = (ev) => {

@@ -1,0 +1,218 @@
+"""Recovering from packet loss on a receive path: NACKs that retry, and giving up for a keyframe.
+
+aiortc 1.16 already NACKs a gap once, retransmits (RTX) what it is NACKed, sends a PLI when its
+decoder raises, and forces a keyframe when it gets a PLI or FIR. What it lacks, and what made
+video freeze for seconds at a few per cent of loss:
+
+- **NACKs are sent once**: when the NACK or its retransmission is lost as well, the packet never
+  comes. ``RetryingNacks`` NACKs what is still missing again every 3/4 round trip (the round
+  trip is learnt from how long retransmissions take to arrive), up to ``MAX_NACKS`` times: more
+  would flood a full link with retransmissions.
+- **The jitter buffer waits without limit** for a missing packet: every later frame is held
+  behind it until 512 packets (seconds of video) have piled up. ``RecoveringJitterBuffer`` gives
+  up on a hole after ``give_up_s``, asks for a keyframe (PLI), and drops frames until one comes:
+  a frame that refers to a lost one cannot be decoded right (VP8/H.264 decoders do not say so,
+  they draw garbage). The PLI is repeated while no keyframe arrives.
+
+- **Retransmissions feed the bitrate estimate** (REMB) with the send time of the original packet,
+  which reads as a draining queue while the link loses packets; they are left out of it.
+
+``recover_losses(pc)`` puts all three on every video receiver of ``pc`` (after ``low_latency``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCPeerConnection
+from aiortc.codecs.vpx import VpxPayloadDescriptor
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcrtpreceiver import NackGenerator
+from aiortc.rtp import RtpPacket
+
+from .jitter import MarkerJitterBuffer
+
+log = logging.getLogger("ooblex.webrtc")
+#: Round trip assumed until retransmissions have measured one.
+INITIAL_RTT_S = 0.1
+#: A hole older than this is given up on (a keyframe is asked for instead). Long enough for a few
+#: retransmission rounds of a keyframe queued behind a rate cap: giving up early turns one lost
+#: packet into a keyframe, which on a capped link is the costliest thing to ask for.
+GIVE_UP_S = 1.0
+#: NACKs per missing packet at most (the first and the retries): past that, each retry is one
+#: more retransmission on a link that is probably full.
+MAX_NACKS = 4
+#: While waiting for a keyframe, the PLI is repeated this often (it may be lost, too).
+PLI_REPEAT_S = 1.0
+H264_IDR, H264_SPS, H264_STAP_A, H264_FU_A = 5, 7, 24, 28
+
+
+def starts_keyframe(codec: str | None, payload: bytes) -> bool:
+    """Whether an RTP payload of ``codec`` ("VP8"/"H264") is the first packet of a keyframe."""
+    if not payload:
+        return False
+    if codec == "VP8":
+        try:
+            descriptor, data = VpxPayloadDescriptor.parse(payload)
+        except ValueError:
+            return False
+        return bool(descriptor.partition_start and descriptor.partition_id == 0 and data and not data[0] & 1)
+    if codec == "H264":
+        kind = payload[0] & 0x1F
+        if kind == H264_STAP_A and len(payload) > 3:
+            kind = payload[3] & 0x1F
+        elif kind == H264_FU_A and len(payload) > 1:
+            kind = payload[1] & 0x1F if payload[1] & 0x80 else 0
+        return kind in (H264_IDR, H264_SPS)
+    return False
+
+
+class RetryingNacks(NackGenerator):
+    """aiortc's NACK generator, remembering when each missing packet was NACKed so it can NACK again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rtt = INITIAL_RTT_S
+        self.media_ssrc: int | None = None
+        self.first: dict[int, float] = {}  # seq -> when first NACKed
+        self.last: dict[int, float] = {}   # seq -> when last NACKed
+        self.count: dict[int, int] = {}    # seq -> NACKs sent
+        self.retries = 0
+
+    def add(self, packet: RtpPacket) -> bool:
+        now = time.monotonic()
+        self.media_ssrc = packet.ssrc
+        if packet.sequence_number in self.missing and self.last.get(packet.sequence_number) == self.first.get(
+                packet.sequence_number):  # repaired after one NACK: a round trip sample
+            sample = now - self.first[packet.sequence_number]
+            self.rtt = 0.8 * self.rtt + 0.2 * min(max(sample, 0.005), 1.0)
+        missed = super().add(packet)
+        for seq in list(self.first):
+            if seq not in self.missing:
+                del self.first[seq], self.last[seq], self.count[seq]
+        if missed:  # aiortc NACKs every missing packet now
+            for seq in self.missing:
+                self.first.setdefault(seq, now)
+                self.last[seq] = now
+                self.count[seq] = self.count.get(seq, 0) + 1
+        return missed
+
+    def due(self) -> list[int]:
+        """Missing packets to NACK again now: 3/4 of a round trip since the last NACK, at most ``MAX_NACKS``."""
+        now = time.monotonic()
+        interval = max(0.02, 0.75 * self.rtt)
+        seqs = sorted(s for s in self.missing if s in self.last and now - self.last[s] >= interval
+                      and self.count[s] < MAX_NACKS)
+        for seq in seqs:
+            self.last[seq] = now
+            self.count[seq] += 1
+        self.retries += len(seqs)
+        return seqs
+
+
+class RecoveringJitterBuffer(MarkerJitterBuffer):
+    """``MarkerJitterBuffer`` that gives up on a hole after ``give_up_s`` and then waits for a keyframe."""
+
+    def __init__(self, capacity: int, codec_of: Callable[[int], str | None], give_up_s: float = GIVE_UP_S) -> None:
+        super().__init__(capacity=capacity, is_video=True)
+        self.codec_of = codec_of
+        self.give_up_s = give_up_s
+        self.waiting_keyframe = False
+        self.gave_up = 0        # holes given up on
+        self.discarded = 0      # frames dropped while waiting for a keyframe
+        self._stalled_since: float | None = None
+        self._last_pli = 0.0
+        self._just_discarded = False
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        pli, frame = super().add(packet)
+        now = time.monotonic()
+        if frame is None and self._head_missing():
+            self._stalled_since = self._stalled_since or now
+            if now - self._stalled_since > self.give_up_s:
+                self._skip_hole()
+                self.gave_up += 1
+                self.waiting_keyframe = True
+                self._stalled_since = None
+                frame = self._remove_frame(packet.sequence_number)
+        else:
+            self._stalled_since = None
+        while frame is None and self._just_discarded:  # a dropped frame frees the next one: go on
+            self._just_discarded = False
+            frame = self._remove_frame(packet.sequence_number)
+        if self.waiting_keyframe and now - self._last_pli > PLI_REPEAT_S:
+            pli = True
+        if pli:
+            self._last_pli = now
+        return pli, frame
+
+    def _head_missing(self) -> bool:
+        return self._origin is not None and self._packets[self._origin % self._capacity] is None and any(
+            p is not None for p in self._packets)
+
+    def _skip_hole(self) -> None:
+        """Move the start of the buffer past the missing packets to the next packet there is."""
+        while self._packets[self._origin % self._capacity] is None:  # type: ignore[operator]
+            self.remove(1)
+
+    def _release(self, packets: list[RtpPacket], timestamp: int, count: int) -> JitterFrame | None:  # type: ignore[override]
+        frame = super()._release(packets, timestamp, count)
+        if self.waiting_keyframe:
+            if not starts_keyframe(self.codec_of(packets[0].payload_type), packets[0].payload):
+                self.discarded += 1
+                self._just_discarded = True
+                return None
+            self.waiting_keyframe = False
+        return frame
+
+
+def recover_losses(pc: RTCPeerConnection) -> int:
+    """Give every video receiver of ``pc`` retrying NACKs and a jitter buffer that gives up for a keyframe.
+
+    Call after ``setRemoteDescription`` (and ``low_latency``), before media flows; returns how many
+    receivers were changed.
+    """
+    changed = 0
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        current = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        if transceiver.kind != "video" or current is None or isinstance(current, RecoveringJitterBuffer):
+            if transceiver.kind == "video" and current is None:
+                log.warning("aiortc internals changed: cannot install loss recovery")
+            continue
+        codecs: dict[int, Any] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+
+        def codec_of(payload_type: int, codecs: dict[int, Any] = codecs) -> str | None:
+            codec = codecs.get(payload_type)
+            return codec.name if codec is not None else None
+
+        receiver._RTCRtpReceiver__jitter_buffer = RecoveringJitterBuffer(current.capacity, codec_of)  # type: ignore[attr-defined]
+        nacks = RetryingNacks()
+        receiver._RTCRtpReceiver__nack_generator = nacks  # type: ignore[attr-defined]
+        receiver._handle_rtp_packet = _nacking_again(receiver, nacks, codec_of)  # type: ignore[method-assign]
+        changed += 1
+    return changed
+
+
+def _nacking_again(receiver: Any, nacks: RetryingNacks, codec_of: Callable[[int], str | None]) -> Callable[..., Any]:
+    """The receiver's packet handler, followed by NACKs for packets still missing after 3/4 round trip.
+
+    Retransmissions are kept out of the bitrate estimate (REMB): they carry the send time of the
+    original packet, so the estimator would read their late arrival as a fast-draining queue and
+    raise the estimate just when the link is losing packets.
+    """
+    handle = receiver._handle_rtp_packet
+
+    @functools.wraps(handle)
+    async def handle_and_retry(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if codec_of(packet.payload_type) == "rtx":
+            packet.extensions.abs_send_time = None
+        await handle(packet, arrival_time_ms=arrival_time_ms)
+        due = nacks.due() if nacks.missing else []
+        if due and nacks.media_ssrc is not None:
+            await receiver._send_rtcp_nack(nacks.media_ssrc, due)
+    return handle_and_retry
