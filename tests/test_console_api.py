@@ -341,3 +341,43 @@ def test_a_gateway_without_a_cluster_shows_streams_only() -> None:
         r = httpx.get(gw.url + "/console")
         assert r.status_code == 200 and "frame-ancestors 'none'" in r.headers["content-security-policy"]
         assert httpx.get(gw.url + "/api/v1/history").json()["streams"] == {}
+
+
+@needs_redis
+async def test_history_is_cluster_wide_and_a_streams_history_is_forwarded_to_its_gateway(
+        redis_server, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Two gateways on one cluster: the console on either charts the streams the other holds."""
+    from websockets.asyncio.client import connect
+
+    from ooblex.cluster.servers import free_port
+
+    monkeypatch.setenv("OOBLEX_SECRET", SECRET)
+    control = {"Authorization": f"Bearer {mint('control', secret=SECRET)}"}
+    worker = start_worker(redis_server.url)
+    ports = [free_port(), free_port()]
+    try:
+        ob.deploy(shade, cluster=redis_server.url, wait=60)
+        with running_gateway(broker=redis_server.url, settings=Settings(secret=SECRET), port=ports[0],
+                             public_url=f"http://127.0.0.1:{ports[0]}") as a, \
+                running_gateway(broker=redis_server.url, settings=Settings(secret=SECRET), port=ports[1],
+                                public_url=f"http://127.0.0.1:{ports[1]}") as b:
+            ws_url = b.url.replace("http", "ws") + "/ws/shade"
+            async with connect(ws_url, additional_headers=control) as ws, \
+                    httpx.AsyncClient(timeout=10, headers=control) as http:
+                stream_id = json.loads(await ws.recv())["stream_id"]
+
+                async def charted() -> dict | None:
+                    await ws.send(jpeg.encode(np.zeros((48, 64, 3), np.uint8)))
+                    await ws.recv()
+                    await ws.recv()
+                    streams = (await http.get(a.url + "/api/v1/history")).json()["streams"]
+                    return streams if len(streams.get(stream_id, {}).get("t", [])) >= 2 else None
+
+                streams = await _until(charted, what="gateway A listing B's stream history")
+                assert streams[stream_id]["thread"] == "shade" and max(streams[stream_id]["fps"]) > 0
+                assert stream_id in {s["id"] for s in (await http.get(a.url + "/api/v1/streams")).json()}
+                r = await http.get(f"{a.url}/api/v1/streams/{stream_id}/history")  # held by B, asked of A
+                assert r.status_code == 200 and len(r.json()["stream"]["t"]) >= 2, r.text
+                assert not a.state.engine.streams and b.state.engine.streams
+    finally:
+        stop(worker)
