@@ -162,7 +162,8 @@ class Cluster:
         finally:
             reg.close()
         token = self.settings.control_token()
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # each gateway answers for itself (in a cluster, any one would list every gateway's streams)
+        headers = {"X-Ooblex-Forwarded": "jupyter", **({"Authorization": f"Bearer {token}"} if token else {})}
         out = []
         for g in gateways:
             url = str(g.get("url", "")).rstrip("/")

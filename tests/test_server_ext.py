@@ -297,6 +297,7 @@ def test_streams_asks_only_gateways_with_a_verified_record(tmp_path):
             assert r.status_code == 200, srv.log()
         assert r.json() == [{"gateway": "gw-real", "url": real.url, "streams": []}]
         assert evil.requests == [], "nothing, least of all the token, went to an unverified gateway"
+        assert real.requests[-1]["headers"]["X-Ooblex-Forwarded"] == "jupyter"  # answer for yourself only
         auth = real.requests[-1]["headers"]["Authorization"]
         assert verify(auth.removeprefix("Bearer "), SECRET).scope == "control"
     finally:

@@ -85,8 +85,9 @@ function deploySection(notebooks, notify, refresh) {
 }
 
 function flattenStreams(gateways) {
+  const seen = new Set();
   return gateways.flatMap((g) => (g.streams || []).map((s) => ({ ...s, gateway: g.gateway, gatewayUrl: g.url,
-    proxied: g.proxied })));
+    proxied: g.proxied }))).filter((s) => !seen.has(s.id) && seen.add(s.id));
 }
 
 /** The side panel: polls only while it is shown. */
