@@ -55,6 +55,7 @@ bench: setup
 	$(PY) benchmarks/cluster.py
 	$(PY) benchmarks/webrtc_rtt.py
 	$(PY) benchmarks/models.py
+	$(PY) benchmarks/console_history.py
 	$(PY) benchmarks/capacity.py
 	$(PY) benchmarks/gateways.py
 

@@ -6,6 +6,7 @@ reflect the last few seconds, which is what someone watching a live stream cares
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from typing import Any
@@ -54,12 +55,12 @@ class StreamStats:
                 self.recorded[key] = self.recorded.get(key, 0) + 1
 
     def recent(self, stage: str, seen: int) -> list[float]:
-        """Latencies of ``stage`` recorded after the first ``seen`` ones (those still in the window)."""
+        """Latencies of ``stage`` recorded after the first ``seen`` ones (those still in the window), newest first."""
         values = self.latency.get(stage)
         new = self.recorded.get(stage, 0) - seen
         if not values or new <= 0:
             return []
-        return list(values)[-min(new, len(values)):]
+        return list(itertools.islice(reversed(values), new))
 
     def snapshot(self) -> dict[str, Any]:
         """``{"fps_in", "fps", "latency_ms": {stage: {p50, p95, p99}}, counters...}``"""

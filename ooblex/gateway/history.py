@@ -16,8 +16,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ..engine import Stream
 
 STAGES = ("queue", "compute", "return", "engine", "total")
@@ -81,4 +79,12 @@ class History:
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 2) if values else None
+    """The ``q``-th percentile (linear, as numpy's default), in plain Python: a second's frames are few, and
+    this runs on the event loop for every stream and stage."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    at = (len(ordered) - 1) * q / 100
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return round(ordered[low] + (ordered[high] - ordered[low]) * (at - low), 2)
