@@ -7,10 +7,30 @@ STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 HOST   ?= 127.0.0.1
 PORT   ?= 8800
 GPU_PYTHON ?= $(PY)
+# The JupyterLab panel: built from labextension/ with npm (package-lock.json pins every package) into
+# server_ext/labextension, which the wheel ships as share/jupyter/labextensions/@ooblex/jupyterlab-console.
+LABEXT := server_ext/labextension/package.json
+LABSRC := $(wildcard labextension/src/*.js labextension/style/*.css) labextension/package.json \
+          ooblex/gateway/static/console-view.js ooblex/gateway/static/console-view.css
+NODE_MODULES := labextension/node_modules/.package-lock.json
 
-.PHONY: setup demo test lint bench bench-gpu gpu-check clean
+.PHONY: setup demo test lint bench bench-gpu gpu-check clean wheel
 
-setup: $(STAMP)
+setup: $(STAMP) $(LABEXT)
+
+$(NODE_MODULES): labextension/package-lock.json $(STAMP)
+	cd labextension && npm ci --no-audit --no-fund
+	touch $@
+
+$(LABEXT): $(LABSRC) $(NODE_MODULES) $(STAMP)
+	cd labextension && PATH="$(abspath $(VENV))/bin:$$PATH" npm run build
+	# as `jupyter labextension develop` does: the venv's JupyterLab loads the build in place
+	install -d $(VENV)/share/jupyter/labextensions/@ooblex
+	ln -sfn $(abspath server_ext/labextension) $(VENV)/share/jupyter/labextensions/@ooblex/jupyterlab-console
+	touch $@
+
+wheel: setup
+	$(PY) -m pip wheel --no-deps -w dist .
 
 $(STAMP): pyproject.toml .ci/system-deps
 	bash .ci/system-deps
@@ -36,6 +56,7 @@ bench: setup
 	$(PY) benchmarks/cluster.py
 	$(PY) benchmarks/webrtc_rtt.py
 	$(PY) benchmarks/models.py
+	$(PY) benchmarks/console_history.py
 	$(PY) benchmarks/capacity.py
 	$(PY) benchmarks/gateways.py
 	$(PY) benchmarks/av_sync.py
@@ -50,4 +71,4 @@ gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu.py --seconds 3
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache test-artifacts labextension/node_modules server_ext/labextension dist

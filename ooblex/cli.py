@@ -67,8 +67,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from .cluster.deploy import deploy
     from .loader import load_thread
 
-    dep = deploy(load_thread(args.thread), args.cluster, store=args.store, requirements=args.requirement,
-                 weights=args.weights, keep_versions=args.keep_versions, wait=args.wait)
+    thread = load_thread(args.thread)
+    if args.export:
+        path = deploy(thread, requirements=args.requirement, weights=args.weights, license=args.license,
+                      export=args.export)
+        print(json.dumps({"name": thread.name, "artifact": str(path)}, indent=2))
+        return 0
+    dep = deploy(thread, args.cluster, store=args.store, requirements=args.requirement, weights=args.weights,
+                 keep_versions=args.keep_versions, wait=args.wait, license=args.license)
     print(json.dumps({"name": dep.name, "version": dep.version, "urls": dep.urls}, indent=2))
     return 0
 
@@ -205,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", action="append", default=[], help="weight file (repeatable)")
     p.add_argument("--keep-versions", action="store_true", help="keep earlier versions loaded")
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a worker to serve it")
+    p.add_argument("--license", default="", help="licence of the code and weights (an SPDX id), kept in the manifest")
+    p.add_argument("--export", metavar="FILE", default=None, help="write a signed artifact file (to upload in a "
+                   "gateway's /console) instead of deploying; needs OOBLEX_SECRET, no cluster")
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("up", help="a local cluster: redis (+ rabbitmq), a gateway and N workers; Ctrl-C stops all")

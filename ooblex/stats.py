@@ -6,6 +6,7 @@ reflect the last few seconds, which is what someone watching a live stream cares
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from typing import Any
@@ -26,6 +27,8 @@ class StreamStats:
         self.out_times: deque[float] = deque(maxlen=window)
         self.in_times: deque[float] = deque(maxlen=window)
         self.counters: dict[str, int] = {"received": 0, "processed": 0, "dropped": 0, "stale": 0, "errors": 0}
+        #: latencies recorded per stage since the start (``recent`` tells which ones in the window are new)
+        self.recorded: dict[str, int] = {}
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -49,6 +52,15 @@ class StreamStats:
         for key, (a, b) in spans.items():
             if a in s and b in s:
                 self.latency.setdefault(key, deque(maxlen=self.window)).append((s[b] - s[a]) * 1e3)
+                self.recorded[key] = self.recorded.get(key, 0) + 1
+
+    def recent(self, stage: str, seen: int) -> list[float]:
+        """Latencies of ``stage`` recorded after the first ``seen`` ones (those still in the window), newest first."""
+        values = self.latency.get(stage)
+        new = self.recorded.get(stage, 0) - seen
+        if not values or new <= 0:
+            return []
+        return list(itertools.islice(reversed(values), new))
 
     def snapshot(self) -> dict[str, Any]:
         """``{"fps_in", "fps", "latency_ms": {stage: {p50, p95, p99}}, counters...}``"""

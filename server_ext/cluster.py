@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from ooblex import routes
 from ooblex.cluster.config import env_broker
 
 NOT_AVAILABLE = "cluster support not installed/configured"
@@ -113,9 +114,28 @@ class Cluster:
             reg.close()
 
     def _deployments(self, modules: tuple[Any, Any]) -> list[dict[str, Any]]:
+        """Each thread's versions (who, when, licence, requirements, signature) and the workers serving
+        or refusing each (``ooblex.cluster.overview``, what the gateway's console shows too)."""
         reg = self._registry(modules)
         try:
-            return [modules[0].thread_status(reg, name) for name in sorted(reg.serving())]
+            return _module("overview").deployments(reg)
+        finally:
+            reg.close()
+
+    def _cluster(self, modules: tuple[Any, Any]) -> dict[str, Any]:
+        """Deployments, workers and gateways in one answer (the JupyterLab panel's poll)."""
+        reg = self._registry(modules)
+        try:
+            return {"cluster": True, **_module("overview").cluster(reg)}
+        finally:
+            reg.close()
+
+    def _activate(self, modules: tuple[Any, Any], name: str, version: int) -> dict[str, Any]:
+        """Serve a stored version of ``name`` again (rollback, roll forward): a signed state change."""
+        reg = self._registry(modules)
+        try:
+            reg.activate(name, version)
+            return {"name": name, "active": version}
         finally:
             reg.close()
 
@@ -127,25 +147,38 @@ class Cluster:
             reg.close()
 
     def _streams(self, modules: tuple[Any, Any]) -> list[dict[str, Any]]:
-        """Every live gateway's open streams (asked from each gateway's ``/api/v1/streams``).
+        """Every live gateway's open streams (asked from each gateway's ``/api/v1/streams``); ``proxied``:
+        the gateway this server's proxy (``OOBLEX_GATEWAY``) reaches."""
+        return self._ask_gateways(modules, routes.STREAMS, "streams")
 
-        Only gateways whose signed record verifies are asked: the control token goes nowhere
-        else (anyone who can write to the store could otherwise list a URL of their own)."""
+    def _history(self, modules: tuple[Any, Any], since: float = 0.0) -> list[dict[str, Any]]:
+        """Every live gateway's per-second stream history newer than ``since`` (``/api/v1/history``)."""
+        return self._ask_gateways(modules, f"{routes.HISTORY}?since={float(since)!r}", "streams",
+                                  lambda body: body.get("streams", {}))
+
+    def _ask_gateways(self, modules: tuple[Any, Any], path: str, key: str,
+                      pick: Any = lambda body: body) -> list[dict[str, Any]]:
+        """``GET path`` on each gateway whose signed record verifies: the control token goes nowhere else
+        (anyone who can write to the store could otherwise list a URL of their own)."""
         reg = self._registry(modules)
         try:
             gateways = reg.records("gateway")
         finally:
             reg.close()
         token = self.settings.control_token()
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # each gateway answers for itself (in a cluster, any one would list every gateway's streams)
+        headers = {"X-Ooblex-Forwarded": "jupyter", **({"Authorization": f"Bearer {token}"} if token else {})}
         out = []
         for g in gateways:
+            url = str(g.get("url", "")).rstrip("/")
             entry: dict[str, Any] = {"gateway": g.get("id"), "url": g.get("url")}
+            if self.settings.gateway and url == self.settings.gateway:
+                entry["proxied"] = True
             try:
-                r = httpx.get(f"{str(g.get('url', '')).rstrip('/')}/api/v1/streams", headers=headers, timeout=5)
+                r = httpx.get(f"{url}{path}", headers=headers, timeout=5)
                 r.raise_for_status()
-                entry["streams"] = r.json()
-            except (httpx.HTTPError, ValueError) as exc:
+                entry[key] = pick(r.json())
+            except (httpx.HTTPError, ValueError, AttributeError) as exc:
                 entry["error"] = f"gateway unreachable: {exc}"
             out.append(entry)
         return out

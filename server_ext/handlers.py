@@ -17,7 +17,7 @@ from .cluster import Cluster, ClusterUnavailable, Settings
 from .live import live_handlers
 from .proxy import GatewayProxyHandler
 
-LISTINGS = ("threads", "deployments", "workers", "streams")
+LISTINGS = ("threads", "deployments", "workers", "streams", "cluster")
 
 
 class OoblexHandler(APIHandler):
@@ -49,7 +49,8 @@ class StatusHandler(OoblexHandler):
         from ooblex import __version__
 
         self.reply({"ooblex": __version__, **self.ob_settings.describe(),
-                    "endpoints": [*LISTINGS, "deployments (POST)", "deployments/<name> (DELETE)", "gateway/<path>",
+                    "endpoints": [*LISTINGS, "history", "deployments (POST)", "deployments/<name> (DELETE)",
+                                  "deployments/<name>/activate (POST)", "gateway/<path>",
                                   "kernels/<kernel id>/live/<widget id> (WebSocket)"]})
 
 
@@ -88,6 +89,31 @@ class DeploymentHandler(OoblexHandler):
         self.reply(await self.cluster_call("undeploy", name))
 
 
+class ActivateHandler(DeploymentsHandler):
+    """``POST /ooblex/deployments/<name>/activate`` ``{"version": 2}``: roll back (or forward) to a stored version."""
+
+    @web.authenticated
+    async def post(self, name: str) -> None:  # type: ignore[override]
+        version = self._json_body().get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise web.HTTPError(400, 'body must be like {"version": 2}: a version number of the thread')
+        self.reply(await self.cluster_call("activate", name, version))
+
+
+class HistoryHandler(OoblexHandler):
+    """``GET /ooblex/history?since=T``: each gateway's per-second stream history (for the panel's charts)."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        try:
+            since = float(self.get_argument("since", "0"))
+        except ValueError:
+            raise web.HTTPError(400, "since must be a number (Unix seconds)") from None
+        if not since >= 0 or since == float("inf"):
+            raise web.HTTPError(400, "since must be a finite number >= 0")
+        self.reply(await self.cluster_call("history", since))
+
+
 def setup_handlers(web_app: Any, settings: Settings) -> None:
     base = url_path_join(web_app.settings["base_url"], "ooblex")
     kw = {"settings": settings}
@@ -95,6 +121,8 @@ def setup_handlers(web_app: Any, settings: Settings) -> None:
         (base + "/?", StatusHandler, kw),
         (url_path_join(base, "deployments") + "/?", DeploymentsHandler, kw),
         (url_path_join(base, "deployments", "([^/]+)") + "/?", DeploymentHandler, kw),
+        (url_path_join(base, "deployments", "([^/]+)", "activate") + "/?", ActivateHandler, kw),
+        (url_path_join(base, "history") + "/?", HistoryHandler, kw),
         (url_path_join(base, f"({'|'.join(LISTINGS)})") + "/?", ListHandler, kw),
         (url_path_join(base, "gateway", "(.*)"), GatewayProxyHandler, kw),
         *live_handlers(web_app.settings["base_url"]),

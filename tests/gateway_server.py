@@ -35,10 +35,11 @@ class RunningGateway:
 
 
 @contextlib.contextmanager
-def running_gateway(threads: Any = (), settings: Settings | None = None, **kwargs: Any) -> Iterator[RunningGateway]:
+def running_gateway(threads: Any = (), settings: Settings | None = None, port: int | None = None,
+                    **kwargs: Any) -> Iterator[RunningGateway]:
     settings = settings or Settings(loopback_candidates=True)
     app = create_app(threads=threads, settings=settings, **kwargs)
-    port = free_port()
+    port = port or free_port()
     # log_config=None: uvicorn's dictConfig would close every existing handler, including ones
     # (absl's, once TensorFlow is imported) that hold pytest's captured streams.
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",

@@ -110,6 +110,7 @@ def get(srv: JupyterServer, path: str, token: str | None = "test-token", **kw) -
 @pytest.mark.parametrize("method, path", [
     ("GET", "/ooblex/"), ("GET", "/ooblex/threads"), ("GET", "/ooblex/workers"), ("POST", "/ooblex/deployments"),
     ("DELETE", "/ooblex/deployments/x"), ("GET", "/ooblex/gateway/mjpeg/x"), ("POST", "/ooblex/gateway/whip/x"),
+    ("GET", "/ooblex/cluster"), ("GET", "/ooblex/history"), ("POST", "/ooblex/deployments/x/activate"),
 ])
 def test_unauthenticated_requests_get_403(server, method, path):
     r = httpx.request(method, f"{server.url}{path}", timeout=10)
@@ -146,6 +147,20 @@ def test_deploy_with_a_bad_body_is_400(server, body, why):
                    headers={"Authorization": "token test-token"})
     assert r.status_code == 400
     assert why.replace("\\", "") in r.json()["message"]
+
+
+@pytest.mark.parametrize("method, path, body, code, why", [
+    ("POST", "/ooblex/deployments/x/activate", b'{"version": "1"}', 400, "version number"),
+    ("POST", "/ooblex/deployments/x/activate", b"[]", 400, "JSON object"),
+    ("POST", "/ooblex/deployments/x/activate", b'{"version": 2}', 503, "cluster"),
+    ("GET", "/ooblex/history?since=soon", None, 400, "since"),
+    ("GET", "/ooblex/history?since=nan", None, 400, "since"),
+    ("GET", "/ooblex/history?since=0", None, 503, "cluster"),
+])
+def test_panel_endpoints_check_their_input(server, method, path, body, code, why):
+    r = httpx.request(method, f"{server.url}{path}", content=body, timeout=10,
+                      headers={"Authorization": "token test-token"})
+    assert r.status_code == code and why in r.json()["message"], r.text
 
 
 def test_mjpeg_is_streamed_through_the_proxy(tmp_path, mjpeg):
@@ -282,6 +297,7 @@ def test_streams_asks_only_gateways_with_a_verified_record(tmp_path):
             assert r.status_code == 200, srv.log()
         assert r.json() == [{"gateway": "gw-real", "url": real.url, "streams": []}]
         assert evil.requests == [], "nothing, least of all the token, went to an unverified gateway"
+        assert real.requests[-1]["headers"]["X-Ooblex-Forwarded"] == "jupyter"  # answer for yourself only
         auth = real.requests[-1]["headers"]["Authorization"]
         assert verify(auth.removeprefix("Bearer "), SECRET).scope == "control"
     finally:

@@ -9,13 +9,14 @@ device from the uint8 upload to the uint8 frames that come back, once per batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..cluster.weights import weight
 from ..thread import TensorThread
 from .base import Images, Layout, Pipeline, Pixels, Postprocess, Transform, image_like, model_thread
 
@@ -36,47 +37,73 @@ def pick_providers(providers: Sequence[str] | None = None) -> list[str]:
 
 
 def session(path_or_session: str | PathLike[str] | Any, *, name: str = "onnx_model",
-            providers: Sequence[str] | None = None, threads: int = 0, layout: Layout = "nchw",
-            scale: float = 1 / 255, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-            size: tuple[int, int] | None = None, output_scale: float = 255.0, postprocess: Postprocess | None = None,
-            batch_size: int = 1, max_wait_ms: float = 0.0, warmup: tuple[int, int] | None = (480, 640),
-            batch_sizes: Sequence[int] | None = None, concurrency: int | None = None, description: str = "",
+            providers: Sequence[str] | None = None, threads: int = 0, concurrency: int | None = None,
             **options: Any) -> TensorThread:
     """A tensor thread running an ONNX model: a path (session created at setup) or an ``InferenceSession``.
 
     ``providers`` defaults to CUDA when available, then CPU; ``threads`` sets onnxruntime's intra-op
     threads (0 = its default: every core). The model's first input gets the batch in its declared
-    float type. ``batch_sizes``: for a model exported with fixed batch sizes, the sizes batches are
-    padded to. ``concurrency``: batches in flight (default 2 with the CUDA provider, else 1).
+    float type. ``concurrency``: batches in flight (default 2 with the CUDA provider, else 1).
+    Pre/post-processing and batching: ``model`` (``layout``, ``scale``, ``mean``, ``std``, ``size``, ...).
     """
     import onnxruntime as ort
 
-    if not isinstance(path_or_session, ort.InferenceSession):
+    if isinstance(path_or_session, ort.InferenceSession):
+        chosen = path_or_session.get_providers()
+        open_model: Callable[[], Any] = lambda: path_or_session  # noqa: E731
+    else:
         path = Path(path_or_session)
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX model at {path}")
+        chosen = pick_providers(providers)
+        open_model = lambda: open_session(str(path), providers, threads)  # noqa: E731
+    if concurrency is None:
+        concurrency = 2 if chosen[0] != "CPUExecutionProvider" else 1
+    return model(open_model, name=name, threads=threads, concurrency=concurrency, **options)
+
+
+def from_weight(weight_name: str, *, name: str = "onnx_model", providers: Sequence[str] | None = None,
+                threads: int = 0, **options: Any) -> TensorThread:
+    """``session`` for a model deployed as a weight file (``ob.deploy(..., weights=[path])``, or an ONNX
+    upload in a gateway's console): the worker finds it with ``ob.weight(weight_name)`` when it loads
+    the thread, so this side needs neither the file nor onnxruntime (``concurrency`` defaults to 1)."""
+    return model(lambda: open_session(str(weight(weight_name)), providers, threads), name=name, threads=threads,
+                 **options)
+
+
+def session_options(threads: int = 0) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
+def open_session(path: str, providers: Sequence[str] | None = None, threads: int = 0) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(path, session_options(threads), providers=pick_providers(providers))
+
+
+def model(open_model: Callable[[], Any], *, name: str = "onnx_model", threads: int = 0, layout: Layout = "nchw",
+          scale: float = 1 / 255, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+          size: tuple[int, int] | None = None, output_scale: float = 255.0, postprocess: Postprocess | None = None,
+          batch_size: int = 1, max_wait_ms: float = 0.0, warmup: tuple[int, int] | None = (480, 640),
+          batch_sizes: Sequence[int] | None = None, concurrency: int | None = None, description: str = "",
+          **options: Any) -> TensorThread:
+    """The tensor thread around ``open_model()`` (an ``InferenceSession``, made at setup) with its ``Transform``.
+
+    ``batch_sizes``: for a model exported with fixed batch sizes, the sizes batches are padded to.
+    """
     transform = Transform(layout=layout, scale=scale, mean=mean, std=std, size=size, output_scale=output_scale,
                           postprocess=postprocess)
 
-    def options_() -> Any:
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        return opts
-
     def load() -> OnnxPipeline:
-        if isinstance(path_or_session, ort.InferenceSession):
-            sess = path_or_session
-        else:
-            sess = ort.InferenceSession(str(path_or_session), options_(), providers=pick_providers(providers))
-        return OnnxPipeline(sess, transform, options_)
+        return OnnxPipeline(open_model(), transform, lambda: session_options(threads))
 
-    if concurrency is None:
-        chosen = (path_or_session.get_providers() if isinstance(path_or_session, ort.InferenceSession)
-                  else pick_providers(providers))
-        concurrency = 2 if chosen[0] != "CPUExecutionProvider" else 1
     return model_thread(load, transform, name=name, batch_size=batch_size, max_wait_ms=max_wait_ms, warmup=warmup,
-                        batch_sizes=batch_sizes, description=description, concurrency=concurrency, **options)
+                        batch_sizes=batch_sizes, description=description, concurrency=concurrency or 1, **options)
 
 
 class OnnxPipeline(Pipeline):

@@ -11,15 +11,17 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, overload
 
 import cloudpickle
 
 from .. import routes
 from ..broker.base import redact
 from ..thread import TensorThread, as_thread
+from . import bundle
 from .config import ClusterConfig, resolve
-from .registry import Registry, RegistryError, check_name
+from .registry import Registry, RegistryError, check_name, describe
 from .signing import sha256
 
 #: Where a gateway's endpoints for a thread are (``ooblex.routes``), unless the gateway's record says otherwise.
@@ -119,30 +121,49 @@ class Deployment:
         return f"<Deployment {self.name}@{self.version} on {redact(self.config.broker)}>"
 
 
+@overload
 def deploy(thread: Any, cluster: str | None = None, *, store: str | None = None,
            requirements: list[str] | tuple[str, ...] = (), weights: list[Any] | tuple[Any, ...] = (),
-           secret: str | None = None, keep_versions: bool = False, wait: float = 0.0) -> Deployment:
+           secret: str | None = None, keep_versions: bool = False, wait: float = 0.0, license: str = "",
+           export: None = None) -> Deployment: ...
+@overload
+def deploy(thread: Any, cluster: str | None = None, *, store: str | None = None,
+           requirements: list[str] | tuple[str, ...] = (), weights: list[Any] | tuple[Any, ...] = (),
+           secret: str | None = None, keep_versions: bool = False, wait: float = 0.0, license: str = "",
+           export: str | Path) -> Path: ...
+
+
+def deploy(thread: Any, cluster: str | None = None, *, store: str | None = None,
+           requirements: list[str] | tuple[str, ...] = (), weights: list[Any] | tuple[Any, ...] = (),
+           secret: str | None = None, keep_versions: bool = False, wait: float = 0.0, license: str = "",
+           export: str | Path | None = None) -> Deployment | Path:
     """Publish ``thread`` as a new version on ``cluster`` and make it the active one.
 
     ``requirements``: pip requirement strings workers install (in a private target) if missing.
     ``weights``: file paths; on workers ``ob.weight("file.name")`` gives the local copy.
     ``keep_versions``: keep earlier versions loaded (reachable as ``name@version``).
     ``wait``: seconds to wait for a worker to serve it (0: return at once).
+    ``license``: what the code and weights are licensed under (an SPDX id), recorded in the manifest.
+    ``export``: write a signed artifact file there instead (no cluster needed), to upload in a
+    gateway's console (``/console``) or ``POST /api/v1/cluster/deployments``; returns its path.
     Needs ``OOBLEX_SECRET`` (or ``secret=``): workers only run signed code.
     """
     t = as_thread(thread)
     check_name(t.name)
-    config = resolve(cluster, store)
     reqs = sorted(set(requirements) | set(t.requirements))
+    if export is not None:
+        return bundle.write(export, t.name, describe(t), pickle_thread(t), requirements=reqs, weights=list(weights),
+                            license=license, secret=secret)
+    config = resolve(cluster, store)
     reg = Registry(config.store, secret)
     try:
         manifest = reg.publish(t, pickle_thread(t), requirements=reqs, weights=list(weights),
-                               keep_versions=keep_versions)
+                               keep_versions=keep_versions,
+                               about={"license": license, "deployed_by": bundle.deployer("ob.deploy")})
     finally:
         reg.close()
     dep = Deployment(t.name, manifest["version"], config, manifest, secret)
     return dep.wait_ready(wait) if wait else dep
-
 
 def undeploy(name: Any, cluster: str | None = None, *, store: str | None = None,
              secret: str | bytes | None = None) -> None:

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..broker import connect
 from ..broker.base import redact
 from ..engine.worker import Worker
 from ..supervision import cancel, supervise
 from ..thread import TensorThread
 from . import artifacts
+from .machine import Machine
 from .registry import Registry
 from .signing import ENV, SignatureError, get_secret
 
@@ -68,6 +70,7 @@ class WorkerNode:
         self._rev = -1
         self._last = (time.monotonic(), 0)
         self._fps = 0.0
+        self.machine = Machine()
 
     async def run(self, stop: asyncio.Event) -> None:
         broker = connect(self.broker_url)
@@ -202,5 +205,6 @@ class WorkerNode:
                                          "retry_at": round(time.time() + r.retry_at - now, 3)}
                             for (n, v), r in self.refused.items()},
                 "load": os.getloadavg()[0], "busy": self.worker.busy, "fps": self._fps,
-                "processed": self.worker.processed, "errors": self.worker.errors, "skipped": self.worker.skipped}
+                "processed": self.worker.processed, "errors": self.worker.errors, "skipped": self.worker.skipped,
+                "ooblex": __version__, **self.machine.sample()}
 

@@ -45,6 +45,8 @@ P = "ooblex"
 #: Unreferenced blobs younger than this are kept: a deploy uploads its blobs before its manifest.
 GC_GRACE_S = 600.0
 TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+#: Manifest fields that say where a version comes from (signed with the rest, shown by status pages).
+ABOUT = ("license", "deployed_by")
 
 
 class RegistryError(NotFound):
@@ -77,28 +79,24 @@ class Registry:
     def put_blob(self, data: bytes) -> str:
         """Store ``data`` once (content-addressed); returns its SHA-256."""
         digest = sha256(data)
-        self._put_chunks(digest, len(data), (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
+        self.put_chunks(digest, len(data), (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
         return digest
 
     def put_file(self, path: str | Path) -> dict[str, Any]:
         """Store a weight file chunk by chunk (never whole in memory); returns its manifest entry."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"weight file not found: {path}")
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                h.update(chunk)
-        digest, size = h.hexdigest(), path.stat().st_size
+        entry = file_entry(path)
+        digest, size = entry["sha256"], entry["size"]
 
         def chunks() -> Any:
             with path.open("rb") as f:
                 yield from iter(lambda: f.read(CHUNK), b"")
 
-        self._put_chunks(digest, size, chunks())
-        return {"name": path.name, "sha256": digest, "size": size}
+        self.put_chunks(digest, size, chunks())
+        return entry
 
-    def _put_chunks(self, digest: str, size: int, chunks: Any) -> None:
+    def put_chunks(self, digest: str, size: int, chunks: Any) -> None:
+        """Store a blob from an iterable of byte chunks whose SHA-256 (``digest``) the caller has checked."""
         key = f"{P}:blob:{digest}"
         if self.r.hget(key, "complete") == b"1":
             return
@@ -156,9 +154,20 @@ class Registry:
 
     # --- threads -------------------------------------------------------------------------
     def publish(self, thread: TensorThread, code: bytes, *, requirements: list[str] = (),  # type: ignore[assignment]
-                weights: list[str | Path] = (), keep_versions: bool = False) -> dict[str, Any]:  # type: ignore[assignment]
+                weights: list[str | Path] = (), keep_versions: bool = False,  # type: ignore[assignment]
+                about: dict[str, Any] | None = None) -> dict[str, Any]:
         """Upload and sign a new version of ``thread`` and make it the active one."""
-        name = thread.name
+        check_name(thread.name)
+        self.need_secret(f"deploy {thread.name!r}")
+        return self.publish_code(thread.name, describe(thread), code, requirements=requirements,
+                                 weights=[self.put_file(w) for w in weights], keep_versions=keep_versions, about=about)
+
+    def publish_code(self, name: str, meta: dict[str, Any], code: bytes, *, requirements: list[str] = (),  # type: ignore[assignment]
+                     weights: list[dict[str, Any]] = (), keep_versions: bool = False,  # type: ignore[assignment]
+                     about: dict[str, Any] | None = None, python: str | None = None) -> dict[str, Any]:
+        """Sign and activate a new version from its parts: ``meta`` (``TensorThread.describe()``), the
+        pickled ``code``, weight entries of blobs already stored, ``about`` (``license``, ``deployed_by``)
+        and the Python it was pickled with. For deploys whose code never runs here (uploaded artifacts)."""
         check_name(name)
         secret = self.need_secret(f"deploy {name!r}")
         manifest = {
@@ -166,10 +175,11 @@ class Registry:
             "version": int(self.r.incr(f"{P}:reg:{name}:seq")),
             "code": self.put_blob(code),
             "requirements": list(requirements),
-            "weights": [self.put_file(w) for w in weights],
-            "meta": describe(thread),
-            "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+            "weights": list(weights),
+            "meta": meta,
+            "python": python or f"{sys.version_info.major}.{sys.version_info.minor}",
             "created": time.time(),
+            **{k: v for k, v in (about or {}).items() if k in ABOUT},
         }
         signed = sign(manifest, secret, ARTIFACT)
         v = manifest["version"]
@@ -293,6 +303,17 @@ class Registry:
             p.delete(f"{P}:{kind}:{ident}")
             p.zrem(f"{P}:{kind}s", ident)
             p.execute()
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    """A weight file's manifest entry: its name, SHA-256 (read chunk by chunk) and size."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file not found: {path}")
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return {"name": path.name, "sha256": h.hexdigest(), "size": path.stat().st_size}
 
 
 def check_name(name: str) -> None:

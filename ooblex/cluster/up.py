@@ -84,6 +84,8 @@ def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: i
         print("ooblex up: ready " + json.dumps(ready), flush=True)
         print(f"  source {env_file}    # OOBLEX_BROKER, OOBLEX_STORE, OOBLEX_SECRET (mode 0600, deleted on exit)\n"
               "  then: ob.deploy(my_thread)  |  Ctrl-C stops everything", flush=True)
+        if gateway_url:
+            print(f"  console: {gateway_url}/console   (log in with: ooblex token control)", flush=True)
         return _supervise(children, stopping)
     finally:
         for _, proc in children:

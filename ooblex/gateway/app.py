@@ -31,7 +31,7 @@ from ..engine import Engine, Stream
 from ..errors import OoblexError, status
 from ..frame import result_json
 from ..supervision import cancel, supervise
-from . import frames, ice, jobs, metrics, mjpeg, whep, whip
+from . import console, frames, ice, jobs, metrics, mjpeg, whep, whip
 from .admission import Admission
 from .auth import require_control, stream_for
 from .bodies import read_json
@@ -79,10 +79,11 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
         if owns_engine:
             await engine.start()
         meter = supervise(lambda: gw.meter.run(gw.governor.update), "gateway:load", logger=log)
+        sampler = supervise(lambda: gw.history.run(engine.streams), "gateway:history", logger=log)
         try:
             yield
         finally:
-            await cancel(meter)
+            await cancel(meter, sampler)
             await gw.sessions.close_all()
             if owns_engine:
                 await engine.close()
@@ -100,7 +101,7 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
         app.add_middleware(PeerRouter, directory=directory, secret=settings.secret)
     app.add_middleware(Guard, hosts=local_hosts(settings.host) | set(settings.allowed_hosts) | {public or ""},
                        origins=settings.cors_origins)
-    for module in (whip, whep, ice, mjpeg, frames, metrics, jobs):
+    for module in (whip, whep, ice, mjpeg, frames, metrics, jobs, console):
         app.include_router(module.router)
     app.include_router(_api_router())
     _error_handlers(app)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+import tempfile
+from collections.abc import AsyncIterator
+from typing import IO, Any
 
 import numpy as np
 from fastapi import Request
@@ -13,20 +15,39 @@ from .. import jpeg
 from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
+#: Uploads up to this size stay in memory while they are checked; larger ones go to a temporary file.
+SPOOL_IN_MEMORY = 8 << 20
 
 
 async def read_body(request: Request, limit: int, what: str) -> bytes:
     """The whole body, or 413 as soon as it is known to exceed ``limit`` bytes (never read past it)."""
+    return b"".join([chunk async for chunk in limited(request, limit, what)])
+
+
+async def limited(request: Request, limit: int, what: str) -> AsyncIterator[bytes]:
+    """The body's chunks; 413 as soon as it is known to exceed ``limit`` bytes (from its length, or while read)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"{what} is {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"{what} exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def spool_body(request: Request, limit: int, what: str) -> IO[bytes]:
+    """The body in a temporary file (in memory while small), within ``limit``: for uploads too big to hold."""
+    out = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+    try:
+        async for chunk in limited(request, limit, what):
+            out.write(chunk)
+    except BaseException:
+        out.close()
+        raise
+    out.seek(0)
+    return out  # type: ignore[return-value]
 
 
 def media_type(request: Request) -> str:

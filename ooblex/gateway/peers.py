@@ -41,6 +41,7 @@ ROUTES = [
     (routes.pattern(routes.WHEP_SESSION), "stream_id", ("DELETE",)),
     (routes.pattern(routes.MJPEG), "stream_id", ("GET", "HEAD")),
     (routes.pattern(routes.STREAM), "stream_id", ("GET", "PATCH")),
+    (routes.pattern(routes.STREAM_HISTORY), "stream_id", ("GET",)),
 ]
 #: Headers that belong to one connection, not to the request or answer.
 HOP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade", b"proxy-authorization",
@@ -151,24 +152,31 @@ async def cluster_streams(request: Request, directory: Directory, timeout_s: flo
                           ) -> tuple[list[dict[str, Any]], list[str]]:
     """Every other live gateway's streams (``GET /api/v1/streams`` there, with the caller's token), and the
     instances that did not answer."""
+    answers, missing = await ask_peers(request, directory, routes.STREAMS, timeout_s)
+    return [s for a in answers for s in a], missing
+
+
+async def ask_peers(request: Request, directory: Directory, path: str, timeout_s: float = 3.0,
+                    params: dict[str, str] | None = None) -> tuple[list[Any], list[str]]:
+    """``GET path`` on every other live gateway with the caller's token (marked forwarded, so they answer
+    for themselves only): the JSON answers, and the instances that did not answer."""
     peers = await directory.peers()
     headers = {FORWARDED: directory.instance}
     if "authorization" in request.headers:
         headers["authorization"] = request.headers["authorization"]
-    params = {k: v for k, v in request.query_params.items() if k == "token"}
+    query = {**(params or {}), **{k: v for k, v in request.query_params.items() if k == "token"}}
 
-    async def ask(http: httpx.AsyncClient, peer: dict[str, Any]) -> list[dict[str, Any]] | None:
+    async def ask(http: httpx.AsyncClient, peer: dict[str, Any]) -> Any:
         try:
-            r = await http.get(peer["peer_url"].rstrip("/") + routes.STREAMS, headers=headers, params=params)
+            r = await http.get(peer["peer_url"].rstrip("/") + path, headers=headers, params=query)
             return r.json() if r.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
             return None
 
     async with httpx.AsyncClient(timeout=timeout_s) as http:
         answers = await asyncio.gather(*(ask(http, p) for p in peers))
-    streams = [s for a in answers if a for s in a]
     missing = [str(p.get("instance")) for p, a in zip(peers, answers, strict=True) if a is None]
-    return streams, missing
+    return [a for a in answers if a is not None], missing
 
 
 async def _body(receive: Receive) -> bytes | None:

@@ -79,6 +79,13 @@ class Settings:
     #: How long one HTTP frame may take before 504.
     frame_timeout_s: float = 10.0
 
+    # --- console (/console) -------------------------------------------------------------------
+    #: Largest upload to the console: a deploy artifact or an ONNX model, in bytes (and the most an
+    #: artifact may unpack to). Uploads are checked before anything is stored.
+    max_upload_bytes: int = 256 * 1024 * 1024
+    #: Seconds of per-second history kept per open stream for the console's charts.
+    history_s: int = 300
+
     # --- media and WebRTC ---------------------------------------------------------------------
     #: JPEG quality for MJPEG and HTTP/WS outputs.
     jpeg_quality: int = 80

@@ -17,6 +17,7 @@ from ..errors import NotFound, TooManyRequests
 from ..frame import Frame
 from ..webrtc.audio import AudioRelay
 from .admission import Governor, LoadMeter
+from .history import History
 from .sessions import Sessions
 from .settings import Settings
 
@@ -57,6 +58,8 @@ class Gateway:
     #: Measured load, and what it means for new sessions and every stream (``admission.py``).
     meter: LoadMeter = field(init=False)
     governor: Governor = field(init=False)
+    #: Per-second aggregates of every open stream, for the console's charts (``history.py``).
+    history: History = field(init=False)
     counters: dict[str, int] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
 
@@ -76,6 +79,7 @@ class Gateway:
         self.instance = self.engine.reply_to.rsplit(".", 1)[-1]
         self.sessions.prefix = f"{self.instance}."
         self.governor = Governor(s.max_loop_busy, s.max_cpu, s.max_loop_lag_ms, s.min_fps, s.min_scale)
+        self.history = History(s.history_s)
 
     def open(self, client: str, thread: str, **options: Any) -> Stream:
         """Open a stream for ``client``, within the per-client and engine stream limits (429 past them)."""
