@@ -418,7 +418,7 @@ def test_one_broker_url_from_the_environment_everywhere(monkeypatch) -> None:
     from ooblex.broker import kind
     from ooblex.cli import build_parser
     from ooblex.cluster.config import resolve
-    from server_ext.cluster import Settings
+    from ooblex_server_ext.cluster import Settings
 
     monkeypatch.setenv("OOBLEX_CLUSTER", "redis://alias:6379/0")
     monkeypatch.setenv("OOBLEX_BROKER", "redis://broker:6379/0")

@@ -17,13 +17,13 @@ import pytest
 from ooblex.frame import Frame
 from ooblex.media.sinks import MJPEGServerSink
 from ooblex.tokens import verify
-from server_ext.cluster import Settings
+from ooblex_server_ext.cluster import Settings
 
 pytest.importorskip("jupyter_server")
 from .jupyter_proc import ROOT, JupyterServer, free_port  # noqa: E402
 
 SECRET = "cluster-s3cret"
-ENABLE = '--ServerApp.jpserver_extensions={"server_ext": True}'
+ENABLE = '--ServerApp.jpserver_extensions={"ooblex_server_ext": True}'
 
 
 class FakeGateway:
@@ -305,7 +305,7 @@ def wait_http(url: str, timeout: float = 30) -> None:
 def test_loading_the_extension_turns_nagle_off_for_kernel_websockets(tmp_path, monkeypatch):
     from jupyter_server.serverapp import ServerApp
 
-    from server_ext.nodelay import NoDelayWebsocketConnection
+    from ooblex_server_ext.nodelay import NoDelayWebsocketConnection
 
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
