@@ -38,8 +38,10 @@ $(STAMP): pyproject.toml .ci/system-deps
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	# editable installs skip data-files: place the server extension's enabling config as a wheel install does
-	install -D -m 644 server_ext/jupyter-config/jupyter_server_config.d/server_ext.json \
-		$(VENV)/etc/jupyter/jupyter_server_config.d/server_ext.json
+	# (and drop the one that enabled it under its old top-level name, server_ext, in venvs made before)
+	rm -f $(VENV)/etc/jupyter/jupyter_server_config.d/server_ext.json
+	install -D -m 644 server_ext/jupyter-config/jupyter_server_config.d/ooblex_server_ext.json \
+		$(VENV)/etc/jupyter/jupyter_server_config.d/ooblex_server_ext.json
 	touch $@
 
 demo: setup

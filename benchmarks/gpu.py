@@ -93,7 +93,7 @@ def tiny() -> nn.Module:
 
 
 def cartoon() -> nn.Module:
-    from models.cartoon_net import load_cartoon_net
+    from ooblex_models.cartoon_net import load_cartoon_net
 
     return load_cartoon_net()
 

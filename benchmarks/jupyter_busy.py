@@ -47,7 +47,7 @@ def cartoon(frame, levels: int = 4, edge: int = 40):
 CONFIGS = [("side channel", "jpeg", "identity"), ("side channel", "raw", "identity"),
            ("side channel", "jpeg", "cartoon"), ("comm", "jpeg", "identity")]
 EXTENSION = {"JUPYTER_CONFIG_PATH": str(ROOT / "server_ext" / "jupyter-config")}
-NO_EXTENSION = ['--ServerApp.jpserver_extensions={"server_ext": False}']
+NO_EXTENSION = ['--ServerApp.jpserver_extensions={"ooblex_server_ext": False}']
 
 
 def notebook(path: Path, thread: str, codec: str, seconds: float) -> None:

@@ -40,7 +40,7 @@ CONFIGS = [("identity", 320, 240, 1), ("identity", 640, 480, 1), ("identity", 64
 
 #: The server extension as installed (side channel); NAGLE=1 turns it off: the comm path on stock Jupyter.
 CONFIG = {"JUPYTER_CONFIG_PATH": str(ROOT / "server_ext" / "jupyter-config")}
-ARGS = ['--ServerApp.jpserver_extensions={"server_ext": False}'] if os.environ.get("NAGLE") else None
+ARGS = ['--ServerApp.jpserver_extensions={"ooblex_server_ext": False}'] if os.environ.get("NAGLE") else None
 
 
 def notebook(path: Path, thread: str, w: int, h: int, in_flight: int) -> None:

@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-import models  # noqa: E402
+import ooblex_models  # noqa: E402
 
 
 def load(name: str) -> np.ndarray:
@@ -76,7 +76,7 @@ def found(out: Any) -> str:
 
 
 def cases(threads: int) -> list[tuple[str, str, Callable[[np.ndarray], Any], dict[str, Any]]]:
-    loaded = {t.name: t for t in models.load_demo_threads()}
+    loaded = {t.name: t for t in ooblex_models.load_demo_threads()}
     out: list[tuple[str, str, Callable[[np.ndarray], Any], dict[str, Any]]] = []
 
     def add(name: str, image: str, **params: Any) -> None:
@@ -94,7 +94,7 @@ def cases(threads: int) -> list[tuple[str, str, Callable[[np.ndarray], Any], dic
     add("cartoon_torch", "one_face.jpg")
     if "cartoon_onnx" in loaded:
         import ooblex as ob
-        from models.cartoon_onnx import ONNX
+        from ooblex_models.cartoon_onnx import ONNX
 
         out.append(("cartoon_onnx", "one_face.jpg", ob.onnx.session(ONNX, name="cartoon_onnx", threads=threads), {}))
     add("sketch", "one_face.jpg")

@@ -2,6 +2,7 @@
 
 Nothing here downloads anything: face weights come from pip packages (``dlib-bin``,
 ``face_recognition_models``), the style networks' weights are committed under ``models/weights``.
+The folder installs as the package ``ooblex_models``, so a user's own ``models`` package cannot collide with it.
 Submodules import their optional dependencies at import time, so ``load_demo_threads`` can skip
 a demo whose dependencies are missing with a warning instead of failing.
 """
@@ -17,13 +18,13 @@ log = logging.getLogger("ooblex.models")
 
 #: thread name -> "module:attribute", in the order the demo lists them.
 DEMOS = {
-    "face_detect": "models.detect:face_detect",
-    "face_blur": "models.privacy:face_blur",
-    "face_pixelate": "models.privacy:face_pixelate",
-    "face_swap": "models.swap:face_swap",
-    "cartoon_torch": "models.cartoon:cartoon_torch",
-    "cartoon_onnx": "models.cartoon_onnx:cartoon_onnx",
-    "sketch": "models.sketch:sketch",
+    "face_detect": "ooblex_models.detect:face_detect",
+    "face_blur": "ooblex_models.privacy:face_blur",
+    "face_pixelate": "ooblex_models.privacy:face_pixelate",
+    "face_swap": "ooblex_models.swap:face_swap",
+    "cartoon_torch": "ooblex_models.cartoon:cartoon_torch",
+    "cartoon_onnx": "ooblex_models.cartoon_onnx:cartoon_onnx",
+    "sketch": "ooblex_models.sketch:sketch",
 }
 
 

@@ -11,7 +11,6 @@ and ``cartoon.onnx`` (dynamic batch/height/width) under ``--out`` (default model
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -19,11 +18,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from models.cartoon_net import CartoonNet  # noqa: E402
-from models.styles import cartoon_filter  # noqa: E402
-from models.training import Images  # noqa: E402
+from ooblex_models.cartoon_net import CartoonNet
+from ooblex_models.styles import cartoon_filter
+from ooblex_models.training import Images
 
 
 def batch(images: Images, n: int) -> tuple[torch.Tensor, torch.Tensor]:

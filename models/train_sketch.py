@@ -10,20 +10,16 @@ Writes ``sketch.weights.h5`` under ``--out`` (default models/weights).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from models.sketch_net import build_sketch_net  # noqa: E402
-from models.styles import sketch_filter  # noqa: E402
-from models.training import Images  # noqa: E402
+from ooblex_models.sketch_net import build_sketch_net
+from ooblex_models.styles import sketch_filter
+from ooblex_models.training import Images
 
 
 def batch(images: Images, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ __all__ = [
 
 #: Cluster functions, imported on first use (they need the ``cluster`` extra: redis, aio-pika).
 _LAZY = {"deploy": "ooblex.cluster.deploy", "undeploy": "ooblex.cluster.deploy",
-         "deployment": "ooblex.cluster.deploy", "process": "ooblex.cluster.jobs",
+         "deployment": "ooblex.cluster.deploy", "process": "ooblex.cluster.process",
          "weight": "ooblex.cluster.weights", "ClusterEngine": "ooblex.cluster.engine"}
 
 

@@ -11,10 +11,12 @@ import hashlib
 import hmac
 import os
 
+from .errors import Forbidden
+
 ENV = "OOBLEX_SECRET"
 
 
-class MissingSecret(PermissionError):
+class MissingSecret(Forbidden):
     """An operation that needs the cluster secret was attempted without one."""
 
 

@@ -3,8 +3,9 @@
 Everything sits under ``{base_url}ooblex/`` behind Jupyter's own authentication, so a browser that
 can reach only the Jupyter origin (a remote JupyterHub) can list and deploy tensor threads, watch
 deployed streams, and feed ``ob.live`` widgets while their kernel runs a cell (``live.py``).
-Enabled on install (``etc/jupyter/jupyter_server_config.d/server_ext.json``) or with
-``jupyter server extension enable server_ext``. Settings come from the server's environment:
+Installed as ``ooblex_server_ext`` (the folder's name is no package name, so a user's own ``server_ext``
+cannot collide with it). Enabled on install (``etc/jupyter/jupyter_server_config.d/ooblex_server_ext.json``)
+or with ``jupyter server extension enable ooblex_server_ext``. Settings come from the server's environment:
 ``OOBLEX_BROKER`` (broker URL; ``OOBLEX_CLUSTER`` is an alias), ``OOBLEX_SECRET``, ``OOBLEX_GATEWAY``
 (gateway base URL) and the live proxy's limits (``OOBLEX_LIVE_MAX_MESSAGE_BYTES``, ``OOBLEX_LIVE_MAX_IN_FLIGHT``).
 """
@@ -19,7 +20,7 @@ from .nodelay import use_nodelay_websockets
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
-    return [{"module": "server_ext"}]
+    return [{"module": __name__}]
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ import httpx
 
 from ooblex import routes
 from ooblex.cluster.config import env_broker
+from ooblex.errors import BadRequest, OoblexError, Unavailable
 
 NOT_AVAILABLE = "cluster support not installed/configured"
 
@@ -30,7 +32,7 @@ def _unreachable_errors() -> tuple[type[BaseException], ...]:
     return (OSError, RedisConnectionError, RedisTimeoutError)
 
 
-class ClusterUnavailable(RuntimeError):
+class ClusterUnavailable(Unavailable, RuntimeError):
     """The cluster cannot be reached from this server (missing package or settings): HTTP 503."""
 
 
@@ -80,6 +82,8 @@ class Cluster:
         modules = self._modules()
         try:
             return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(modules, *args, **kwargs))
+        except OoblexError:  # says what it is (GatewayTimeout is an OSError too, yet no unreachable store)
+            raise
         except _unreachable_errors() as exc:
             raise ClusterUnavailable(f"cannot reach the cluster's store: {exc}") from None
 
@@ -187,8 +191,17 @@ class Cluster:
         from ooblex.loader import load_thread
 
         thread = load_thread(spec)
-        dep = modules[0].deploy(thread, cluster=self.settings.cluster, store=self.settings.store or None,
-                                secret=self.settings.secret or None, wait=float(wait), **options)
+        try:
+            wait_s = float(wait)
+        except (TypeError, ValueError):
+            raise BadRequest(f'"wait" must be seconds, not {wait!r}') from None
+        ours = {"cluster": self.settings.cluster, "store": self.settings.store or None,
+                "secret": self.settings.secret or None, "wait": wait_s}
+        try:  # options the body may not set (ours) or deploy does not take: 400, not a 500 from the call
+            inspect.signature(modules[0].deploy).bind(thread, **ours, **options)
+        except TypeError as exc:
+            raise BadRequest(f"bad deployment options: {exc}") from None
+        dep = modules[0].deploy(thread, **ours, **options)
         return {"name": dep.name, "version": dep.version, "urls": dep.urls, "status": dep.status()}
 
     def _undeploy(self, modules: tuple[Any, Any], name: str) -> dict[str, Any]:

@@ -13,7 +13,9 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
-from .cluster import Cluster, ClusterUnavailable, Settings
+from ooblex import errors
+
+from .cluster import Cluster, Settings
 from .live import live_handlers
 from .proxy import GatewayProxyHandler
 
@@ -26,16 +28,15 @@ class OoblexHandler(APIHandler):
         self.cluster = Cluster(settings)
 
     async def cluster_call(self, what: str, *args: Any, **kwargs: Any) -> Any:
+        """The status comes from the table the gateway answers from too (``ooblex.errors.status``);
+        anything else is a bug and reaches Jupyter's own 500 handler, logged with its traceback."""
         try:
             return await self.cluster.call(what, *args, **kwargs)
-        except ClusterUnavailable as exc:
-            raise web.HTTPError(503, str(exc), reason="Cluster Unavailable") from None
-        except LookupError as exc:
-            raise web.HTTPError(404, str(exc).strip("'\"")) from None
-        except PermissionError as exc:  # no OOBLEX_SECRET, or a refused signature
-            raise web.HTTPError(403, str(exc)) from None
-        except (ValueError, TypeError) as exc:
-            raise web.HTTPError(400, str(exc)) from None
+        except Exception as exc:
+            code = errors.status(exc)
+            if code == 500 and not isinstance(exc, errors.OoblexError):
+                raise
+            raise web.HTTPError(code, str(exc)) from None
 
     def reply(self, data: Any, status: int = 200) -> None:
         self.set_status(status)

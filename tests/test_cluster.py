@@ -12,6 +12,7 @@ import pytest
 import ooblex as ob
 from ooblex.cluster.engine import ClusterEngine
 from ooblex.cluster.registry import CHUNK, Registry
+from ooblex.jobs import NoWorkers
 
 from .cluster_fixtures import (  # noqa: F401
     SECRET,
@@ -207,7 +208,7 @@ def test_two_workers_share_a_stream(redis_server) -> None:  # noqa: F811
 
 def test_process_with_nobody_serving_fails_clearly(redis_server) -> None:  # noqa: F811
     ob.deploy(stamp, cluster=redis_server.url)
-    with pytest.raises(ob.cluster.jobs.NoWorkers, match="no workers serve 'stamp'"):
+    with pytest.raises(NoWorkers, match="no workers serve 'stamp'"):
         ob.process("stamp", numbered_frames(3), cluster=redis_server.url, progress=False, no_workers_s=2)
 
 
@@ -418,7 +419,7 @@ def test_one_broker_url_from_the_environment_everywhere(monkeypatch) -> None:
     from ooblex.broker import kind
     from ooblex.cli import build_parser
     from ooblex.cluster.config import resolve
-    from server_ext.cluster import Settings
+    from ooblex_server_ext.cluster import Settings
 
     monkeypatch.setenv("OOBLEX_CLUSTER", "redis://alias:6379/0")
     monkeypatch.setenv("OOBLEX_BROKER", "redis://broker:6379/0")

@@ -326,7 +326,7 @@ def test_without_the_extension_frames_travel_over_the_comm_and_the_widget_says_s
     monkeypatch.delenv("OOBLEX_SOURCE", raising=False)
     write_notebook(tmp_path / "comm.ipynb", ["import ooblex as ob\nlive = ob.live(ob.identity)\nlive"])
     with playwright.sync_playwright() as p:
-        b = Browser(p, tmp_path, "jupyterlab", args=['--ServerApp.jpserver_extensions={"server_ext": False}'])
+        b = Browser(p, tmp_path, "jupyterlab", args=['--ServerApp.jpserver_extensions={"ooblex_server_ext": False}'])
         page = b.page
         try:
             b.open("comm.ipynb")
@@ -358,7 +358,7 @@ def test_face_detect_outlines_faces_over_the_webcam(tmp_path, monkeypatch):
         f.write(b"YUV4MPEG2 W640 H480 F30:1 Ip A1:1 C420jpeg\n")
         for _ in range(30):
             f.write(b"FRAME\n" + cv2.cvtColor(photo, cv2.COLOR_BGR2YUV_I420).tobytes())
-    write_notebook(tmp_path / "faces.ipynb", ["import ooblex as ob\nfrom models.detect import face_detect\n"
+    write_notebook(tmp_path / "faces.ipynb", ["import ooblex as ob\nfrom ooblex_models.detect import face_detect\n"
                                               "live = ob.live(face_detect)\nlive"])
     with playwright.sync_playwright() as p:
         b = Browser(p, tmp_path, "jupyterlab", video=y4m)

@@ -33,7 +33,7 @@ from tornado.websocket import websocket_connect  # noqa: E402
 from .jupyter_proc import JupyterServer  # noqa: E402
 from .kernel_frontend import KernelFrontend  # noqa: E402
 
-ENABLE = '--ServerApp.jpserver_extensions={"server_ext": True}'
+ENABLE = '--ServerApp.jpserver_extensions={"ooblex_server_ext": True}'
 LIMIT = 1 << 20  # the proxy's message limit in these tests (a setting: OOBLEX_LIVE_MAX_MESSAGE_BYTES)
 pytestmark = pytest.mark.timeout(300)
 

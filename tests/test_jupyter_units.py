@@ -92,7 +92,7 @@ def test_face_detect_results_carry_the_overlay_schema():
     pytest.importorskip("dlib")
     import cv2
 
-    from models.detect import face_detect
+    from ooblex_models.detect import face_detect
 
     from .kernel_frontend import ROOT
 

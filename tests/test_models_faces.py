@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-import models
-from models.detect import face_detect
-from models.privacy import face_blur, face_pixelate
-from models.swap import LandmarkSmoother, face_swap
+import ooblex_models
 from ooblex import Engine
+from ooblex_models.detect import face_detect
+from ooblex_models.privacy import face_blur, face_pixelate
+from ooblex_models.swap import LandmarkSmoother, face_swap
 
 DATA = Path(__file__).parent / "data"
 #: nose tips (x, y) per image, from tests/data/README.md, left to right
@@ -168,9 +168,9 @@ def test_landmark_smoother_damps_jitter_and_follows_real_motion() -> None:
 
 
 def test_demo_threads_load_with_licences() -> None:
-    names = [t.name for t in models.load_demo_threads()]
+    names = [t.name for t in ooblex_models.load_demo_threads()]
     assert {"face_detect", "face_blur", "face_pixelate", "face_swap"} <= set(names)
-    for t in models.load_demo_threads():
+    for t in ooblex_models.load_demo_threads():
         d = t.describe()
         assert d["description"] and d["licence"], t.name
 
@@ -178,9 +178,9 @@ def test_demo_threads_load_with_licences() -> None:
 def test_a_demo_with_missing_dependencies_is_skipped_with_a_warning(tmp_path, monkeypatch, caplog) -> None:
     (tmp_path / "needs_missing.py").write_text("import not_installed_anywhere_xyz\nthread = None\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(models.DEMOS, "needs_missing", "needs_missing:thread")
+    monkeypatch.setitem(ooblex_models.DEMOS, "needs_missing", "needs_missing:thread")
     with caplog.at_level(logging.WARNING, "ooblex.models"):
-        names = [t.name for t in models.load_demo_threads()]
+        names = [t.name for t in ooblex_models.load_demo_threads()]
     assert "needs_missing" not in names and "face_blur" in names
     assert "needs_missing skipped" in caplog.text and "not_installed_anywhere_xyz" in caplog.text
     sys.modules.pop("needs_missing", None)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.styles import cartoon_filter, sketch_filter
+from ooblex_models.styles import cartoon_filter, sketch_filter
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "models" / "weights"
@@ -30,8 +30,8 @@ def test_weights_are_shipped_and_small() -> None:
 
 def test_cartoon_net_imitates_the_filter_in_torch_and_onnx() -> None:
     pytest.importorskip("torch")
-    from models.cartoon import cartoon_torch
-    from models.cartoon_onnx import cartoon_onnx
+    from ooblex_models.cartoon import cartoon_torch
+    from ooblex_models.cartoon_onnx import cartoon_onnx
 
     out = cartoon_torch(FRAME)
     teacher = cartoon_filter(FRAME)
@@ -45,7 +45,7 @@ def test_cartoon_net_imitates_the_filter_in_torch_and_onnx() -> None:
 
 def test_sketch_net_imitates_the_filter_in_keras() -> None:
     pytest.importorskip("tensorflow")
-    from models.sketch import sketch
+    from ooblex_models.sketch import sketch
 
     out = sketch(FRAME)
     teacher = sketch_filter(FRAME)

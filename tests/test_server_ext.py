@@ -14,16 +14,18 @@ import httpx
 import numpy as np
 import pytest
 
+from ooblex.errors import GatewayTimeout, NotFound
 from ooblex.frame import Frame
 from ooblex.media.sinks import MJPEGServerSink
+from ooblex.secret import MissingSecret
 from ooblex.tokens import verify
-from server_ext.cluster import Settings
+from ooblex_server_ext.cluster import Cluster, ClusterUnavailable, Settings
 
 pytest.importorskip("jupyter_server")
 from .jupyter_proc import ROOT, JupyterServer, free_port  # noqa: E402
 
 SECRET = "cluster-s3cret"
-ENABLE = '--ServerApp.jpserver_extensions={"server_ext": True}'
+ENABLE = '--ServerApp.jpserver_extensions={"ooblex_server_ext": True}'
 
 
 class FakeGateway:
@@ -138,6 +140,38 @@ def test_listings_are_503_when_the_cluster_is_missing_or_down(server, what):
         assert message.startswith("cannot reach the cluster's store")
     else:
         assert "cluster support not installed/configured" in message
+
+
+def test_deploy_with_options_deploy_does_not_take_is_400(server):
+    """Checked before the cluster is asked, so the closed port of the fixture's cluster does not matter."""
+    if not Settings().describe()["cluster_installed"]:
+        pytest.skip("needs ooblex.cluster")
+    for extra, why in [({"replicas": 2}, "bad deployment options: got an unexpected keyword argument 'replicas'"),
+                       ({"wait": []}, '"wait" must be seconds'),
+                       ({"secret": "mine"}, "multiple values for keyword argument 'secret'")]:
+        r = httpx.post(f"{server.url}/ooblex/deployments", json={"thread": "identity", **extra}, timeout=30,
+                       headers={"Authorization": "token test-token"})
+        assert r.status_code == 400 and why in r.json()["message"], r.text
+
+
+@pytest.mark.parametrize("exc, code", [(ClusterUnavailable("store down"), 503), (GatewayTimeout("not served"), 504),
+                                       (NotFound("'x' is not deployed"), 404), (MissingSecret("no secret"), 403),
+                                       (ValueError("bad"), 400)])
+async def test_cluster_errors_get_the_status_of_the_one_table(exc, code):
+    """What ``cluster_call`` answers is ``ooblex.errors.status``; a GatewayTimeout (an OSError too) stays a
+    timeout instead of passing for an unreachable store."""
+    from ooblex.errors import status
+
+    cluster = Cluster(Settings(cluster="redis://127.0.0.1:1/0"))
+    cluster._modules = lambda: (None, None)  # type: ignore[method-assign]
+
+    def fail(modules: object) -> None:
+        raise exc
+
+    cluster._fail = fail  # type: ignore[attr-defined]
+    with pytest.raises(Exception) as raised:
+        await cluster.call("fail")
+    assert status(raised.value) == code, raised.value
 
 
 @pytest.mark.parametrize("body, why", [(b"{not json", "not JSON"), (b"[1]", "JSON object"),
@@ -321,7 +355,7 @@ def wait_http(url: str, timeout: float = 30) -> None:
 def test_loading_the_extension_turns_nagle_off_for_kernel_websockets(tmp_path, monkeypatch):
     from jupyter_server.serverapp import ServerApp
 
-    from server_ext.nodelay import NoDelayWebsocketConnection
+    from ooblex_server_ext.nodelay import NoDelayWebsocketConnection
 
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))

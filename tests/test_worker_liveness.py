@@ -27,8 +27,8 @@ FRAMES = 8
 async def test_slow_frames_are_computed_once_and_workers_stay_counted(kind: str, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from ooblex.cluster.engine import ClusterEngine
-    from ooblex.cluster.jobs import run_job
     from ooblex.cluster.servers import RabbitMQServer, RedisServer
+    from ooblex.jobs import run_job
 
     monkeypatch.setenv("OOBLEX_SECRET", SECRET)
     log = tmp_path / "computed.log"

@@ -18,6 +18,7 @@ import cloudpickle
 
 from .. import routes
 from ..broker.base import redact
+from ..errors import GatewayTimeout
 from ..thread import TensorThread, as_thread
 from . import bundle
 from .config import ClusterConfig, resolve
@@ -98,7 +99,7 @@ class Deployment:
             if time.monotonic() > deadline:
                 why = "; ".join(f"{w}: {r}" for w, r in st["refused"].items()) or \
                     f"{len(st['workers_alive'])} worker(s) alive, none serving it"
-                raise TimeoutError(f"{self.name}@{self.version} not served by {workers} worker(s) after "
+                raise GatewayTimeout(f"{self.name}@{self.version} not served by {workers} worker(s) after "
                                    f"{timeout:.0f} s ({why})")
             time.sleep(0.2)
 

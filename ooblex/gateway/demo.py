@@ -1,4 +1,4 @@
-"""Threads the demo serves: the models package's demo threads, else small built-in ones.
+"""Threads the demo serves: the shipped demo threads (``ooblex_models``), else small built-in ones.
 
 The built-ins need only numpy and OpenCV, so ``ooblex demo`` always has something with
 parameters to play with, even before any model is installed.
@@ -46,17 +46,17 @@ BUILTIN_DEMO_THREADS = [edges, invert, cartoon]
 
 
 def demo_threads() -> list[TensorThread]:
-    """``models.load_demo_threads()`` when the models package provides it, plus the built-ins."""
+    """``ooblex_models.load_demo_threads()`` when the models package provides it, plus the built-ins."""
     threads = list(BUILTIN_DEMO_THREADS)
     try:
-        from models import load_demo_threads
+        from ooblex_models import load_demo_threads
     except ImportError:
-        log.info("models.load_demo_threads not available: serving the built-in demo threads only")
+        log.info("ooblex_models.load_demo_threads not available: serving the built-in demo threads only")
         return threads
     try:
         loaded = list(load_demo_threads())
     except Exception:  # a broken model must not stop the demo from starting
-        log.exception("models.load_demo_threads() failed: serving the built-in demo threads only")
+        log.exception("ooblex_models.load_demo_threads() failed: serving the built-in demo threads only")
         return threads
     names = {t.name for t in loaded}
     return loaded + [t for t in threads if t.name not in names]

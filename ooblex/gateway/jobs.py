@@ -1,7 +1,8 @@
 """``/api/v1/jobs``: process every frame of a file, folder or URL on the gateway's workers.
 
-Unlike live streams, jobs lose nothing and keep order (``ooblex.cluster.jobs.run_job``: a
-stream in every-frame mode, redelivered if a worker dies). Jobs touch the gateway's machine, so
+Unlike live streams, jobs lose nothing and keep order (``ooblex.jobs.run_job``: a stream in
+every-frame mode, redelivered if a worker dies); each runs as a task of the gateway that started it
+(``start_job``), which keeps it for polling. Jobs touch the gateway's machine, so
 they are confined: files only inside the media root (``media_root.py``), URLs only on the
 allow-list (``url_sources.py``), video files as the only sinks; and they are control endpoints
 (a ``control`` token when a secret is set).
@@ -10,13 +11,16 @@ allow-list (``url_sources.py``), video files as the only sinks; and they are con
 from __future__ import annotations
 
 import asyncio
+import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from .. import routes
-from ..cluster.jobs import Job, start_job
+from ..engine import Engine
 from ..errors import BadRequest, NotFound, TooManyRequests
+from ..jobs import JobResult, run_job
 from .auth import require_control
 from .bodies import read_json
 from .media_root import MediaRoot
@@ -34,6 +38,53 @@ JOB_BODY = {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["thread", "source"],
     "properties": {"thread": {"type": "string"}, "source": {"type": "string"}, "sink": {"type": "string"},
                    "params": {"type": "object"}, "overwrite": {"type": "boolean"}}}}}}
+
+
+@dataclass
+class Job:
+    """A job running in the background of a gateway: poll ``describe()``, ``cancel()`` it."""
+
+    id: str
+    thread: str
+    total: int | None = None
+    done: int = 0
+    state: str = "running"  # running | done | failed | cancelled
+    error: str | None = None
+    result: JobResult | None = None
+    task: asyncio.Task[Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "thread": self.thread, "state": self.state, "done": self.done, "total": self.total,
+                "error": self.error, "result": self.result.summary() if self.result else None}
+
+    def cancel(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+def start_job(engine: Engine, thread: str, source: Any, sink: Any = None, **options: Any) -> Job:
+    """Start ``run_job`` as a task on the running loop; returns at once with an unguessable job id.
+
+    Raises ``UnknownThread``/``ValueError`` synchronously for a bad thread name or parameters.
+    """
+    engine.resolve(thread)
+    job = Job(secrets.token_urlsafe(12), thread)
+
+    def progress(done: int, total: int | None) -> None:
+        job.done, job.total = done, total
+
+    async def go() -> None:
+        try:
+            job.result = await run_job(engine, thread, source, sink, progress=progress, **options)
+            job.state = "done"
+        except asyncio.CancelledError:
+            job.state = "cancelled"
+        except Exception as exc:  # noqa: BLE001 - reported through describe()
+            job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
+
+    job.task = asyncio.create_task(go(), name=f"job:{job.id}")
+    return job
+
 
 
 @router.post(routes.JOBS, status_code=201, openapi_extra={"requestBody": JOB_BODY})

@@ -6,12 +6,11 @@ import asyncio
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request, WebSocket
 
 from .. import jpeg
-from ..cluster.jobs import Job
 from ..engine import Engine, Stream
 from ..errors import NotFound, TooManyRequests
 from ..frame import Frame
@@ -20,6 +19,9 @@ from .admission import Governor, LoadMeter
 from .history import History
 from .sessions import Sessions
 from .settings import Settings
+
+if TYPE_CHECKING:  # jobs.py imports this module
+    from .jobs import Job
 
 #: Encoded outputs kept for viewers that ask for the same frame (several MJPEG clients).
 JPEG_CACHE_SIZE = 16

@@ -3,7 +3,8 @@
 Comm messages travel on the kernel's shell channel, which the kernel reads only between cells, so a
 widget fed over its comm freezes whenever the notebook works. The live loop thread (its own event
 loop, ``loop.py``) therefore also serves a Unix socket, and the Jupyter server extension
-(``server_ext/live.py``) proxies the browser's WebSocket to it behind Jupyter's own authentication.
+(``ooblex_server_ext.live``, from ``server_ext/live.py``) proxies the browser's WebSocket to it behind
+Jupyter's own authentication.
 
 Who can reach it: the socket is 0600 inside a fresh 0700 directory, so other local users cannot
 connect, and a web page cannot reach a Unix socket at all. The extension finds it from the kernel
