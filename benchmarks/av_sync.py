@@ -36,7 +36,6 @@ import sys
 import time
 from pathlib import Path
 
-import av
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,13 +174,7 @@ async def packet_costs(seconds: float = 10.0) -> dict[str, float]:
 
     from ooblex.webrtc.audio import AudioRelay, LipSync, PacketTap
 
-    enc = av.CodecContext.create("libopus", "w")
-    enc.sample_rate, enc.format, enc.layout = 48000, "s16", "mono"
-    payloads = []
-    for start in range(0, round(seconds * 48000), 960):
-        frame = av.AudioFrame.from_ndarray(SIGNAL.samples(start, 960)[None, :], format="s16", layout="mono")
-        frame.sample_rate, frame.pts = 48000, start
-        payloads += [bytes(p) for p in enc.encode(frame)]
+    payloads = SIGNAL.opus(seconds)
     relay = AudioRelay(LipSync())
     track = relay.subscribe()
     tap, packer = PacketTap(relay.push), OpusEncoder()

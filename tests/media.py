@@ -62,23 +62,6 @@ async def sdp_offer(direction: str = "sendrecv", codec: str = "vp8") -> str:
     return sdp
 
 
-def opus_packets(seconds: float, signal: object = None) -> list[bytes]:
-    """``seconds`` of the A/V sync signal's sound (``ooblex.media.avsync``), encoded to 20 ms Opus packets."""
-    import av
-
-    from ooblex.media.avsync import SyncSignal
-
-    sig = signal if isinstance(signal, SyncSignal) else SyncSignal()
-    enc = av.CodecContext.create("libopus", "w")
-    enc.sample_rate, enc.format, enc.layout = 48000, "s16", "mono"
-    out = []
-    for start in range(0, round(seconds * 48000), 960):
-        frame = av.AudioFrame.from_ndarray(sig.samples(start, 960)[None, :], format="s16", layout="mono")
-        frame.sample_rate, frame.pts = 48000, start
-        out += [bytes(p) for p in enc.encode(frame)]
-    return out
-
-
 def packet_track(payloads: list[bytes], clock: object = None) -> object:
     """An audio track that sends ``payloads`` (Opus, 20 ms each) as they are, in real time."""
     import fractions

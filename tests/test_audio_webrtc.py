@@ -14,7 +14,7 @@ from ooblex.webrtc.audio import AudioPacket, MediaClock
 from ooblex.webrtc.avsync import SyncProbe, signal_tracks
 from ooblex.webrtc.client import ImageTrack, WhepClient, WhipClient
 
-from .media import moving_picture, opus_packets, packet_track, sdp_offer
+from .media import moving_picture, packet_track, sdp_offer
 from .netns import in_netns
 
 pytestmark = pytest.mark.timeout(150)
@@ -53,7 +53,7 @@ async def test_opus_goes_back_and_to_whep_viewers_byte_for_byte() -> None:
 
     from .gateway_server import running_gateway
 
-    sent = opus_packets(6.0)
+    sent = SyncSignal().opus(6.0)
     with running_gateway() as gw:
         clock = MediaClock()
         track = ImageTrack(moving_picture(320, 240), fps=30, clock=clock)
@@ -147,7 +147,7 @@ async def test_no_audio_when_switched_off_or_not_opus() -> None:
     async def answer(url: str, audio_codec: str) -> str:
         pc = RTCPeerConnection(rtc_configuration())
         pc.addTransceiver(ImageTrack(moving_picture(320, 240)), direction="sendrecv")
-        tr = pc.addTransceiver(packet_track(opus_packets(1.0)), direction="sendrecv")
+        tr = pc.addTransceiver(packet_track(SyncSignal().opus(1.0)), direction="sendrecv")
         tr.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("audio").codecs
                                 if c.mimeType.lower() == f"audio/{audio_codec}"])
         with loopback_candidates():

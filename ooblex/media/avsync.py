@@ -52,6 +52,20 @@ class SyncSignal:
         tone = np.sin(2 * math.pi * self.tone_hz * t) * self.amplitude * on
         return (tone * 32767).astype(np.int16)
 
+    def opus(self, seconds: float) -> list[bytes]:
+        """``seconds`` of the sound encoded to 20 ms Opus packets (mono), as a WebRTC publisher sends them."""
+        import av
+
+        enc = av.CodecContext.create("libopus", "w")
+        enc.sample_rate, enc.format, enc.layout = self.rate, "s16", "mono"
+        step = self.rate // 50
+        packets: list[bytes] = []
+        for start in range(0, round(seconds * self.rate), step):
+            frame = av.AudioFrame.from_ndarray(self.samples(start, step)[None, :], format="s16", layout="mono")
+            frame.sample_rate, frame.pts = self.rate, start
+            packets += [bytes(p) for p in enc.encode(frame)]
+        return packets
+
     def write(self, path: str | Path, seconds: float, audio_codec: str | None = None) -> Path:
         """A file of ``seconds`` of the signal; the audio codec defaults to the container's own."""
         import av
