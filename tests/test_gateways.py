@@ -3,7 +3,7 @@ network namespace: WHIP streams land on both; a WHEP or MJPEG viewer of a stream
 other gateway or the balancer (forwarded to the holder, token checked there); one listing shows the
 cluster's streams; a session's ``Location`` reaches its gateway; a gateway stopped mid-stream ends its
 sessions (its peers see the connection close), drops out of the listing at once, and new sessions go to
-the one left while its own streams flow on."""
+the one left while its own streams flow on; one killed outright (SIGKILL) is routed around the same way."""
 
 from __future__ import annotations
 
@@ -53,14 +53,59 @@ async def frames_from(track: Any, count: int, timeout: float = 20.0) -> list[int
     return numbers
 
 
+async def publish_to(lb: str, clients: list[Any]) -> Any:
+    """A WHIP publisher of ``identity`` through the balancer, connected (retried until a worker serves it)."""
+    from ooblex.tokens import mint
+    from ooblex.webrtc.client import ImageTrack, WebRTCError, WhipClient
+
+    from .media import moving_picture
+
+    client = WhipClient(lb + "/whip/identity", ImageTrack(moving_picture(320, 240), fps=20),
+                        token=mint("publish", thread="identity"))
+    for _ in range(40):  # until the worker serves identity (it registers within seconds)
+        try:
+            await client.start()
+            break
+        except WebRTCError as exc:
+            if "503" not in str(exc) and "no workers" not in str(exc):
+                raise
+            client = WhipClient(client.url, client.track, token=mint("publish"))
+            await asyncio.sleep(0.5)
+    await client.wait_connected()
+    clients.append(client)
+    return client
+
+
+async def publish_on_both(lb: str, clients: list[Any]) -> None:
+    """Publishers through the balancer until both gateways hold a stream."""
+    while len({c.stream_id.split(".")[0] for c in clients}) < 2:
+        assert len(clients) < 6, "the balancer sent every session to one gateway"
+        await publish_to(lb, clients)
+
+
+async def close_all(clients: list[Any]) -> None:
+    for c in clients:
+        try:
+            await asyncio.wait_for(c.close(), 10)
+        except Exception:  # noqa: BLE001 - its gateway may be gone
+            await c.pc.close()
+
+
+def stop_up(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @in_netns
 async def test_two_gateways_behind_haproxy_one_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
     from ooblex.cluster.servers import free_port
     from ooblex.cluster.up import read_env
     from ooblex.tokens import mint
-    from ooblex.webrtc.client import ImageTrack, WebRTCError, WhepClient, WhipClient
+    from ooblex.webrtc.client import WebRTCError, WhepClient, WhipClient
 
-    from .media import moving_picture
 
     proc, info = start_up(free_port())
     clients: list[WhipClient] = []
@@ -82,24 +127,9 @@ async def test_two_gateways_behind_haproxy_one_stopped(monkeypatch: pytest.Monke
             direct = await wait_for(healthy, 60, "both gateways")  # instance tag -> its own URL
 
             async def publish() -> WhipClient:
-                client = WhipClient(lb + "/whip/identity", ImageTrack(moving_picture(320, 240), fps=20),
-                                    token=mint("publish", thread="identity"))
-                for _ in range(40):  # until the worker serves identity (it registers within seconds)
-                    try:
-                        await client.start()
-                        break
-                    except WebRTCError as exc:
-                        if "503" not in str(exc) and "no workers" not in str(exc):
-                            raise
-                        client = WhipClient(client.url, client.track, token=mint("publish"))
-                        await asyncio.sleep(0.5)
-                await client.wait_connected()
-                clients.append(client)
-                return client
+                return await publish_to(lb, clients)
 
-            while len({c.stream_id.split(".")[0] for c in clients}) < 2:  # streams on both gateways
-                assert len(clients) < 6, "the balancer sent every session to one gateway"
-                await publish()
+            await publish_on_both(lb, clients)
             by_tag = {c.stream_id.split(".")[0]: c for c in clients}
             (tag1, first), (tag2, second) = sorted(by_tag.items())
             for c in (first, second):
@@ -155,16 +185,57 @@ async def test_two_gateways_behind_haproxy_one_stopped(monkeypatch: pytest.Monke
             assert newcomer.stream_id.split(".")[0] == tag2, "new sessions go to the gateway left"
             assert len(await frames_from(newcomer.remote, 5)) == 5
     finally:
-        for c in clients:
-            try:
-                await asyncio.wait_for(c.close(), 10)
-            except Exception:  # noqa: BLE001 - its gateway may be gone
-                await c.pc.close()
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        await close_all(clients)
+        stop_up(proc)
+
+
+@in_netns
+async def test_a_gateway_killed_outright_is_routed_around(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL (a crash, the OOM killer): no goodbye from the gateway. HAProxy's health checks take it out of
+    the rotation, the cluster listing leaves its streams out at once (it does not answer), its record
+    expires, its publishers see the connection fail (ICE consent, RFC 7675), and the other gateway's
+    streams flow on; ``ooblex up`` keeps the rest of the cluster running."""
+    from ooblex.cluster.servers import free_port
+    from ooblex.cluster.up import read_env
+    from ooblex.tokens import mint
+
+    proc, info = start_up(free_port())
+    clients: list[Any] = []
+    try:
+        monkeypatch.setenv("OOBLEX_SECRET", read_env(info["env_file"])["OOBLEX_SECRET"])
+        lb = info["gateway"]
+        control = {"Authorization": f"Bearer {mint('control')}"}
+        await publish_on_both(lb, clients)
+        async with httpx.AsyncClient(timeout=10) as http:
+            by_tag = {c.stream_id.split(".")[0]: c for c in clients}
+            instances = {(await http.get(g["url"] + "/healthz")).json()["instance"]: g for g in info["gateways"]}
+            (tag1, first), (tag2, second) = sorted(by_tag.items())
+            os.kill(instances[tag1]["pid"], signal.SIGKILL)
+
+            listed = {s["id"] for s in (await http.get(lb + "/api/v1/streams", headers=control)).json()}
+            assert not any(i.startswith(tag1 + ".") for i in listed), "a dead gateway's streams are not listed"
+            assert second.stream_id in listed
+            assert len(await frames_from(second.remote, 10)) == 10, "the other gateway's stream flows on"
+
+            async def lands_on_survivor() -> bool:
+                newcomer = await publish_to(lb, clients)
+                return newcomer.stream_id.split(".")[0] == tag2
+
+            for _ in range(3):  # within ~2 s of health checks the balancer sends no session to the dead one
+                await asyncio.sleep(2.5)
+                assert await lands_on_survivor(), "a new session went to the killed gateway"
+            assert len(await frames_from(clients[-1].remote, 5)) == 5
+
+            async def record_gone() -> bool:
+                r = await http.get(f"{instances[tag2]['url']}/api/v1/streams/{first.stream_id}", headers=control)
+                return r.status_code == 404
+            await wait_for(record_gone, 30, "the killed gateway's record to expire (404 for its streams)")
+            await wait_for(lambda: first.pc.connectionState in ("closed", "failed"), 60,
+                           "the killed gateway's publisher to see its connection fail")
+        assert proc.poll() is None, "ooblex up keeps the rest of the cluster running"
+    finally:
+        await close_all(clients)
+        stop_up(proc)
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed (.ci/system-deps)")
