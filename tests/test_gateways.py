@@ -164,6 +164,14 @@ async def test_two_gateways_behind_haproxy_one_stopped(monkeypatch: pytest.Monke
             assert listed == {c.stream_id: c.stream_id.split(".")[0] for c in clients}
             assert (await http.get(lb + "/api/v1/streams")).status_code == 401
 
+            # The operations console through the balancer shows the cluster `ooblex up` started.
+            assert (await http.get(lb + "/console")).status_code == 200
+            assert (await http.get(lb + "/api/v1/cluster")).status_code == 401
+            overview = (await http.get(lb + "/api/v1/cluster", headers=control)).json()
+            assert overview["cluster"] is True and len(overview["workers"]) == 1
+            assert "identity" in overview["workers"][0]["threads"]
+            assert len(overview["gateways"]) == 2
+
             # Extra sessions: their Location (through the balancer) reaches the gateway that holds them.
             for extra in [c for c in clients if c not in (first, second)]:
                 await extra.close()
