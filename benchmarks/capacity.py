@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from webrtc_rtt import moving_picture  # noqa: E402
+from webrtc_rtt import moving_picture, start  # noqa: E402
 
 from ooblex.tokens import mint  # noqa: E402
 
@@ -116,19 +116,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def launch(argv: list[str], health: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(health, timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"did not start: {' '.join(argv)}\n{proc.stderr.read().decode()[-3000:]}")
-
-
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGINT)
     try:
@@ -158,7 +145,7 @@ class Servers:
         else:
             argv = [sys.executable, str(HERE / "webrtc_rtt.py"), "--serve-baseline", str(port)]
             self.urls[which] = f"http://127.0.0.1:{port}/whip"
-        self.procs[which] = launch(argv, f"http://127.0.0.1:{port}/healthz", self.env)
+        self.procs[which] = start(argv, f"http://127.0.0.1:{port}/healthz", self.env, timeout_s=60)
         return self.urls[which]
 
     def close(self) -> None:

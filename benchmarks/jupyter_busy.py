@@ -23,7 +23,9 @@ import nbformat
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from jupyter_roundtrip import CARTOON  # noqa: E402  (the same thread in both Jupyter benchmarks)
+
 from tests.jupyter_proc import (  # noqa: E402
     CHROMIUM,
     FLAGS,
@@ -33,16 +35,6 @@ from tests.jupyter_proc import (  # noqa: E402
     run_cell,
 )
 
-CARTOON = '''
-@ob.tensor_thread(params={"levels": {"min": 2, "max": 16}})
-def cartoon(frame, levels: int = 4, edge: int = 40):
-    step = 256 // levels
-    out = np.clip((frame // step) * np.int16(step) + step // 2, 0, 255)
-    gray = frame.mean(axis=2)
-    change = np.abs(np.diff(gray, axis=1, prepend=gray[:, :1])) + np.abs(np.diff(gray, axis=0, prepend=gray[:1]))
-    out[change > edge] = 0
-    return out.astype(np.uint8)
-'''
 #: (path, codec, thread); the first row is the one the last line reports.
 CONFIGS = [("side channel", "jpeg", "identity"), ("side channel", "raw", "identity"),
            ("side channel", "jpeg", "cartoon"), ("comm", "jpeg", "identity")]

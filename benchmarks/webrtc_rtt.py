@@ -144,10 +144,12 @@ async def gateway_stages(url: str, stream_id: str | None) -> dict:
             "gateway_dropped": info.get("dropped", 0) + info.get("stale", 0)}
 
 
-def start(argv: list[str], health: str) -> subprocess.Popen:
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+def start(argv: list[str], health: str, env: dict[str, str] | None = None, timeout_s: float = 30.0
+          ) -> subprocess.Popen:
+    """``argv`` started from the checkout (this checkout's ooblex first), once ``health`` answers 200."""
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env or {**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if httpx.get(health, timeout=1).status_code == 200:
@@ -155,7 +157,7 @@ def start(argv: list[str], health: str) -> subprocess.Popen:
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError(f"server did not start: {' '.join(argv)}\n{proc.stderr.read().decode()}")
+    raise RuntimeError(f"server did not start: {' '.join(argv)}\n{proc.stderr.read().decode()[-3000:]}")
 
 
 async def run(args: argparse.Namespace) -> list[tuple[str, dict]]:

@@ -97,13 +97,7 @@ class RedisServer:
         raise ServerError(f"redis-server in netns {self.netns} did not answer")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     def restart(self) -> None:
@@ -191,6 +185,17 @@ class RabbitMQServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def terminate(proc: subprocess.Popen | None, grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``; None or an exited process is left as it is."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def private_file(path: Path, text: str) -> Path:
