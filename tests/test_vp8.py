@@ -16,7 +16,15 @@ from aiortc.jitterbuffer import JitterFrame
 
 from ooblex.webrtc import encoders
 from ooblex.webrtc.recovery import starts_keyframe
-from ooblex.webrtc.vp8 import EncoderConfig, Image, LibvpxVp8Encoder, libvpx, max_intra_pct
+from ooblex.webrtc.vp8 import (
+    ENCODER_ABI_VERSION,
+    Context,
+    EncoderConfig,
+    Image,
+    LibvpxVp8Encoder,
+    libvpx,
+    max_intra_pct,
+)
 
 pytestmark = pytest.mark.skipif(libvpx() is None, reason="libvpx.so.7 (Debian libvpx7) is not installed")
 FPS = 30
@@ -50,6 +58,16 @@ def test_structures_match_libvpx() -> None:
     assert (cfg.kf_mode, cfg.kf_min_dist, cfg.kf_max_dist) == (1, 0, 128)
     assert (cfg.ss_number_layers, cfg.ts_number_layers) == (1, 1)
     assert (cfg.rd_mult_key_qp_fac.num, cfg.rd_mult_key_qp_fac.den) == (1, 1)
+    cfg.g_w, cfg.g_h = 64, 48
+    ctx = Context()
+    # libvpx refuses callers of a newer ABI than its own (VPX_CODEC_ABI_MISMATCH), so an older libvpx.so.7
+    # refuses this module (libvpx() is None) and this one's ABI is exactly ENCODER_ABI_VERSION
+    abi_mismatch = 3
+    assert lib.vpx_codec_enc_init_ver(ctypes.byref(ctx), lib.vpx_codec_vp8_cx(), ctypes.byref(cfg), 0,
+                                      ENCODER_ABI_VERSION + 1) == abi_mismatch
+    assert lib.vpx_codec_enc_init_ver(ctypes.byref(ctx), lib.vpx_codec_vp8_cx(), ctypes.byref(cfg), 0,
+                                      ENCODER_ABI_VERSION) == 0
+    lib.vpx_codec_destroy(ctypes.byref(ctx))
 
     image, data = Image(), ctypes.create_string_buffer(64 * 48 * 3 // 2)
     assert lib.vpx_img_wrap(ctypes.byref(image), 0x102, 64, 48, 1, data)

@@ -12,8 +12,8 @@ and keyframes are capped at ``max_intra_pct`` of a frame's share of the bitrate
 (``VP8E_SET_MAX_INTRA_BITRATE_PCT``). It loads Debian's ``libvpx.so.7`` (libvpx 1.12, package
 ``libvpx7``) at run time: no compiler and no headers needed, so the structures below mirror libvpx
 1.12's headers (``tests/test_vp8.py`` checks them against libvpx's own defaults). ``libvpx()`` is
-None when the library is missing or its ABI differs; ``encoders.encoder_for`` then falls back to
-FFmpeg's wrapper.
+None when the library is missing or older than 1.12's ABI (libvpx refuses callers newer than
+itself); ``encoders.encoder_for`` then falls back to FFmpeg's wrapper.
 """
 
 from __future__ import annotations
