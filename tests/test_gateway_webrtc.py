@@ -33,6 +33,10 @@ async def collect_numbers(track, count: int, sent: dict[int, float] | None = Non
     return numbers, rtts
 
 
+def video_encoder(transceiver) -> object:
+    return transceiver.sender._RTCRtpSender__encoder
+
+
 @in_netns
 @pytest.mark.parametrize("codec,stamps", [("vp8", "send"), ("h264", "input")])
 async def test_whip_round_trip_identity(codec: str, stamps: str) -> None:
@@ -50,6 +54,10 @@ async def test_whip_round_trip_identity(codec: str, stamps: str) -> None:
             assert len(numbers) == 60, f"only {len(numbers)} numbered frames came back"
             assert numbers == sorted(numbers), "frames came back out of order"
             assert numbers[-1] - numbers[0] >= 59, "frames were lost on the way"
+            if codec == "vp8":  # both ways through libvpx driven directly (bitrate changes are no keyframes)
+                [session] = gw.state.sessions.items.values()
+                for pc in (client.pc, session.pc):
+                    assert [type(video_encoder(t)).__name__ for t in pc.getTransceivers()] == ["LibvpxVp8Encoder"]
             print(f"{codec}: {len(numbers)} frames, last rtt {np.median(rtts) * 1e3:.1f} ms (median)")
         await asyncio.sleep(0.5)
         assert client.stream_id not in gw.state.engine.streams, "DELETE did not close the stream"

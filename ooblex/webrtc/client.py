@@ -25,6 +25,7 @@ from ..supervision import cancel
 from . import framecode
 from .audio import OPUS_RATE, AudioPacket, MediaClock, PacedAudioTrack, tap_receiver
 from .dtls import accept_rsa_peers
+from .encoders import realtime_encoders
 from .ice import ice_servers_from_links, loopback_candidates, rtc_configuration
 from .jitter import low_latency
 from .recovery import recover_losses
@@ -84,6 +85,8 @@ class _Client:
 
     ``ice_servers=None`` (the default) asks the endpoint first (``OPTIONS``, RFC 9725 ``Link``
     headers) and gathers with what it offers, TURN relays included; a list uses exactly those.
+    ``fast=False`` is a stock aiortc peer: without Ooblex's jitter buffer, loss recovery and VP8
+    encoder (``encoders.realtime_encoders`` at aiortc's own speed).
     """
 
     def __init__(self, url: str, *, fast: bool = True, ice_servers: list[dict[str, Any]] | None = None,
@@ -152,6 +155,8 @@ class _Client:
         self.location = str(httpx.URL(self.url).join(resp.headers["Location"]))
         self.stream_id = resp.headers.get("X-Ooblex-Stream")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=resp.text, type="answer"))
+        if self.fast:  # aiortc's own speeds; VP8's bitrate then follows REMB without keyframes
+            realtime_encoders(self.pc, "stock")
 
     async def wait_connected(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

@@ -1,15 +1,22 @@
-"""Real-time speed for aiortc's video encoders: the gateway encodes every stream it sends, so encoder
-CPU is most of what a stream costs (``benchmarks/capacity.py``).
+"""Real-time speed for the video encoders, and VP8 whose bitrate follows the network without keyframes.
 
-aiortc encodes VP8 with libvpx ``cpu-used -6`` and H.264 with libx264's default preset (``medium``,
-tuned ``zerolatency``): settings meant for quality at leisure, not for dozens of live streams on one
-machine. ``realtime_encoders(pc, speed)`` gives each video sender of ``pc`` an encoder whose speed
-setting comes from ``SPEEDS`` (the answer must be set: the negotiated codec decides). Everything
-else (bitrate control, packetization, keyframes on request) stays aiortc's.
+The gateway encodes every stream it sends, so encoder CPU is most of what a stream costs
+(``benchmarks/capacity.py``). aiortc encodes VP8 with libvpx ``cpu-used -6`` and H.264 with libx264's
+default preset (``medium``, tuned ``zerolatency``): settings meant for quality at leisure, not for
+dozens of live streams on one machine. ``realtime_encoders(pc, speed)`` gives each video sender of
+``pc`` an encoder whose speed setting comes from ``SPEEDS`` (the answer must be set: the negotiated
+codec decides).
+
+VP8 is encoded by ``vp8.LibvpxVp8Encoder`` at every speed, "stock" included: aiortc's encoder turns
+each bitrate change from REMB into a keyframe (``ooblex/webrtc/vp8.py``), which is a defect on a
+constrained link rather than a speed trade-off. Packetization, CBR settings and keyframes on request
+stay aiortc's. Without libvpx 1.12 (``libvpx.so.7``) VP8 falls back to FFmpeg's wrapper, with one
+warning.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -17,13 +24,16 @@ from aiortc import RTCPeerConnection
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
+from .vp8 import LIBRARY, LibvpxVp8Encoder, libvpx
+
 log = logging.getLogger("ooblex.webrtc")
 
-#: speed -> (VP8 ``cpu-used`` in real-time mode, -16 fastest; libx264 ``preset``). "stock" is aiortc's own.
+#: speed -> (VP8 ``cpu-used`` in real-time mode, -16 fastest; libx264 ``preset``). "stock" is aiortc's
+#: own speeds (for H.264 aiortc's own encoder).
 #: Measured at 640x480 (``benchmarks/capacity.py``): VP8 -10 costs ~15 % less than -6 for 0.4 dB PSNR,
 #: -16 ~30 % less but 8 dB worse; x264 veryfast/ultrafast ~2x/5x faster than medium at the same PSNR.
-SPEEDS: dict[str, tuple[str, str] | None] = {
-    "stock": None,
+SPEEDS: dict[str, tuple[str, str | None]] = {
+    "stock": ("-6", None),
     "fast": ("-10", "veryfast"),
     "fastest": ("-16", "ultrafast"),
 }
@@ -51,6 +61,8 @@ class _Options:
 
 
 class RealtimeVp8Encoder(_Options, Vp8Encoder):
+    """aiortc's VP8 encoder (FFmpeg's libvpx wrapper) at another speed: the fallback without libvpx.so.7."""
+
     def __init__(self, cpu_used: str) -> None:
         self.overrides = {"cpu-used": cpu_used}
         super().__init__()
@@ -66,15 +78,22 @@ def encoder_for(mime_type: str, speed: str) -> Any:
     """An encoder for ``mime_type`` ("video/VP8", "video/H264") at ``speed``; None: aiortc's own."""
     if speed not in SPEEDS:
         raise ValueError(f"encoder speed must be one of {sorted(SPEEDS)}, got {speed!r}")
-    setting = SPEEDS[speed]
-    if setting is None:
-        return None
+    cpu_used, preset = SPEEDS[speed]
     kind = mime_type.lower()
     if kind == "video/vp8":
-        return RealtimeVp8Encoder(setting[0])
-    if kind == "video/h264":
-        return RealtimeH264Encoder(setting[1])
+        if libvpx() is not None:
+            return LibvpxVp8Encoder(int(cpu_used))
+        _warn_no_libvpx()
+        return RealtimeVp8Encoder(cpu_used)
+    if kind == "video/h264" and preset is not None:
+        return RealtimeH264Encoder(preset)
     return None
+
+
+@functools.cache
+def _warn_no_libvpx() -> None:
+    log.warning("%s (libvpx 1.12, Debian package libvpx7) cannot be loaded: VP8 goes through FFmpeg's wrapper, "
+                "whose every bitrate change is a keyframe", LIBRARY)
 
 
 def realtime_encoders(pc: RTCPeerConnection, speed: str) -> int:
