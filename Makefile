@@ -13,13 +13,19 @@ LABEXT := server_ext/labextension/package.json
 LABSRC := $(wildcard labextension/src/*.js labextension/style/*.css) labextension/package.json \
           ooblex/gateway/static/console-view.js ooblex/gateway/static/console-view.css
 NODE_MODULES := labextension/node_modules/.package-lock.json
+# JupyterHub's proxy for tests/test_jupyterhub.py (configurable-http-proxy, pinned by tests/hub/package-lock.json)
+HUB_PROXY := tests/hub/node_modules/.package-lock.json
 
 .PHONY: setup demo test lint bench bench-gpu gpu-check clean wheel
 
-setup: $(STAMP) $(LABEXT)
+setup: $(STAMP) $(LABEXT) $(HUB_PROXY)
 
 $(NODE_MODULES): labextension/package-lock.json $(STAMP)
 	cd labextension && npm ci --no-audit --no-fund
+	touch $@
+
+$(HUB_PROXY): tests/hub/package-lock.json
+	cd tests/hub && npm ci --no-audit --no-fund
 	touch $@
 
 $(LABEXT): $(LABSRC) $(NODE_MODULES) $(STAMP)
@@ -73,4 +79,5 @@ gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu.py --seconds 3
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts labextension/node_modules server_ext/labextension dist
+	rm -rf $(VENV) .pytest_cache test-artifacts labextension/node_modules tests/hub/node_modules \
+		server_ext/labextension dist

@@ -83,10 +83,11 @@ class JupyterServer:
 
 def open_notebook(page: Any, server: JupyterServer, name: str) -> None:
     """Open ``name`` in JupyterLab (fresh workspace) or Notebook 7 and wait until its kernel is idle."""
+    token = f"token={server.token}" if server.token else ""  # none: a login cookie (behind JupyterHub)
     if server.app == "jupyterlab":
-        page.goto(f"{server.url}/lab/workspaces/test-{free_port()}/tree/{name}?reset&token={server.token}")
+        page.goto(f"{server.url}/lab/workspaces/test-{free_port()}/tree/{name}?reset&{token}")
     else:
-        page.goto(f"{server.url}/notebooks/{name}?token={server.token}")
+        page.goto(f"{server.url}/notebooks/{name}?{token}")
     idle = page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle'], "
                         ".jp-NotebookKernelStatus-idle, #jp-NotebookKernelStatus[data-status='idle']")
     cells = page.locator(f"{PANEL} .jp-Notebook .jp-Cell")
