@@ -198,8 +198,11 @@ def test_live_widget_streams_over_the_side_channel_behind_jupyterhub(tmp_path, m
             opened = [u for u in sockets if u.startswith(channel)]
             assert opened, f"no side channel under the user's base URL: {sockets}"
             kernel, _, widget_id = opened[-1][len(channel):].partition("/live/")
+            rtt = {q: float(widget.get_attribute(f"data-rtt-{q}")) for q in ("p50", "p95")}
             busy = busy_frames(page, widget)
-            refusals = unauthenticated(hub, kernel, widget_id)
+            cookies = page.context.cookies(f"{hub.origin}/user/{USER}/")  # the hub's login for this server
+            cookie = "; ".join(f"{c['name']}={c['value']}" for c in cookies)
+            refusals = unauthenticated(hub, kernel, widget_id, cookie)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "jupyterhub_failure.png"))
             (ARTIFACTS / "jupyterhub_console.txt").write_text("\n".join(console) + "\n\n" + hub.log())
@@ -207,7 +210,10 @@ def test_live_widget_streams_over_the_side_channel_behind_jupyterhub(tmp_path, m
         finally:
             browser.close()
             hub.stop()
-    print(json.dumps({"pixels": pixels, "busy": busy, "refusals": refusals, "seconds": round(time.time() - t0, 1)}))
+    result = {"pixels": pixels, "round_trip_ms": rtt, "busy": busy, "refusals": refusals,
+              "seconds": round(time.time() - t0, 1)}
+    (ARTIFACTS / "jupyterhub_live.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
     assert pixels["diff"] < 40, f"the output is not the inverted camera picture: {pixels}"
     assert busy["frames"] >= 10, f"the widget froze while a cell ran: {busy}"
     assert refusals["rest_no_auth"] in (302, 403), refusals
@@ -215,6 +221,7 @@ def test_live_widget_streams_over_the_side_channel_behind_jupyterhub(tmp_path, m
     assert refusals["rest_user_token"] == 200, refusals
     assert refusals["ws_no_auth"] == 403 and refusals["ws_bad_token"] == 403, refusals
     assert refusals["ws_user_token"] == 101, refusals
+    assert refusals["ws_cookie"] == 101 and refusals["ws_cookie_other_origin"] == 403, refusals
 
 
 def inverted(page) -> dict[str, float]:
@@ -247,9 +254,11 @@ def busy_frames(page, widget) -> dict[str, float]:
     return {"frames": frames_shown(widget) - before, "seconds": round(time.time() - t0, 1)}
 
 
-def unauthenticated(hub: Hub, kernel: str, widget: str) -> dict[str, int]:
+def unauthenticated(hub: Hub, kernel: str, widget: str, cookie: str) -> dict[str, int]:
     """The extension through the hub's proxy: without the hub's login or with a wrong token it refuses; a token
-    of the user (minted as on the hub's Token page) is let in, for REST and for the side channel."""
+    of the user (minted as on the hub's Token page) is let in, for REST and for the side channel; the browser's
+    login cookie is let in from the hub's own origin only (a page elsewhere that the browser sends it from
+    is refused)."""
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
@@ -267,4 +276,6 @@ def unauthenticated(hub: Hub, kernel: str, widget: str) -> dict[str, int]:
     return {"rest_no_auth": status(rest)[0], "rest_bad_token": status(rest, {"Authorization": "token nope"})[0],
             "rest_user_token": status(rest, {"Authorization": f"token {user_token}"})[0],
             "ws_no_auth": ws_status({}), "ws_bad_token": ws_status({"Authorization": "token nope"}),
-            "ws_user_token": ws_status({"Authorization": f"token {user_token}"})}
+            "ws_user_token": ws_status({"Authorization": f"token {user_token}"}),
+            "ws_cookie": ws_status({"Cookie": cookie, "Origin": hub.origin}),
+            "ws_cookie_other_origin": ws_status({"Cookie": cookie, "Origin": "http://evil.example"})}
