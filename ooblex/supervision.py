@@ -51,12 +51,23 @@ async def _forever(loop: Callable[[], Awaitable[None]], name: str, logger: loggi
             raise
         except Exception as exc:  # noqa: BLE001 - that is the point: log it and restart
             failure = exc
+        if _cancel_swallowed():
+            raise asyncio.CancelledError(f"{name} was cancelled (its loop swallowed the cancellation)")
         if time.monotonic() - started > HEALTHY_S:
             delay = backoff_s
         how = "failed" if failure is not None else "stopped unexpectedly"
         logger.error("%s %s; restarting it in %.1f s", name, how, delay, exc_info=failure)
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_backoff_s)
+
+
+def _cancel_swallowed() -> bool:
+    """Was this task cancelled while its loop caught the ``CancelledError`` (a library closing a
+    connection may turn it into a return or another error)? Restarting then would outlive the cancel:
+    ``asyncio.run`` waits forever for such a task at shutdown. Python 3.11+ counts pending cancels."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling and cancelling())
 
 
 class Background:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -65,6 +66,28 @@ async def test_supervise_restarts_a_loop_that_fails_or_returns(caplog: pytest.Lo
     assert any("test:loop failed; restarting" in m for m in messages)
     assert any("test:loop stopped unexpectedly" in m for m in messages)
     assert any(r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is Python 3.11+")
+@pytest.mark.parametrize("swallow", ["return", "raise"])
+async def test_a_loop_that_swallows_its_cancellation_still_stops(swallow: str) -> None:
+    """A loop whose library turns the CancelledError into a return (or another error) must not be restarted:
+    the task would outlive every cancel (seen: a test's event loop never closing after a RabbitMQ restart)."""
+    runs: list[int] = []
+
+    async def loop() -> None:
+        runs.append(1)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if swallow == "raise":
+                raise ConnectionError("channel closed") from None
+
+    task = supervise(loop, "test:swallower", backoff_s=0.01)
+    await until(lambda: len(runs) == 1)
+    task.cancel()
+    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
+    assert task.cancelled() and len(runs) == 1
 
 
 async def test_cancel_never_raises_what_a_task_raised(caplog: pytest.LogCaptureFixture) -> None:
