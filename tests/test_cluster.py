@@ -212,6 +212,7 @@ def test_process_with_nobody_serving_fails_clearly(redis_server) -> None:  # noq
         ob.process("stamp", numbered_frames(3), cluster=redis_server.url, progress=False, no_workers_s=2)
 
 
+@pytest.mark.timeout(300)  # a RabbitMQ node starting twice takes a minute or more on a loaded 2-core machine
 @pytest.mark.parametrize("kind", ["redis", pytest.param("rabbitmq", marks=needs_rabbitmq)])
 async def test_streams_resume_after_a_broker_restart(kind) -> None:  # noqa: ANN001
     from ooblex.cluster.servers import RabbitMQServer, RedisServer
