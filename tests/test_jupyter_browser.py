@@ -151,7 +151,7 @@ def test_quickstart_streams_while_the_notebook_works(app, theme, base_url, tmp_p
             readable = {s: contrast(page, f".ooblex-live {s}") for s in (".ooblex-stats:not(.ooblex-input-stats)",
                                                                        ".ooblex-label", ".ooblex-title")}
             swap_and_tune(page)
-            busy = busy_cell(page)
+            busy = busy_frames(page, page.wait_for_selector(".ooblex-live"), 3)  # the view re-run cells show
         except Exception:
             b.fail(f"jupyter_live_{tag}")
             raise
@@ -184,17 +184,15 @@ def swap_and_tune(page) -> None:
                            timeout=30_000)
 
 
-def busy_cell(page) -> dict[str, float]:
-    """Frames shown while another cell sleeps 6 s (over the comm the widget would show one or two)."""
-    widget = page.wait_for_selector(".ooblex-live")  # the view re-run cells show, not the first one
-    edit_cell(page, 3, BUSY)
-    run_cell(page, 3, ran=r"\[\*\]")
+def busy_frames(page, widget, cell: int) -> dict[str, float]:
+    """Frames ``widget`` shows while ``cell`` sleeps 6 s (over the comm the widget would show one or two)."""
+    edit_cell(page, cell, BUSY)
+    run_cell(page, cell, ran=r"\[\*\]")
     t0, before = time.time(), frames_shown(widget)
-    prompt = page.locator(f"{PANEL} .jp-Notebook .jp-Cell").nth(3).locator(".jp-InputPrompt")
+    prompt = page.locator(f"{PANEL} .jp-Notebook .jp-Cell").nth(cell).locator(".jp-InputPrompt")
     while "*" in prompt.inner_text() and time.time() - t0 < 30:
         time.sleep(0.2)
-    seconds = time.time() - t0
-    return {"frames": frames_shown(widget) - before, "seconds": round(seconds, 1)}
+    return {"frames": frames_shown(widget) - before, "seconds": round(time.time() - t0, 1)}
 
 
 def edit_cell(page, index: int, text: str) -> None:

@@ -28,8 +28,8 @@ playwright = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("jupyterhub")
 from ooblex.cluster.servers import free_port  # noqa: E402
 
-from .jupyter_proc import CHROMIUM, FLAGS, PANEL, ROOT, lab_settings, open_notebook, run_cell  # noqa: E402
-from .test_jupyter_browser import ARTIFACTS, BUSY, edit_cell, frames_shown, wait_frames, write_notebook  # noqa: E402
+from .jupyter_proc import CHROMIUM, FLAGS, ROOT, lab_settings, open_notebook, run_cell  # noqa: E402
+from .test_jupyter_browser import ARTIFACTS, busy_frames, wait_frames, write_notebook  # noqa: E402
 
 PROXY = ROOT / "tests" / "hub" / "node_modules" / ".bin" / "configurable-http-proxy"
 USER, PASSWORD = "alice", "ooblex-test-password"
@@ -199,7 +199,7 @@ def test_live_widget_streams_over_the_side_channel_behind_jupyterhub(tmp_path, m
             assert opened, f"no side channel under the user's base URL: {sockets}"
             kernel, _, widget_id = opened[-1][len(channel):].partition("/live/")
             rtt = {q: float(widget.get_attribute(f"data-rtt-{q}")) for q in ("p50", "p95")}
-            busy = busy_frames(page, widget)
+            busy = busy_frames(page, widget, 1)
             cookies = page.context.cookies(f"{hub.origin}/user/{USER}/")  # the hub's login for this server
             cookie = "; ".join(f"{c['name']}={c['value']}" for c in cookies)
             refusals = unauthenticated(hub, kernel, widget_id, cookie)
@@ -240,17 +240,6 @@ def inverted(page) -> dict[str, float]:
         return {input: a, output: b, w: out.width, h: out.height,
                 diff: Math.max(...a.map((v, k) => Math.abs(v + b[k] - 255)))};
     }""")
-
-
-def busy_frames(page, widget) -> dict[str, float]:
-    """Frames shown while the second cell sleeps 6 s (the kernel's shell is busy all that time)."""
-    edit_cell(page, 1, BUSY)
-    run_cell(page, 1, ran=r"\[\*\]")
-    t0, before = time.time(), frames_shown(widget)
-    prompt = page.locator(f"{PANEL} .jp-Notebook .jp-Cell").nth(1).locator(".jp-InputPrompt")
-    while "*" in prompt.inner_text() and time.time() - t0 < 30:
-        time.sleep(0.2)
-    return {"frames": frames_shown(widget) - before, "seconds": round(time.time() - t0, 1)}
 
 
 def unauthenticated(hub: Hub, kernel: str, widget: str, cookie: str) -> dict[str, int]:
