@@ -96,21 +96,26 @@ async def measure(url: str, stock: bool, seconds: float, warmup: float = 4.0) ->
     return {"fps": round(len(inside) / (end - start), 1),
             "freeze_pct": round(100 * sum(g for g in gaps if g > FREEZE_S) / (end - start), 1),
             "longest_gap_ms": round(max(gaps) * 1e3),
+            "freezes_ms": [round(g * 1e3) for g in gaps if g > FREEZE_S],
             "rtt_p50_ms": round(float(p50), 1), "rtt_p99_ms": round(float(p99), 1),
             "kbit_up": round((bytes1[0] - bytes0[0]) * 8 / (end - start) / 1e3),
             "kbit_down": round((bytes1[1] - bytes0[1]) * 8 / (end - start) / 1e3), **recovery}
 
 
 def _recovery(pc) -> dict:
-    """What the client's loss recovery did (ooblex client only): NACK retries, holes given up on."""
+    """What the client's loss recovery did (ooblex client only): NACK retries, holes given up on or
+    stepped over, parity sent and packets it rebuilt, and the encoder's bitrate at the end."""
+    from ooblex.webrtc.protection import protection_stats
     from ooblex.webrtc.recovery import RecoveringJitterBuffer
 
     for transceiver in pc.getTransceivers():
         buffer = getattr(transceiver.receiver, "_RTCRtpReceiver__jitter_buffer", None)
         if isinstance(buffer, RecoveringJitterBuffer):
             nacks = transceiver.receiver._RTCRtpReceiver__nack_generator
+            encoder = getattr(transceiver.sender, "_RTCRtpSender__encoder", None)
             return {"nack_retries": nacks.retries, "gave_up": buffer.gave_up, "discarded": buffer.discarded,
-                    "rtt_ms": round(nacks.rtt * 1e3)}
+                    "skipped": buffer.skipped, "rtt_ms": round(nacks.rtt * 1e3), **protection_stats(pc),
+                    "encoder_kbit": getattr(encoder, "target_bitrate", 0) // 1000}
     return {}
 
 
@@ -144,6 +149,16 @@ def impair(lab: Lab, router: str, devices: list[str], loss_pct: float, rate_kbit
     lab.sh(router, " && ".join(script))
 
 
+def cap_drops(lab: Lab, router: str, devices: list[str]) -> int:
+    """Packets the rate cap (tbf) has dropped so far on the router's links, both directions."""
+    total = 0
+    for dev in devices:
+        stats = lab.sh(router, f"tc -s qdisc show dev {dev}").stdout
+        words = stats.replace(",", " ").split()
+        total += sum(int(words[i + 1]) for i, w in enumerate(words[:-1]) if w == "dropped")
+    return total
+
+
 def wait_http(lab: Lab, ns: str, url: str) -> None:
     probe = ("import sys, time, urllib.request\nfor _ in range(150):\n"
              "    try: urllib.request.urlopen(sys.argv[1], timeout=1); break\n"
@@ -175,8 +190,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         for loss in args.loss:
             impair(lab, router, devices, loss, args.rate_kbit)
             for name, url, flags in setups:
+                before = cap_drops(lab, router, devices)
                 out = _measure_in(lab, client, url, flags, args, env, token)
-                row = {"loss_pct": loss, "setup": name, **out}
+                row = {"loss_pct": loss, "setup": name, **out, "cap_drops": cap_drops(lab, router, devices) - before}
                 rows.append(row)
                 print(f"  {row}", flush=True)
     return rows

@@ -12,6 +12,7 @@ from fastapi import Request, Response
 from ..errors import BadRequest, UnsupportedMediaType
 from ..webrtc import accept_rsa_peers, check_offer, loopback_candidates, low_latency, rtc_configuration
 from ..webrtc.encoders import realtime_encoders
+from ..webrtc.protection import negotiating, only_with_vp8, protect
 from ..webrtc.recovery import recover_losses
 from ..webrtc.sdp import Offer
 from .bodies import media_type, read_body
@@ -44,7 +45,9 @@ async def negotiate(session: Session, offer: Offer, attach: Callable[[], Awaitab
     """
     pc = session.pc
     try:
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        with negotiating(settings.fec):
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        only_with_vp8(pc)
         low_latency(pc)
         recover_losses(pc)
         pending = attach()
@@ -53,6 +56,7 @@ async def negotiate(session: Session, offer: Offer, attach: Callable[[], Awaitab
         with loopback_candidates() if settings.loopback_candidates else contextlib.nullcontext():
             await pc.setLocalDescription(await pc.createAnswer())
         realtime_encoders(pc, settings.encoder_speed)
+        protect(pc)
     except Exception as exc:  # aiortc raises many types for offers it cannot answer
         log.info("%s session %s: cannot answer offer: %s", session.kind, session.id, exc)
         await session.close()

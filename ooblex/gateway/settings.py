@@ -119,6 +119,10 @@ class Settings:
     #: visibly worse) or "stock" (aiortc's -6 and medium). Encoding is most of what a stream costs. VP8 is
     #: libvpx driven directly at every speed (``webrtc/vp8.py``: bitrate changes without keyframes).
     encoder_speed: str = "fast"
+    #: Forward error correction for video (RED + ULPFEC, RFC 2198/5109) with peers that offer it, as
+    #: browsers do: parity packets sized to the loss the peer reports rebuild lost packets without a
+    #: round trip (``webrtc/protection.py``). Off: NACK retransmissions only.
+    fec: bool = True
 
     # --- capacity (docs/deploy.md) --------------------------------------------------------------
     #: Past any of these measured loads, new sessions and streams get 503 and every stream degrades the

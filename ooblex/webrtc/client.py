@@ -28,6 +28,7 @@ from .dtls import accept_rsa_peers
 from .encoders import realtime_encoders
 from .ice import ice_servers_from_links, loopback_candidates, rtc_configuration
 from .jitter import low_latency
+from .protection import keep_with_preferences, negotiating, protect
 from .recovery import recover_losses
 
 VIDEO_CLOCK = 90000
@@ -144,7 +145,7 @@ class _Client:
         if self.fast:
             low_latency(self.pc)
             recover_losses(self.pc)
-        with loopback_candidates() if self.local else contextlib.nullcontext():
+        with loopback_candidates() if self.local else contextlib.nullcontext(), negotiating(self.fast):
             await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers candidates
         async with httpx.AsyncClient(timeout=30) as http:
             resp = await http.post(self.url, content=self.pc.localDescription.sdp,
@@ -154,9 +155,11 @@ class _Client:
             raise WebRTCError(f"{self.url}: {resp.status_code} {resp.text}")
         self.location = str(httpx.URL(self.url).join(resp.headers["Location"]))
         self.stream_id = resp.headers.get("X-Ooblex-Stream")
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=resp.text, type="answer"))
+        with negotiating(self.fast):
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=resp.text, type="answer"))
         if self.fast:  # aiortc's own speeds; VP8's bitrate then follows REMB without keyframes
             realtime_encoders(self.pc, "stock")
+            protect(self.pc)
 
     async def wait_connected(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -201,6 +204,8 @@ class WhipClient(_Client):
         prefs = [c for c in RTCRtpSender.getCapabilities("video").codecs
                  if c.mimeType.lower() in (f"video/{self.codec.lower()}", "video/rtx")]
         transceiver.setCodecPreferences(prefs)
+        if self.fast and self.codec.lower() == "vp8":  # (``protection.only_with_vp8``)
+            keep_with_preferences(transceiver)
         if self.audio is not None:
             self.pc.addTransceiver(self.audio, direction=direction)
         await self._negotiate()

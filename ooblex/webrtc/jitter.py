@@ -23,6 +23,7 @@ class MarkerJitterBuffer(JitterBuffer):
     """``JitterBuffer`` that also completes a frame on its RTP marker bit."""
 
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        self._drop_empty()
         packets: list[RtpPacket] = []
         timestamp = None
         for count in range(self.capacity):
@@ -37,6 +38,15 @@ class MarkerJitterBuffer(JitterBuffer):
             if packet.marker:  # the last packet of this frame
                 return self._release(packets, timestamp, count + 1)
         return None
+
+    def _drop_empty(self) -> None:
+        """Skip packets with nothing to decode at the head (padding, a parity packet's place): alone
+        they would make an empty frame, which the decoder rejects with a keyframe request."""
+        while self._origin is not None:
+            head = self._packets[self._origin % self._capacity]
+            if head is None or getattr(head, "_data", b""):
+                return
+            self.remove(1)
 
     def _release(self, packets: list[RtpPacket], timestamp: int, count: int) -> JitterFrame:
         frame = JitterFrame(data=b"".join(p._data for p in packets), timestamp=timestamp)  # type: ignore[attr-defined]

@@ -71,6 +71,24 @@ def starts_keyframe(codec: str | None, payload: bytes) -> bool:
     return False
 
 
+def _vp8_frame_start(codec: str | None, payload: bytes) -> int | None:
+    """The picture id of a VP8 packet that starts a frame; None for anything else."""
+    if codec != "VP8" or not payload:
+        return None
+    try:
+        descriptor, _ = VpxPayloadDescriptor.parse(payload)
+    except ValueError:
+        return None
+    if not (descriptor.partition_start and descriptor.partition_id == 0):
+        return None
+    return descriptor.picture_id
+
+
+def _follows(last: int, picture: int) -> bool:
+    """Whether VP8 picture id ``picture`` comes right after ``last`` (15-bit ids, or 7-bit ones)."""
+    return (picture - last) % 0x8000 == 1 or (max(picture, last) < 0x80 and (picture - last) % 0x80 == 1)
+
+
 class RetryingNacks(NackGenerator):
     """aiortc's NACK generator, remembering when each missing packet was NACKed so it can NACK again."""
 
@@ -87,7 +105,8 @@ class RetryingNacks(NackGenerator):
         now = time.monotonic()
         self.media_ssrc = packet.ssrc
         if packet.sequence_number in self.missing and self.last.get(packet.sequence_number) == self.first.get(
-                packet.sequence_number):  # repaired after one NACK: a round trip sample
+                packet.sequence_number) and not getattr(packet, "_rebuilt", False):  # resent after one NACK:
+            # a round trip sample (a packet rebuilt from parity, ``protection``, is not)
             sample = now - self.first[packet.sequence_number]
             self.rtt = 0.8 * self.rtt + 0.2 * min(max(sample, 0.005), 1.0)
         missed = super().add(packet)
@@ -127,10 +146,15 @@ class RecoveringJitterBuffer(MarkerJitterBuffer):
         self._stalled_since: float | None = None
         self._last_pli = 0.0
         self._just_discarded = False
+        self._picture_id: int | None = None  # of the last VP8 frame released
+        self.skipped = 0        # holes that held no media (a lost parity packet) stepped over
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         pli, frame = super().add(packet)
         now = time.monotonic()
+        if frame is None and self._head_missing() and self._hole_without_media():
+            self.skipped += 1
+            frame = self._remove_frame(packet.sequence_number)
         if frame is None and self._head_missing():
             self._stalled_since = self._stalled_since or now
             if now - self._stalled_since > self.give_up_s:
@@ -154,6 +178,24 @@ class RecoveringJitterBuffer(MarkerJitterBuffer):
         return self._origin is not None and self._packets[self._origin % self._capacity] is None and any(
             p is not None for p in self._packets)
 
+    def _hole_without_media(self) -> bool:
+        """Whether the missing packets at the head held no video, and so are not worth waiting for: the
+        next packet with data starts the VP8 frame right after the last one released (its picture id
+        follows on). A lost parity packet (``protection``) or padding leaves such a hole, and nobody
+        resends those. The hole is stepped over when so; anything else waits for NACKs."""
+        if self._picture_id is None:
+            return False
+        for count in range(1, self.capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]  # type: ignore[operator]
+            if packet is None or not packet._data:  # type: ignore[attr-defined]
+                continue
+            picture = _vp8_frame_start(self.codec_of(packet.payload_type), packet.payload)
+            if picture is None or not _follows(self._picture_id, picture):
+                return False
+            self.remove(count)
+            return True
+        return False
+
     def _skip_hole(self) -> None:
         """Move the start of the buffer past the missing packets to the next packet there is."""
         while self._packets[self._origin % self._capacity] is None:  # type: ignore[operator]
@@ -161,6 +203,7 @@ class RecoveringJitterBuffer(MarkerJitterBuffer):
 
     def _release(self, packets: list[RtpPacket], timestamp: int, count: int) -> JitterFrame | None:  # type: ignore[override]
         frame = super()._release(packets, timestamp, count)
+        self._picture_id = _vp8_frame_start(self.codec_of(packets[0].payload_type), packets[0].payload)
         if self.waiting_keyframe:
             if not starts_keyframe(self.codec_of(packets[0].payload_type), packets[0].payload):
                 self.discarded += 1

@@ -1,0 +1,196 @@
+"""Forward error correction: RED (RFC 2198) and ULPFEC (RFC 5109) bytes, and both on real peers under loss."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import subprocess
+
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+from ooblex.webrtc import red, ulpfec
+from ooblex.webrtc.protection import _Sender, group_size, negotiating, protection_stats
+
+from .netns import in_netns
+
+SSRC = 0x1234ABCD
+
+
+def extensions() -> HeaderExtensionsMap:
+    table = HeaderExtensionsMap()
+    table.configure(RTCRtpParameters(headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+        RTCRtpHeaderExtensionParameters(id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time")]))
+    return table
+
+
+def packet(seq: int, size: int, marker: bool = False, timestamp: int = 9000, payload_type: int = 97) -> bytes:
+    p = RtpPacket(payload_type=payload_type, sequence_number=seq & 0xFFFF, timestamp=timestamp, ssrc=SSRC,
+                  marker=int(marker))
+    p.extensions.mid = "0"
+    p.extensions.abs_send_time = seq * 11 & 0xFFFFFF
+    p.payload = random.Random(seq).randbytes(size)
+    return p.serialize(extensions())
+
+
+@pytest.mark.parametrize("first,count", [(100, 5), (65534, 4), (7, 20), (30, 48)])
+def test_any_one_lost_packet_is_rebuilt_byte_for_byte(first: int, count: int) -> None:
+    group = [packet(first + i, random.Random(i).randrange(1, 1200), marker=i == count - 1,
+                    timestamp=9000 + 3000 * (i // 3)) for i in range(count)]
+    parity = ulpfec.protect(group)
+    for lost in range(count):
+        recovery = ulpfec.Recovery()
+        rebuilt = [p for i, media in enumerate(group) if i != lost for p in recovery.add_media(media)]
+        rebuilt += recovery.add_parity(parity, SSRC)
+        assert rebuilt == [group[lost]], f"packet {lost} of {count}"
+        # and in the other order: parity first, the last media packet completes the group
+        recovery = ulpfec.Recovery()
+        assert recovery.add_parity(parity, SSRC) == [] or count == 1
+        late = [p for i, media in enumerate(group) if i != lost for p in recovery.add_media(media)]
+        assert late == [group[lost]]
+
+
+def test_parity_does_not_invent_packets() -> None:
+    group = [packet(10 + i, 300) for i in range(4)]
+    recovery = ulpfec.Recovery()
+    for media in group[:2]:
+        recovery.add_media(media)
+    assert recovery.add_parity(ulpfec.protect(group), SSRC) == [], "two lost of four: nothing to rebuild"
+    full = ulpfec.Recovery()
+    for media in group:
+        full.add_media(media)
+    assert full.add_parity(ulpfec.protect(group), SSRC) == [] and not full.parities, "nothing lost: parity dropped"
+
+
+@pytest.mark.parametrize("payload,problem", [
+    (b"\x00" * 5, "too short"),
+    (b"\x80" + b"\x00" * 20, "extension flag"),
+    (b"\x00" * 10 + b"\x00\x05\x80\x00" + b"\x00" * 2, "protection length"),
+    (b"\x00" * 10 + b"\x00\x00\x00\x00", "protects nothing"),
+])
+def test_malformed_parity_is_refused_by_name(payload: bytes, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        ulpfec.Recovery().add_parity(payload, SSRC)
+
+
+def test_red_wraps_and_unwraps_keeping_header_and_marker() -> None:
+    media = packet(500, 900, marker=True)
+    wrapped = red.wrap(media, 123)
+    assert wrapped[1] == 0x80 | 123 and len(wrapped) == len(media) + 1
+    assert red.unwrap(wrapped) == media
+    parsed = RtpPacket.parse(red.unwrap(wrapped), extensions())
+    assert (parsed.payload_type, parsed.marker, parsed.extensions.mid) == (97, 1, "0")
+
+
+def test_red_with_a_redundant_block_keeps_the_primary() -> None:
+    media = packet(501, 50)
+    start = red.header_length(media)
+    old = b"old-block"
+    # one redundant block (F=1, PT 97, offset 0, length 9), then the primary's header (PT 97)
+    body = bytes([0x80 | 97, 0, 0, len(old)]) + bytes([97]) + old + media[start:]
+    wrapped = red.with_payload_type(media[:start], 123) + body
+    assert red.unwrap(wrapped) == media
+    with pytest.raises(ValueError, match="cut short|without a primary|longer"):
+        red.unwrap(wrapped[:start + 3])
+
+
+def test_protection_follows_the_reported_loss() -> None:
+    assert group_size(0.0) == 0 and group_size(0.03) == 4 and group_size(0.5) == 2
+    sender = _Sender(sender=None, red_pt=123, fec_pt=124, media_pts={97}, rtx_pt=98)
+    frame = [packet(40 + i, 1000, marker=i == 4) for i in range(5)]
+    assert [len(sender.outgoing(p)) for p in frame] == [1, 1, 1, 1, 1], "no loss reported: no parity"
+    sender.note_loss(0.03)
+    out = [sender.outgoing(p) for p in [packet(45 + i, 1000, marker=i == 4) for i in range(5)]]
+    assert [len(o) for o in out] == [1, 1, 1, 1, 3], "5 packets at 3 % loss: two parity packets"
+    wire = [int.from_bytes(p[2:4], "big") for o in out for p in o]
+    assert wire == [(wire[0] + i) & 0xFFFF for i in range(7)], "media and parity share one sequence"
+    assert all(p[1] & 0x7F == 123 for o in out for p in o)
+    # a NACK of a media packet maps back to aiortc's number; of a parity packet, to nothing
+    assert sender.originals([wire[2], wire[5]]) == [47]
+    # an RTX retransmission of aiortc's packet 47 carries our number for it
+    rtx = RtpPacket(payload_type=98, sequence_number=1, timestamp=9000, ssrc=99)
+    rtx.payload = (47).to_bytes(2, "big") + b"x" * 10
+    [resent] = sender.outgoing(rtx.serialize())
+    assert int.from_bytes(resent[12:14], "big") == wire[2]
+    # the receiver rebuilds a lost packet from what went out
+    recovery = ulpfec.Recovery()
+    media = [red.unwrap(o[0]) for o in out]
+    parities = [red.unwrap(p) for p in out[4][1:]]
+    rebuilt = [r for m in media[:1] + media[2:] for r in recovery.add_media(m)]
+    for parity in parities:
+        rebuilt += recovery.add_parity(parity[red.header_length(parity):], SSRC)
+    assert rebuilt == [media[1]]
+
+
+async def test_red_and_ulpfec_only_where_asked() -> None:
+    """Inside ``negotiating()`` an offer carries RED and ULPFEC; a plain aiortc peer's does not."""
+    async def offer() -> str:
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video")
+        sdp = (await pc.createOffer()).sdp
+        await pc.close()
+        return sdp
+
+    with negotiating():
+        assert "red/90000" in await offer() and "ulpfec/90000" in await offer()
+    assert "red/90000" not in await offer()
+
+
+def drop(probability: float) -> list[str]:
+    return ["iptables", "-A", "INPUT", "-p", "udp", "-m", "statistic", "--mode", "random",
+            "--probability", str(probability), "-j", "DROP"]
+
+
+@in_netns
+@pytest.mark.skipif(shutil.which("iptables") is None, reason="needs iptables for random loss")
+@pytest.mark.timeout(120)
+async def test_lost_packets_are_rebuilt_both_ways_through_the_gateway() -> None:
+    """An ooblex client and the gateway, 5 % random loss on every packet: parity rebuilds packets on
+    both receive paths, and the numbered frames come back whole and in order."""
+    from ooblex.gateway import Settings
+    from ooblex.webrtc import framecode
+    from ooblex.webrtc.client import ImageTrack, WhipClient
+
+    from .gateway_server import running_gateway
+    from .media import moving_picture
+
+    with running_gateway(settings=Settings(loopback_candidates=True)) as gw:
+        track = ImageTrack(moving_picture(), fps=30)
+        async with WhipClient(gw.url + "/whip/identity", track) as client:
+            await client.wait_connected()
+            sdp = client.pc.remoteDescription.sdp
+            assert "red/90000" in sdp and "ulpfec/90000" in sdp, "the gateway did not accept RED/ULPFEC"
+            await asyncio.to_thread(subprocess.run, drop(0.05), check=True)
+            numbers: list[int] = []
+            while len(numbers) < 240:
+                frame = await asyncio.wait_for(client.remote.recv(), 20)
+                n = framecode.read(frame.to_ndarray(format="rgb24"))
+                if n is not None:
+                    numbers.append(n)
+            [session] = gw.state.sessions.items.values()
+            ours, theirs = protection_stats(client.pc), protection_stats(session.pc)
+            print(f"client {ours}, gateway {theirs}")
+            assert ours["parity_sent"] > 0 and theirs["parity_sent"] > 0, "no parity sent under loss"
+            assert ours["rebuilt"] > 0 and theirs["rebuilt"] > 0, "parity rebuilt nothing"
+            assert ours["malformed"] == theirs["malformed"] == 0
+            assert ours["peer_loss"] > 0.01 and theirs["peer_loss"] > 0.01, "reports did not show the loss"
+            assert numbers == sorted(numbers), "frames came back out of order"
+
+
+async def test_stock_aiortc_peer_gets_no_red() -> None:
+    """A peer that does not offer RED is answered without it (and so is sent plain VP8)."""
+    from .media import sdp_offer
+
+    offer = await sdp_offer("sendrecv")
+    assert "red/90000" not in offer
+    pc = RTCPeerConnection()
+    try:
+        with negotiating():  # even with it on in this task, the answer follows the offer
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        assert all(c.name.lower() not in ("red", "ulpfec") for t in pc.getTransceivers() for c in t._codecs)
+    finally:
+        await pc.close()
