@@ -103,7 +103,11 @@ def test_protection_follows_the_reported_loss() -> None:
     sender = _Sender(sender=None, red_pt=123, fec_pt=124, media_pts={97}, rtx_pt=98)
     frame = [packet(40 + i, 1000, marker=i == 4) for i in range(5)]
     assert [len(sender.outgoing(p)) for p in frame] == [1, 1, 1, 1, 1], "no loss reported: no parity"
-    sender.note_loss(0.03)
+    sender.note_report(1000, 10)
+    sender.note_report(1050, 40)
+    assert sender.loss == 0, "a loss rate over 50 packets is not taken"
+    sender.note_report(1200, 16)
+    assert sender.loss == pytest.approx(0.03)
     out = [sender.outgoing(p) for p in [packet(45 + i, 1000, marker=i == 4) for i in range(5)]]
     assert [len(o) for o in out] == [1, 1, 1, 1, 3], "5 packets at 3 % loss: two parity packets"
     wire = [int.from_bytes(p[2:4], "big") for o in out for p in o]
@@ -194,3 +198,79 @@ async def test_stock_aiortc_peer_gets_no_red() -> None:
         assert all(c.name.lower() not in ("red", "ulpfec") for t in pc.getTransceivers() for c in t._codecs)
     finally:
         await pc.close()
+
+
+
+PEERS = """(() => { const Native = window.RTCPeerConnection; window.__pcs = [];
+  window.RTCPeerConnection = function (...args) { const pc = new Native(...args); window.__pcs.push(pc); return pc; };
+  window.RTCPeerConnection.prototype = Native.prototype; })();"""
+INBOUND_VIDEO = """async () => { for (const pc of window.__pcs) for (const s of (await pc.getStats()).values())
+    if (s.type === 'inbound-rtp' && s.kind === 'video') return s; return null; }"""
+
+
+def lose_every(state: _Sender, nth: int, parity: bool) -> list[int]:
+    """Make the gateway's sender ``state`` never send every ``nth`` media packet and never resend it,
+    with parity at one per 4 packets (``parity``) or none; returns the sequence numbers withheld."""
+    withheld: list[int] = []
+    outgoing, originals = state.outgoing, state.originals
+
+    def lossy(data: bytes) -> list[bytes]:
+        out = outgoing(data)
+        if out and (out[0][1] & 0x7F) == state.red_pt and red.unwrap(out[0])[1] & 0x7F in state.media_pts:
+            seq = int.from_bytes(out[0][2:4], "big")
+            if seq % nth == 0 and seq not in withheld:
+                withheld.append(seq)
+                return out[1:]
+        return out
+
+    state.outgoing = lossy  # type: ignore[method-assign]
+    state.originals = lambda wire: originals([s for s in wire if s not in withheld])  # type: ignore[method-assign]
+    state.note_report = lambda highest, lost: None  # type: ignore[method-assign]
+    state.loss = 0.03 if parity else 0.0
+    return withheld
+
+
+@in_netns
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("parity", [True, False])
+async def test_chromium_rebuilds_packets_from_the_gateways_parity(parity: bool) -> None:
+    """Chromium (a stack we did not write) negotiates RED/ULPFEC through the demo page. The gateway
+    withholds every 20th video packet it sends back and never resends it: with parity, Chromium's
+    picture keeps going without a freeze or keyframe request; without (the control), it cannot."""
+    from playwright.async_api import async_playwright
+
+    from ooblex.gateway.demo import demo_threads
+
+    from .gateway_server import running_gateway
+    from .test_gateway_browser import CHROMIUM, FLAGS
+
+    if not shutil.os.path.exists(CHROMIUM):
+        pytest.skip("chromium not installed")
+    with running_gateway(threads=demo_threads()) as gw:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                page = await browser.new_page()
+                await page.add_init_script(PEERS)
+                await page.goto(f"{gw.url}/?thread=identity&autostart=1")
+                await page.wait_for_function("document.getElementById('output').videoWidth > 0", timeout=20000)
+                [session] = gw.state.sessions.items.values()
+                answer = session.pc.localDescription.sdp
+                assert "red/90000" in answer and "ulpfec/90000" in answer, "Chromium did not negotiate RED/ULPFEC"
+                [video] = [t for t in session.pc.getTransceivers() if t.kind == "video"]
+                withheld = lose_every(video.sender._ooblex_protection, 20, parity)
+                before = await page.evaluate(INBOUND_VIDEO)
+                await asyncio.sleep(8)
+                after = await page.evaluate(INBOUND_VIDEO)
+                change = {k: after.get(k, 0) - before.get(k, 0)
+                          for k in ("framesDecoded", "freezeCount", "pliCount", "packetsLost", "nackCount")}
+                print(f"parity {parity}: {len(withheld)} packets withheld, chromium {change}")
+                assert len(withheld) > 20
+                if parity:
+                    assert change["framesDecoded"] > 8 * 10, "Chromium's picture stalled"
+                    assert change["freezeCount"] == 0 and change["pliCount"] == 0, change
+                else:
+                    assert change["pliCount"] > 0 or change["framesDecoded"] < 8 * 5, change
+            finally:
+                await browser.close()

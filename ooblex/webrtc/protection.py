@@ -58,6 +58,8 @@ ULPFEC = RTCRtpCodecParameters(mimeType="video/ulpfec", clockRate=90000, payload
 PROTECTION = ((0.005, 0), (0.02, 8), (0.04, 4), (0.08, 3), (1.01, 2))
 #: Sequence numbers remembered for mapping NACKs and retransmissions back (aiortc keeps 128 packets).
 REMEMBER = 1024
+#: Packets a loss estimate is taken over at least (about a second of 640x480 video).
+LOSS_WINDOW = 100
 
 _offering: ContextVar[bool] = ContextVar("ooblex_fec_offering", default=False)
 
@@ -129,6 +131,7 @@ class _Sender:
         self.original_of: dict[int, int] = {}
         self.frame: list[bytes] = []
         self.loss = 0.0
+        self._mark: tuple[int, int] | None = None  # (highest sequence, cumulative lost) at the last estimate
         self.parity_sent = 0
 
     def outgoing(self, data: bytes) -> list[bytes]:
@@ -153,9 +156,20 @@ class _Sender:
         """aiortc's sequence numbers for NACKed ones (parity packets are not resent)."""
         return [self.original_of[s] for s in wire if s in self.original_of]
 
-    def note_loss(self, fraction: float) -> None:
-        """A receiver report's loss (before repair): rises at once, decays slowly."""
-        self.loss = max(fraction, 0.8 * self.loss + 0.2 * fraction)
+    def note_report(self, highest: int, lost: int) -> None:
+        """A receiver report's extended highest sequence number and cumulative loss. The loss rate is
+        taken over at least ``LOSS_WINDOW`` packets: a report's own fraction covers whatever came since
+        the last one (browsers report several times a second), and swings from 0 to 50 % at 5 % loss.
+        The estimate rises at once and decays slowly."""
+        if self._mark is None or highest < self._mark[0]:
+            self._mark = (highest, lost)
+            return
+        expected = highest - self._mark[0]
+        if expected < LOSS_WINDOW:
+            return
+        fraction = min(max((lost - self._mark[1]) / expected, 0.0), 1.0)
+        self._mark = (highest, lost)
+        self.loss = max(fraction, 0.7 * self.loss + 0.3 * fraction)
 
     @property
     def media_share(self) -> float:
@@ -340,7 +354,7 @@ def _protect_sender(transport: _Transport, sender: Any, red_pt: int, fec_pt: int
         elif isinstance(packet, RtcpRrPacket | RtcpSrPacket):
             for report in packet.reports:
                 if report.ssrc == sender._ssrc:
-                    state.note_loss(report.fraction_lost / 256)
+                    state.note_report(report.highest_sequence, report.packets_lost)
         await handle(packet)
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             _share_bitrate(sender, packet, state.media_share)
