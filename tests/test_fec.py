@@ -274,3 +274,23 @@ async def test_chromium_rebuilds_packets_from_the_gateways_parity(parity: bool) 
                     assert change["pliCount"] > 0 or change["framesDecoded"] < 8 * 5, change
             finally:
                 await browser.close()
+
+
+@in_netns
+@pytest.mark.timeout(120)
+async def test_fec_off_answers_without_red() -> None:
+    """``Settings(fec=False)``: an offer with RED/ULPFEC is answered with plain VP8, and video flows."""
+    from ooblex.gateway import Settings
+    from ooblex.webrtc.client import ImageTrack, WhipClient
+
+    from .gateway_server import running_gateway
+    from .media import moving_picture
+
+    with running_gateway(settings=Settings(loopback_candidates=True, fec=False)) as gw:
+        async with WhipClient(gw.url + "/whip/identity", ImageTrack(moving_picture(), fps=30)) as client:
+            await client.wait_connected()
+            assert "red/90000" in client.pc.localDescription.sdp, "the ooblex client offers RED"
+            assert "red/90000" not in client.pc.remoteDescription.sdp
+            for _ in range(10):
+                await asyncio.wait_for(client.remote.recv(), 20)
+            assert protection_stats(client.pc)["parity_sent"] == 0
