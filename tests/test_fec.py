@@ -266,7 +266,7 @@ async def test_chromium_rebuilds_packets_from_the_gateways_parity(parity: bool) 
                 change = {k: after.get(k, 0) - before.get(k, 0)
                           for k in ("framesDecoded", "freezeCount", "pliCount", "packetsLost", "nackCount")}
                 print(f"parity {parity}: {len(withheld)} packets withheld, chromium {change}")
-                assert len(withheld) > 20
+                assert len(withheld) > 10
                 if parity:
                     assert change["framesDecoded"] > 8 * 10, "Chromium's picture stalled"
                     assert change["freezeCount"] == 0 and change["pliCount"] == 0, change
