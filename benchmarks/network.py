@@ -4,7 +4,7 @@
                         (loss, delay, rate cap, both directions)
 
     sudo python benchmarks/network.py [--seconds 20] [--loss 0 1 3 5] [--delay-ms 40] [--jitter-ms 10]
-                                      [--rate-kbit 1500]
+                                      [--rate-kbit 1500] [--without-fec] [--json rows.json]
 
 Three network namespaces; the router forwards UDP through:
 - random loss: ``iptables -m statistic --mode random --probability P -j DROP`` (each direction);
@@ -12,8 +12,9 @@ Three network namespaces; the router forwards UDP through:
 - a rate cap: ``tbf`` on both of the router's links (burst 8 KB, at most 100 ms queued).
 
 For each loss rate, two rows: **ooblex** (``ooblex gateway``, identity thread, with the ooblex
-client: ``WhipClient``) and **stock aiortc** (the classic aiortc server of
-``benchmarks/webrtc_rtt.py`` with a plain aiortc client). The client sends frame-numbered
+client: ``WhipClient``; RED/ULPFEC negotiated, ``--without-fec`` adds a row without) and
+**stock aiortc** (the classic aiortc server of ``benchmarks/webrtc_rtt.py`` with a plain aiortc
+client). The client sends frame-numbered
 640x480 video at 30 fps over WHIP and reads the returned video: output fps, freeze ratio (share
 of the time covered by gaps of more than 200 ms between returned frames), round trip p50/p99
 (numbered frames from leaving the client's track to decoded back), and the bitrate up and
@@ -59,13 +60,13 @@ def camera_like(width: int = 640, height: int = 480):
     return next_image
 
 
-async def measure(url: str, stock: bool, seconds: float, warmup: float = 4.0) -> dict:
+async def measure(url: str, stock: bool, seconds: float, warmup: float = 4.0, fec: bool = True) -> dict:
     """In the client namespace: send, read back, and sum up one row."""
     from ooblex.webrtc import framecode
     from ooblex.webrtc.client import ImageTrack, WhipClient
 
     track = ImageTrack(camera_like(), fps=30)
-    client = WhipClient(url, track, fast=not stock, ice_servers=[], token=os.environ.get("OOBLEX_TOKEN"))
+    client = WhipClient(url, track, fast=not stock, fec=fec, ice_servers=[], token=os.environ.get("OOBLEX_TOKEN"))
     await client.start()
     await client.wait_connected(30)
     arrivals: list[float] = []
@@ -187,6 +188,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         token = mint("publish", thread="identity", secret=secret)
         setups = [("ooblex", f"http://{SERVER}:{GATEWAY_PORT}/whip/identity", []),
                   ("stock aiortc", f"http://{SERVER}:{BASELINE_PORT}/whip", ["--stock"])]
+        if args.without_fec:
+            setups.insert(1, ("ooblex, NACKs only", setups[0][1], ["--no-fec"]))
         for loss in args.loss:
             impair(lab, router, devices, loss, args.rate_kbit)
             for name, url, flags in setups:
@@ -233,6 +236,9 @@ def main() -> int:
     parser.add_argument("--jitter-ms", type=float, default=10.0)
     parser.add_argument("--rate-kbit", type=float, default=1500.0)
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--without-fec", action="store_true",
+                        help="a third row: ooblex with RED/ULPFEC left out of the offer (NACKs only)")
+    parser.add_argument("--no-fec", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--measure", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--stock", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -243,7 +249,7 @@ def main() -> int:
         serve_baseline(args.serve_baseline, host=SERVER)
         return 0
     if args.measure:
-        print(json.dumps(asyncio.run(measure(args.measure, args.stock, args.seconds))))
+        print(json.dumps(asyncio.run(measure(args.measure, args.stock, args.seconds, fec=not args.no_fec))))
         return 0
     rows = run(args)
     print(table(rows, args))

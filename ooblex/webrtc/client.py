@@ -87,13 +87,15 @@ class _Client:
     ``ice_servers=None`` (the default) asks the endpoint first (``OPTIONS``, RFC 9725 ``Link``
     headers) and gathers with what it offers, TURN relays included; a list uses exactly those.
     ``fast=False`` is a stock aiortc peer: without Ooblex's jitter buffer, loss recovery and VP8
-    encoder (``encoders.realtime_encoders`` at aiortc's own speed).
+    encoder (``encoders.realtime_encoders`` at aiortc's own speed). ``fec=False`` leaves RED/ULPFEC
+    out of the offer (``protection``): NACKs only.
     """
 
-    def __init__(self, url: str, *, fast: bool = True, ice_servers: list[dict[str, Any]] | None = None,
-                 token: str | None = None) -> None:
+    def __init__(self, url: str, *, fast: bool = True, fec: bool = True,
+                 ice_servers: list[dict[str, Any]] | None = None, token: str | None = None) -> None:
         self.url = url
         self.fast = fast
+        self.fec = fast and fec
         token = token or os.environ.get("OOBLEX_TOKEN")
         #: RFC 9725: the bearer token goes with the POST and the DELETE.
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
@@ -145,7 +147,7 @@ class _Client:
         if self.fast:
             low_latency(self.pc)
             recover_losses(self.pc)
-        with loopback_candidates() if self.local else contextlib.nullcontext(), negotiating(self.fast):
+        with loopback_candidates() if self.local else contextlib.nullcontext(), negotiating(self.fec):
             await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers candidates
         async with httpx.AsyncClient(timeout=30) as http:
             resp = await http.post(self.url, content=self.pc.localDescription.sdp,
@@ -155,7 +157,7 @@ class _Client:
             raise WebRTCError(f"{self.url}: {resp.status_code} {resp.text}")
         self.location = str(httpx.URL(self.url).join(resp.headers["Location"]))
         self.stream_id = resp.headers.get("X-Ooblex-Stream")
-        with negotiating(self.fast):
+        with negotiating(self.fec):
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=resp.text, type="answer"))
         if self.fast:  # aiortc's own speeds; VP8's bitrate then follows REMB without keyframes
             realtime_encoders(self.pc, "stock")
@@ -204,7 +206,7 @@ class WhipClient(_Client):
         prefs = [c for c in RTCRtpSender.getCapabilities("video").codecs
                  if c.mimeType.lower() in (f"video/{self.codec.lower()}", "video/rtx")]
         transceiver.setCodecPreferences(prefs)
-        if self.fast and self.codec.lower() == "vp8":  # (``protection.only_with_vp8``)
+        if self.fec and self.codec.lower() == "vp8":  # (``protection.only_with_vp8``)
             keep_with_preferences(transceiver)
         if self.audio is not None:
             self.pc.addTransceiver(self.audio, direction=direction)
