@@ -25,8 +25,18 @@ def _seq(packet: bytes) -> int:
     return int.from_bytes(packet[2:4], "big")
 
 
-def _xor_into(acc: int, data: bytes, length: int) -> int:
-    return acc ^ int.from_bytes(data[:length].ljust(length, b"\0"), "big")
+def _fold(packets: list[bytes], length: int, start: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0),
+          ) -> tuple[int, int, int, int, int]:
+    """XOR of what ULPFEC protects in ``packets`` into ``start``: the first two header bytes, the
+    timestamp, the length after the fixed header and the first ``length`` bytes after it."""
+    first, second, timestamp, sizes, parity = start
+    for packet in packets:
+        first ^= packet[0]
+        second ^= packet[1]
+        timestamp ^= int.from_bytes(packet[4:8], "big")
+        sizes ^= len(packet) - RTP_HEADER
+        parity ^= int.from_bytes(packet[RTP_HEADER:RTP_HEADER + length].ljust(length, b"\0"), "big")
+    return first, second, timestamp, sizes, parity
 
 
 def protect(packets: list[bytes]) -> bytes:
@@ -39,13 +49,7 @@ def protect(packets: list[bytes]) -> bytes:
     if max(offsets) >= MAX_GROUP:
         raise ValueError(f"a parity packet covers at most {MAX_GROUP} sequence numbers")
     length = max(len(p) for p in packets) - RTP_HEADER
-    first = second = timestamp = sizes = parity = 0
-    for packet in packets:
-        first ^= packet[0]
-        second ^= packet[1]
-        timestamp ^= int.from_bytes(packet[4:8], "big")
-        sizes ^= len(packet) - RTP_HEADER
-        parity = _xor_into(parity, packet[RTP_HEADER:], length)
+    first, second, timestamp, sizes, parity = _fold(packets, length)
     long = max(offsets) >= 16
     bits = 48 if long else 16
     mask = sum(1 << (bits - 1 - o) for o in set(offsets))
@@ -89,15 +93,9 @@ class Parity:
 
     def rebuild(self, missing: int, others: list[bytes], ssrc: int) -> bytes:
         """The packet ``missing`` from this parity and all the ``others`` it covers."""
-        first, second, timestamp, sizes = self.first, self.second, self.timestamp, self.sizes
         length = len(self.parity)
-        parity = int.from_bytes(self.parity, "big")
-        for packet in others:
-            first ^= packet[0]
-            second ^= packet[1]
-            timestamp ^= int.from_bytes(packet[4:8], "big")
-            sizes ^= len(packet) - RTP_HEADER
-            parity = _xor_into(parity, packet[RTP_HEADER:], length)
+        first, second, timestamp, sizes, parity = _fold(others, length, (
+            self.first, self.second, self.timestamp, self.sizes, int.from_bytes(self.parity, "big")))
         if sizes > length:
             raise ValueError("ULPFEC cannot rebuild a packet longer than it protects")
         header = (bytes([0x80 | (first & 0x3F), second]) + missing.to_bytes(2, "big")
