@@ -6,6 +6,7 @@ import asyncio
 import random
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -204,8 +205,15 @@ async def test_stock_aiortc_peer_gets_no_red() -> None:
 PEERS = """(() => { const Native = window.RTCPeerConnection; window.__pcs = [];
   window.RTCPeerConnection = function (...args) { const pc = new Native(...args); window.__pcs.push(pc); return pc; };
   window.RTCPeerConnection.prototype = Native.prototype; })();"""
-INBOUND_VIDEO = """async () => { for (const pc of window.__pcs) for (const s of (await pc.getStats()).values())
-    if (s.type === 'inbound-rtp' && s.kind === 'video') return s; return null; }"""
+INBOUND = """for (const pc of window.__pcs) for (const s of (await pc.getStats()).values())
+    if (s.type === 'inbound-rtp' && s.kind === 'video') return s; return null;"""
+INBOUND_VIDEO = f"async () => {{ {INBOUND} }}"  # for Playwright's evaluate
+KEYS = ("framesDecoded", "freezeCount", "pliCount", "packetsLost", "nackCount")
+
+
+def change(before: dict, after: dict) -> dict[str, int]:
+    """How much the receiver's counters (``KEYS``, those the browser has) moved."""
+    return {k: after[k] - before.get(k, 0) for k in KEYS if k in after}
 
 
 def lose_every(state: _Sender, nth: int, parity: bool) -> list[int]:
@@ -245,7 +253,7 @@ async def test_chromium_rebuilds_packets_from_the_gateways_parity(parity: bool) 
     from .gateway_server import running_gateway
     from .test_gateway_browser import CHROMIUM, FLAGS
 
-    if not shutil.os.path.exists(CHROMIUM):
+    if not Path(CHROMIUM).exists():
         pytest.skip("chromium not installed")
     with running_gateway(threads=demo_threads()) as gw:
         async with async_playwright() as p:
@@ -263,15 +271,14 @@ async def test_chromium_rebuilds_packets_from_the_gateways_parity(parity: bool) 
                 before = await page.evaluate(INBOUND_VIDEO)
                 await asyncio.sleep(8)
                 after = await page.evaluate(INBOUND_VIDEO)
-                change = {k: after.get(k, 0) - before.get(k, 0)
-                          for k in ("framesDecoded", "freezeCount", "pliCount", "packetsLost", "nackCount")}
-                print(f"parity {parity}: {len(withheld)} packets withheld, chromium {change}")
+                moved = change(before, after)
+                print(f"parity {parity}: {len(withheld)} packets withheld, chromium {moved}")
                 assert len(withheld) > 10
                 if parity:
-                    assert change["framesDecoded"] > 8 * 10, "Chromium's picture stalled"
-                    assert change["freezeCount"] == 0 and change["pliCount"] == 0, change
+                    assert moved["framesDecoded"] > 8 * 10, "Chromium's picture stalled"
+                    assert moved["freezeCount"] == 0 and moved["pliCount"] == 0, moved
                 else:
-                    assert change["pliCount"] > 0 or change["framesDecoded"] < 8 * 5, change
+                    assert moved["pliCount"] > 0 or moved["framesDecoded"] < 8 * 5, moved
             finally:
                 await browser.close()
 
@@ -294,3 +301,48 @@ async def test_fec_off_answers_without_red() -> None:
             for _ in range(10):
                 await asyncio.wait_for(client.remote.recv(), 20)
             assert protection_stats(client.pc)["parity_sent"] == 0
+
+
+
+FIREFOX_INBOUND = f"return (async () => {{ {INBOUND} }})();"  # Marionette waits for the promise
+
+
+@pytest.mark.parametrize("parity", [True, False])
+@in_netns
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_firefox_rebuilds_packets_from_the_gateways_parity(parity: bool) -> None:
+    """As the Chromium test, with Firefox ESR (its own RTP stack): every 20th packet the gateway sends
+    back is withheld for good; with parity the picture goes on, without it (the control) it stops."""
+    import time
+
+    from ooblex.gateway.demo import demo_threads
+
+    from .firefox import firefox, firefox_problem
+    from .gateway_server import running_gateway
+
+    if firefox_problem() is not None:
+        pytest.skip(firefox_problem() or "")
+    with running_gateway(threads=demo_threads()) as gw, firefox() as ff:
+        ff.navigate(f"{gw.url}/?thread=identity")
+        ff.execute_script(PEERS.removeprefix("(() => {").removesuffix("})();"))  # before the page's connection
+        ff.execute_script("document.getElementById('start').click()")
+        deadline = time.monotonic() + 20
+        while not (ff.execute_script(FIREFOX_INBOUND) or {}).get("framesDecoded") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        [session] = gw.state.sessions.items.values()
+        answer = session.pc.localDescription.sdp
+        assert "red/90000" in answer and "ulpfec/90000" in answer, "Firefox did not negotiate RED/ULPFEC"
+        [video] = [t for t in session.pc.getTransceivers() if t.kind == "video"]
+        withheld = lose_every(video.sender._ooblex_protection, 20, parity)
+        time.sleep(1)  # what was on its way before
+        before = ff.execute_script(FIREFOX_INBOUND)
+        time.sleep(8)
+        after = ff.execute_script(FIREFOX_INBOUND)
+        moved = change(before, after)
+        print(f"parity {parity}: {len(withheld)} packets withheld, firefox {moved}")
+        assert len(withheld) > 10
+        if parity:
+            assert moved["framesDecoded"] > 8 * 10 and moved["pliCount"] == 0, moved
+        else:
+            assert moved["pliCount"] > 0 or moved["framesDecoded"] < 8 * 5, moved
