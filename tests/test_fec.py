@@ -17,6 +17,7 @@ from ooblex.webrtc import red, ulpfec
 from ooblex.webrtc.protection import _Sender, group_size, negotiating, protection_stats
 
 from .netns import in_netns
+from .test_gateway_browser import CHROMIUM, FLAGS
 
 SSRC = 0x1234ABCD
 
@@ -241,6 +242,7 @@ def lose_every(state: _Sender, nth: int, parity: bool) -> list[int]:
 @in_netns
 @pytest.mark.slow
 @pytest.mark.timeout(150)
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
 @pytest.mark.parametrize("parity", [True, False])
 async def test_chromium_rebuilds_packets_from_the_gateways_parity(parity: bool) -> None:
     """Chromium (a stack we did not write) negotiates RED/ULPFEC through the demo page. The gateway
@@ -251,10 +253,6 @@ async def test_chromium_rebuilds_packets_from_the_gateways_parity(parity: bool) 
     from ooblex.gateway.demo import demo_threads
 
     from .gateway_server import running_gateway
-    from .test_gateway_browser import CHROMIUM, FLAGS
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium not installed")
     with running_gateway(threads=demo_threads()) as gw:
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
