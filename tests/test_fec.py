@@ -117,11 +117,14 @@ def test_protection_follows_the_reported_loss() -> None:
     assert all(p[1] & 0x7F == 123 for o in out for p in o)
     # a NACK of a media packet maps back to aiortc's number; of a parity packet, to nothing
     assert sender.originals([wire[2], wire[5]]) == [47]
-    # an RTX retransmission of aiortc's packet 47 carries our number for it
+    # an RTX retransmission of aiortc's packet 47 carries our number for it, sent twice at 3 % loss
     rtx = RtpPacket(payload_type=98, sequence_number=1, timestamp=9000, ssrc=99)
     rtx.payload = (47).to_bytes(2, "big") + b"x" * 10
-    [resent] = sender.outgoing(rtx.serialize())
-    assert int.from_bytes(resent[12:14], "big") == wire[2]
+    resent = sender.outgoing(rtx.serialize())
+    assert len(resent) == 2 and resent[0] == resent[1]
+    assert int.from_bytes(resent[0][12:14], "big") == wire[2]
+    sender.loss = 0.01
+    assert len(sender.outgoing(rtx.serialize())) == 1, "once below 2 % loss"
     # the receiver rebuilds a lost packet from what went out
     recovery = ulpfec.Recovery()
     media = [red.unwrap(o[0]) for o in out]
