@@ -51,9 +51,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=1150)
     parser.add_argument("--runs", type=int, default=2000)
     args = parser.parse_args()
-    sender = _Sender(None, RED_PT, FEC_PT, {MEDIA_PT}, RTX_PT)
+    sender = _Sender(RED_PT, FEC_PT, {MEDIA_PT}, RTX_PT)
     plain = sending_us(sender, args.packets, args.size, args.runs)
-    sender = _Sender(None, RED_PT, FEC_PT, {MEDIA_PT}, RTX_PT)
+    sender = _Sender(RED_PT, FEC_PT, {MEDIA_PT}, RTX_PT)
     sender.note_report(0, 0)
     sender.note_report(1000, 30)  # 3 % loss reported
     protected = sending_us(sender, args.packets, args.size, args.runs)

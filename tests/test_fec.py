@@ -102,7 +102,7 @@ def test_red_with_a_redundant_block_keeps_the_primary() -> None:
 
 def test_protection_follows_the_reported_loss() -> None:
     assert group_size(0.0) == 0 and group_size(0.03) == 4 and group_size(0.5) == 2
-    sender = _Sender(sender=None, red_pt=123, fec_pt=124, media_pts={97}, rtx_pt=98)
+    sender = _Sender(red_pt=123, fec_pt=124, media_pts={97}, rtx_pt=98)
     frame = [packet(40 + i, 1000, marker=i == 4) for i in range(5)]
     assert [len(sender.outgoing(p)) for p in frame] == [1, 1, 1, 1, 1], "no loss reported: no parity"
     sender.note_report(1000, 10)
@@ -347,3 +347,44 @@ def test_firefox_rebuilds_packets_from_the_gateways_parity(parity: bool) -> None
             assert moved["framesDecoded"] > 8 * 10 and moved["pliCount"] == 0, moved
         else:
             assert moved["pliCount"] > 0 or moved["framesDecoded"] < 8 * 5, moved
+
+
+def vp8_packet(seq: int, picture: int, start: bool, marker: bool) -> RtpPacket:
+    """A VP8 RTP packet as aiortc's receiver hands it to the jitter buffer (``_data`` depayloaded)."""
+    from aiortc.codecs.vpx import VpxPayloadDescriptor
+
+    data = b"\x01" + bytes(20)  # an inter frame
+    packet = RtpPacket(payload_type=97, sequence_number=seq, timestamp=picture * 3000, marker=int(marker))
+    packet.payload = bytes(VpxPayloadDescriptor(partition_start=int(start), partition_id=0, picture_id=picture)) + data
+    packet._data = data if start else data[1:]  # type: ignore[attr-defined]
+    return packet
+
+
+def test_a_lost_parity_packet_is_stepped_over_but_lost_video_is_waited_for() -> None:
+    from ooblex.webrtc.recovery import RecoveringJitterBuffer
+
+    buffer = RecoveringJitterBuffer(128, lambda pt: "VP8")
+    released = [buffer.add(p)[1] for p in (vp8_packet(10, 1, True, False), vp8_packet(11, 1, False, True))]
+    assert released[-1] is not None, "frame 1 is whole at its marker"
+    # 12 was frame 1's parity and is lost; frame 2 (the next picture id) is whole: no wait
+    assert buffer.add(vp8_packet(13, 2, True, False))[1] is None
+    assert buffer.add(vp8_packet(14, 2, False, True))[1] is not None and buffer.skipped == 1
+    # frame 3 (15-16) is lost whole: frame 4 does not follow on from frame 2, so it waits for NACKs
+    assert buffer.add(vp8_packet(17, 4, True, False))[1] is None
+    assert buffer.add(vp8_packet(18, 4, False, True))[1] is None and buffer.skipped == 1
+    # frame 3 resent: it comes out, in its turn
+    late = [buffer.add(p)[1] for p in (vp8_packet(15, 3, True, False), vp8_packet(16, 3, False, True))]
+    assert late[-1] is not None and late[-1].timestamp == 3 * 3000
+
+
+def test_an_empty_packet_is_no_frame() -> None:
+    """A parity packet's place (or padding) after a frame is dropped, not handed on as an empty frame."""
+    from ooblex.webrtc.jitter import MarkerJitterBuffer
+
+    buffer = MarkerJitterBuffer(capacity=128, is_video=True)
+    assert buffer.add(vp8_packet(10, 1, True, True))[1] is not None
+    place = RtpPacket(payload_type=97, sequence_number=11, timestamp=3000)
+    place._data = b""  # type: ignore[attr-defined]
+    assert buffer.add(place)[1] is None
+    frame = buffer.add(vp8_packet(12, 2, True, True))[1]
+    assert frame is not None and frame.timestamp == 2 * 3000 and frame.data

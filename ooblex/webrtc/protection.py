@@ -127,8 +127,8 @@ def _uint16(value: int) -> bytes:
 class _Sender:
     """One video sender's outgoing packets: renumbered into RED, parity after each frame."""
 
-    def __init__(self, sender: Any, red_pt: int, fec_pt: int, media_pts: set[int], rtx_pt: int | None) -> None:
-        self.sender, self.red_pt, self.fec_pt = sender, red_pt, fec_pt
+    def __init__(self, red_pt: int, fec_pt: int, media_pts: set[int], rtx_pt: int | None) -> None:
+        self.red_pt, self.fec_pt = red_pt, fec_pt
         self.media_pts, self.rtx_pt = media_pts, rtx_pt
         self.next_seq = random.randrange(1 << 16)
         self.wire_of: OrderedDict[int, int] = OrderedDict()  # aiortc's sequence number -> ours
@@ -180,9 +180,13 @@ class _Sender:
         size = group_size(self.loss)
         return size / (size + 1) if size else 1.0
 
-    def _number(self, original: int) -> int:
+    def _next(self) -> int:
         wire = self.next_seq
         self.next_seq = (wire + 1) & 0xFFFF
+        return wire
+
+    def _number(self, original: int) -> int:
+        wire = self._next()
         self.wire_of[original] = wire
         self.original_of[wire] = original
         while len(self.wire_of) > REMEMBER:
@@ -208,14 +212,9 @@ class _Sender:
         for i in range(0, len(self.frame), step):
             parity = ulpfec.protect(self.frame[i:i + step])
             head = red.with_payload_type(self.frame[-1][:header], self.red_pt, marker=False)
-            out.append(head[:2] + _uint16(self._number_parity()) + head[4:] + bytes([self.fec_pt]) + parity)
+            out.append(head[:2] + _uint16(self._next()) + head[4:] + bytes([self.fec_pt]) + parity)
         self.parity_sent += len(out)
         return out
-
-    def _number_parity(self) -> int:
-        wire = self.next_seq
-        self.next_seq = (wire + 1) & 0xFFFF
-        return wire
 
 
 class _Receiver:
@@ -350,7 +349,7 @@ def protect(pc: RTCPeerConnection) -> int:
 def _protect_sender(transport: _Transport, sender: Any, red_pt: int, fec_pt: int,
                     media: list[RTCRtpCodecParameters], rtx: list[RTCRtpCodecParameters]) -> None:
     rtx_pt = next((c.payloadType for c in rtx if c.parameters.get("apt") == media[0].payloadType), None)
-    state = _Sender(sender, red_pt, fec_pt, {c.payloadType for c in media}, rtx_pt)
+    state = _Sender(red_pt, fec_pt, {c.payloadType for c in media}, rtx_pt)
     transport.senders[sender._ssrc] = transport.senders[sender._rtx_ssrc] = state
     handle = sender._handle_rtcp_packet
 

@@ -56,11 +56,8 @@ def starts_keyframe(codec: str | None, payload: bytes) -> bool:
     if not payload:
         return False
     if codec == "VP8":
-        try:
-            descriptor, data = VpxPayloadDescriptor.parse(payload)
-        except ValueError:
-            return False
-        return bool(descriptor.partition_start and descriptor.partition_id == 0 and data and not data[0] & 1)
+        start = _vp8_start(payload)
+        return start is not None and bool(start[1]) and not start[1][0] & 1
     if codec == "H264":
         kind = payload[0] & 0x1F
         if kind == H264_STAP_A and len(payload) > 3:
@@ -71,17 +68,19 @@ def starts_keyframe(codec: str | None, payload: bytes) -> bool:
     return False
 
 
-def _vp8_frame_start(codec: str | None, payload: bytes) -> int | None:
-    """The picture id of a VP8 packet that starts a frame; None for anything else."""
-    if codec != "VP8" or not payload:
-        return None
+def _vp8_start(payload: bytes) -> tuple[VpxPayloadDescriptor, bytes] | None:
+    """The payload descriptor and data of a VP8 packet that starts a frame; None for any other."""
     try:
-        descriptor, _ = VpxPayloadDescriptor.parse(payload)
+        descriptor, data = VpxPayloadDescriptor.parse(payload)
     except ValueError:
         return None
-    if not (descriptor.partition_start and descriptor.partition_id == 0):
-        return None
-    return descriptor.picture_id
+    return (descriptor, data) if descriptor.partition_start and descriptor.partition_id == 0 else None
+
+
+def _vp8_frame_start(codec: str | None, payload: bytes) -> int | None:
+    """The picture id of a VP8 packet that starts a frame; None for anything else."""
+    start = _vp8_start(payload) if codec == "VP8" and payload else None
+    return start[0].picture_id if start else None
 
 
 def _follows(last: int, picture: int) -> bool:
