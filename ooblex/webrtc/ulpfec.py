@@ -106,10 +106,12 @@ class Parity:
 class Recovery:
     """The receiving side for one SSRC: recent media packets and parities; rebuilds what it can.
 
-    Bounded: the newest ``keep`` media packets and ``keep_parities`` parity packets are kept.
+    Bounded: the newest ``keep`` media packets (parity covers one frame, at most ``MAX_GROUP``
+    packets, and arrives right after it; 256 packets of 1.2 KB are ~300 KB a connection) and
+    ``keep_parities`` parity packets are kept.
     """
 
-    def __init__(self, keep: int = 1024, keep_parities: int = 64) -> None:
+    def __init__(self, keep: int = 256, keep_parities: int = 64) -> None:
         self.keep, self.keep_parities = keep, keep_parities
         self.media: OrderedDict[int, bytes] = OrderedDict()
         self.parities: list[Parity] = []
