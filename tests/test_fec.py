@@ -388,3 +388,12 @@ def test_an_empty_packet_is_no_frame() -> None:
     assert buffer.add(place)[1] is None
     frame = buffer.add(vp8_packet(12, 2, True, True))[1]
     assert frame is not None and frame.timestamp == 2 * 3000 and frame.data
+
+
+def test_recovery_memory_is_bounded() -> None:
+    recovery = ulpfec.Recovery()
+    for seq in range(1000):
+        recovery.add_media(packet(seq, 10))
+        if seq % 3 == 0:  # parity for groups that never complete (their first packet "lost")
+            recovery.add_parity(ulpfec.protect([packet(seq + 70000, 10), packet(seq + 70001, 10)]), SSRC)
+    assert len(recovery.media) == recovery.keep and len(recovery.parities) <= recovery.keep_parities
