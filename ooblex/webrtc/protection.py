@@ -207,11 +207,11 @@ class _Sender:
             return []
         count = -(-len(self.frame) // size)
         step = -(-len(self.frame) // count)
-        header = red.header_length(self.frame[-1])
+        last = self.frame[-1]
+        head = red.with_payload_type(last[:red.header_length(last)], self.red_pt, marker=False)
         out = []
         for i in range(0, len(self.frame), step):
             parity = ulpfec.protect(self.frame[i:i + step])
-            head = red.with_payload_type(self.frame[-1][:header], self.red_pt, marker=False)
             out.append(head[:2] + _uint16(self._next()) + head[4:] + bytes([self.fec_pt]) + parity)
         self.parity_sent += len(out)
         return out
@@ -342,6 +342,7 @@ def protect(pc: RTCPeerConnection) -> int:
         receiver = _Receiver(transceiver.receiver, red_pt, fec_pt, rtx_of_red, media[0].payloadType)
         for pt in (red_pt, *rtx_of_red):
             transport.receivers[pt] = receiver
+        transceiver.receiver._ooblex_protection = receiver
         protected += 1
     return protected
 
@@ -388,9 +389,8 @@ def protection_stats(pc: RTCPeerConnection) -> dict[str, float]:
         if sender is not None:
             sent += sender.parity_sent
             loss = max(loss, sender.loss)
-        transport = getattr(transceiver.receiver.transport, "_ooblex_protection", None)
-        for receiver in {id(r): r for r in (transport.receivers.values() if transport else [])}.values():
-            if receiver.receiver is transceiver.receiver:
-                rebuilt += receiver.recovery.rebuilt
-                malformed += receiver.malformed
+        receiver = getattr(transceiver.receiver, "_ooblex_protection", None)
+        if receiver is not None:
+            rebuilt += receiver.recovery.rebuilt
+            malformed += receiver.malformed
     return {"parity_sent": sent, "rebuilt": rebuilt, "malformed": malformed, "peer_loss": round(loss, 4)}
