@@ -177,6 +177,67 @@ async def test_redis_unacked_job_is_reclaimed_from_a_dead_consumer(redis_server)
         await b.close()
 
 
+HOLDER = """
+import asyncio, sys
+from ooblex.broker import connect
+
+async def main():
+    broker = connect(sys.argv[1])
+    await broker.start()
+    async for d in broker.tasks(["jobs"]):
+        print("took", d.frame.seq, flush=True)  # and never acknowledges it
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+@needs_redis
+async def test_redis_job_entries_of_a_killed_consumer_are_claimed_by_connection_loss(redis_server) -> None:  # noqa: F811
+    """A worker killed while holding a job frame: its heartbeat would still look valid for an hour, but
+    its connection is gone, so another consumer takes the frame. While it lived, nobody did."""
+    import signal
+    import subprocess
+    import sys
+
+    from ooblex.broker.redis import consumers_key
+
+    b = connect(redis_server.url)
+    await b.start()
+    holder = await asyncio.to_thread(subprocess.Popen, [sys.executable, "-c", HOLDER, redis_server.url],
+                                     stdout=subprocess.PIPE, text=True)
+    got: list[int] = []
+    try:
+        await b.submit(frame(6, thread="jobs"), live=False)
+        line = await asyncio.wait_for(asyncio.to_thread(holder.stdout.readline), 30)
+        assert line.split() == ["took", "6"]
+
+        async def work() -> None:
+            async for d in b.tasks(["jobs"]):
+                got.append(d.frame.seq)
+                d.ack()
+
+        w = asyncio.create_task(work())
+        await asyncio.sleep(1.5)  # several reclaim rounds: a live holder keeps its frame
+        assert got == []
+        names = await b.redis.zrange(consumers_key("jobs"), 0, -1)
+        holder.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(holder.wait, 10)
+        # Its heartbeat says "alive for an hour": only the closed connection can tell it is dead.
+        await b.redis.zadd(consumers_key("jobs"), {n: time.time() + 3600 for n in names})
+        for _ in range(100):  # the bound only catches a hang
+            if got:
+                break
+            await asyncio.sleep(0.1)
+        w.cancel()
+        await asyncio.gather(w, return_exceptions=True)
+        assert got == [6]
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        await b.close()
+
+
 def test_wire_can_leave_jpeg_pixels_coded_for_the_worker() -> None:
     data = wire.encode(frame(9), "jpeg")
     f = wire.decode(data, defer_jpeg=True)

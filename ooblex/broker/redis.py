@@ -3,8 +3,10 @@
 - Live tasks: stream ``ooblex:q:live:<thread>`` trimmed to ``live_queue`` entries on every add
   (oldest go first) and skipped by workers past the frame's deadline.
 - Job tasks: stream ``ooblex:q:job:<thread>``, never trimmed; a consumer group hands each entry
-  to one worker and keeps it pending until acknowledged. Entries held by a consumer whose
-  heartbeat lapsed (a killed worker) are claimed by the others, so nothing is lost.
+  to one worker and keeps it pending until acknowledged. Entries held by a dead consumer are
+  claimed by the others within ``RECLAIM_S``, so nothing is lost and a job barely stalls. Dead
+  means: its heartbeat connection is gone (a killed process's sockets close at once, and Redis
+  drops the client) or, for a machine that vanished without closing it, its heartbeat lapsed.
 - Results: stream ``ooblex:r:<reply_to>``, one per gateway instance, bounded and expiring.
 
 Every loop survives a Redis restart: it backs off, reconnects, and recreates its group.
@@ -42,6 +44,10 @@ HEARTBEAT_S = 3.0
 BEAT_S = 1.0
 #: Pending job entries idle this long are claimed even from a live consumer (a stuck worker).
 STUCK_S = 120.0
+#: How often an idle consumer looks for a dead one's job entries (also its longest blocking read).
+RECLAIM_S = 0.2
+#: XCLAIM's minimum idle time (ms): entries another worker claimed this recently are left to it.
+CLAIM_IDLE_MS = 100
 DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -55,6 +61,11 @@ def result_key(reply_to: str) -> str:
 
 def consumers_key(thread: str) -> str:
     return f"{PREFIX}:c:{thread}"
+
+
+#: consumer -> the Redis client id of its heartbeat connection (``CLIENT ID``): gone from
+#: ``CLIENT LIST`` means the consumer's process is gone.
+CONNECTIONS = f"{PREFIX}:cid"
 
 
 class RedisBroker(Broker):
@@ -152,7 +163,11 @@ class RedisBroker(Broker):
         streams = {task_key(t, live): ">" for t in threads for live in (True, False)}
         live_done: dict[str, list[bytes]] = {}
         beating = asyncio.Event()
-        beat = asyncio.create_task(self._keep_alive(threads, consumer, streams, live_done, beating),
+        # Its own connection: while this process lives the connection does, so others can tell a
+        # killed worker from a busy one at once (``_dead``) instead of waiting out a heartbeat.
+        heart = aioredis.from_url(self._dial, single_connection_client=True, socket_keepalive=True,
+                                  socket_connect_timeout=2, retry_on_timeout=False)
+        beat = asyncio.create_task(self._keep_alive(heart, threads, consumer, streams, live_done, beating),
                                    name=f"redis:heartbeat:{consumer}")
         next_reclaim = 0.0
         try:
@@ -160,11 +175,11 @@ class RedisBroker(Broker):
             while True:
                 try:
                     if time.monotonic() >= next_reclaim:
-                        next_reclaim = time.monotonic() + 1.0
+                        next_reclaim = time.monotonic() + RECLAIM_S
                         for d in await _blocking(self._reclaim(threads, consumer)):
                             yield d
                     got = await _blocking(self.redis.xreadgroup(GROUP, consumer, streams, count=prefetch,
-                                                                block=min(self.block_ms, 1000)))
+                                                                block=min(self.block_ms, int(RECLAIM_S * 1e3))))
                 except ResponseError as exc:
                     if "NOGROUP" not in str(exc):
                         raise
@@ -185,13 +200,16 @@ class RedisBroker(Broker):
             # Best effort: a heartbeat that is not removed lapses by itself within HEARTBEAT_S.
             with contextlib.suppress(RedisError, OSError, BrokerError, asyncio.TimeoutError):
                 await asyncio.wait_for(_blocking(self._leave(threads, consumer)), 2.0)
+            with contextlib.suppress(RedisError, OSError):
+                await heart.aclose()
 
-    async def _keep_alive(self, threads: list[str], consumer: str, streams: dict[str, str],
-                          live_done: dict[str, list[bytes]], beating: asyncio.Event) -> None:
+    async def _keep_alive(self, heart: aioredis.Redis, threads: list[str], consumer: str,
+                          streams: dict[str, str], live_done: dict[str, list[bytes]],
+                          beating: asyncio.Event) -> None:
         """Beat every second until cancelled, through Redis outages and restarts (groups recreated)."""
         while True:
             try:
-                await _blocking(self._beat(threads, consumer, live_done))
+                await _blocking(self._beat(heart, threads, consumer, live_done))
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     log.warning("heartbeat of %s failed: %s", consumer, exc)
@@ -208,6 +226,7 @@ class RedisBroker(Broker):
         async with self.redis.pipeline(transaction=False) as p:
             for t in threads:
                 p.zrem(consumers_key(t), consumer)
+            p.hdel(CONNECTIONS, consumer)
             await p.execute()
 
     def _decode(self, key: str, entry_id: bytes, fields: dict[bytes, bytes], task: bool = True) -> Frame | None:
@@ -244,18 +263,23 @@ class RedisBroker(Broker):
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    async def _beat(self, threads: list[str], consumer: str, live_done: dict[str, list[bytes]]) -> None:
-        """Refresh this consumer's heartbeat, acknowledge delivered live frames, forget dead consumers."""
+    async def _beat(self, heart: aioredis.Redis, threads: list[str], consumer: str,
+                    live_done: dict[str, list[bytes]]) -> None:
+        """Refresh this consumer's heartbeat (over ``heart``, its own connection, whose id it records),
+        acknowledge delivered live frames, forget dead consumers."""
         now = time.time()
         dead = {t: await self.redis.zrangebyscore(consumers_key(t), "-inf", now - 30) for t in threads}
         done = dict(live_done)
         live_done.clear()
-        async with self.redis.pipeline(transaction=False) as p:
+        connection = await heart.client_id()  # a new one after a reconnect
+        async with heart.pipeline(transaction=False) as p:
+            p.hset(CONNECTIONS, consumer, connection)
             for t in threads:
                 p.zadd(consumers_key(t), {consumer: now + HEARTBEAT_S})
                 for name in dead[t]:  # drops their pending live entries too; job entries were claimed
                     p.xgroup_delconsumer(task_key(t, True), GROUP, name)
                     p.zrem(consumers_key(t), name)
+                    p.hdel(CONNECTIONS, name)
             for key, ids in done.items():
                 p.xack(key, GROUP, *ids)
             await p.execute()
@@ -267,17 +291,20 @@ class RedisBroker(Broker):
         for t in threads:
             key = task_key(t, False)
             try:
-                pending = await self.redis.xpending_range(key, GROUP, min="-", max="+", count=100, idle=1000)
+                pending = await self.redis.xpending_range(key, GROUP, min="-", max="+", count=100)
             except ResponseError:
                 continue  # no group yet
+            pending = [p for p in pending if p["consumer"].decode() != consumer]
             if not pending:
                 continue
-            alive = {m.decode(): s for m, s in await self.redis.zrange(consumers_key(t), 0, -1, withscores=True)}
+            dead = await self._dead(t, {p["consumer"].decode() for p in pending}, now)
             ids = [p["message_id"] for p in pending
-                   if alive.get(p["consumer"].decode(), 0) < now or p["time_since_delivered"] > STUCK_S * 1e3]
+                   if p["consumer"].decode() in dead or p["time_since_delivered"] > STUCK_S * 1e3]
             if not ids:
                 continue
-            claimed = await self.redis.xclaim(key, GROUP, consumer, 1000, ids)
+            # A minimum idle time: of two workers claiming at once, the second finds the entry just
+            # claimed (its idle time reset) and leaves it.
+            claimed = await self.redis.xclaim(key, GROUP, consumer, CLAIM_IDLE_MS, ids)
             for entry_id, fields in claimed:
                 if fields:  # deleted entries come back empty
                     log.info("reclaimed job frame %s from a dead worker", entry_id)
@@ -285,6 +312,16 @@ class RedisBroker(Broker):
                     if d is not None:
                         out.append(d)
         return out
+
+    async def _dead(self, thread: str, consumers: set[str], now: float) -> set[str]:
+        """Those of ``consumers`` whose heartbeat connection is closed or whose heartbeat lapsed."""
+        names = sorted(consumers)
+        beats = await self.redis.zmscore(consumers_key(thread), names)
+        connections = await self.redis.hmget(CONNECTIONS, names)
+        known = [int(c) for c in connections if c is not None]
+        open_ = {int(c["id"]) for c in await self.redis.client_list(client_id=known)} if known else set()
+        return {name for name, beat, c in zip(names, beats, connections, strict=True)
+                if (beat or 0) < now or (c is not None and int(c) not in open_)}
 
     async def _done(self, key: str, entry_id: bytes) -> None:
         async def ack() -> None:
