@@ -62,6 +62,7 @@ test: lint
 bench: setup
 	$(PY) benchmarks/engine_overhead.py
 	$(PY) benchmarks/cluster.py
+	$(PY) benchmarks/dead_worker.py
 	$(PY) benchmarks/webrtc_rtt.py
 	$(PY) benchmarks/models.py
 	$(PY) benchmarks/console_history.py
