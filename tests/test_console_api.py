@@ -133,13 +133,51 @@ def test_artifacts_that_are_forged_damaged_or_too_big_are_refused(artifact: Path
         opened(artifact, limit=1000)
 
 
+def test_history_has_one_point_per_second_no_spikes_and_nulls_for_missing_seconds() -> None:
+    """The console's charts: a timer firing early adds no second point (nor a 1000 fps one), a new stream's
+    first partial second and a counter reset make no spike, and a second nobody sampled is a gap."""
+    async def main() -> None:
+        async with ob.Engine("memory://", threads=[shade]) as engine:
+            stream = engine.open("shade", mode="every", max_in_flight=2)
+            history = History(seconds=60)
+            img = np.zeros((48, 64, 3), np.uint8)
+
+            async def frames(n: int) -> None:
+                for _ in range(n):
+                    await stream.submit(img, captured=time.time())
+                    await stream.get(timeout=10)
+
+            t0 = round(time.time()) + 1
+            await frames(3)
+            history.sample(engine.streams.values(), now=stream.created + 0.001)  # a stream 1 ms old, 3 frames
+            first = history.since()[stream.id]
+            assert first["fps"] == [3.0] and first["fps_in"] == [3.0]
+            await frames(5)
+            history.sample(engine.streams.values(), now=t0 + 0.9995)  # woke just before the second...
+            await frames(1)
+            history.sample(engine.streams.values(), now=t0 + 1.0001)  # ...and again just after it
+            cols = history.since(t0)[stream.id]
+            assert cols["t"] == [t0 + 1] and cols["fps"][0] <= 5.0, cols
+            stream.stats.counters["processed"] = 0  # as a restarted stream's counters are
+            await frames(2)
+            history.sample(engine.streams.values(), now=t0 + 4)  # seconds t0+2 and t0+3 were never sampled
+            cols = history.since(t0 + 1)[stream.id]
+            assert cols["t"] == [t0 + 2, t0 + 3, t0 + 4]
+            assert cols["fps"][:2] == [None, None] and cols["compute"][:2] == [None, None]
+            assert 0 <= cols["fps"][2] <= 3.0  # counted from the reset: no negative rate, no spike
+            everything = history.since()[stream.id]["t"]
+            assert len(everything) == len(set(everything)) and everything == sorted(everything)
+
+    asyncio.run(main())
+
+
 def test_history_keeps_per_second_aggregates_in_a_ring() -> None:
     async def main() -> None:
         async with ob.Engine("memory://", threads=[shade]) as engine:
             stream = engine.open("shade", mode="every", max_in_flight=2)
             history = History(seconds=3)
             img = np.zeros((48, 64, 3), np.uint8)
-            t0 = time.time()
+            t0 = round(time.time())
             for second in range(5):
                 for _ in range(4):
                     await stream.submit(img, captured=time.time())
@@ -147,10 +185,10 @@ def test_history_keeps_per_second_aggregates_in_a_ring() -> None:
                 history.sample(engine.streams.values(), now=t0 + second + 1)
             cols = history.since()[stream.id]
             assert cols["thread"] == "shade" and len(cols["t"]) == 3  # the ring holds history_s samples
-            assert cols["t"] == sorted(cols["t"]) and cols["t"][-1] == round(t0 + 5, 3)
+            assert cols["t"] == [t0 + 3, t0 + 4, t0 + 5]  # whole seconds
             assert cols["fps"] == [4.0, 4.0, 4.0] and cols["dropped"] == [0, 0, 0]
             assert all(v is not None and v >= 0 for v in cols["compute"] + cols["total"] + cols["total_p95"])
-            assert list(history.since(t0 + 4.5)[stream.id]["t"]) == [round(t0 + 5, 3)]
+            assert list(history.since(t0 + 4.5)[stream.id]["t"]) == [t0 + 5]
             history.sample(engine.streams.values(), now=t0 + 6)  # a second without frames: no latency
             assert history.since(t0 + 5.5)[stream.id]["compute"] == [None]
             await stream.close()
@@ -222,6 +260,8 @@ async def test_console_api_deploys_uploads_rolls_back_and_undeploys(
                 assert r.json()["version"] == 1 and r.json()["deployed_by"]["uploaded"]["via"] == "console"
                 d = await _until(lambda: served(1), what="the worker serving shade@1")
                 v1 = d["versions"][0]
+                assert {w["queue"] for w in v1["workers"]} == {"shade", "shade@1"}  # two queues...
+                assert d["serving"] == 1  # ...of one worker process
                 assert v1["verified"] and v1["license"] == "Apache-2.0" and v1["requirements"] == ["numpy"]
                 assert v1["deployed_by"]["via"] == "export" and v1["workers"][0]["queue"] in ("shade", "shade@1")
                 w = (await cluster())["workers"][0]

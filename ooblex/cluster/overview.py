@@ -27,7 +27,8 @@ def deployments(reg: Registry, records: list[dict[str, Any]] | None = None) -> l
         entry = next((v for v in versions if v["version"] == active), None)
         out.append({"name": name, "active": active,
                     "description": (entry or {}).get("description", ""),
-                    "serving": len((entry or {}).get("workers", [])),
+                    # worker processes, not queues: one serving ``name`` and ``name@1`` is one worker
+                    "serving": len({w["id"] for w in (entry or {}).get("workers", [])}),
                     "fps": round(sum(w["fps"] for w in (entry or {}).get("workers", []) if w["queue"] == name), 2),
                     "refused": sum(len(v["refused"]) for v in versions),
                     "versions": versions})

@@ -5,6 +5,13 @@ failed frames in that second, and the median of each stage's latency over the fr
 in that second (``StreamStats.recent``), plus the 95th percentile of the total. Each stream keeps
 a ring buffer of ``Settings.history_s`` samples; a closed stream's history goes with it.
 ``since(t)`` answers in columns (one list per field), the shape chart libraries take.
+
+A sample is stamped with its whole second, and a stream gets at most one per second: a timer
+that wakes a little early (a loaded loop) must not add a second sample a millisecond later,
+whose few frames over a tiny span would read as 1000 fps. Rates are counter differences over at
+least a second, and a counter that went backwards (a restarted stream's) starts again from zero,
+so neither a new stream nor a reconnect makes a spike. A second with no sample (the loop was
+stalled) is answered as a row of nulls, so charts show the gap instead of drawing across it.
 """
 
 from __future__ import annotations
@@ -40,22 +47,27 @@ class History:
         self.tracks: dict[str, _Track] = {}
 
     def sample(self, streams: Iterable[Stream], now: float | None = None) -> None:
-        """Add one sample per stream (the aggregates since the previous call); forget closed streams."""
+        """Add one sample per stream (the aggregates since its previous one), stamped with the whole second
+        ``now`` falls in (rounded); a stream already sampled in that second is left alone. Forget closed streams."""
         now = time.time() if now is None else now
+        second = round(now)
         seen = set()
         for s in streams:
             seen.add(s.id)
-            counters, recorded = dict(s.stats.counters), dict(s.stats.recorded)
             track = self.tracks.get(s.id)
             if track is None:  # counted from the start: a stream's first second is not lost
                 track = self.tracks[s.id] = _Track(s.thread.name, deque(maxlen=max(1, self.seconds)),
-                                                   min(s.created, now - 1e-3), {})
-            span = max(now - track.at, 1e-3)
-            delta = {k: counters.get(k, 0) - track.counters.get(k, 0) for k in ("received", "processed", *COUNTERS)}
+                                                   min(s.created, now), {})
+            elif track.samples and track.samples[-1][0] >= second:
+                continue
+            counters, recorded = dict(s.stats.counters), dict(s.stats.recorded)
+            span = max(now - track.at, 1.0)  # a partial first second counts as one: its frames, not a rate spike
+            delta = {k: _grew(counters.get(k, 0), track.counters.get(k, 0)) for k in ("received", "processed",
+                                                                                      *COUNTERS)}
             lat = {st: s.stats.recent(st, track.recorded.get(st, 0)) for st in STAGES}
             total = lat["total"]
             track.samples.append((
-                round(now, 3), round(delta["received"] / span, 2), round(delta["processed"] / span, 2),
+                second, round(delta["received"] / span, 2), round(delta["processed"] / span, 2),
                 *(delta[k] for k in COUNTERS),
                 *(_pct(lat[st], 50) for st in STAGES), _pct(total, 95)))
             track.at, track.counters, track.recorded = now, counters, recorded
@@ -67,15 +79,32 @@ class History:
         wanted = self.tracks if ids is None else {i: self.tracks[i] for i in ids if i in self.tracks}
         out = {}
         for sid, track in wanted.items():
-            rows = [r for r in track.samples if r[0] > t]
+            rows = [r for r in _with_gaps(track.samples) if r[0] > t]
             out[sid] = {"thread": track.thread, **{f: [r[i] for r in rows] for i, f in enumerate(FIELDS)}}
         return out
 
-    async def run(self, streams: Any, every_s: float = 1.0) -> None:
-        """Sample ``streams`` (a dict of open streams, read at each tick) every ``every_s`` seconds, forever."""
+    async def run(self, streams: Any) -> None:
+        """Sample ``streams`` (a dict of open streams, read at each tick) once a second, on the second, forever."""
         while True:
-            await asyncio.sleep(every_s - time.time() % every_s)  # on the second: samples line up across streams
+            # Just past the next whole second (samples line up across streams and gateways); a timer that
+            # fires early still lands in the right second, which ``sample`` takes once.
+            await asyncio.sleep(1.0 - time.time() % 1.0 + 0.01)
             self.sample(list(streams.values()))
+
+
+def _grew(now: int, before: int) -> int:
+    """How much a counter grew; one that went backwards was reset (a restarted stream) and counts from zero."""
+    return now - before if now >= before else now
+
+
+def _with_gaps(rows: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``rows`` with a row of nulls (but its second) for every second missing between two samples."""
+    out: list[tuple[Any, ...]] = []
+    for r in rows:
+        if out:
+            out.extend((second,) + (None,) * (len(FIELDS) - 1) for second in range(out[-1][0] + 1, r[0]))
+        out.append(r)
+    return out
 
 
 def _pct(values: list[float], q: float) -> float | None:

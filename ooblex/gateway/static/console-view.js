@@ -82,7 +82,11 @@ export function mountConsole(root, api, options = {}) {
         },
       }));
     }
-    const serving = v.workers.map((w) => el("li", { text: `${w.host || w.id} (${w.queue}, ${fmt(w.fps)} fps)` }));
+    const byWorker = new Map(); // one line per worker process, with each queue it serves this version on
+    for (const w of v.workers) byWorker.set(w.id, [...(byWorker.get(w.id) || []), w]);
+    const serving = [...byWorker.values()].map((qs) => el("li", {
+      text: `${qs[0].host || qs[0].id} (${qs.map((q) => q.queue).join(", ")} · ` +
+        `${fmt(qs.reduce((sum, q) => sum + q.fps, 0))} fps)` }));
     const refused = v.refused.map((r) => el("li", { class: "ob-refused",
       text: `${r.host || r.worker}: ${r.reason} (try ${r.attempts}; next in ${ago(r.retry_at - Date.now() / 1000)})` }));
     return el("tr", { class: `ob-version${v.active ? " ob-active" : ""}`, "data-version": v.version },
@@ -155,13 +159,19 @@ export function mountConsole(root, api, options = {}) {
         el("td", { text: w.ooblex || "?" }))))));
   }
 
+  // The y axis as wide as its longest tick label (uPlot's fixed default clips "1000" and "12.5k")
+  function axisWidth(self, values) {
+    const longest = Math.max(3, ...(values || []).map((v) => String(v).length));
+    return 14 + longest * 7;
+  }
+
   function chart(title, series, width) {
     const box = el("div", { class: "ob-chart" });
     const opts = {
       title, width, height: 150, cursor: { drag: { x: false, y: false } }, legend: { live: false },
       scales: { x: { time: true } },
       axes: [{ stroke: "currentColor", grid: { stroke: "rgba(128,128,128,.15)" } },
-        { stroke: "currentColor", grid: { stroke: "rgba(128,128,128,.15)" }, size: 45 }],
+        { stroke: "currentColor", grid: { stroke: "rgba(128,128,128,.15)" }, size: axisWidth }],
       series: [{}, ...series.map(([label, stroke, dash]) => ({ label, stroke, width: 1.5, dash, spanGaps: false }))],
     };
     const plot = new uPlot(opts, [[], ...series.map(() => [])], box);
@@ -236,7 +246,7 @@ export function mountConsole(root, api, options = {}) {
         const cut = c.data.t.findIndex((t) => t > c.data.t[c.data.t.length - 1] - keep);
         if (cut > 0) for (const k of Object.keys(EMPTY_COLUMNS)) c.data[k] = c.data[k].slice(cut);
         const d = c.data;
-        c.fps.setData([d.t, d.fps_in, d.fps, d.dropped.map((v, i) => v + d.stale[i])]);
+        c.fps.setData([d.t, d.fps_in, d.fps, d.dropped.map((v, i) => (v === null ? null : v + d.stale[i]))]);
         c.latency.setData([d.t, ...STAGES.map(([k]) => d[k]), d.total_p95]);
         c.card.dataset.samples = String(d.t.length);
         c.card.dataset.lastFps = String(d.fps[d.fps.length - 1] ?? "");
