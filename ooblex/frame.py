@@ -46,6 +46,9 @@ class Frame:
     #: The pixels still JPEG-coded, as a network broker delivered them to a worker (``image`` is None
     #: meanwhile): the worker decodes them in its compute threads, on the GPU when its model is there.
     jpeg: bytes | None = None
+    #: A one-time remark from the worker on how the output was made usable (float pixels scaled to
+    #: uint8), shown by the live widget.
+    note: str | None = None
 
     def stamp(self, stage: str, t: float | None = None) -> None:
         """Record that this frame reached ``stage`` now (or at ``t``)."""
@@ -81,6 +84,8 @@ class Frame:
             "reply_to": self.reply_to,
             "skipped": self.skipped,
             "pts": self.pts,
+            # only when there is one: a gateway of an earlier version refuses fields it does not know
+            **({"note": self.note} if self.note is not None else {}),
         }
 
     @classmethod

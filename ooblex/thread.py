@@ -36,6 +36,10 @@ class TensorThreadError(BadRequest, TypeError):
     """A tensor thread was declared or called in a way that cannot work."""
 
 
+class OutputError(TensorThreadError):
+    """A tensor thread returned something that is not a frame, a result or both; the message names the fix."""
+
+
 @dataclass(frozen=True, slots=True)
 class Param:
     """One keyword parameter a caller may change per stream while frames flow."""
@@ -82,10 +86,12 @@ class Param:
 
 @dataclass(slots=True)
 class Output:
-    """What one call produced: a frame, a JSON-able result, or both."""
+    """What one call produced: a frame, a JSON-able result, or both; ``note`` says once how an image was
+    converted (floats scaled to uint8), for the live widget to show."""
 
     image: np.ndarray | None
     result: dict[str, Any] | None
+    note: str | None = None
 
 
 class TensorThread(Generic[P, R]):
@@ -128,6 +134,8 @@ class TensorThread(Generic[P, R]):
         self.licence = licence  # where the weights come from and under which terms (shown in listings)
         call = _user_callable(target)
         self.is_async = inspect.iscoroutinefunction(call)
+        #: How float outputs are read, decided by the first one: 255.0 for [0, 1], 1.0 for [0, 255].
+        self.float_scale: float | None = None
         if self.is_async and executor == "process":
             raise TensorThreadError(f"{self.name}: async tensor threads cannot use executor='process'")
         self.params = _declared_params(self.name, call, params or {}, self.batch_size)
@@ -288,34 +296,76 @@ def as_thread(obj: Any) -> TensorThread:
 
 
 def normalize_output(thread: TensorThread, out: Any, frame: np.ndarray) -> Output:
-    """Turn what user code returned into an ``Output``; raise naming the problem if it is wrong."""
+    """Turn what user code returned into an ``Output``; raise naming the problem (and its fix) if it is wrong."""
     if isinstance(out, tuple) and len(out) == 2:
         img, res = out
-        return Output(_check_output_image(thread, img), _check_result(thread, res))
+        return _with_result(_check_output_image(thread, img), _check_result(thread, res))
     if out is None:
         return Output(None, None)
     if isinstance(out, dict):
         return Output(None, _check_result(thread, out))
-    return Output(_check_output_image(thread, out), None)
+    return _with_result(_check_output_image(thread, out), None)
 
 
-def _check_output_image(thread: TensorThread, img: Any) -> np.ndarray | None:
+def _with_result(image: tuple[np.ndarray | None, str | None], result: dict[str, Any] | None) -> Output:
+    return Output(image[0], result, image[1])
+
+
+def _check_output_image(thread: TensorThread, img: Any) -> tuple[np.ndarray | None, str | None]:
+    """The output as HxWx3 uint8 RGB, and a note the first time floats are converted; else an error with the fix."""
     if img is None:
-        return None
+        return None, None
     if not isinstance(img, np.ndarray):
-        raise TypeError(f"{thread.name} returned {type(img).__name__}; expected a numpy image, "
-                        "a dict, or (image, dict)")
+        hint = " (a tensor: return t.detach().cpu().numpy())" if hasattr(img, "numpy") else ""
+        raise OutputError(f"{thread.name} returned {type(img).__name__}{hint}; expected a numpy HxWx3 uint8 image, "
+                          "a dict, or (image, dict)")
+    img = _as_hwc(thread, img)
+    if img.dtype == np.uint8:
+        return img, None
+    if img.dtype.kind in "iu":
+        lo, hi = int(img.min()), int(img.max())
+        if lo < 0 or hi > 255:
+            raise OutputError(f"{thread.name} returned {img.dtype} pixels in [{lo}, {hi}], outside 0..255: return "
+                              "np.clip(img, 0, 255).astype(np.uint8)")
+        return img.astype(np.uint8), None
+    if img.dtype.kind == "f":
+        return _floats_to_uint8(thread, img)
+    raise OutputError(f"{thread.name} returned an image of dtype {img.dtype}; return uint8 (0..255) or floats in "
+                      "[0, 1] or [0, 255]" + (" (a mask: mask.astype(np.uint8) * 255)" if img.dtype == bool else ""))
+
+
+def _as_hwc(thread: TensorThread, img: np.ndarray) -> np.ndarray:
+    """HxW, HxWx1, HxWx3 or HxWx4 -> HxWx3; anything else is an error that says how to fix it."""
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
     if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError(f"{thread.name} returned an image of shape {img.shape}; expected HxWx3")
-    if img.shape[2] == 4:
-        img = img[:, :, :3]
-    if img.dtype != np.uint8:
-        img = np.clip(img, 0, 255).astype(np.uint8) if img.dtype.kind in "iuf" else img
-        if img.dtype != np.uint8:
-            raise TypeError(f"{thread.name} returned an image of dtype {img.dtype}; expected uint8")
-    return img
+        return np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim == 3 and img.shape[2] in (3, 4):
+        return img[:, :, :3] if img.shape[2] == 4 else img
+    if img.ndim == 3 and img.shape[0] in (1, 3, 4):
+        raise OutputError(f"{thread.name} returned an image of shape {img.shape}, channels first (CxHxW): return "
+                          "img.transpose(1, 2, 0)")
+    if img.ndim == 4 and img.shape[0] == 1:
+        raise OutputError(f"{thread.name} returned an image of shape {img.shape}, a batch of one: return img[0]")
+    raise OutputError(f"{thread.name} returned an image of shape {img.shape}; expected HxWx3 (RGB), HxWx4 or HxW")
+
+
+def _floats_to_uint8(thread: TensorThread, img: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Floats in [0, 1] (scaled by 255) or [0, 255] (rounded) -> uint8. Which range a thread uses is decided by
+    its first float frame and kept (a dark [0, 255] frame is not then stretched), unless a later frame goes past 1."""
+    lo, hi = float(np.min(img)), float(np.max(img))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise OutputError(f"{thread.name} returned an image with NaN or infinite values: return np.nan_to_num(img)")
+    if lo < -0.5 or hi > 255.5:
+        raise OutputError(f"{thread.name} returned float pixels in [{lo:.3g}, {hi:.3g}]; return floats in [0, 1] or "
+                          "[0, 255] (e.g. np.clip(img, 0, 1)) or uint8")
+    scale = thread.float_scale
+    note = None
+    if scale is None or scale == 255.0 and hi > 1.5:
+        scale = thread.float_scale = 255.0 if hi <= 1.0 else 1.0
+        note = (f"{thread.name} returns float pixels: read as {'[0, 1], scaled by 255' if scale == 255 else '[0, 255]'}"
+                " to uint8 (return uint8 to skip the conversion)")
+    return np.clip(np.rint(img * scale), 0, 255).astype(np.uint8), note
 
 
 def _check_result(thread: TensorThread, res: Any) -> dict[str, Any] | None:

@@ -31,7 +31,7 @@ class WireError(BadRequest):
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "stream_id": str, "seq": int, "thread": str, "params": dict, "stamps": dict, "result": (dict, type(None)),
     "error": (str, type(None)), "deadline": (int, float), "reply_to": str, "skipped": bool,
-    "pts": (int, float, type(None))}
+    "pts": (int, float, type(None)), "note": (str, type(None))}
 
 
 def encode(frame: Frame, codec: Codec = "jpeg", quality: int = 85) -> bytes:

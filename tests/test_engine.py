@@ -143,7 +143,7 @@ async def test_bad_output_is_reported_not_crashing() -> None:
         stream = engine.open("wrong", mode="every")
         await stream.submit(numbered_frame(1))
         f = await stream.get(timeout=5)
-    assert f.error is not None and "expected a numpy image" in f.error
+    assert f.error is not None and "expected a numpy HxWx3 uint8 image" in f.error
     assert tag(f) == 1
 
 

@@ -322,3 +322,25 @@ def _iopub(kernel: KernelFrontend, timeout: float) -> list[dict]:
         except Exception:  # noqa: BLE001 - queue.Empty
             break
     return out
+
+
+def test_float_output_is_shown_with_a_one_time_note(kernel, comm_id):
+    """A thread returning floats in [0, 1] shows its picture (not a black frame), and the widget says once why."""
+    kernel.execute("""
+def invert(frame, k: int = 3):
+    return (255 - frame) / 255.0
+ob.live(invert)
+""")
+    kernel.send_custom(comm_id, {"type": "frame", "seq": 450, "t": time.time()}, [frame_jpeg(40)])
+    frame, notes = None, []
+    deadline = time.time() + 20  # the bound only catches a hang
+    while (frame is None or not notes) and time.time() < deadline:
+        for content, buffers in kernel.custom_messages(comm_id, 0.2):
+            if content.get("type") == "frame" and content.get("ack") == 450:
+                frame = (content, buffers)
+            elif content.get("type") == "note":
+                notes.append(content["text"])
+    assert frame is not None and frame[0]["error"] is None
+    out = jpeg.decode(frame[1][0])
+    assert abs(int(out[:, :32].mean()) - 215) < 6  # scaled back to 0..255, not 0..1
+    assert len(notes) == 1 and "float pixels" in notes[0] and "scaled by 255" in notes[0]

@@ -114,6 +114,53 @@ def test_params_are_coerced_and_validated() -> None:
             f.resolve_params(bad)
 
 
+def test_float_outputs_are_converted_once_decided_and_noted() -> None:
+    """[0, 1] floats are scaled by 255, [0, 255] floats rounded; the first float frame decides and says so once."""
+    unit = ob.tensor_thread(lambda frame: frame, name="unit")
+    o = normalize_output(unit, np.full((4, 6, 3), 0.5, np.float32), IMG)
+    assert o.image.dtype == np.uint8 and (o.image == 128).all()
+    assert o.note and "[0, 1], scaled by 255" in o.note
+    again = normalize_output(unit, np.full((4, 6, 3), 1.0, np.float64), IMG)
+    assert (again.image == 255).all() and again.note is None  # said once
+    wide = ob.tensor_thread(lambda frame: frame, name="wide")
+    o = normalize_output(wide, np.full((4, 6, 3), 200.4), IMG)
+    assert (o.image == 200).all() and "[0, 255]" in o.note
+    dark = normalize_output(wide, np.full((4, 6, 3), 0.9), IMG)  # a dark [0, 255] frame stays dark
+    assert (dark.image == 1).all() and dark.note is None
+    dim = ob.tensor_thread(lambda frame: frame, name="dim")
+    normalize_output(dim, np.full((4, 6, 3), 0.2), IMG)  # read as [0, 1] ...
+    o = normalize_output(dim, np.full((4, 6, 3), 180.0), IMG)  # ... until a frame shows it is [0, 255]
+    assert (o.image == 180).all() and "[0, 255]" in o.note
+    ints = normalize_output(unit, np.full((4, 6, 3), 7, np.int64), IMG)
+    assert ints.image.dtype == np.uint8 and (ints.image == 7).all()
+
+
+@pytest.mark.parametrize("bad, fix", [
+    (np.zeros((3, 4, 6), np.uint8), r"img.transpose\(1, 2, 0\)"),
+    (np.zeros((1, 4, 6, 3), np.uint8), r"img\[0\]"),
+    (np.full((4, 6, 3), -40, np.int16), r"np.clip\(img, 0, 255\)"),
+    (np.zeros((4, 6, 3), bool), r"mask.astype\(np.uint8\) \* 255"),
+    (np.full((4, 6, 3), np.nan), "np.nan_to_num"),
+    (np.zeros((4, 6, 3), np.complex64), "return uint8"),
+])
+def test_bad_outputs_name_the_fix(bad: np.ndarray, fix: str) -> None:
+    t = ob.tensor_thread(lambda frame: frame, name="bad")
+    with pytest.raises(ValueError, match=fix):
+        normalize_output(t, bad, IMG)
+
+
+def test_an_in_place_edit_of_a_frame_names_the_fix() -> None:
+    """Frames are read-only (they are the sender's buffer): writing into one says to copy it first."""
+    def paint(frame: np.ndarray) -> np.ndarray:
+        frame[0, 0] = 255
+        return frame
+
+    from ooblex.engine.runner import ReadOnlyFrame, call_thread
+
+    with pytest.raises(ReadOnlyFrame, match=r"frame = frame.copy\(\)"):
+        call_thread(ob.tensor_thread(paint), [IMG], {})
+
+
 def test_output_normalization() -> None:
     t = ob.tensor_thread(lambda frame: frame)
     assert normalize_output(t, IMG, IMG).image is IMG
@@ -122,8 +169,9 @@ def test_output_normalization() -> None:
     o = normalize_output(t, {"a": 1}, IMG)
     assert o.image is None and o.result == {"a": 1}
     assert normalize_output(t, np.zeros((4, 6), np.uint8), IMG).image.shape == (4, 6, 3)
-    assert normalize_output(t, np.full((4, 6, 3), 300.0), IMG).image.max() == 255
-    with pytest.raises(TypeError, match="expected a numpy image"):
+    with pytest.raises(ValueError, match=r"float pixels in \[300, 300\].*np.clip"):
+        normalize_output(t, np.full((4, 6, 3), 300.0), IMG)
+    with pytest.raises(TypeError, match="expected a numpy HxWx3 uint8 image"):
         normalize_output(t, "nope", IMG)
     with pytest.raises(ValueError, match="shape"):
         normalize_output(t, np.zeros((4, 6, 5), np.uint8), IMG)

@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import logging
 import multiprocessing
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from .. import jpeg
 from ..frame import Frame, Pixels
-from ..thread import TensorThread, normalize_output
+from ..thread import TensorThread, TensorThreadError, normalize_output
 
 log = logging.getLogger("ooblex.runner")
+
+
+class ReadOnlyFrame(TensorThreadError):
+    """User code wrote into the frame it was given; frames are read-only views of the sender's buffer."""
 
 
 class Runner:
@@ -115,16 +121,17 @@ class Runner:
                     self._pool, call_thread, self.thread, images, params)
         except Exception as exc:  # noqa: BLE001 - user code may raise anything; the stream goes on
             self._log_once(frames, exc)
-            outs = [(None, None)] * len(frames)
+            outs = [(None, None, None)] * len(frames)
             for f in frames:
                 f.error = f"{type(exc).__name__}: {exc}"
         finished = time.time()
-        for f, (img, res) in zip(frames, outs, strict=True):
+        for f, (img, res, note) in zip(frames, outs, strict=True):
             f.stamps.setdefault("started", started)
             f.stamps["finished"] = finished
             f.image = img  # None: pixels unchanged, so no broker carries them back (the stream has them)
             f.jpeg = None
             f.result = res
+            f.note = note
 
     def _log_once(self, frames: list[Frame], exc: BaseException) -> None:
         for f in frames:
@@ -136,7 +143,8 @@ class Runner:
                           "frames pass through flagged):\n%s", self.thread.name, f.stream_id, tb)
 
 
-Result = tuple[np.ndarray | None, dict[str, Any] | None]
+#: (image or None, result, a note on how the image was converted or None) per frame.
+Result = tuple[np.ndarray | None, dict[str, Any] | None, str | None]
 
 
 def call_thread(thread: TensorThread, images: list[Pixels], params: dict[str, Any]) -> list[Result]:
@@ -146,21 +154,35 @@ def call_thread(thread: TensorThread, images: list[Pixels], params: dict[str, An
     """
     fn = thread.instance()
     inputs = [_to_user(thread, im) for im in images]
-    if thread.batched:
-        outs = _batch_outputs(thread, fn(inputs, **params), len(inputs))
-    else:
-        outs = [fn(inputs[0], **params)]
+    with _read_only_hint(thread):
+        if thread.batched:
+            outs = _batch_outputs(thread, fn(inputs, **params), len(inputs))
+        else:
+            outs = [fn(inputs[0], **params)]
     return [_from_user(thread, o, im) for o, im in zip(outs, inputs, strict=True)]
 
 
 async def _call_async(thread: TensorThread, images: list[Pixels], params: dict[str, Any]) -> list[Result]:
     fn = thread.instance()
     inputs = [_to_user(thread, im) for im in images]
-    if thread.batched:
-        outs = _batch_outputs(thread, await fn(inputs, **params), len(inputs))
-    else:
-        outs = [await fn(inputs[0], **params)]
+    with _read_only_hint(thread):
+        if thread.batched:
+            outs = _batch_outputs(thread, await fn(inputs, **params), len(inputs))
+        else:
+            outs = [await fn(inputs[0], **params)]
     return [_from_user(thread, o, im) for o, im in zip(outs, inputs, strict=True)]
+
+
+@contextlib.contextmanager
+def _read_only_hint(thread: TensorThread) -> Iterator[None]:
+    """numpy's "assignment destination is read-only" made into an error that says why and what to do."""
+    try:
+        yield
+    except ValueError as exc:
+        if "read-only" not in str(exc):
+            raise
+        raise ReadOnlyFrame(f"{thread.name} wrote into its input frame, which is read-only (it is the sender's "
+                            "buffer, shared with other lanes): work on a copy, frame = frame.copy()") from exc
 
 
 def _batch_outputs(thread: TensorThread, outs: Any, n: int) -> list[Any] | tuple[Any, ...]:
@@ -184,12 +206,12 @@ def _to_user(thread: TensorThread, image: Pixels) -> Pixels:
 
 
 def _from_user(thread: TensorThread, out: Any, given: Pixels) -> Result:
-    """(image or None if the user's code left the frame it was given as it was, result)."""
+    """(image or None if the user's code left the frame it was given as it was, result, note)."""
     o = normalize_output(thread, out, given)
     img = None if o.image is given else o.image
     if img is not None and thread.color == "bgr":
         img = np.ascontiguousarray(img[:, :, ::-1])
-    return img, o.result
+    return img, o.result, o.note
 
 
 _child_thread: TensorThread | None = None

@@ -56,6 +56,7 @@ class LiveSession:
         self.stream: Stream | None = None
         self.latest: Shot | None = None
         self.recordings: list[Recording] = []
+        self.notes: set[str] = set()
         self.rtt: deque[float] = deque(maxlen=256)
         self.delivered = 0
         self.arrived = threading.Condition()
@@ -160,6 +161,9 @@ class LiveSession:
                    "latency_ms": None if total is None else round(total, 2),
                    "kernel_ms": round((time.time() - frame.stamps.get("captured", time.time())) * 1e3, 2)}
         (origin or self.broadcast).send(content, buffers)
+        if frame.note and frame.note not in self.notes:  # once per lane: "float pixels scaled to uint8"
+            self.notes.add(frame.note)
+            self.broadcast.send({"type": "note", "text": frame.note}, [])
 
     def wait_frame(self, ready: Callable[[], bool], timeout: float) -> bool:
         """Block (any thread but the loop's) until ``ready()``, checked after each delivered frame."""
