@@ -10,11 +10,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .builtin import identity
 from .engine import Engine, Stream, StreamClosed, UnknownThread, Worker
 from .frame import Frame
 from .run import RunHandle, run
 from .thread import Param, TensorThread, TensorThreadError, tensor_thread
+
+if TYPE_CHECKING:
+    from .jupyter.widget import LiveWidget
 
 __version__ = "0.1.0"
 
@@ -51,14 +56,38 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'ooblex' has no attribute {name!r}")
 
 
-def live(thread_or_function: object, source: object = "webcam", **options: object) -> object:
-    """Live-test a tensor thread or function in a notebook: see ``ooblex.jupyter.live`` and docs/jupyter.md.
+def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, Any] | None = None,
+         name: str | None = None, width: int = 640, height: int = 480, quality: float = 0.8,
+         codec: str = "jpeg", max_in_flight: int = 1, max_latency_ms: float = 500.0, autostart: bool = True,
+         loop: bool = True, max_record_s: float = 60.0) -> LiveWidget:
+    """Live-test a tensor thread or function in a notebook: the source and its processed output side by side,
+    with a control per keyword parameter, fps and latency (docs/jupyter.md).
+
+    - ``thread_or_function``: a tensor thread or plain function, or a list of them (compare mode: the same
+      frames go to each, shown side by side, each with its own fps and latency). Calling again with threads
+      of the same names (or the same ``name``) swaps the new code into the running widget.
+    - ``source``: ``"webcam"`` (the browser's camera), an ipywebrtc ``CameraStream`` (its constraints are
+      used), or a kernel-side source: a video file, an ``rtsp://`` or ``http://`` MJPEG URL, or a camera
+      index of the kernel's machine.
+    - ``params``: starting parameter values (``{"name": value}``; per thread in compare mode).
+    - ``name``: the key the widget is kept under for code swaps (default: the threads' names).
+    - ``width``, ``height``: the camera size asked of the browser.
+    - ``quality``: JPEG quality of frames between browser and kernel (0-1).
+    - ``codec``: ``"jpeg"`` or ``"raw"`` (RGBA pixels, no encoding: a kernel on the browser's machine).
+    - ``max_in_flight``: browser frames unanswered at once; 1 gives the lowest latency, 2 more fps over a
+      long round trip (a remote hub).
+    - ``max_latency_ms``: staleness budget: frames older than this are skipped, not computed.
+    - ``autostart``: start the camera or source at once.
+    - ``loop``: replay a video file source when it ends.
+    - ``max_record_s``: the longest recording the Record button makes.
 
     Imports the widget (ipywidgets, anywidget) only when called, so ``import ooblex`` stays light.
     """
     from .jupyter import live as live_widget
 
-    return live_widget(thread_or_function, source, **options)
+    return live_widget(thread_or_function, source, params=params, name=name, width=width, height=height,
+                       quality=quality, codec=codec, max_in_flight=max_in_flight, max_latency_ms=max_latency_ms,
+                       autostart=autostart, loop=loop, max_record_s=max_record_s)
 
 
 def stats(handle: RunHandle | Stream) -> dict:

@@ -121,3 +121,17 @@ def test_socket_directories_of_dead_kernels_are_swept(tmp_path, monkeypatch):
         d.mkdir()
     _sweep()
     assert not gone.exists() and alive.exists() and other.exists()
+
+
+def test_ob_live_shows_every_option_in_its_signature_and_docstring() -> None:
+    """Shift-Tab on ``ob.live`` shows its options: the same parameters as the widget's ``live``, each documented."""
+    import inspect
+
+    import ooblex as ob
+    from ooblex.jupyter import registry
+
+    top, inner = inspect.signature(ob.live).parameters, inspect.signature(registry.live).parameters
+    assert list(top) == list(inner)
+    assert all(top[k].default == inner[k].default for k in top)
+    doc = inspect.getdoc(ob.live)
+    assert all(f"``{k}``" in doc for k in top)
