@@ -27,3 +27,4 @@ def test_jupyter_examples_run(tmp_path, monkeypatch, capsys):
     assert printed[2] == "(120, 160, 3) True"
     assert printed[3] == "2 True True"  # compare mode: one Shot per thread, the overlay's caption
     assert namespace["live"].closed and namespace["both"].closed
+    assert (tmp_path / "processed.mp4").stat().st_size > 0

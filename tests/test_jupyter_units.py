@@ -135,3 +135,28 @@ def test_ob_live_shows_every_option_in_its_signature_and_docstring() -> None:
     assert all(top[k].default == inner[k].default for k in top)
     doc = inspect.getdoc(ob.live)
     assert all(f"``{k}``" in doc for k in top)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif"])
+def test_recording_saves_a_playable_file_at_the_pace_it_was_captured(tmp_path, suffix: str) -> None:
+    import av
+
+    from ooblex.jupyter.recording import Recording, Shot
+
+    rec = Recording(seconds=60)
+    t0 = 1_000_000.0
+    for i in range(10):  # 10 frames over 0.9 s (10 fps), brightness rising
+        img = np.full((48, 64, 3), 20 * i, np.uint8)
+        rec.add(Shot(img, img, None, None, i, 5.0, captured=t0 + 0.1 * i))
+    rec.stop()
+    path = rec.save(tmp_path / f"clip{suffix}")
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        frames = [(f.time, f.to_ndarray(format="rgb24")) for f in c.decode(stream)]
+    assert len(frames) == 10
+    assert [round(t, 1) for t, _ in frames] == [round(0.1 * i, 1) for i in range(10)]
+    assert [round(float(img.mean()) / 20) for _, img in frames] == list(range(10))
+    with pytest.raises(ValueError, match="use one of"):
+        rec.save(tmp_path / "clip.txt")
+    with pytest.raises(ValueError, match="no frames"):
+        Recording(seconds=1).save(tmp_path / "empty.mp4")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,8 @@ class Shot:
     error: str | None
     seq: int
     latency_ms: float | None
+    #: When the input was captured (Unix seconds): recordings keep the real spacing of frames when saved.
+    captured: float | None = None
 
 
 class Recording:
@@ -86,6 +89,24 @@ class Recording:
             raise ValueError("the recording has no frames (was the widget running?)")
         return np.stack(frames)
 
+    def save(self, path: str | Path) -> Path:
+        """Write the processed frames to ``path``: a video (``.mp4``, ``.mkv``, ``.mov``, ``.webm``, ``.avi``,
+        encoded as ``ooblex.run`` writes files) or an animated ``.gif`` (256 colours), at the pace they were
+        captured. Returns the path. Widget recordings carry no sound (the browser camera sends none)."""
+        out = Path(path).expanduser()
+        suffix = out.suffix.lower()
+        if suffix not in SAVE_SUFFIXES:
+            raise ValueError(f"cannot save a recording as {out.name!r}: use one of {', '.join(SAVE_SUFFIXES)}")
+        shots = [s for s in self._copy() if s.output is not None]
+        if not shots:
+            raise ValueError("the recording has no frames (was the widget running?)")
+        times = _capture_times(shots)
+        if suffix == ".gif":
+            _write_gif(out, [s.output for s in shots], times)  # type: ignore[misc]
+        else:
+            _write_video(out, [s.output for s in shots], times)  # type: ignore[misc]
+        return out
+
     def _copy(self) -> list[Shot]:
         with self._lock:
             return list(self.shots)
@@ -97,6 +118,54 @@ class Recording:
         state = "done" if self.done else f"{max(self.ends - time.time(), 0):.1f}s left"
         name = f" {self.name}:" if self.name else ""
         return f"<Recording{name} {len(self.shots)} frames over {self.seconds:g}s, {state}>"
+
+
+#: What ``Recording.save`` writes.
+SAVE_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".gif")
+
+
+def _capture_times(shots: list[Shot]) -> list[float]:
+    """Seconds from the first frame, strictly increasing; 30 fps spacing where capture times are unknown."""
+    times, last = [], -1.0
+    for i, s in enumerate(shots):
+        t = s.captured - shots[0].captured if s.captured is not None and shots[0].captured is not None else i / 30
+        last = max(t, last + 1e-3)
+        times.append(last)
+    return times
+
+
+def _write_video(path: Path, images: list[np.ndarray], times: list[float]) -> None:
+    from ..frame import Frame
+    from ..media.sinks import VideoFileSink
+
+    fps = (len(times) - 1) / times[-1] if len(times) > 1 and times[-1] > 0 else 30.0
+    sink = VideoFileSink(path, fps=fps)
+    try:
+        for img, t in zip(images, times, strict=True):
+            sink.write(Frame(img, pts=t))
+    finally:
+        sink.close()
+
+
+def _write_gif(path: Path, images: list[np.ndarray], times: list[float]) -> None:
+    """GIF frame times are in hundredths of a second; colours are FFmpeg's 3-3-2 palette."""
+    import fractions
+
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("gif", rate=100)
+        stream.height, stream.width = images[0].shape[:2]
+        stream.pix_fmt = "rgb8"
+        stream.codec_context.time_base = fractions.Fraction(1, 100)
+        last = -1
+        for img, t in zip(images, times, strict=True):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[: stream.height, : stream.width]),
+                                               format="rgb24")
+            frame.pts = last = max(round(t * 100), last + 1)
+            frame.time_base = stream.codec_context.time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
 
 
 class Progress:

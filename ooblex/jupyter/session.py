@@ -146,7 +146,7 @@ class LiveSession:
     def _deliver(self, frame: Frame, image: np.ndarray | None, browser_seq: int | None,
                  images: list[dict[str, Any]], buffers: list[bytes], origin: Peer | None) -> None:
         total = frame.durations().get("total")
-        shot = Shot(image, frame.image, frame.result, frame.error, frame.seq, total)
+        shot = Shot(image, frame.image, frame.result, frame.error, frame.seq, total, frame.stamps.get("captured"))
         self.latest = shot
         for rec in list(self.recordings):
             rec.add(shot)
