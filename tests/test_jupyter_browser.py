@@ -229,6 +229,9 @@ def test_run_all_with_the_webcam(app, name, expect, needs, tmp_path, monkeypatch
             assert not stderr, f"error or stderr output in {name}: {stderr}"
             assert all(re.fullmatch(r"\[\d+\]:", t) for t in prompts), f"cells that did not run: {prompts}"
             assert any(expect in t for t in outputs), outputs
+            if not name.startswith("04"):  # ends alive: the last cell shows the newest input | output picture
+                last = b.page.locator(f"{PANEL} .jp-Cell.jp-CodeCell").last
+                assert last.locator(".jp-OutputArea-output img").count() == 1, outputs
             if "live.record" in (ROOT / "notebooks" / name).read_text():
                 assert any("Recording" in t and "done>" in t for t in outputs), outputs  # its progress line
         except Exception:

@@ -28,6 +28,22 @@ class Shot:
     #: When the input was captured (Unix seconds): recordings keep the real spacing of frames when saved.
     captured: float | None = None
 
+    def picture(self) -> np.ndarray | None:
+        """Input and output side by side (the output alone when the input is not kept), RGB uint8."""
+        images = [im for im in (self.input, self.output) if im is not None]
+        if not images:
+            return None
+        height = max(im.shape[0] for im in images)
+        padded = [np.pad(im, ((0, height - im.shape[0]), (0, 0), (0, 0))) for im in images]
+        return np.concatenate(padded, axis=1) if len(padded) > 1 else padded[0]
+
+    def _repr_jpeg_(self) -> bytes | None:
+        """Shown as a picture in a notebook, and kept in the saved file (a widget's live view is not)."""
+        from .. import jpeg
+
+        picture = self.picture()
+        return None if picture is None else jpeg.encode(np.ascontiguousarray(picture), 85)
+
 
 class Recording:
     """Processed frames collected for ``seconds`` (at most ``max_frames``), or until ``stop()``."""
