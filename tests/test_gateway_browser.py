@@ -48,6 +48,8 @@ async def test_demo_page_autostart_plays_processed_video(thread: str, codec: str
                 page = await browser.new_page(viewport={"width": 1280, "height": 820})
                 logs: list[str] = []
                 page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
+                missing: list[str] = []
+                page.on("response", lambda r: r.status >= 400 and missing.append(f"{r.status} {r.url}"))
                 await page.goto(f"{gw.url}/?thread={thread}&autostart=1&codec={codec}")
                 try:
                     state = await _output_playing(page)
@@ -72,10 +74,21 @@ async def test_demo_page_autostart_plays_processed_video(thread: str, codec: str
                                                 "el => { el.value = 0.25; el.dispatchEvent(new Event('input')); }")
                     await asyncio.sleep(0.6)
                     assert stream.params == {"amount": 0.25}
+                if thread == "invert":  # another thread while streaming: the camera goes on to it
+                    assert await page.is_enabled("#thread")
+                    await page.select_option("#thread", "edges")
+                    await page.wait_for_function(
+                        "document.getElementById('whep-url').textContent.includes('/whep/') && "
+                        f"!document.getElementById('whep-url').textContent.includes('{stream.id}')", timeout=20_000)
+                    await _output_playing(page)
+                    [now] = gw.state.engine.streams.values()
+                    assert now.thread.name == "edges" and gw.state.sessions.count("whip") == 1
                 await page.click("#stop")
                 await asyncio.sleep(1.0)
                 assert not gw.state.sessions.items and not gw.state.engine.streams
                 assert await page.text_content("#whep-url") == "–"
+                assert await page.text_content("#status") == "Stopped."  # not "connected" after Stop
+                assert not missing, missing  # nothing on the page is missing (no favicon 404)
             finally:
                 await browser.close()
 

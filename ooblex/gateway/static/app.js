@@ -169,8 +169,9 @@ async function start() {
       if (ev.track.kind === "audio") $("unmute").hidden = false;
     };
     pc.onconnectionstatechange = () => {
+      if (session?.pc !== pc) return; // an old session's last words
       setStatus(`Connection ${pc.connectionState}.`);
-      if (pc.connectionState === "failed") stop();
+      if (pc.connectionState === "failed") stop("Connection failed.");
     };
     await pc.setLocalDescription(await pc.createOffer());
     setStatus("Gathering network candidates…");
@@ -191,10 +192,8 @@ async function start() {
     $("view-token").textContent = session.viewToken || "not needed (no secret set)";
     session.timer = setInterval(refreshStats, 1000);
     $("stop").disabled = false;
-    $("thread").disabled = true;
   } catch (e) {
-    setStatus(`Could not start: ${e.message}`);
-    await stop();
+    await stop(`Could not start: ${e.message}`);
   }
 }
 
@@ -222,9 +221,11 @@ function preferCodec(transceiver, name) {
   if (wanted.length) transceiver.setCodecPreferences([...wanted, ...rest]);
 }
 
-async function stop() {
+// Ends the session (if any) and says why in the status line.
+async function stop(why = "Stopped.") {
   const s = session;
   session = null;
+  if (why) setStatus(why);
   if (s) {
     clearInterval(s.timer);
     if (s.location) fetch(s.location, { method: "DELETE", headers: authHeaders() }).catch(() => {});
@@ -238,7 +239,6 @@ async function stop() {
   $("unmute").textContent = "Unmute";
   $("start").disabled = false;
   $("stop").disabled = true;
-  $("thread").disabled = false;
   $("fps").textContent = "– fps";
   $("mjpeg-url").removeAttribute("href");
   $("mjpeg-url").textContent = "–";
@@ -262,7 +262,7 @@ async function refreshStats() {
     $("counters").textContent =
       `received ${s.received} · processed ${s.processed} · dropped ${s.dropped} · stale ${s.stale} · errors ${s.errors}`;
     $("result").textContent = s.error ? `thread error: ${s.error}` : s.result ? `result: ${JSON.stringify(s.result)}` : "";
-  } catch (e) { setStatus(`Stream ended (${e.message}).`); stop(); return; }
+  } catch (e) { stop(`Stream ended (${e.message}).`); return; }
   const report = await session?.pc.getStats();
   report?.forEach((r) => {
     if (r.type === "inbound-rtp" && r.kind === "video" && r.framesDecoded) {
@@ -280,9 +280,17 @@ async function health() {
   } catch (_) { $("health").textContent = "gateway unreachable"; }
 }
 
-$("thread").addEventListener("change", showParams);
+// Another thread while streaming: the same camera goes to it (a new WHIP session).
+async function switchThread() {
+  showParams();
+  if (!session) return;
+  await stop(null);
+  await start();
+}
+
+$("thread").addEventListener("change", switchThread);
 $("start").addEventListener("click", start);
-$("stop").addEventListener("click", stop);
+$("stop").addEventListener("click", () => stop());
 $("unmute").addEventListener("click", toggleSound);
 window.addEventListener("pagehide", () => {
   if (session?.location) fetch(session.location, { method: "DELETE", keepalive: true, headers: authHeaders() });
