@@ -162,9 +162,9 @@ class WorkerNode:
             thread = await asyncio.to_thread(artifacts.load, self.registry, name, version, manifest, self.secret,
                                              self.cache, signature=signature)
         except (SignatureError, artifacts.ArtifactError) as exc:
-            reason = str(exc)
+            reason = artifacts.public(str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure to load is reported, never fatal
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = artifacts.public(f"{type(exc).__name__}: {exc}")
         else:
             if thread.name != name:
                 reason = f"refusing artifact: manifest names {name!r} but the code is {thread.name!r}"
