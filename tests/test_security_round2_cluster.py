@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +164,117 @@ async def test_onnx_models_cannot_read_files_on_workers(redis_server, tmp_path: 
     finally:
         reg.close()
         stop(worker)
+
+
+# --- 7. rollback by replay -------------------------------------------------------------------
+
+STATE_KEY, MARK_KEY, REV = "ooblex:reg:roll:state", "ooblex:reg:mark", "ooblex:reg:rev"
+
+
+@ob.tensor_thread(name="roll")
+def roll_v1(frame: np.ndarray) -> np.ndarray:
+    return frame
+
+
+@ob.tensor_thread(name="roll")
+def roll_v2(frame: np.ndarray) -> tuple[np.ndarray, dict]:
+    return frame, {"v": 2}
+
+
+def record(reg: Registry, pid: int, timeout: float = 60.0) -> dict:
+    """Worker ``pid``'s record once it has certainly synced after now: the second one written from now on."""
+    deadline, seen = time.monotonic() + timeout, time.time()
+    for _ in range(2):
+        while True:
+            rec = next((r for r in reg.records("worker") if r["pid"] == pid), None)
+            if rec is not None and rec["heartbeat"] > seen:
+                seen = rec["heartbeat"]
+                break
+            assert time.monotonic() < deadline, f"no fresh record of worker {pid}"
+            time.sleep(0.1)
+    return rec
+
+
+def served(reg: Registry, pid: int) -> int | None:
+    """The version worker ``pid`` serves under the plain name ``roll`` (None: none)."""
+    t = record(reg, pid)["threads"].get("roll")
+    return t and t["version"]
+
+
+def replay(reg: Registry, old: dict[str, bytes]) -> None:
+    """What someone who can write to the store does: write old signed documents back."""
+    reg.r.mset({k: v for k, v in old.items() if v is not None})
+    reg.r.incr(REV)
+
+
+def test_a_worker_or_gateway_started_after_a_replay_refuses_the_old_state(redis_server, tmp_path: Path) -> None:  # noqa: F811
+    url = redis_server.url
+    reg = Registry(url, SECRET)
+    a = start_worker(url, OOBLEX_CACHE=str(tmp_path / "a"))
+    b = None
+    try:
+        ob.deploy(roll_v1, cluster=url, wait=60)
+        old = {STATE_KEY: reg.r.get(STATE_KEY), MARK_KEY: reg.r.get(MARK_KEY)}
+        ob.deploy(roll_v2, cluster=url, wait=60)
+        current = {STATE_KEY: reg.r.get(STATE_KEY), MARK_KEY: reg.r.get(MARK_KEY)}
+        assert served(reg, a.pid) == 2
+        replay(reg, old)
+        assert served(reg, a.pid) == 2, "a running worker ignores it"
+
+        b = start_worker(url, OOBLEX_CACHE=str(tmp_path / "b"))  # started afterwards: it has only the store
+        rec = record(reg, b.pid)
+        assert "roll" not in rec["threads"] and "roll@1" not in rec["threads"], rec["threads"]
+        assert "a live worker or gateway reports" in rec["mark_refused"], rec
+        assert rec["mark"] == record(reg, a.pid)["mark"], "it took the floor its live peer vouched for"
+
+        async def fresh_gateway() -> set[str]:
+            from ooblex.cluster.engine import ClusterEngine
+
+            async with ClusterEngine(url) as engine:
+                await engine.sync()
+                return {q for q in engine.threads if q.startswith("roll")}
+
+        assert asyncio.run(fresh_gateway()) == set(), "a gateway started afterwards offers no old version either"
+        assert Registry(url, SECRET).active("roll") is None, "nor does a fresh deployer's view"
+
+        replay(reg, {STATE_KEY: old[STATE_KEY], MARK_KEY: current[MARK_KEY]})  # the old state under today's mark
+        assert served(reg, b.pid) is None, "a state older than the mark names is refused"
+        assert asyncio.run(fresh_gateway()) == set()
+        replay(reg, current)  # the store put right: the new worker serves the newest version
+        assert served(reg, b.pid) == 2 and served(reg, a.pid) == 2
+    finally:
+        reg.close()
+        for w in (a, b):
+            if w is not None:
+                stop(w)
+
+
+def test_a_restarted_worker_keeps_its_floor_and_deploys_never_build_on_a_replay(redis_server, tmp_path: Path) -> None:  # noqa: F811
+    url = redis_server.url
+    reg = Registry(url, SECRET)
+    cache = str(tmp_path / "a")
+    a = start_worker(url, OOBLEX_CACHE=cache)
+    try:
+        ob.deploy(roll_v1, cluster=url, wait=60)
+        old = {STATE_KEY: reg.r.get(STATE_KEY), MARK_KEY: reg.r.get(MARK_KEY)}
+        ob.deploy(roll_v2, cluster=url, wait=60)
+        assert served(reg, a.pid) == 2
+        floors = list((tmp_path / "a" / "floors").glob("*.json"))
+        assert len(floors) == 1 and json.loads(floors[0].read_text())["counter"] == record(reg, a.pid)["mark"]
+
+        replay(reg, old)
+        with pytest.raises(PermissionError, match="cannot change 'roll': .*a live worker or gateway reports"):
+            ob.deploy(roll_v1, cluster=url)  # a deployer never signs a replayed mark as current
+        assert reg.r.mget([STATE_KEY, MARK_KEY]) == [old[STATE_KEY], old[MARK_KEY]], "nothing was written"
+        stop(a)  # no live peer left to vouch for the newer mark
+        a = start_worker(url, OOBLEX_CACHE=cache)  # the same machine, restarted
+        rec = record(reg, a.pid)
+        assert "roll" not in rec["threads"] and "the newest this machine has seen" in rec["mark_refused"], rec
+
+        reg.r.delete(MARK_KEY)  # the documented way out: drop the mark, deploy again
+        v3 = ob.deploy(roll_v2, cluster=url, wait=60)
+        assert v3.version > 2 and served(reg, a.pid) == v3.version
+        assert record(reg, a.pid)["mark_refused"] is None
+    finally:
+        reg.close()
+        stop(a)
