@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class MarkTracker:
 
     def __init__(self, floor_file: Path | None = None) -> None:
         self.file = floor_file
+        self._lock = threading.Lock()  # gateways read the store from several threads: the floor only rises
         self.accepted: Mark | None = None
         self.floor = self._read()
         #: Why the store's mark is not trusted now (None: it is, or there is none).
@@ -95,7 +97,9 @@ class MarkTracker:
         return mark
 
     def accept(self, mark: Mark) -> None:
-        self.accepted, self.refused = mark, None
+        with self._lock:
+            if self.accepted is None or mark.counter >= self.accepted.counter:
+                self.accepted, self.refused = mark, None
         self._raise(mark.counter)
 
     def _refuse(self, why: str) -> Mark | None:
@@ -104,15 +108,19 @@ class MarkTracker:
         return self.accepted
 
     def _raise(self, counter: int) -> None:
-        if counter <= self.floor:
-            return
-        self.floor = counter
+        with self._lock:
+            if counter > self.floor:
+                self.floor = counter
+                self._write(counter)
+
+    def _write(self, counter: int) -> None:
         if self.file is None:
             return
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.file.with_name(self.file.name + ".part")
-            tmp.write_text(json.dumps({"counter": counter}))
+            tmp = self.file.with_name(f"{self.file.name}.{os.getpid()}.part")
+            # workers sharing a cache share the file: it keeps the highest counter any of them accepted
+            tmp.write_text(json.dumps({"counter": max(counter, self._read())}))
             os.replace(tmp, self.file)
         except OSError as exc:
             warn_once(f"mark:file:{exc.errno}", "cannot keep the high-water mark's floor on disk (%s): "
