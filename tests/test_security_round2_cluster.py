@@ -278,3 +278,27 @@ def test_a_restarted_worker_keeps_its_floor_and_deploys_never_build_on_a_replay(
     finally:
         reg.close()
         stop(a)
+
+
+async def test_a_gateways_record_vouches_for_the_mark_too(redis_server) -> None:  # noqa: F811
+    """No worker at all: the one live gateway's signed record is what makes a new reader refuse the replay."""
+    from ooblex.cluster.engine import ClusterEngine
+
+    url = redis_server.url
+    ob.deploy(roll_v1, cluster=url)
+    reg = Registry(url, SECRET)
+    old = {STATE_KEY: reg.r.get(STATE_KEY), MARK_KEY: reg.r.get(MARK_KEY)}
+    ob.deploy(roll_v2, cluster=url)
+    try:
+        async with ClusterEngine(url, public_url="http://gateway.test:8800", poll_s=0.1) as engine:
+            await wait_for(lambda: "roll" in engine.threads, what="the gateway offering roll")
+            counter = engine.registry.marks.floor
+            await wait_for(lambda: [g["mark"] for g in reg.records("gateway")] == [counter], what="its record")
+            replay(reg, old)
+            fresh = Registry(url, SECRET)
+            assert fresh.active("roll") is None and "a live worker or gateway reports" in fresh.marks.refused
+            assert fresh.marks.floor == counter
+            await asyncio.sleep(0.3)
+            assert engine.threads["roll"].version == 2, "the running gateway ignores it"
+    finally:
+        reg.close()
