@@ -236,6 +236,8 @@ def test_a_worker_or_gateway_started_after_a_replay_refuses_the_old_state(redis_
 
         assert asyncio.run(fresh_gateway()) == set(), "a gateway started afterwards offers no old version either"
         assert Registry(url, SECRET).active("roll") is None, "nor does a fresh deployer's view"
+        with pytest.raises(PermissionError, match="cannot tell which version of 'roll' is deployed: .*written back"):
+            ob.deployment("roll", url)
 
         replay(reg, {STATE_KEY: old[STATE_KEY], MARK_KEY: current[MARK_KEY]})  # the old state under today's mark
         assert served(reg, b.pid) is None, "a state older than the mark names is refused"
