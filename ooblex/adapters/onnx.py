@@ -5,6 +5,12 @@ first input. Pre- and post-processing are two small ONNX graphs of their own (ui
 scaled, normalised, resized model input; image output -> uint8 frames) run by the same
 execution provider, chained to the model with I/O binding: on a GPU, tensors stay on the
 device from the uint8 upload to the uint8 frames that come back, once per batch.
+
+A model deployed as a weight file (``from_weight``: ``ob.deploy(..., weights=[...])`` or an ONNX
+upload in a gateway's console) is data from elsewhere: it is read whole, refused if any tensor
+keeps its data outside the file (``external_data``: onnxruntime would read that file, relative to
+the model, from the worker's disk) or if it names an execution provider's context file, and handed
+to onnxruntime as bytes, never as a path, so there is no folder to resolve a location in.
 """
 
 from __future__ import annotations
@@ -17,11 +23,19 @@ from typing import Any
 import numpy as np
 
 from ..cluster.weights import weight
+from ..errors import BadRequest
 from ..thread import TensorThread
 from .base import Images, Layout, Pipeline, Pixels, Postprocess, Transform, image_like, model_thread
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 OPSET = 18  # Resize with `axes` and `antialias`
+#: Nodes that make onnxruntime read a file named in the model (an execution provider's cached context).
+FILE_OPS = ("EPContext",)
+
+
+class BadModel(BadRequest):
+    """A deployed or uploaded ONNX model that cannot be used: not ONNX, not self-contained (it would read
+    files where it is loaded), or not loadable by onnxruntime (400)."""
 
 
 def pick_providers(providers: Sequence[str] | None = None) -> list[str]:
@@ -67,8 +81,97 @@ def from_weight(weight_name: str, *, name: str = "onnx_model", providers: Sequen
     """``session`` for a model deployed as a weight file (``ob.deploy(..., weights=[path])``, or an ONNX
     upload in a gateway's console): the worker finds it with ``ob.weight(weight_name)`` when it loads
     the thread, so this side needs neither the file nor onnxruntime (``concurrency`` defaults to 1)."""
-    return model(lambda: open_session(str(weight(weight_name)), providers, threads), name=name, threads=threads,
-                 **options)
+    return model(lambda: open_weight(weight_name, providers, threads), name=name, threads=threads, **options)
+
+
+def open_weight(weight_name: str, providers: Sequence[str] | None = None, threads: int = 0) -> Any:
+    """The session of the deployed model file ``weight_name``: read whole, checked (``self_contained``), and
+    given to onnxruntime as bytes. Errors name the weight, never the worker's path to it."""
+    path = weight(weight_name)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FileNotFoundError(f"the model {weight_name!r} cannot be read on this worker "
+                                f"({exc.strerror or type(exc).__name__})") from None
+    return open_bytes(data, weight_name, providers, threads)
+
+
+def open_bytes(data: bytes, what: str, providers: Sequence[str] | None = None, threads: int = 0) -> Any:
+    """An ``InferenceSession`` of the ONNX model ``data`` (named ``what`` in errors) after ``self_contained``
+    checks it; onnxruntime gets the checked model re-serialised and is told it is ONNX (not its own format)."""
+    import onnxruntime as ort
+
+    checked = self_contained(parse(data, what), what).SerializeToString()
+    opts = session_options(threads)
+    opts.add_session_config_entry("session.load_model_format", "ONNX")
+    try:
+        return ort.InferenceSession(checked, opts, providers=pick_providers(providers))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own classes (Fail, InvalidGraph, ...)
+        raise BadModel(f"onnxruntime cannot load the model {what!r}: {exc}") from None
+
+
+def parse(data: bytes, what: str = "the model") -> Any:
+    """``data`` as an ONNX ``ModelProto``, or ``BadModel`` saying it is not one."""
+    import onnx
+
+    try:
+        return onnx.load_model_from_string(data)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises its own DecodeError and others
+        raise BadModel(f"{what} is not an ONNX model: {type(exc).__name__}: {exc}") from None
+
+
+def self_contained(proto: Any, what: str = "the model") -> Any:
+    """``proto`` if every tensor in it (initializers, sparse initializers, node attributes, in every
+    subgraph of If/Loop/Scan, in local functions and training graphs) holds its own data and no node
+    names a context file; else ``BadModel`` naming the first offender."""
+    for where, tensor in _tensors(proto):
+        if tensor.data_location == tensor.EXTERNAL or len(tensor.external_data):
+            raise BadModel(f"{what} keeps the data of tensor {tensor.name or where!r} ({where}) outside the "
+                                 "model file (external data), which is refused: save it with all its data inside "
+                                 "(onnx.save(model, path, save_as_external_data=False))")
+    for where, node in _nodes(proto):
+        if node.op_type in FILE_OPS:
+            raise BadModel(f"{what} has a {node.op_type} node ({where}), which names a file to read: refused")
+    return proto
+
+
+def _graphs(proto: Any) -> Any:
+    """(where, graph): the model's graph, its training graphs, its local functions (their nodes and
+    attribute defaults as one graph), and every subgraph (If/Loop/Scan bodies) within them."""
+    from onnx import GraphProto, NodeProto
+
+    stack = [("graph", proto.graph)]
+    stack += [(f"training_info[{i}].{k}", getattr(t, k)) for i, t in enumerate(proto.training_info)
+              for k in ("initialization", "algorithm")]
+    stack += [(f"function {f.name}", GraphProto(node=[*f.node, NodeProto(op_type="defaults",
+                                                                          attribute=f.attribute_proto)]))
+              for f in proto.functions]
+    while stack:
+        where, g = stack.pop()
+        yield where, g
+        for node in g.node:
+            for a in node.attribute:
+                subs = ([a.g] if a.HasField("g") else []) + list(a.graphs)
+                stack += [(f"{where} > {node.op_type} {node.name!r} > {a.name}", sub) for sub in subs]
+
+
+def _nodes(proto: Any) -> Any:
+    for where, g in _graphs(proto):
+        yield from ((f"{where} > {node.op_type} {node.name!r}", node) for node in g.node)
+
+
+def _tensors(proto: Any) -> Any:
+    """(where, tensor) for every ``TensorProto`` in the model, sparse ones as their values and indices."""
+    for where, g in _graphs(proto):
+        yield from ((f"{where} > initializer", t) for t in g.initializer)
+        yield from ((f"{where} > sparse initializer", t) for s in g.sparse_initializer for t in (s.values, s.indices))
+        for node in g.node:
+            for a in node.attribute:
+                at = f"{where} > {node.op_type} {node.name!r} > {a.name}"
+                dense = ([a.t] if a.HasField("t") else []) + list(a.tensors)
+                sparse = ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(a.sparse_tensors)
+                yield from ((at, t) for t in dense)
+                yield from ((at, t) for sp in sparse for t in (sp.values, sp.indices))
 
 
 def session_options(threads: int = 0) -> Any:

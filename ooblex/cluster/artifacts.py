@@ -3,7 +3,10 @@
 Nothing is executed before the manifest's signature (over its name and version too: it must be
 the one stored under the key the state names) and every blob's hash check out.
 Blobs are cached on disk by content hash, so restarts and new versions that share weights
-download nothing twice.
+download nothing twice. A weight named ``*.onnx`` must hold all its data itself: a tensor with
+``external_data`` would make onnxruntime read a file relative to the model, and next to it in the
+cache lie other deployments' blobs (``ooblex.adapters.onnx.self_contained``). Reasons for a refusal
+name no path on the worker (``public``): they are published in its status record.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +27,12 @@ from ..thread import TensorThread
 from . import weights
 from .registry import Registry, verified
 
+#: An absolute POSIX path (not a URL's path: no ``:`` or ``/`` just before it).
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.@+~-]+/)*[\w.@+~-]+/?")
+
 
 class ArtifactError(Unavailable, RuntimeError):
-    """A deploy cannot be loaded here (wrong Python, failed install, bad code)."""
+    """A deploy cannot be loaded here (wrong Python, failed install, bad code, an ONNX weight with external data)."""
 
 
 def load(registry: Registry, name: str, version: int, manifest: Any, secret: bytes | None, cache: Path, *,
@@ -39,7 +46,10 @@ def load(registry: Registry, name: str, version: int, manifest: Any, secret: byt
                             "(pickled code only loads on the same minor version)")
     install(manifest.get("requirements", []), cache)
     for w in manifest.get("weights", []):
-        weights.register(w["name"], fetch(registry, w["sha256"], cache))
+        path = fetch(registry, w["sha256"], cache)
+        if w["name"].lower().endswith(".onnx"):
+            self_contained(path, w["name"])
+        weights.register(w["name"], path)
     code = fetch(registry, manifest["code"], cache).read_bytes()
     try:
         thread = cloudpickle.loads(code)
@@ -58,6 +68,25 @@ def fetch(registry: Registry, digest: str, cache: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     registry.get_blob(digest, path)
     return path
+
+
+def self_contained(path: Path, name: str) -> None:
+    """Refuse the ONNX weight ``name`` (at ``path``) if any tensor in it names external data."""
+    from ..adapters.onnx import BadModel, parse
+    from ..adapters.onnx import self_contained as check
+
+    try:
+        check(parse(path.read_bytes(), f"the weight {name!r}"), f"the weight {name!r}")
+    except ImportError:
+        raise ArtifactError(f"cannot check the ONNX weight {name!r} for external data: this worker lacks the onnx "
+                            "package (add 'onnx' to the deploy's requirements)") from None
+    except BadModel as exc:
+        raise ArtifactError(f"refusing artifact: {exc}") from None
+
+
+def public(reason: str) -> str:
+    """``reason`` with every absolute path on this machine replaced by ``<path>``, for status records."""
+    return ABSOLUTE_PATH.sub("<path>", reason)
 
 
 def install(requirements: list[str], cache: Path) -> None:

@@ -23,7 +23,7 @@ from ..thread import TensorThread, as_thread
 from . import bundle
 from .config import ClusterConfig, resolve
 from .registry import Registry, RegistryError, check_name, describe
-from .signing import sha256
+from .signing import SignatureError, sha256
 
 #: Where a gateway's endpoints for a thread are (``ooblex.routes``), unless the gateway's record says otherwise.
 #: WHEP and MJPEG are per stream: ``{stream_id}`` is left for the caller (the id a WHIP answer gives).
@@ -186,6 +186,8 @@ def deployment(name: str, cluster: str | None = None, *, store: str | None = Non
     try:
         reg.need_secret(f"verify the deployment of {name!r}")
         v = reg.active(name)
+        if v is None and reg.marks.refused:
+            raise SignatureError(f"cannot tell which version of {name!r} is deployed: {reg.marks.refused}")
         if v is None:
             raise RegistryError(f"{name!r} is not deployed on {redact(config.broker)}")
         return Deployment(name, v, config, reg.manifest(name, v), secret)

@@ -4,7 +4,7 @@ Gateways (and ``ob.process``) open streams by name; the engine learns each deplo
 name and parameters (``name`` and ``name@version``) from the registry without loading its code,
 and sends the frames to the workers through the broker. Like workers, it follows only verified
 thread states and manifests (``OOBLEX_SECRET``), and with a ``public_url`` announces itself with a
-signed gateway record.
+signed gateway record (which reports its high-water mark floor, ``mark.py``).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class ClusterEngine(Engine):
             try:
                 await asyncio.to_thread(announce_gateway, self.registry, self.reply_to, str(self.public_url),
                                         ttl_s=3 * every_s, streams=len(self.streams), instance=self.instance,
-                                        peer_url=self.peer_url)
+                                        peer_url=self.peer_url, mark=self.registry.marks.floor)
             except Exception as exc:  # noqa: BLE001 - keep announcing through store outages
                 log.debug("gateway announce failed: %s", exc)
             await asyncio.sleep(every_s)

@@ -6,12 +6,15 @@ record (host, threads, load, fps, errors, refusals) with a heartbeat. It acts on
 thread states and manifests. A refused version is tried again when its manifest changes, or
 after a back-off (``retry_s`` doubling up to ``retry_max_s``: a missing blob may be uploaded, a
 package index may come back). On SIGTERM it stops taking tasks, lets calls in flight finish and
-reply (up to ``drain_s``) and gives the rest back.
+reply (up to ``drain_s``) and gives the rest back. It keeps the highest high-water mark counter
+it has accepted in ``<cache>/floors/`` (``mark.py``), so after a restart it still refuses an old mark
+written back to the store, and reports it in its record, so that fresh workers refuse it too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -77,7 +80,7 @@ class WorkerNode:
         await broker.start()
         self.worker = Worker(broker, self.local)
         await self.worker.start()
-        self.registry = Registry(self.store_url, self.secret)
+        self.registry = Registry(self.store_url, self.secret, floor_file=self.floor_file)
         log.info("worker %s serving from %s (store %s)", self.id, redact(self.broker_url), redact(self.store_url))
         if not self.secret:
             log.warning("no %s: this worker serves only its local threads (deployed ones cannot be verified) "
@@ -107,6 +110,11 @@ class WorkerNode:
                 pass
             self.registry.close()
             await broker.close()
+
+    @property
+    def floor_file(self) -> Path:
+        """Where this worker keeps its high-water mark floor for this store (one file per store URL)."""
+        return self.cache / "floors" / f"{hashlib.sha256(self.store_url.encode()).hexdigest()[:16]}.json"
 
     async def _beat(self) -> None:
         """Publish the status record every ``heartbeat_s``, whatever else the worker is doing (loading a new
@@ -162,9 +170,9 @@ class WorkerNode:
             thread = await asyncio.to_thread(artifacts.load, self.registry, name, version, manifest, self.secret,
                                              self.cache, signature=signature)
         except (SignatureError, artifacts.ArtifactError) as exc:
-            reason = str(exc)
+            reason = artifacts.public(str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure to load is reported, never fatal
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = artifacts.public(f"{type(exc).__name__}: {exc}")
         else:
             if thread.name != name:
                 reason = f"refusing artifact: manifest names {name!r} but the code is {thread.name!r}"
@@ -206,5 +214,6 @@ class WorkerNode:
                             for (n, v), r in self.refused.items()},
                 "load": os.getloadavg()[0], "busy": self.worker.busy, "fps": self._fps,
                 "processed": self.worker.processed, "errors": self.worker.errors, "skipped": self.worker.skipped,
-                "ooblex": __version__, **self.machine.sample()}
+                "ooblex": __version__, "mark": self.registry.marks.floor, "mark_refused": self.registry.marks.refused,
+                **self.machine.sample()}
 

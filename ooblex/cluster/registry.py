@@ -11,6 +11,10 @@ Keys (all under ``ooblex:``):
   served with their manifests' signatures, removed, sequence number). Deploy, activate/rollback,
   and undeploy (which leaves a signed tombstone) each write a new one; readers ignore
   unsigned, forged and older (replayed) states, and keep the last one they verified;
+- ``reg:mark``: the cluster's signed high-water mark (``mark.Mark``): a growing counter and, per
+  thread, the seq and signature of its current state, written with every state; readers act only
+  on states it names, and refuse a mark below the highest counter they have seen or a live
+  peer's record reports (so an old state written back with its old mark is refused too);
 - ``reg:rev``: bumped on every change, so workers and gateways notice within one poll;
 - ``<kind>:<id>`` and ``<kind>s`` (kind ``worker`` or ``gateway``): status records, signed with the
   ``record`` key over their kind, id and expiry, and a sorted set id -> expiry; readers drop
@@ -37,11 +41,13 @@ import redis
 from ..errors import NotFound
 from ..secret import MissingSecret
 from ..thread import TensorThread
+from .mark import Mark, MarkTracker
 from .signing import ARTIFACT, RECORD, SignatureError, get_secret, require_secret, sha256, sign, verify, warn_once
 from .state import StateTracker, ThreadState
 
 CHUNK = 1 << 20
 P = "ooblex"
+MARK_KEY = f"{P}:reg:mark"
 #: Unreferenced blobs younger than this are kept: a deploy uploads its blobs before its manifest.
 GC_GRACE_S = 600.0
 TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
@@ -56,15 +62,17 @@ class RegistryError(NotFound):
 class Registry:
     """Read and write deployed tensor threads in the cluster's Redis store.
 
-    One instance remembers the newest thread states it verified (``states``): long-lived readers
-    (workers, gateways) thereby ignore replayed older states.
+    One instance remembers the newest thread states it verified (``states``) and the newest
+    high-water mark (``marks``; its floor also in ``floor_file`` if given): long-lived readers
+    (workers, gateways) thereby ignore replayed older states, and new ones states older than the mark.
     """
 
-    def __init__(self, store_url: str, secret: str | bytes | None = None) -> None:
+    def __init__(self, store_url: str, secret: str | bytes | None = None, floor_file: Path | None = None) -> None:
         self.url = store_url
         self.r = redis.Redis.from_url(store_url, socket_connect_timeout=3, socket_timeout=30)
         self.secret = get_secret(secret)
         self.states = StateTracker()
+        self.marks = MarkTracker(floor_file)
 
     def close(self) -> None:
         self.r.close()
@@ -204,7 +212,19 @@ class Registry:
 
     def state(self, name: str) -> ThreadState | None:
         """The newest verified state of ``name`` (None if it has none this reader can trust)."""
-        return self.states.update(name, self.r.get(f"{P}:reg:{name}:state"), self.secret)
+        raw_mark, raw = self.r.mget([MARK_KEY, f"{P}:reg:{name}:state"])
+        return self._state(name, raw, self._mark(raw_mark))
+
+    def _mark(self, raw: bytes | None) -> Mark | None:
+        return self.marks.update(raw, self.secret, self.vouched)
+
+    def _state(self, name: str, raw: bytes | None, mark: Mark | None) -> ThreadState | None:
+        return self.states.update(name, raw, self.secret, mark.threads.get(name) if mark is not None else None)
+
+    def vouched(self) -> int:
+        """The highest high-water mark counter that a live worker or gateway reports in its signed record."""
+        marks = [r.get("mark") for kind in ("worker", "gateway") for r in self.records(kind)]
+        return max([m for m in marks if isinstance(m, int) and not isinstance(m, bool)], default=0)
 
     def active(self, name: str) -> int | None:
         s = self.state(name)
@@ -223,7 +243,8 @@ class Registry:
         secret = self.need_secret(f"undeploy {name!r}")
 
         def change(s: ThreadState) -> ThreadState:
-            if s.removed or (s.seq == 0 and not self.r.sismember(f"{P}:reg:names", name)):
+            marked = self.marks.accepted is not None and name in self.marks.accepted.threads
+            if s.removed or (s.seq == 0 and not marked and not self.r.sismember(f"{P}:reg:names", name)):
                 raise RegistryError(f"{name!r} is not deployed")
             return s.then(active=None, serving={}, removed=True)
 
@@ -232,16 +253,21 @@ class Registry:
 
     def _change(self, name: str, secret: bytes, change: Callable[[ThreadState], ThreadState],
                 also: Callable[[Any], Any] | None = None) -> ThreadState:
-        """Write ``change(current state)``, signed, with ``also``'s commands in one transaction
-        (retried if another deployer changed the state meanwhile)."""
+        """Write ``change(current state)``, signed, and the high-water mark naming it, with ``also``'s
+        commands in one transaction (retried if another deployer changed either meanwhile)."""
         key = f"{P}:reg:{name}:state"
         with self.r.pipeline() as p:
             while True:
                 try:
-                    p.watch(key)
-                    new = change(self.states.update(name, p.get(key), secret) or ThreadState(name))
+                    p.watch(key, MARK_KEY)
+                    raw_mark, raw = p.mget([MARK_KEY, key])
+                    mark = self._base_mark(raw_mark, name)
+                    new = change(self._state(name, raw, mark) or ThreadState(name))
+                    doc = new.signed(secret)
+                    next_mark = (mark or Mark()).then(name, doc, self.marks.floor)
                     p.multi()
-                    p.set(key, json.dumps(new.signed(secret)))
+                    p.set(key, json.dumps(doc))
+                    p.set(MARK_KEY, json.dumps(next_mark.signed(secret)))
                     p.sadd(f"{P}:reg:names", name)
                     if also is not None:
                         also(p)
@@ -250,7 +276,18 @@ class Registry:
                 except redis.WatchError:
                     continue
                 self.states.accepted[name] = new
+                self.marks.accept(next_mark)
                 return new
+
+    def _base_mark(self, raw: bytes | None, name: str) -> Mark | None:
+        """The mark a change builds on: the store's if trusted, else the newest this reader accepted;
+        none (a first deploy, or the store lost its mark) only if the store holds none either."""
+        mark = self._mark(raw)
+        if mark is None and raw is not None:
+            raise SignatureError(f"cannot change {name!r}: {self.marks.refused}. Building on it would sign old "
+                                 "states as current; restore the store, or delete the key ooblex:reg:mark and "
+                                 "deploy (or activate) each thread again")
+        return mark
 
     def rev(self) -> int:
         return int(self.r.get(f"{P}:reg:rev") or 0)
@@ -260,10 +297,14 @@ class Registry:
         version workers should load, from each thread's verified state. Manifests are as stored (None
         if missing): loaders check them against the signatures the state names (``verified``)."""
         names = sorted({n.decode() for n in self.r.smembers(f"{P}:reg:names")} | set(self.states.accepted))
-        raws = self.r.mget([f"{P}:reg:{n}:state" for n in names]) if names else []
+        raw_mark, *raws = self.r.mget([MARK_KEY, *(f"{P}:reg:{n}:state" for n in names)])  # one read: consistent
+        mark = self._mark(raw_mark)
+        extra = sorted(set(mark.threads) - set(names)) if mark is not None else []
+        if extra:  # named by the mark only (their name was removed from the index)
+            names, raws = names + extra, raws + self.r.mget([f"{P}:reg:{n}:state" for n in extra])
         out: dict[str, dict[str, Any]] = {}
         for name, raw in zip(names, raws, strict=True):
-            s = self.states.update(name, raw, self.secret)
+            s = self._state(name, raw, mark)
             if s is None or s.removed:
                 continue
             wanted = sorted(s.serving)

@@ -19,11 +19,12 @@ from typing import Any
 from ..errors import Forbidden
 from ..secret import ENV, derive, get_secret, require_secret
 
-__all__ = ["ARTIFACT", "ENV", "RECORD", "STATE", "SignatureError", "canonical", "get_secret", "require_secret",
+__all__ = ["ARTIFACT", "ENV", "MARK", "RECORD", "STATE", "SignatureError", "canonical", "get_secret", "require_secret",
            "sha256", "sign", "verify", "warn_once"]
 
-#: Purposes, one derived key each: deploy manifests, per-thread states, worker/gateway status records.
-ARTIFACT, STATE, RECORD = "artifact", "state", "record"
+#: Purposes, one derived key each: deploy manifests, per-thread states, worker/gateway status records,
+#: the cluster's high-water mark.
+ARTIFACT, STATE, RECORD, MARK = "artifact", "state", "record", "mark"
 log = logging.getLogger("ooblex.cluster")
 _warned: set[str] = set()
 _MAX_WARNED = 1024  # a flood of forged documents must not grow memory without bound

@@ -10,6 +10,9 @@ never goes back to an older ``seq`` than one it has accepted: an unsigned, forge
 replayed state changes nothing (and is logged once). Undeploy leaves a signed tombstone
 (``removed``) instead of deleting the key, and a reader keeps its last verified state when the
 key disappears, so deleting keys from the store does not undeploy anything either.
+
+A reader that starts later has remembered nothing: it acts on a stored state only if the cluster's
+high-water mark (``mark.Mark``) it accepted names exactly that state (its ``seq`` and signature).
 """
 
 from __future__ import annotations
@@ -61,8 +64,10 @@ class StateTracker:
     def __init__(self) -> None:
         self.accepted: dict[str, ThreadState] = {}
 
-    def update(self, name: str, raw: bytes | None, secret: bytes | None) -> ThreadState | None:
-        """Accept the stored state ``raw`` of ``name`` if it verifies and is not older; return the current one."""
+    def update(self, name: str, raw: bytes | None, secret: bytes | None,
+               pinned: tuple[int, str] | None) -> ThreadState | None:
+        """Accept the stored state ``raw`` of ``name`` if it verifies, is the one the high-water mark names
+        (``pinned``: its seq and signature there) and is not older; return the current one."""
         last = self.accepted.get(name)
         if raw is None:
             if last is not None and not last.removed:
@@ -70,9 +75,14 @@ class StateTracker:
                           "verified one (seq %d)", name, last.seq)
             return last
         try:
-            state = ThreadState.verified(json.loads(raw), name, secret)
+            doc = json.loads(raw)
+            state = ThreadState.verified(doc, name, secret)
         except (SignatureError, ValueError, KeyError, TypeError) as exc:
             warn_once(f"state:{name}:{exc}", "ignoring the stored state of %r: %s", name, exc)
+            return last
+        if pinned is None or doc["signature"] != pinned[1]:
+            why = _unpinned(state, pinned)
+            warn_once(f"state:{name}:unpinned:{state.seq}:{pinned}", "ignoring the stored state of %r: %s", name, why)
             return last
         if last is not None and state.seq < last.seq:
             warn_once(f"state:{name}:old:{state.seq}", "ignoring an older state of %r (seq %d, have %d): replayed",
@@ -80,3 +90,12 @@ class StateTracker:
             return last
         self.accepted[name] = state
         return state
+
+
+def _unpinned(state: ThreadState, pinned: tuple[int, str] | None) -> str:
+    """Why ``state`` is not the one the high-water mark names (``pinned``)."""
+    if pinned is None:
+        return "no trusted high-water mark names a state of it"
+    if state.seq < pinned[0]:
+        return f"it is older than the state the high-water mark names (seq {state.seq} < {pinned[0]}): replayed"
+    return f"it is not the state the high-water mark names (seq {pinned[0]})"

@@ -7,7 +7,9 @@ before anything is stored, within ``Settings.max_upload_bytes``:
   (``ooblex.cluster.bundle``): its signature and every member's hash are checked, and its code is
   never unpickled here; the parts are then published as a new version, signed by this gateway;
 - an **ONNX model** is data, not code: it must parse as ONNX with one image-like input matching the
-  form's layout; the gateway wraps it into a tensor thread of its own making
+  form's layout, and hold all its data itself (``ooblex.adapters.onnx.self_contained``: no tensor
+  anywhere in it may name external data, which onnxruntime would read from the worker's disk;
+  workers check this again before they load it, from bytes); the gateway wraps it into a tensor thread of its own making
   (``ooblex.adapters.onnx.from_weight``) and publishes that, signed with its secret.
 """
 
@@ -174,14 +176,12 @@ def _publish_onnx(file: IO[bytes], spec: OnnxForm, registry: Registry, via: dict
 def _check_onnx(data: bytes, spec: OnnxForm) -> tuple[int, int] | None:
     """The model's input size for the transform: the form's, else the model's own fixed one.
     400 naming the problem if the bytes are not an ONNX model or its input does not fit the layout."""
+    from ..adapters.onnx import parse, self_contained
+
     try:
-        import onnx
+        proto = self_contained(parse(data, "the uploaded file"), "the uploaded model")
     except ImportError:
         raise Unavailable("this gateway cannot check ONNX models: install the onnx package (ooblex[onnx])") from None
-    try:
-        proto = onnx.load_model_from_string(data)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises its own DecodeError and others
-        raise BadRequest(f"not an ONNX model: {type(exc).__name__}: {exc}") from None
     graph = proto.graph
     if not graph.node or not graph.input:
         raise BadRequest("not an ONNX model: the file has no graph (empty or not ONNX)")
