@@ -113,6 +113,11 @@ class Keys:
     def ring(self) -> Ring:
         return BUILTIN_RING
 
+    def signing_ring(self) -> Ring:
+        """The ring to sign new tokens with (a store that cannot be read: the last known or built-in key,
+        which gateways still check)."""
+        return self.ring()
+
     def update(self, change: Callable[[Ring], Ring]) -> Ring:
         """Apply ``change`` to the stored ring (the built-in one if none) and store the result."""
         raise BadRequest(NO_PLACE)
@@ -181,6 +186,7 @@ class StoreKeys(Keys):
         self.r = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
         self._ring: Ring | None = None
         self._read_at = 0.0
+        self._poller: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def ring(self) -> Ring:
@@ -188,13 +194,24 @@ class StoreKeys(Keys):
         if ring is not None and (self.watch or time.monotonic() - self._read_at <= self.refresh_s):
             return ring
         with self._lock:
-            first = self._ring is None
-            self._refresh(must=first)
-            if first and self.watch:
-                threading.Thread(target=_poll, args=(weakref.ref(self),), name="ooblex-token-keys",
-                                 daemon=True).start()
-            assert self._ring is not None
+            if not self.watch:
+                self._refresh()
+            elif self._poller is None:  # first use: read now, then in the background
+                self._refresh()
+                self._poller = threading.Thread(target=_poll, args=(weakref.ref(self),), name="ooblex-token-keys",
+                                                daemon=True)
+                self._poller.start()
+            if self._ring is None:
+                raise Unavailable("cannot read the token keys from the cluster store now; try again")
             return self._ring
+
+    def signing_ring(self) -> Ring:
+        try:
+            return self.ring()
+        except Unavailable:
+            log.warning("cannot read the token keyring from the store: signing with the %s key",
+                        "last known" if self._last else "built-in")
+            return self._last or BUILTIN_RING
 
     def update(self, change: Callable[[Ring], Ring]) -> Ring:
         import redis
@@ -214,18 +231,14 @@ class StoreKeys(Keys):
         except redis.RedisError as exc:
             raise Unavailable(f"cannot update the token keys in the cluster store: {exc}") from None
 
-    def _refresh(self, must: bool = False) -> None:
-        """Read the ring; through a store outage keep the last one (``must``: there is none, so fail: 503)."""
+    def _refresh(self) -> None:
+        """Read the ring; through a store outage keep the last one read (if any)."""
         import redis
 
         try:
             raw = self.r.get(STORE_KEY)
         except redis.RedisError as exc:
-            if must:
-                log.warning("cannot read the token keyring from the store: %s", exc)
-                raise Unavailable("cannot read the token keys from the cluster store now; try again") from None
-            warn_once(f"token-keys:store:{type(exc).__name__}", "cannot read the token keyring from the store "
-                      "(keeping the last one read): %s", exc)
+            warn_once(f"token-keys:store:{exc}", "cannot read the token keyring from the store: %s", exc)
             return
         self._ring, self._read_at = self._accept(raw), time.monotonic()
 
@@ -234,12 +247,15 @@ def _poll(ref: weakref.ref[StoreKeys]) -> None:
     """Re-read a watched ring every ``refresh_s`` until its owner is gone (checks read ``_ring`` meanwhile)."""
     while (keys := ref()) is not None:
         interval = keys.refresh_s
+        del keys
+        time.sleep(interval)
+        if (keys := ref()) is None:
+            return
         try:
             keys._refresh()
         except Exception:  # noqa: BLE001 - the poller must outlive any one bad read
             log.exception("token keyring refresh failed")
         del keys
-        time.sleep(interval)
 
 
 def keys_for(secret: bytes, file: str = "", store: str | None = None, refresh_s: float = REFRESH_S,

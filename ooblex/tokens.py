@@ -102,16 +102,17 @@ class Rules:
         return self.keys if self.keys is not None else Keys(secret)
 
     @classmethod
-    def from_env(cls, secret: bytes, store: str | None = None) -> Rules:
+    def from_env(cls, secret: bytes, store: str | None = None, watch: bool = False) -> Rules:
         """From ``OOBLEX_TOKEN_AUDIENCE``, ``OOBLEX_MAX_TOKEN_TTL_S``, ``OOBLEX_MAX_TOKEN_TTL_CONTROL_S`` and
         ``OOBLEX_TOKEN_KEYS`` (the gateway's settings of those names), with the keyring in ``store``
-        (default ``$OOBLEX_STORE``, or ``$OOBLEX_BROKER`` when it is Redis) unless a file is set."""
+        (default ``$OOBLEX_STORE``, or ``$OOBLEX_BROKER`` when it is Redis) unless a file is set; ``watch``:
+        re-read it in the background (long-lived processes)."""
         from .cluster.config import env_broker
 
         broker = env_broker()
         store = store or os.environ.get("OOBLEX_STORE") or (broker if broker.startswith("redis") else None)
         keys = keys_for(secret, os.environ.get("OOBLEX_TOKEN_KEYS", ""), store,
-                        _env_float("OOBLEX_TOKEN_KEYS_REFRESH_S", REFRESH_S))
+                        _env_float("OOBLEX_TOKEN_KEYS_REFRESH_S", REFRESH_S), watch=watch)
         return cls(os.environ.get("OOBLEX_TOKEN_AUDIENCE") or AUDIENCE, _env_float("OOBLEX_MAX_TOKEN_TTL_S", MAX_TTL_S),
                    _env_float("OOBLEX_MAX_TOKEN_TTL_CONTROL_S", MAX_TTL_CONTROL_S), keys)
 
@@ -128,7 +129,7 @@ def mint(scope: str, *, thread: str = ANY, stream: str = ANY, ttl_s: float = DEF
     if not 0 < ttl_s <= longest:
         raise BadRequest(f"token lifetime must be > 0 and at most {_span(longest)} for {scope} tokens "
                          f"(OOBLEX_MAX_TOKEN_TTL{'_CONTROL' if scope == 'control' else ''}_S), got {_span(ttl_s)}")
-    ring = rules.keyring(key).ring()
+    ring = rules.keyring(key).signing_ring()
     if not ring.current:
         raise BadRequest("no valid token key to sign with: the token keyring does not verify (see the log)")
     now = int(time.time())
@@ -272,7 +273,7 @@ def _env_rules(secret: bytes) -> Rules:
              "OOBLEX_TOKEN_KEYS_REFRESH_S", "OOBLEX_STORE", "OOBLEX_BROKER", "OOBLEX_CLUSTER")
     env = (secret, *(os.environ.get(n) for n in names))
     if _cached is None or _cached[0] != env:
-        _cached = (env, Rules.from_env(secret))
+        _cached = (env, Rules.from_env(secret, watch=True))
     return _cached[1]
 
 
