@@ -13,8 +13,9 @@ unsigned, forged or older (replayed) ring and keeps the newest one it verified; 
 held a ring means the built-in one, and a ring that fails to verify before any did means no valid
 key at all (fail closed). ``ooblex token rotate`` adds a key and makes it current (tokens signed with
 the others stay valid); ``ooblex token revoke KID`` removes one, and every token signed with it fails
-at its next check: gateways look at a file's metadata on every check and read the store every
-``token_keys_refresh_s`` (in a background thread, so a check never waits for Redis).
+at its next check: gateways look at a file's metadata on every check (and read it every
+``token_keys_refresh_s``), and read the store every ``token_keys_refresh_s`` in a background
+thread, so a check never waits for Redis.
 """
 
 from __future__ import annotations
@@ -141,14 +142,15 @@ class Keys:
 
 
 class FileKeys(Keys):
-    """A ring in a JSON file, re-read whenever the file's metadata changes."""
+    """A ring in a JSON file, re-read whenever the file's metadata changes, and every ``refresh_s`` (two
+    writes within one clock tick may leave the metadata as it was)."""
 
-    def __init__(self, secret: bytes, path: str | Path) -> None:
+    def __init__(self, secret: bytes, path: str | Path, refresh_s: float = REFRESH_S) -> None:
         super().__init__(secret)
         self.path = Path(path).expanduser()
-        self.where = str(self.path)
+        self.where, self.refresh_s = str(self.path), refresh_s
         self._seen: tuple[int, int, int] | None = None
-        self._ring = BUILTIN_RING
+        self._ring, self._read_at = BUILTIN_RING, 0.0
 
     def ring(self) -> Ring:
         try:
@@ -156,12 +158,12 @@ class FileKeys(Keys):
             seen: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
         except FileNotFoundError:
             seen = None
-        if seen != self._seen:
+        if seen != self._seen or time.monotonic() - self._read_at > self.refresh_s:
             try:
                 raw = self.path.read_bytes() if seen is not None else None
             except OSError as exc:
                 raw = f"unreadable: {exc.strerror}".encode()  # refused like any ring that does not verify
-            self._ring, self._seen = self._accept(raw), seen
+            self._ring, self._seen, self._read_at = self._accept(raw), seen, time.monotonic()
         return self._ring
 
     def update(self, change: Callable[[Ring], Ring]) -> Ring:
@@ -262,7 +264,7 @@ def keys_for(secret: bytes, file: str = "", store: str | None = None, refresh_s:
              watch: bool = False) -> Keys:
     """The place of the ring: ``file`` if set, else the Redis ``store``, else the built-in key."""
     if file:
-        return FileKeys(secret, file)
+        return FileKeys(secret, file, refresh_s)
     if store:
         return StoreKeys(secret, store, refresh_s, watch)
     return Keys(secret)
