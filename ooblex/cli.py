@@ -176,8 +176,9 @@ def cmd_token(args: argparse.Namespace) -> int:
     secret = require_secret()
     if args.scope == "view" and (args.stream is None) == (not args.all_streams):
         raise ValueError("ooblex token view needs --stream ID (one stream) or --all-streams (every stream)")
-    print(mint(args.scope, thread=args.thread, stream=args.stream or "*", ttl_s=parse_ttl(args.ttl),
-               subject=args.subject, secret=secret, rules=_token_rules(args, secret)))
+    stream = "*" if args.all_streams else args.stream
+    print(mint(args.scope, thread=args.thread, stream=stream, ttl_s=parse_ttl(args.ttl), subject=args.subject,
+               secret=secret, rules=_token_rules(args, secret)))
     return 0
 
 

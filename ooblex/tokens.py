@@ -117,12 +117,15 @@ class Rules:
                    _env_float("OOBLEX_MAX_TOKEN_TTL_CONTROL_S", MAX_TTL_CONTROL_S), keys)
 
 
-def mint(scope: str, *, thread: str = ANY, stream: str = ANY, ttl_s: float = DEFAULT_TTL_S,
+def mint(scope: str, *, thread: str = ANY, stream: str | None = None, ttl_s: float = DEFAULT_TTL_S,
          subject: str | None = None, secret: str | bytes | None = None, rules: Rules | None = None) -> str:
     """A token for ``scope`` valid ``ttl_s`` seconds (at most the scope's maximum), for ``subject``
-    (default: a new random id), signed with the keyring's current key (``rules``: default from the env)."""
+    (default: a new random id), signed with the keyring's current key (``rules``: default from the env).
+    A ``publish`` token is for ``thread`` (default any); a ``view`` token names its ``stream`` (or ``"*"``)."""
     if scope not in SCOPES:
         raise BadRequest(f"token scope must be one of {list(SCOPES)}, got {scope!r}")
+    if scope == "view" and not stream:
+        raise BadRequest("a view token is for one stream (stream=ID) or, said explicitly, every one (stream='*')")
     key = require_secret(secret)
     rules = rules or _env_rules(key)
     longest = rules.max_ttl(scope)

@@ -238,7 +238,7 @@ async def test_with_a_secret_streams_need_tokens_of_the_right_scope() -> None:
             ws_url = gw.url.replace("http", "ws") + "/ws/invert"
             for bad, code in [("", 4401), ("?token=garbage", 4401),
                               (f"?token={mint('publish', thread='edges', secret=SECRET)}", 4403),
-                              (f"?token={mint('view', secret=SECRET)}", 4403)]:
+                              (f"?token={mint('view', stream='*', secret=SECRET)}", 4403)]:
                 async with connect(ws_url + bad) as ws:
                     with pytest.raises(ConnectionClosed) as closed:
                         await ws.recv()

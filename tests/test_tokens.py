@@ -56,12 +56,14 @@ def test_bad_signature_expiry_and_garbage_are_refused() -> None:
     with pytest.raises(InvalidToken, match="bad signature"):
         verify(f"{head}.{forged}.{sig}", SECRET)
     with pytest.raises(InvalidToken, match="expired"):
-        verify(mint("view", ttl_s=1, secret=SECRET), SECRET, now=time.time() + 5)
+        verify(mint("view", stream="s", ttl_s=1, secret=SECRET), SECRET, now=time.time() + 5)
     for garbage in ("", "abc", "a.b.c", "a.b", "....", "é.é.é", "x" * 5000):
         with pytest.raises(InvalidToken, match="malformed"):
             verify(garbage, SECRET)
     with pytest.raises(ValueError, match="scope"):
         mint("admin", secret=SECRET)
+    with pytest.raises(ValueError, match="stream='\\*'"):
+        mint("view", secret=SECRET)
     with pytest.raises(InvalidToken, match="HS256"):
         verify(jwt.encode(claims(), "k" * 48, algorithm="HS384", headers={"kid": BUILTIN}), SECRET)
     with pytest.raises(InvalidToken, match="HS256"):
@@ -106,7 +108,7 @@ def test_the_longest_lifetime_is_enforced_when_minting_and_when_verifying() -> N
         mint("control", ttl_s=parse_ttl("8d"), secret=SECRET)
     for bad in (0, -5, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="lifetime"):
-            mint("view", ttl_s=bad, secret=SECRET)
+            mint("view", stream="s", ttl_s=bad, secret=SECRET)
     assert verify(mint("control", ttl_s=parse_ttl("7d"), secret=SECRET), SECRET).scope == "control"
     now = int(time.time())
     with pytest.raises(InvalidToken, match="lives longer"):
