@@ -17,6 +17,7 @@ them without Ooblex (HMAC-SHA256 with ``derive(secret, "token/<kid>")``), or wit
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -111,6 +112,8 @@ class Rules:
 
         broker = env_broker()
         store = store or os.environ.get("OOBLEX_STORE") or (broker if broker.startswith("redis") else None)
+        if store and importlib.util.find_spec("redis") is None:  # no cluster extra: no store to read
+            store = None
         keys = keys_for(secret, os.environ.get("OOBLEX_TOKEN_KEYS", ""), store,
                         _env_float("OOBLEX_TOKEN_KEYS_REFRESH_S", REFRESH_S), watch=watch)
         return cls(os.environ.get("OOBLEX_TOKEN_AUDIENCE") or AUDIENCE, _env_float("OOBLEX_MAX_TOKEN_TTL_S", MAX_TTL_S),
