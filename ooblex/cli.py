@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from . import __version__
+from .errors import OoblexError
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
@@ -129,9 +130,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_exposure(args.host, settings, args.insecure)
     app = create_app(threads=demo_threads(), settings=settings)
     if settings.secret:
+        from .gateway.auth import token_rules
         from .tokens import mint
 
-        token = mint("publish", ttl_s=12 * 3600, secret=settings.secret)
+        token = mint("publish", ttl_s=12 * 3600, secret=settings.secret, rules=token_rules(app))
         print(f"ooblex: demo page with a 12-hour publish token: http://{args.host}:{args.port}/#token={token}",
               flush=True)
     return serve(app, args.host, args.port)
@@ -154,10 +156,44 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return serve(app, args.host, args.port)
 
 
+def _token_rules(args: argparse.Namespace, secret: bytes) -> Any:
+    """The token rules from the environment, with ``--store``/``--keys``/``--audience`` applied."""
+    from dataclasses import replace
+
+    from .token_keys import keys_for
+    from .tokens import Rules
+
+    rules = Rules.from_env(secret, store=args.store)
+    if args.keys:
+        rules = replace(rules, keys=keys_for(secret, args.keys))
+    return replace(rules, audience=args.audience) if getattr(args, "audience", None) else rules
+
+
 def cmd_token(args: argparse.Namespace) -> int:
+    from .secret import require_secret
     from .tokens import mint, parse_ttl
 
-    print(mint(args.scope, thread=args.thread, stream=args.stream, ttl_s=parse_ttl(args.ttl)))
+    secret = require_secret()
+    if args.scope == "view" and (args.stream is None) == (not args.all_streams):
+        raise ValueError("ooblex token view needs --stream ID (one stream) or --all-streams (every stream)")
+    stream = "*" if args.all_streams else args.stream
+    print(mint(args.scope, thread=args.thread, stream=stream, ttl_s=parse_ttl(args.ttl), subject=args.subject,
+               secret=secret, rules=_token_rules(args, secret)))
+    return 0
+
+
+def cmd_token_keys(args: argparse.Namespace) -> int:
+    from .secret import require_secret
+
+    secret = require_secret()
+    keys = _token_rules(args, secret).keyring(secret)
+    if args.action == "rotate":
+        ring = keys.update(lambda r: r.rotated(revoke_old=args.revoke_old))
+    elif args.action == "revoke":
+        ring = keys.update(lambda r: r.revoked(args.kid))
+    else:
+        ring = keys.ring()
+    print(json.dumps({**ring.describe(), "where": keys.where}, indent=2))
     return 0
 
 
@@ -176,6 +212,40 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8800, help="port (default 8800)")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without OOBLEX_SECRET "
                    "(anyone who reaches it can use and watch every stream)")
+
+
+def _add_token_commands(p: argparse.ArgumentParser) -> None:
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--store", default=None, help="cluster Redis store holding the token keys (default "
+                       "$OOBLEX_STORE, or $OOBLEX_BROKER when it is Redis)")
+    where.add_argument("--keys", default=None, metavar="FILE", help="file holding the token keys instead "
+                       "(default $OOBLEX_TOKEN_KEYS)")
+    mint_args = argparse.ArgumentParser(add_help=False, parents=[where])
+    mint_args.add_argument("--ttl", default="1h", help="lifetime: 90 (seconds), 30m, 12h, 7d (default 1h; at most "
+                           "$OOBLEX_MAX_TOKEN_TTL_S, 1d, or for control $OOBLEX_MAX_TOKEN_TTL_CONTROL_S, 7d)")
+    mint_args.add_argument("--subject", default=None, help="whom the token is for (claim sub; per-client limits "
+                           "count it; default a new random id)")
+    mint_args.add_argument("--audience", default=None, help="the gateways' audience (default "
+                           "$OOBLEX_TOKEN_AUDIENCE, or ooblex)")
+    sub = p.add_subparsers(dest="scope", metavar="SCOPE|KEYS", required=True)
+    q = sub.add_parser("publish", parents=[mint_args], help="start streams on --thread, and watch or tune them")
+    q.add_argument("--thread", default="*", help="thread the token is for (default: any)")
+    q.set_defaults(func=cmd_token, stream=None, all_streams=False)
+    q = sub.add_parser("view", parents=[mint_args], help="watch --stream (or every stream: --all-streams)")
+    q.add_argument("--stream", default=None, help="stream id the token is for")
+    q.add_argument("--all-streams", action="store_true", help="every stream, instead of one --stream")
+    q.set_defaults(func=cmd_token, thread="*")
+    q = sub.add_parser("control", parents=[mint_args], help="everything: listings, metrics, jobs, console")
+    q.set_defaults(func=cmd_token, thread="*", stream=None, all_streams=False)
+    q = sub.add_parser("rotate", parents=[where], help="make a new key sign new tokens (older keys stay valid)")
+    q.add_argument("--revoke-old", action="store_true", help="also revoke every older key: all tokens signed "
+                   "before now stop working")
+    q.set_defaults(func=cmd_token_keys, action="rotate")
+    q = sub.add_parser("revoke", parents=[where], help="revoke keys: every token signed with them stops working")
+    q.add_argument("kid", nargs="+", help="key id (see: ooblex token keys)")
+    q.set_defaults(func=cmd_token_keys, action="revoke")
+    q = sub.add_parser("keys", parents=[where], help="list the valid token keys and the current one")
+    q.set_defaults(func=cmd_token_keys, action="list")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,13 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the public URL; behind a load balancer, this process's own address)")
     p.set_defaults(func=cmd_gateway)
 
-    p = sub.add_parser("token", help="mint a bearer token for a gateway (needs OOBLEX_SECRET)")
-    p.add_argument("scope", choices=["publish", "view", "control"],
-                   help="publish: start streams on --thread; view: watch --stream; control: everything")
-    p.add_argument("--thread", default="*", help="thread a publish token is for (default: any)")
-    p.add_argument("--stream", default="*", help="stream id a view token is for (default: any)")
-    p.add_argument("--ttl", default="1h", help="lifetime: 90 (seconds), 30m, 12h, 7d (default 1h)")
-    p.set_defaults(func=cmd_token)
+    p = sub.add_parser("token", help="mint bearer tokens for gateways, rotate and revoke their keys "
+                       "(needs OOBLEX_SECRET)")
+    _add_token_commands(p)
 
     p = sub.add_parser("send", help="send video (and a file's sound) to a gateway over WHIP; prints fps and "
                        "round-trip latency")
@@ -282,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, PermissionError, LookupError) as exc:
+    except (ValueError, PermissionError, LookupError, OoblexError) as exc:
         print(f"ooblex: {exc}", file=sys.stderr)
         return 2
 

@@ -39,5 +39,5 @@ def require_secret(explicit: str | bytes | None = None) -> bytes:
 
 
 def derive(secret: bytes, purpose: str) -> bytes:
-    """The key for ``purpose`` (``"token"``, ``"record"``, ...): HMAC-SHA256 of the secret."""
+    """The key for ``purpose`` (``"record"``, ``"token/<kid>"``, ...): HMAC-SHA256 of the secret."""
     return hmac.new(secret, f"ooblex/{purpose}/v1".encode(), hashlib.sha256).digest()

@@ -11,11 +11,14 @@ tags and browser WebSockets cannot set headers).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import Request, WebSocket
 
 from ..engine import Stream
-from ..tokens import Token, authorize, bearer, mint
+from ..errors import Forbidden
+from ..token_keys import keys_for
+from ..tokens import Rules, Token, authorize, bearer, mint, verified
 from .state import UnknownStream, gateway
 
 #: The query parameter that carries a token; never passed to a thread as a parameter.
@@ -27,11 +30,24 @@ def presented(conn: Request | WebSocket) -> str | None:
     return bearer(conn.headers.get("authorization")) or conn.query_params.get(TOKEN_PARAM) or None
 
 
+def token_rules(app: Any) -> Rules:
+    """This gateway's token rules (``Settings``), with the keyring in its cluster store if it has one
+    (read in the background every ``token_keys_refresh_s``); made on first use."""
+    rules = getattr(app.state, "token_rules", None)
+    if rules is None:
+        gw = app.state.gateway
+        s, registry = gw.settings, getattr(gw.engine, "registry", None)
+        keys = keys_for(s.secret.encode(), s.token_keys, registry.url if registry is not None else None,
+                        s.token_keys_refresh_s, watch=True)
+        rules = app.state.token_rules = Rules(s.token_audience, s.max_token_ttl_s, s.max_token_ttl_control_s, keys)
+    return rules
+
+
 def require(conn: Request | WebSocket, scope: str, *, thread: str | None = None,
             stream: str | None = None) -> Token | None:
     """Raise ``Unauthorized``/``Forbidden`` unless the caller may do ``scope`` (always allowed without a secret)."""
     return authorize(presented(conn), scope, thread=thread, stream=stream,
-                     secret=gateway(conn).settings.secret.encode())
+                     secret=gateway(conn).settings.secret.encode(), rules=token_rules(conn.app))
 
 
 def require_control(request: Request) -> None:
@@ -40,22 +56,30 @@ def require_control(request: Request) -> None:
 
 
 def view_token(conn: Request | WebSocket, granted: Token | None, stream: Stream) -> str | None:
-    """A ``view`` token for the one stream a publisher just opened, valid as long as the publisher's own:
-    shareable with viewers (WHEP, MJPEG) without sharing the right to publish. None without a secret."""
+    """A ``view`` token for the one stream a publisher just opened, for the publisher's subject and valid as long
+    as the publisher's own (within the view maximum): shareable with viewers (WHEP, MJPEG) without sharing the
+    right to publish. None without a secret."""
     if granted is None:
         return None
-    return mint("view", stream=stream.id, ttl_s=max(1.0, granted.expires - time.time()),
-                secret=gateway(conn).settings.secret)
+    rules = token_rules(conn.app)
+    ttl = min(max(1.0, granted.expires - time.time()), rules.max_ttl("view"))
+    return mint("view", stream=stream.id, ttl_s=ttl, subject=granted.subject, secret=gateway(conn).settings.secret,
+                rules=rules)
 
 
 def stream_for(conn: Request | WebSocket, stream_id: str, scope: str = "view") -> Stream:
     """The open stream ``stream_id`` if the caller may ``view`` (or, with ``publish``, tune) it.
 
-    The token is checked before the stream is looked up, so without one nobody learns whether
-    an id exists.
+    Nothing here tells a caller about a stream it may not use: no token (or an invalid one) is 401 and
+    a token whose scope cannot do ``scope`` to any stream is 403, both before the stream is looked up;
+    an unknown id and a stream the token does not cover are the same 404.
     """
+    secret = gateway(conn).settings.secret
+    claims = verified(presented(conn), scope, secret=secret, rules=token_rules(conn.app)) if secret else None
+    if claims is not None and not claims.may(scope):
+        raise Forbidden(f"this token (scope {claims.scope!r}) does not allow {scope} on streams")
     stream = gateway(conn).engine.streams.get(stream_id)
-    require(conn, scope, stream=stream_id, thread=stream.thread.name if stream is not None else None)
-    if stream is None:
-        raise UnknownStream(f"no stream {stream_id!r} (open streams: GET /api/v1/streams)")
+    if stream is None or (claims is not None and not claims.allows(scope, thread=stream.thread.name,
+                                                                   stream=stream_id)):
+        raise UnknownStream(f"no stream {stream_id!r} that this caller may see (open streams: GET /api/v1/streams)")
     return stream

@@ -30,7 +30,7 @@ from .. import routes
 from ..cluster.gateways import Directory, instance_of
 from ..errors import OoblexError
 from ..tokens import verify
-from .auth import presented
+from .auth import presented, token_rules
 
 log = logging.getLogger("ooblex.gateway")
 FORWARDED = "x-ooblex-forwarded"
@@ -100,7 +100,7 @@ class PeerRouter:
             return True
         token = presented(Request(scope))
         try:
-            return token is not None and verify(token, self.secret) is not None
+            return token is not None and verify(token, self.secret, rules=token_rules(scope["app"])) is not None
         except OoblexError:
             return False
 

@@ -12,6 +12,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from ..thread import TensorThread
+from ..token_keys import REFRESH_S
+from ..tokens import AUDIENCE, MAX_TTL_CONTROL_S, MAX_TTL_S
 from ..webrtc.encoders import SPEEDS
 
 #: Fields given in the environment as comma-separated lists.
@@ -38,6 +40,20 @@ class Settings:
     #: Addresses of reverse proxies whose X-Forwarded-For is believed (per-client limits count the
     #: real client); empty = none.
     trusted_proxies: list[str] = field(default_factory=list)
+    #: The ``aud`` every token must carry: the same on all gateways of a cluster (and where tokens are
+    #: minted), another one for gateways that must not take each other's tokens.
+    token_audience: str = AUDIENCE
+    #: Longest lifetime (exp - iat) of a publish or view token, in seconds: longer ones are neither
+    #: minted nor accepted.
+    max_token_ttl_s: float = MAX_TTL_S
+    #: Longest lifetime of a control token, in seconds.
+    max_token_ttl_control_s: float = MAX_TTL_CONTROL_S
+    #: A file holding the token keyring (``ooblex token rotate``/``revoke``); empty: the cluster store's,
+    #: or (no store) one built-in key.
+    token_keys: str = ""
+    #: How often a gateway re-reads the token keyring from the cluster store (a revoked key stops
+    #: working within this), in seconds.
+    token_keys_refresh_s: float = REFRESH_S
 
     # --- jobs ---------------------------------------------------------------------------------
     #: Folder that job sources and sinks must lie in (resolved; no ``..`` or symlink escapes).
@@ -165,6 +181,8 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= 0:
                 raise ValueError(f"{f.name} must be >= 0, got {value!r}")
+        if not self.token_keys_refresh_s > 0:
+            raise ValueError(f"token_keys_refresh_s must be > 0, got {self.token_keys_refresh_s!r}")
         if self.turn_urls and not self.turn_secret:
             raise ValueError("turn_urls need turn_secret (OOBLEX_TURN_SECRET), the TURN server's static-auth-secret")
         if self.encoder_speed not in SPEEDS:
