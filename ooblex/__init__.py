@@ -25,8 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Engine", "Frame", "Param", "RunHandle", "Stream", "StreamClosed", "TensorThread", "TensorThreadError",
-    "UnknownThread", "Worker", "__version__", "deploy", "identity", "live", "process", "run", "stats", "tensor_thread",
-    "undeploy", "weight",
+    "UnknownThread", "Worker", "__version__", "cluster", "deploy", "identity", "live", "process", "run", "stats",
+    "tensor_thread", "undeploy", "weight",
 ]
 
 #: Cluster functions, imported on first use (they need the ``cluster`` extra: redis, aio-pika).
@@ -43,6 +43,11 @@ def __getattr__(name: str) -> object:
     """Lazy attributes: ``import ooblex`` imports no framework and no cluster client."""
     import importlib
 
+    if name == "cluster":  # the subpackage, callable: ob.cluster() (see ooblex/cluster/__init__.py)
+        try:
+            return importlib.import_module(".cluster", __name__)
+        except ImportError as exc:
+            raise ImportError(f"ooblex.cluster needs the cluster extra ({exc}): pip install 'ooblex[cluster]'") from exc
     if name in _ADAPTERS:
         module = importlib.import_module(f".adapters.{name}", __name__)
         globals()[name] = module

@@ -17,6 +17,7 @@ from typing import Any
 from .cluster import Settings
 from .handlers import setup_handlers
 from .nodelay import use_nodelay_websockets
+from .owned import OwnedCluster, serve
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
@@ -25,7 +26,10 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     settings = Settings.from_env()
+    owned = OwnedCluster(settings)
     setup_handlers(serverapp.web_app, settings)
     use_nodelay_websockets(serverapp)
+    serve(owned, serverapp.log)
     serverapp.log.info("ooblex: /ooblex/ endpoints enabled (cluster %s, gateway %s)",
                        "configured" if settings.cluster else "not configured", settings.gateway or "not configured")
+

@@ -21,6 +21,9 @@ from ooblex.cluster.config import env_broker
 from ooblex.errors import BadRequest, OoblexError, Unavailable
 
 NOT_AVAILABLE = "cluster support not installed/configured"
+#: What the panel shows while the server knows no cluster.
+NO_CLUSTER = ("No cluster yet: run ob.cluster() in a notebook to start one here (it stays up across kernel "
+              "restarts), or start the Jupyter server with OOBLEX_BROKER and OOBLEX_SECRET set to use an existing one.")
 
 
 def _unreachable_errors() -> tuple[type[BaseException], ...]:
@@ -89,8 +92,7 @@ class Cluster:
 
     def _modules(self) -> tuple[Any, Any]:
         if not self.settings.cluster:
-            raise ClusterUnavailable(f"{NOT_AVAILABLE}: set OOBLEX_BROKER (or its alias OOBLEX_CLUSTER) and "
-                                     "OOBLEX_SECRET for the Jupyter server")
+            raise ClusterUnavailable(f"{NOT_AVAILABLE}: {NO_CLUSTER}")
         deploy, registry = _module("deploy"), _module("registry")
         if deploy is None or registry is None:
             raise ClusterUnavailable(f"{NOT_AVAILABLE}: install ooblex[cluster] on the Jupyter server")

@@ -15,7 +15,7 @@ from tornado import web
 
 from ooblex import errors
 
-from .cluster import Cluster, Settings
+from .cluster import NO_CLUSTER, Cluster, Settings
 from .live import live_handlers
 from .proxy import GatewayProxyHandler
 
@@ -58,6 +58,9 @@ class StatusHandler(OoblexHandler):
 class ListHandler(OoblexHandler):
     @web.authenticated
     async def get(self, what: str) -> None:
+        if what == "cluster" and not self.ob_settings.cluster:  # the panel's poll: no cluster is a state, not an error
+            self.reply({"cluster": False, "reachable": False, "hint": NO_CLUSTER})
+            return
         self.reply(await self.cluster_call(what))
 
 

@@ -250,7 +250,7 @@ def test_without_token_enabled_by_the_installed_config_file(tmp_path):
         assert r.status_code == 200, srv.log()
         assert r.json()["cluster_configured"] is False
         r = httpx.get(f"{srv.url}/ooblex/threads", timeout=10)
-        assert r.status_code == 503 and "OOBLEX_CLUSTER" in r.json()["message"]
+        assert r.status_code == 503 and "ob.cluster()" in r.json()["message"]
         r = httpx.get(f"{srv.url}/ooblex/gateway/mjpeg/x", timeout=10)
         assert r.status_code == 503 and "OOBLEX_GATEWAY" in r.json()["message"]
 
