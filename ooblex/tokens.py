@@ -45,6 +45,8 @@ class Token:
     thread: str = ANY
     stream: str = ANY
     expires: float = 0.0
+    #: The ``sub`` claim: who the token was minted for ("" if none); per-client limits also count it.
+    subject: str = ""
 
     def allows(self, scope: str, *, thread: str | None = None, stream: str | None = None) -> bool:
         """May the holder do ``scope`` on ``thread`` / ``stream``?
@@ -95,7 +97,8 @@ def verify(token: str, secret: str | bytes | None = None, *, now: float | None =
         raise InvalidToken("bearer token lacks a valid scope or expiry")
     if exp <= (time.time() if now is None else now):
         raise InvalidToken("bearer token has expired: mint a new one (ooblex token ...)")
-    return Token(scope, str(claims.get("thread", ANY)), str(claims.get("stream", ANY)), float(exp))
+    return Token(scope, str(claims.get("thread", ANY)), str(claims.get("stream", ANY)), float(exp),
+                 str(claims.get("sub", "")))
 
 
 def authorize(token: str | None, scope: str, *, thread: str | None = None, stream: str | None = None,

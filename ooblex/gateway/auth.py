@@ -15,6 +15,7 @@ import time
 from fastapi import Request, WebSocket
 
 from ..engine import Stream
+from ..errors import Forbidden
 from ..tokens import Token, authorize, bearer, mint
 from .state import UnknownStream, gateway
 
@@ -57,5 +58,18 @@ def stream_for(conn: Request | WebSocket, stream_id: str, scope: str = "view") -
     stream = gateway(conn).engine.streams.get(stream_id)
     require(conn, scope, stream=stream_id, thread=stream.thread.name if stream is not None else None)
     if stream is None:
-        raise UnknownStream(f"no stream {stream_id!r} (open streams: GET /api/v1/streams)")
+        raise unknown_stream(stream_id)
     return stream
+
+
+def stream_to_change(conn: Request | WebSocket, stream_id: str) -> Stream:
+    """The open stream ``stream_id`` if the caller may tune it (``publish`` for its thread); a token that
+    does not cover it gets the same 404 as an unknown id, so a change never tells whether an id exists."""
+    try:
+        return stream_for(conn, stream_id, "publish")
+    except Forbidden:
+        raise unknown_stream(stream_id) from None
+
+
+def unknown_stream(stream_id: str) -> UnknownStream:
+    return UnknownStream(f"no stream {stream_id!r} (open streams: GET /api/v1/streams)")
