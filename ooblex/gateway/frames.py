@@ -154,7 +154,7 @@ async def _receive_frames(ws: WebSocket, gw: Gateway, stream: Stream, lock: asyn
         except asyncio.TimeoutError:
             await ws.close(code=4408, reason=f"no frames for {settings.ws_idle_s:g} s (OOBLEX_WS_IDLE_S)")
             return
-        if msg["type"] == "websocket.disconnect":
+        if msg["type"] == "websocket.disconnect" or stream.closed:  # gone, or evicted (``_evicted`` closes it)
             return
         try:
             if msg.get("text") is not None:
