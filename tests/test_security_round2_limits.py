@@ -17,6 +17,7 @@ import json
 import subprocess
 import time
 
+import aioice
 import httpx
 import numpy as np
 import pytest
@@ -205,6 +206,42 @@ async def test_four_addresses_and_a_token_holder_cannot_lock_a_newcomer_out() ->
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await asyncio.gather(*(v.close() for v in viewers))
+
+
+async def _ice_only_offer(conn: aioice.Connection) -> str:
+    """A real offer whose ICE side is ``conn``: the peer answers ICE checks and sends consent checks, but never
+    starts DTLS, so it never connects."""
+    with loopback_candidates():
+        await conn.gather_candidates()
+    lines = [line for line in (await sdp_offer("sendrecv")).splitlines()
+             if not line.startswith(("a=candidate:", "a=end-of-candidates", "a=ice-ufrag:", "a=ice-pwd:"))]
+    at = next(i for i, line in enumerate(lines) if line.startswith("a=mid:")) + 1
+    ice = [f"a=ice-ufrag:{conn.local_username}", f"a=ice-pwd:{conn.local_password}",
+           *(f"a=candidate:{c.to_sdp()}" for c in conn.local_candidates), "a=end-of-candidates"]
+    return "\r\n".join(lines[:at] + ice + lines[at:]) + "\r\n"
+
+
+@in_netns
+async def test_a_peer_that_does_ice_but_never_dtls_is_closed_at_connect_timeout() -> None:
+    limits = Settings(secret="", loopback_candidates=True, connect_timeout_s=2.0, session_idle_s=20.0)
+    conn = aioice.Connection(ice_controlling=True)
+    with running_gateway(settings=limits) as gw:
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.post(gw.url + "/whip/identity", content=await _ice_only_offer(conn), headers=SDP)
+        assert r.status_code == 201, r.text
+        started = time.monotonic()
+        answer = r.text.splitlines()
+        conn.remote_username = next(x.split(":", 1)[1] for x in answer if x.startswith("a=ice-ufrag:"))
+        conn.remote_password = next(x.split(":", 1)[1] for x in answer if x.startswith("a=ice-pwd:"))
+        for line in answer:
+            if line.startswith("a=candidate:"):
+                await conn.add_remote_candidate(aioice.Candidate.from_sdp(line[len("a=candidate:"):]))
+        await conn.add_remote_candidate(None)
+        await asyncio.wait_for(conn.connect(), 20)  # ICE succeeds: the gateway hears authenticated checks
+        assert await eventually(lambda: not gw.state.sessions.items, 10), "an ICE-only peer kept its session"
+        lived = time.monotonic() - started
+        assert lived < 6, f"closed after {lived:.1f} s, expected about connect_timeout_s (2 s)"
+        await conn.close()
 
 
 async def test_sockets_that_send_only_control_messages_are_reaped() -> None:
