@@ -36,13 +36,14 @@ class RunningGateway:
 
 @contextlib.contextmanager
 def running_gateway(threads: Any = (), settings: Settings | None = None, port: int | None = None,
-                    **kwargs: Any) -> Iterator[RunningGateway]:
+                    host: str = "127.0.0.1", **kwargs: Any) -> Iterator[RunningGateway]:
+    """``host``: the address to listen on (``"::"`` for IPv6 clients; the URL then names ``[::1]``)."""
     settings = settings or Settings(loopback_candidates=True)
     app = create_app(threads=threads, settings=settings, **kwargs)
     port = port or free_port()
     # log_config=None: uvicorn's dictConfig would close every existing handler, including ones
     # (absl's, once TensorFlow is imported) that hold pytest's captured streams.
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                            log_config=None, **settings.server_options()))
     thread = threading.Thread(target=server.run, name="test-gateway", daemon=True)
     thread.start()
@@ -52,7 +53,7 @@ def running_gateway(threads: Any = (), settings: Settings | None = None, port: i
             raise RuntimeError("test gateway did not start")
         time.sleep(0.02)
     try:
-        yield RunningGateway(f"http://127.0.0.1:{port}", port, app)
+        yield RunningGateway(f"http://{'[::1]' if ':' in host else '127.0.0.1'}:{port}", port, app)
     finally:
         server.should_exit = True
         thread.join(15)

@@ -33,7 +33,7 @@ from ..frame import result_json
 from ..supervision import cancel, supervise
 from . import console, frames, ice, jobs, metrics, mjpeg, whep, whip
 from .admission import Admission
-from .auth import require_control, stream_for
+from .auth import require_control, stream_for, stream_to_change
 from .bodies import read_json
 from .guard import Guard, local_hosts
 from .peer import EXPOSED
@@ -145,8 +145,8 @@ def _api_router() -> APIRouter:
     @router.patch(routes.STREAM, openapi_extra={"requestBody": PARAMS_BODY})
     async def update_stream(stream_id: str, request: Request) -> dict[str, Any]:
         """Change a live stream's thread parameters: ``application/json`` body ``{"params": {"name": value}}``
-        (a ``publish`` token for the stream's thread with a secret set)."""
-        s = stream_for(request, stream_id, "publish")
+        (a ``publish`` token for the stream's thread with a secret set; 404 as for an unknown id without)."""
+        s = stream_to_change(request, stream_id)
         example = '{"params": {"name": value}}'
         body = await read_json(request, gateway(request).settings.max_json_bytes, example)
         if not isinstance(body.get("params"), dict):

@@ -37,6 +37,8 @@ def render(gw: Gateway) -> str:
            [({"kind": k}, gw.sessions.count(k)) for k in ("whip", "whep")])
     metric("ooblex_sessions_rejected_total", "counter", "WebRTC sessions refused at the limit.",
            [({}, gw.sessions.rejected)])
+    metric("ooblex_sessions_evicted_total", "counter", "Unconnected WebRTC sessions closed to make room for "
+           "another client.", [({}, gw.sessions.evicted)])
     g = gw.governor
     metric("ooblex_gateway_load", "gauge", "Measured load: event loop busy share, process CPU share of usable "
            "cores, event loop lag (ms).", [({"measure": k}, v) for k, v in g.load.as_dict().items()])

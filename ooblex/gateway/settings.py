@@ -68,14 +68,26 @@ class Settings:
     # --- limits -------------------------------------------------------------------------------
     #: WebRTC peer connections (WHIP + WHEP) at once; more get 429.
     max_sessions: int = 16
-    #: WebRTC sessions one client address may hold at once.
+    #: WebRTC sessions one client may hold at once. A client is an IPv4 address or an IPv6 /64
+    #: (``client_ipv6_prefix``) and, with a secret set, also a token subject (``sub``): each is counted.
     max_sessions_per_client: int = 8
-    #: Sessions of one client address that have not connected yet (ICE + DTLS); more get 429.
+    #: Sessions of one client that have not connected yet (ICE + DTLS); more get 429.
     max_pending_per_client: int = 4
+    #: Sessions not connected yet, gateway-wide. At this many (or at ``max_sessions``) a new offer takes
+    #: the place of the oldest unconnected session of the client with the most of them, if that is more
+    #: than the newcomer has; otherwise 429. Unconnected peers never hold the room of connected ones.
+    max_pending_sessions: int = 8
+    #: WHEP viewer sessions at once; the rest of ``max_sessions`` stays for WHIP publishers.
+    max_viewer_sessions: int = 12
     #: Open streams (WHIP, WebSocket, HTTP frames in progress) at once; more get 429.
     max_streams: int = 64
-    #: Open streams of one client address.
+    #: Open streams of one client (address or /64, and token subject).
     max_streams_per_client: int = 16
+    #: At ``max_streams``, a WebSocket stream that has sent no frame for this long is closed (4408) to
+    #: make room for a client that holds fewer streams than its owner; control messages do not count.
+    stream_evict_idle_s: float = 2.0
+    #: IPv6 clients are counted per network of this many leading bits (64: one customer's LAN).
+    client_ipv6_prefix: int = 64
     #: Largest SDP offer accepted, in bytes (real offers are 2-10 KB).
     max_sdp_bytes: int = 64 * 1024
     #: Largest JSON body (parameters, jobs) or WebSocket text message, in bytes.
@@ -84,7 +96,7 @@ class Settings:
     max_image_bytes: int = 8 * 1024 * 1024
     #: Largest image accepted, in pixels (width * height), checked before decoding.
     max_image_pixels: int = 3840 * 2160
-    #: A WebSocket that sends nothing for this long is closed (code 4408).
+    #: A WebSocket that sends no frame for this long is closed (code 4408), whatever text it sends.
     ws_idle_s: float = 30.0
     #: Staleness budget for live streams (ms): frames older than this are skipped, not computed.
     max_latency_ms: float = 500.0
@@ -122,7 +134,7 @@ class Settings:
     #: 20 s outlasts a lost report or two and stays under the 30 s of ICE consent expiry (RFC 7675).
     session_idle_s: float = 20.0
     #: A new WebRTC session that has not connected (ICE + DTLS) this long after the answer is closed,
-    #: and so is one whose peer sends nothing (no media, no RTCP) for this long after connecting.
+    #: whatever it sends meanwhile (ICE checks alone never keep an unconnected session).
     connect_timeout_s: float = 10.0
     #: RTP timestamps of the processed video sent back to a WHIP publisher: "send" (when each frame is
     #: sent; smallest browser jitter buffer) or "input" (the publisher's own frame timestamps).
@@ -187,6 +199,8 @@ class Settings:
             raise ValueError("turn_urls need turn_secret (OOBLEX_TURN_SECRET), the TURN server's static-auth-secret")
         if self.encoder_speed not in SPEEDS:
             raise ValueError(f"encoder_speed must be one of {sorted(SPEEDS)}, got {self.encoder_speed!r}")
+        if not 0 <= self.client_ipv6_prefix <= 128:
+            raise ValueError(f"client_ipv6_prefix must be in [0, 128], got {self.client_ipv6_prefix!r}")
         if not 0 < self.min_scale <= 1:
             raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale!r}")
         if self.return_timestamps not in ("send", "input"):
