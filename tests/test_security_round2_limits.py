@@ -136,7 +136,10 @@ async def test_four_addresses_and_a_token_holder_cannot_lock_a_newcomer_out() ->
     """All the attacks of issue 21 point 2 at once, at the default limits; a new publisher gets a session in 1 s."""
     defaults = Settings()
     limits = Settings(loopback_candidates=True, secret=SECRET)
-    publish = mint("publish", secret=SECRET)
+    # every token has its own subject (``sub``), and per-client limits count subjects: one holder spread over
+    # 4 addresses is one client. So the attack is colluding holders, one token per attacking address.
+    publish = mint("publish", subject="publisher", secret=SECRET)
+    holders = {a: mint("publish", subject=f"holder-{i}", secret=SECRET) for i, a in enumerate(ATTACKERS + OFFERERS)}
     tasks: list[asyncio.Task] = []
     viewers: list[RTCPeerConnection] = []
     with running_gateway(settings=limits) as gw:
@@ -144,25 +147,28 @@ async def test_four_addresses_and_a_token_holder_cannot_lock_a_newcomer_out() ->
         async with connect(ws_url) as source:  # the stream the token holder watches
             hello = json.loads(await source.recv())
             tasks.append(asyncio.create_task(_send_frames(source)))
-            view = hello["view_token"]
             whep = f"{gw.url}/whep/{hello['stream_id']}"
             try:
-                # a token holder opens WHEP viewers from 4 addresses: they stop at max_viewer_sessions
+                # viewers from 4 addresses, each with its own view token: they stop at max_viewer_sessions
+                stream_id = hello["stream_id"]
+                views = {a: mint("view", stream=stream_id, subject=f"viewer-{i}", secret=SECRET)
+                         for i, a in enumerate(ATTACKERS)}
                 for address in ATTACKERS:
                     for _ in range(defaults.max_viewer_sessions // len(ATTACKERS)):
-                        viewers.append(await _watch(whep, view, address))
+                        viewers.append(await _watch(whep, views[address], address))
                 with pytest.raises(PermissionError, match="OOBLEX_MAX_VIEWER_SESSIONS"):
-                    viewers.append(await _watch(whep, view, ATTACKERS[0]))
+                    viewers.append(await _watch(whep, views[ATTACKERS[0]], ATTACKERS[0]))
                 # 4 x 16 WebSockets that send only {"params": {}}, and 4 x 4 offers that never connect
                 opened: list[int] = []
                 answered: list[int] = []
                 offer = await sdp_offer("sendrecv")
                 for address in ATTACKERS:
-                    tasks += [asyncio.create_task(_idle_socket_forever(ws_url, address, opened))
+                    mine = gw.url.replace("http", "ws") + f"/ws/identity?token={holders[address]}"
+                    tasks += [asyncio.create_task(_idle_socket_forever(mine, address, opened))
                               for _ in range(defaults.max_streams_per_client)]
                 for address in OFFERERS:
-                    tasks += [asyncio.create_task(_offer_forever(f"{gw.url}/whip/identity", publish, address, offer,
-                                                                 answered)) for _ in range(4)]
+                    tasks += [asyncio.create_task(_offer_forever(f"{gw.url}/whip/identity", holders[address], address,
+                                                                 offer, answered)) for _ in range(4)]
                 state = gw.state
                 assert await eventually(lambda: len(state.engine.streams) == defaults.max_streams, 30), \
                     f"the idle sockets hold {len(state.engine.streams)} streams"
@@ -335,16 +341,20 @@ async def test_many_addresses_of_one_ipv6_64_are_one_client() -> None:
     _add_to_lo([f"{IPV6_NET}{i}" for i in range(1, 7)] + [IPV6_OTHER])
     limits = Settings(secret=SECRET, host="::", allowed_hosts=["*"], max_streams_per_client=2,
                       max_pending_per_client=2, loopback_candidates=True)
-    publish = mint("publish", secret=SECRET)
+    def token() -> str:  # a token (and subject) per connection: only the network is shared
+        return mint("publish", secret=SECRET)
+
     with running_gateway(settings=limits, host="::") as gw:
-        url = gw.url.replace("http", "ws") + f"/ws/identity?token={publish}"
-        held = [await socket_from(url, f"{IPV6_NET}{i}") for i in (1, 2)]
+        def url() -> str:
+            return gw.url.replace("http", "ws") + f"/ws/identity?token={token()}"
+
+        held = [await socket_from(url(), f"{IPV6_NET}{i}") for i in (1, 2)]
         for ws in held:
             assert "stream_id" in json.loads(await ws.recv())
-        async with await socket_from(url, f"{IPV6_NET}3") as third:
+        async with await socket_from(url(), f"{IPV6_NET}3") as third:
             refused = json.loads(await third.recv())
             assert refused["status"] == 429 and f"{IPV6_NET}/64" in refused["error"]
-        async with await socket_from(url, IPV6_OTHER) as other:  # another /64 is another client
+        async with await socket_from(url(), IPV6_OTHER) as other:  # another /64 is another client
             assert "stream_id" in json.loads(await other.recv())
         for ws in held:
             await ws.close()
@@ -353,13 +363,13 @@ async def test_many_addresses_of_one_ipv6_64_are_one_client() -> None:
         codes = []
         for i in (4, 5, 6):
             async with http_from(f"{IPV6_NET}{i}") as http:
-                r = await http.post(gw.url + "/whip/identity", content=offer, headers={**SDP, **auth(publish)})
+                r = await http.post(gw.url + "/whip/identity", content=offer, headers={**SDP, **auth(token())})
                 codes.append(r.status_code)
         assert codes == [201, 201, 429], codes
         clients = {s.client.address for s in gw.state.sessions.items.values()}
         assert clients == {f"{IPV6_NET}/64"}
         async with httpx.AsyncClient(timeout=30) as http:  # ::1 itself
-            r = await http.post(gw.url + "/whip/identity", content=offer, headers={**SDP, **auth(publish)})
+            r = await http.post(gw.url + "/whip/identity", content=offer, headers={**SDP, **auth(token())})
             assert r.status_code == 201
         assert any(s.client.address == "::/64" for s in gw.state.sessions.items.values())
 
