@@ -49,7 +49,7 @@ def running_gateway(threads: Any = (), settings: Settings | None = None, port: i
     server = uvicorn.Server(config(app, host, port))
     thread = threading.Thread(target=server.run, name="test-gateway", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60  # only catches a hang: demo models load slowly on a busy machine
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("test gateway did not start")

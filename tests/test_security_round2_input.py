@@ -59,6 +59,8 @@ async def test_json_nested_too_deep_is_a_400_on_every_json_route() -> None:
                     assert r.status_code == 400 and "OOBLEX_MAX_JSON_DEPTH" in r.json()["detail"], (path, r.text)
             r = await client.patch(stream, content=f'{{"params": {{"amount": {nested(30)}}}}}', headers=JSON)
             assert r.status_code == 400 and "expects float" in r.json()["detail"]  # 32 deep in all: parsed
+            r = await client.post("/api/v1/jobs", content='{"thread": "identity", "source": "\\ud800"}', headers=JSON)
+            assert r.status_code == 400 and "Unicode" in r.json()["detail"]  # was a UnicodeEncodeError, echoed
             r = await client.patch(stream, json={"params": 1})  # was a plain ValueError; its message stays
             assert r.status_code == 400 and "body must be JSON like" in r.json()["detail"]
             assert (await client.get("/healthz")).json()["status"] == "ok"
@@ -73,6 +75,7 @@ async def test_websocket_bad_messages_close_with_1007_or_1009_and_a_reason() -> 
     cases = [('{"params": {"amount": ' + nested(1000) + "}}", 1007, "OOBLEX_MAX_JSON_DEPTH"),
              ('{"params": ' + nested(40) + "}", 1007, "OOBLEX_MAX_JSON_DEPTH"),
              ('{"params": {"amount": ', 1007, "not JSON"),
+             ('{"params": {"amount": "\\udfff"}}', 1007, "Unicode"),
              (not_utf8, 1007, "not UTF-8"),
              (over, 1009, "OOBLEX_MAX_JSON_BYTES"),
              (b"\xff\xd8" + bytes(100_500), 1009, "OOBLEX_MAX_IMAGE_BYTES"),

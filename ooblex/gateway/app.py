@@ -204,8 +204,11 @@ def _error_handlers(app: FastAPI) -> None:
         code = status(exc)
         log.log(logging.WARNING if code < 500 else logging.ERROR, "%s %s: unexpected %s", request.method,
                 request.url.path, type(exc).__name__, exc_info=exc)
-        detail = "the request could not be processed" if code < 500 else "internal error (logged by the gateway)"
-        return JSONResponse({"detail": detail}, status_code=code)
+        if code < 500:
+            return JSONResponse({"detail": "the request could not be processed"}, status_code=code)
+        # uvicorn closes the connection after an unhandled error: say so, so that clients do not reuse it
+        return JSONResponse({"detail": "internal error (logged by the gateway)"}, status_code=code,
+                            headers={"Connection": "close"})
 
     async def gone(request: Request, exc: Exception) -> Response:
         return Response(status_code=400)  # the client left (or was timed out) mid-body: nobody reads this

@@ -69,12 +69,12 @@ async def read_json(request: Request, limit: int, example: str) -> dict[str, Any
 
 
 class InvalidJSON(BadRequest):
-    """Not JSON at all (or nested too deep): a WebSocket closes with 1007 for it, an HTTP route answers 400."""
+    """Not JSON, not Unicode text, or nested too deep: a WebSocket closes with 1007 for it, a route answers 400."""
 
 
 def parse_json(raw: bytes | str, example: str, max_depth: int) -> Any:
-    """Strict JSON at most ``max_depth`` arrays/objects deep. Python's extensions (NaN, Infinity) are refused
-    like any other non-JSON; deeper documents are refused before their depth can exhaust the stack."""
+    """Strict JSON at most ``max_depth`` arrays/objects deep, its strings Unicode text. Python's extensions (NaN,
+    Infinity) are refused like any other non-JSON; deeper documents before their depth can exhaust the stack."""
     try:
         value = json.loads(raw, parse_constant=_not_json)
         deep = not _depth_within(value, max_depth)
@@ -85,7 +85,18 @@ def parse_json(raw: bytes | str, example: str, max_depth: int) -> Any:
     if deep:
         raise InvalidJSON(f"JSON nested more than {max_depth} deep (OOBLEX_MAX_JSON_DEPTH); expected an object "
                           f"like {example}")
+    if ("\\u" in raw if isinstance(raw, str) else b"\\u" in raw) and not _unicode(value):
+        raise InvalidJSON("JSON strings must be Unicode text: an escaped lone surrogate (\\ud800-\\udfff) is not")
     return value
+
+
+def _unicode(value: Any) -> bool:
+    """Whether every string in ``value`` is Unicode text (``\\ud800`` escapes decode to lone surrogates)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _depth_within(value: Any, limit: int) -> bool:
