@@ -292,7 +292,7 @@ def test_every_response_carries_the_security_headers_and_docs_use_no_cdn() -> No
 async def test_pages_run_under_their_csp_in_chromium_and_cannot_be_framed() -> None:
     from playwright.async_api import async_playwright
 
-    from .test_gateway_browser import FLAGS
+    from .test_gateway_browser import FLAGS, until
 
     with running_gateway(threads=BUILTIN_DEMO_THREADS, settings=settings()) as gw:
         async with async_playwright() as p:
@@ -314,7 +314,7 @@ async def test_pages_run_under_their_csp_in_chromium_and_cannot_be_framed() -> N
                                                "'securitypolicyviolation', e => window.__violations.push("
                                                "e.violatedDirective + ' ' + e.blockedURI));")
                     await page.goto(gw.url + path)
-                    await page.wait_for_function(ready, timeout=20_000)
+                    await until(page, ready)
                     await asyncio.sleep(0.5)
                     assert await page.evaluate("window.__violations") == [], path
                     assert not [m for m in logs if "Content Security Policy" in m], (path, logs)
