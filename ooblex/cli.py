@@ -92,18 +92,22 @@ def _add_cluster_args(p: argparse.ArgumentParser, flag: str = "--broker") -> Non
     p.add_argument("--store", default=None, help="Redis for registry and state (default $OOBLEX_STORE, or the "
                    "broker when it is Redis)")
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 INSECURE_WARNING = (
     "ooblex: WARNING: --insecure: serving on {host} with no OOBLEX_SECRET. Anyone who can reach this address "
     "can start streams on your threads (using your CPU/GPU), watch every stream, change parameters, and run "
     "jobs on files in the media root. Set OOBLEX_SECRET and hand out tokens (ooblex token ...) instead.")
 
 
-def check_exposure(host: str, settings: Any, insecure: bool) -> None:
-    """Refuse to listen beyond loopback without a secret unless ``--insecure`` says so (then warn)."""
-    if settings.secret or host in LOOPBACK or host.startswith("127."):
+def check_exposure(host: str, settings: Any) -> None:
+    """Refuse to listen beyond loopback without a secret unless ``--insecure`` says so (then warn).
+
+    The app itself (``guard.py``) refuses non-loopback clients by the same rule; this check says so at start.
+    """
+    from .gateway.guard import is_loopback
+
+    if settings.secret or is_loopback(host):
         return
-    if not insecure:
+    if not settings.allow_insecure_network:
         raise PermissionError(f"refusing to serve on {host} without OOBLEX_SECRET: anyone on the network could use "
                               "and watch every stream. Set OOBLEX_SECRET (and hand out tokens: ooblex token ...), "
                               "or pass --insecure on a network you trust")
@@ -111,14 +115,11 @@ def check_exposure(host: str, settings: Any, insecure: bool) -> None:
 
 
 def serve(app: Any, host: str, port: int) -> int:
-    import uvicorn
+    from .gateway.server import serve as run
 
-    settings = app.state.gateway.settings
     print(f"ooblex: serving http://{host}:{port}/  (API docs: /docs, OpenAPI: /openapi.json)", flush=True)
-    # Our logging setup (main) stays in charge: uvicorn's own would replace every handler.
     # On SIGTERM, open MJPEG and WebSocket responses get a few seconds, then sessions close (peers told).
-    uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None, access_log=False,
-                timeout_graceful_shutdown=3, **settings.server_options())
+    run(app, host, port)
     return 0
 
 
@@ -126,8 +127,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .gateway import Settings, create_app
     from .gateway.demo import demo_threads
 
-    settings = Settings.from_env(loopback_candidates=not args.no_loopback, host=args.host)
-    check_exposure(args.host, settings, args.insecure)
+    settings = Settings.from_env(loopback_candidates=not args.no_loopback, host=args.host,
+                                 allow_insecure_network=args.insecure or None)
+    check_exposure(args.host, settings)
     app = create_app(threads=demo_threads(), settings=settings)
     if settings.secret:
         from .gateway.auth import token_rules
@@ -146,8 +148,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if not args.broker:
         raise ValueError("ooblex gateway needs a broker: --broker redis://HOST:PORT (or amqp://..., memory://) "
                          "or OOBLEX_BROKER")
-    settings = Settings.from_env(loopback_candidates=args.loopback or None, host=args.host)
-    check_exposure(args.host, settings, args.insecure)
+    settings = Settings.from_env(loopback_candidates=args.loopback or None, host=args.host,
+                                 allow_insecure_network=args.insecure or None)
+    check_exposure(args.host, settings)
     threads = [load_thread(spec) for spec in args.thread]
     public = args.public_url or f"http://{args.host}:{args.port}"
     app = create_app(broker=args.broker, threads=threads, settings=settings,
@@ -210,8 +213,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; another address "
                    "needs OOBLEX_SECRET or --insecure)")
     p.add_argument("--port", type=int, default=8800, help="port (default 8800)")
-    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without OOBLEX_SECRET "
-                   "(anyone who reaches it can use and watch every stream)")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host and clients without "
+                   "OOBLEX_SECRET (anyone who reaches it can use and watch every stream)")
 
 
 def _add_token_commands(p: argparse.ArgumentParser) -> None:

@@ -54,6 +54,9 @@ class Settings:
     #: How often a gateway re-reads the token keyring from the cluster store (a revoked key stops
     #: working within this), in seconds.
     token_keys_refresh_s: float = REFRESH_S
+    #: Serve clients beyond loopback without a secret (``--insecure``). Off: with no secret, requests
+    #: from any non-loopback address get 403, however the app is served.
+    allow_insecure_network: bool = False
 
     # --- jobs ---------------------------------------------------------------------------------
     #: Folder that job sources and sinks must lie in (resolved; no ``..`` or symlink escapes).
@@ -90,8 +93,10 @@ class Settings:
     client_ipv6_prefix: int = 64
     #: Largest SDP offer accepted, in bytes (real offers are 2-10 KB).
     max_sdp_bytes: int = 64 * 1024
-    #: Largest JSON body (parameters, jobs) or WebSocket text message, in bytes.
+    #: Largest JSON body (parameters, jobs) or WebSocket text message, in bytes (UTF-8).
     max_json_bytes: int = 64 * 1024
+    #: Deepest nesting of arrays and objects in a JSON body or WebSocket text message (ours need 3).
+    max_json_depth: int = 32
     #: Largest image body for /api/v1/frames and WebSocket message for /ws, in bytes.
     max_image_bytes: int = 8 * 1024 * 1024
     #: Largest image accepted, in pixels (width * height), checked before decoding.
@@ -106,6 +111,14 @@ class Settings:
     max_in_flight: int = 0
     #: How long one HTTP frame may take before 504.
     frame_timeout_s: float = 10.0
+    #: A request's line and headers must arrive within this many seconds of the connection opening (or
+    #: of the previous response); slower ones are closed (408), so slow-header clients hold no sockets.
+    header_timeout_s: float = 10.0
+    #: A request body must arrive within this many seconds, plus one second per ``min_body_rate`` bytes
+    #: received; slower ones are closed (408).
+    body_timeout_s: float = 30.0
+    #: The body rate (bytes/s) that earns a slow upload more time past ``body_timeout_s``.
+    min_body_rate: int = 8192
 
     # --- console (/console) -------------------------------------------------------------------
     #: Largest upload to the console: a deploy artifact or an ONNX model, in bytes (and the most an
