@@ -73,7 +73,7 @@ def test_the_demo_lists_every_thread_before_loading_a_framework_then_loads_one_f
         assert framework in loaded(proc.pid)
     assert {"torch", "dlib"}.isdisjoint(loaded(proc.pid))  # only what the streams used
     text = log.read_text()
-    assert "loaded for its first frame" in text
+    assert "cartoon_onnx: loaded in" in text and "sketch: loaded in" in text
     assert [b for b in BANNERS if b in text] == [], text
 
 

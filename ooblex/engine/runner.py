@@ -82,7 +82,8 @@ class Runner:
             return
         finally:
             self.loaded_at = time.time()
-        log.info("%s: loaded for its first frame in %.1f s", self.thread.name, time.monotonic() - started)
+        if self.thread.is_class:  # a function has nothing to load
+            log.info("%s: loaded in %.1f s", self.thread.name, time.monotonic() - started)
 
     def close(self) -> None:
         if self._pool is not None:
