@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..thread import TensorThread
@@ -45,8 +45,6 @@ OTHER_VARIABLES = {
     "OOBLEX_TEST_SLOW_S": "a test thread's delay (tests/slow_thread.py)",
     "OOBLEX_TEST_SLOW_LOG": "a test thread's log (tests/slow_thread.py)",
 }
-#: Fields shown masked by ``ooblex config`` (and left out of ``repr``).
-SECRETS = ("secret", "turn_secret")
 _warned: set[str] = set()
 
 
@@ -202,7 +200,7 @@ class Settings(BaseSettings):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _split_lists(cls, value: Any, info: Any) -> Any:
+    def _split_lists(cls, value: Any, info: ValidationInfo) -> Any:
         """Lists are comma-separated in the environment (``OOBLEX_ALLOWED_HOSTS=a.example,b.example``)."""
         if isinstance(value, str) and cls.model_fields[info.field_name].annotation == list[str]:
             return [o.strip() for o in value.split(",") if o.strip()]
@@ -241,9 +239,10 @@ class Settings(BaseSettings):
         return self
 
     def effective(self) -> dict[str, Any]:
-        """Every setting's value, secrets masked (set or not is shown, never the value): ``ooblex config``."""
-        return {name: ("***" if getattr(self, name) else "") if name in SECRETS else getattr(self, name)
-                for name in type(self).model_fields}
+        """Every setting's value, secrets (the fields with ``repr=False``) masked: whether one is set shows,
+        never its value (``ooblex config``)."""
+        return {name: getattr(self, name) if field.repr else "***" if getattr(self, name) else ""
+                for name, field in type(self).model_fields.items()}
 
 
 def variable(name: str) -> str:
