@@ -121,3 +121,23 @@ async def test_a_timeout_does_not_run_out_while_the_first_load_lasts() -> None:
         other = engine.open("identity", mode="every", max_in_flight=1)
         with pytest.raises(asyncio.TimeoutError):  # a real stall still times out
             await other.get(timeout=0.2)
+
+
+@tensor_thread(name="cannot_load")
+class CannotLoad:
+    def setup(self) -> None:
+        raise RuntimeError("no weights here")
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        return frame
+
+
+async def test_a_model_that_cannot_load_flags_its_frames_lazily_and_stops_an_eager_start() -> None:
+    async with Engine("memory://", threads=[CannotLoad], lazy=True) as engine:
+        stream = engine.open("cannot_load", mode="every", max_in_flight=1)
+        await stream.submit(np.zeros((8, 8, 3), np.uint8))
+        frame = await stream.get(timeout=30)
+        assert frame.error == "RuntimeError: no weights here" and not engine.loading("cannot_load")
+    with pytest.raises(RuntimeError, match="no weights here"):
+        async with Engine("memory://", threads=[CannotLoad]):
+            pass

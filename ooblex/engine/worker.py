@@ -64,7 +64,7 @@ class Worker:
         for queue, runner in self.runners.items():
             runner.start()
             if not self.lazy:
-                await runner.ready()
+                await runner.ready(strict=True)  # a model that cannot load stops the start
             self._serve(queue, runner)
 
     async def stop(self, drain_s: float = 0.0) -> None:
