@@ -172,6 +172,18 @@ def _token_rules(args: argparse.Namespace, secret: bytes) -> Any:
     return replace(rules, audience=args.audience) if getattr(args, "audience", None) else rules
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.reference:
+        from .gateway.settings_docs import reference
+
+        print(reference(), end="")
+        return 0
+    from .gateway import Settings
+
+    print(json.dumps(Settings.from_env().effective(), indent=2))
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from .secret import require_secret
     from .tokens import mint, parse_ttl
@@ -319,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-url", default=None, help="where the cluster's other gateways reach this one (default "
                    "the public URL; behind a load balancer, this process's own address)")
     p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("config", help="print the gateway settings in effect here (defaults, then OOBLEX_* "
+                       "variables), secrets masked; an unknown OOBLEX_* variable is warned about")
+    p.add_argument("--reference", action="store_true", help="print the settings reference (docs/settings.md) instead")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("token", help="mint bearer tokens for gateways, rotate and revoke their keys "
                        "(needs OOBLEX_SECRET)")

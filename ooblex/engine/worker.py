@@ -46,8 +46,11 @@ class _Serving:
 class Worker:
     """Serves ``threads`` from ``broker`` until ``stop()``."""
 
-    def __init__(self, broker: Broker, threads: Iterable[TensorThread]) -> None:
+    def __init__(self, broker: Broker, threads: Iterable[TensorThread], *, lazy: bool = False) -> None:
+        """``lazy``: a thread's ``setup()`` (its model load) waits for its first frame instead of ``start()``,
+        so serving starts at once and only the frameworks of threads in use are ever loaded."""
         self.broker = broker
+        self.lazy = lazy
         broker.defer_jpeg = True  # pixels are decoded in the compute threads (or on the GPU), not on the loop
         self.runners: dict[str, Runner] = {t.name: Runner(t) for t in threads}
         self._serving: dict[str, _Serving] = {}
@@ -60,7 +63,8 @@ class Worker:
         self._started = True
         for queue, runner in self.runners.items():
             runner.start()
-            await runner.setup()
+            if not self.lazy:
+                await runner.ready(strict=True)  # a model that cannot load stops the start
             self._serve(queue, runner)
 
     async def stop(self, drain_s: float = 0.0) -> None:
@@ -130,6 +134,7 @@ class Worker:
                 first[1].nack()
                 raise
             try:
+                await s.runner.ready()  # at once, unless this is a lazy worker's first batch of the thread
                 batch = await self._drop_expired(await s.batcher.fill(first))
             except BaseException:
                 s.slots.release()

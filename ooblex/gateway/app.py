@@ -72,7 +72,8 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
         engine = ClusterEngine(broker, store=store, threads=threads, public_url=public_url, peer_url=peer_url,
                                max_streams=settings.max_streams)
     elif engine is None:
-        engine = Engine(broker, threads, embedded_worker=embedded_worker, max_streams=settings.max_streams)
+        # lazy: a thread's model (and framework) loads for its first frame, never before the gateway is ready
+        engine = Engine(broker, threads, embedded_worker=embedded_worker, max_streams=settings.max_streams, lazy=True)
     else:
         for t in threads:
             engine.add_thread(t)
