@@ -48,6 +48,9 @@ class Settings:
     source_hosts: list[str] = field(default_factory=list)
     #: Jobs running at once; more get 429.
     max_jobs: int = 4
+    #: Let job sources be HLS playlists (``.m3u8``), whose segments are then read only from the media
+    #: root. Off: any file that names other files (m3u8, ffconcat, sdp, mpd) is refused (400).
+    allow_playlists: bool = False
 
     # --- limits -------------------------------------------------------------------------------
     #: WebRTC peer connections (WHIP + WHEP) at once; more get 429.
