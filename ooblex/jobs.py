@@ -83,6 +83,8 @@ async def run_job(engine: Engine, thread: str | TensorThread, source: Any, sink:
                 out.results.append((frame.seq, frame.result))
             if progress is not None:
                 progress(out.frames_out, src.frame_count)
+        if feeder.exception() is not None:  # the source failed after its last frame came back
+            raise feeder.exception()  # type: ignore[misc]
     finally:
         feeder.cancel()
         await asyncio.gather(feeder, return_exceptions=True)

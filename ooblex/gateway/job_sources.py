@@ -58,7 +58,7 @@ def url_source(url: str, addresses: list[tuple[str, int]]) -> Callable[[], Sourc
         import av
 
         relay = RTSPRelay(url, addresses[0])
-        options = {"rtsp_transport": "tcp", "fflags": "nobuffer", "flags": "low_delay"}
+        options = {"fflags": "nobuffer", "flags": "low_delay"}
         try:
             return av.open(relay.url, options=options, timeout=10), relay
         except (av.error.FFmpegError, OSError) as exc:

@@ -68,8 +68,14 @@ class MediaRoot:
         return resolved
 
     def open_file(self, path: str | Path) -> IO[bytes]:
-        """A file opened for reading, after checking where it is and then what was opened."""
-        resolved = self._inside(str(path), "source")
+        """A file opened for reading, after checking where it is and then what was opened.
+
+        ``path`` may come from inside a file (a playlist), so messages name only its last part."""
+        try:
+            resolved = self._inside(str(path), "source")
+        except Forbidden:
+            raise Forbidden(f"{Path(path).name!r} is outside the media root (OOBLEX_MEDIA_ROOT): "
+                            "jobs read only there") from None
         try:
             file = open(resolved, "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:

@@ -3,10 +3,13 @@
 FFmpeg follows an RTSP ``3xx`` answer on its own, reconnecting to the ``Location`` the server names,
 so a URL that passed the allow-list could lead anywhere. A job's RTSP source therefore goes through
 this relay: FFmpeg connects to a loopback port, the relay connects to the address the allow-list
-checked (not a fresh DNS answer), with TLS for ``rtsps``, and FFmpeg is told to interleave RTP in
-that one TCP connection. Every message of the server is parsed on the way: a redirect (``3xx``), a
-request other than keep-alives and parameters, or anything malformed ends both connections. What
-the relay keeps for error messages is its own wording and a status code, never the server's text.
+checked (not a fresh DNS answer), with TLS for ``rtsps``. Every message of the server is parsed on
+the way: a redirect (``3xx``), a request other than keep-alives and parameters, multicast, or
+anything malformed ends both connections. RTP may still come over UDP (or interleaved in the TCP
+connection): each ``Transport`` answer gets ``source=<the checked address>``, so FFmpeg sends its
+RTCP and NAT packets to the camera, not to an address the server names (``source=``) nor to the
+relay's loopback address. What the relay keeps for error messages is its own wording and a status
+code, never the server's text.
 """
 
 from __future__ import annotations
@@ -97,14 +100,30 @@ class RTSPRelay:
             if start.startswith(b"RTSP/"):
                 code = int(start.split()[1])
                 if 300 <= code < 400:
-                    self.refused = f"the RTSP server redirects elsewhere (status {code}); redirects are not followed"
+                    self.refused = f"the RTSP server answered a redirect (status {code}); redirects are not followed"
                     return
                 if code >= 400:
                     self.status = code
+                if b"multicast" in head.lower():
+                    self.refused = "the RTSP server offers multicast, which jobs do not read"
+                    return
+                head = _pin_source(head, self._address[0])
             elif start.split(b" ", 1)[0] not in SERVER_REQUESTS:
                 self.refused = "the RTSP server sent a request that is not allowed (REDIRECT or unknown)"
                 return
             client.sendall(head + body)
+
+
+def _pin_source(head: bytes, address: str) -> bytes:
+    """``head`` with every ``Transport`` header's ``source``/``destination`` replaced by ``source=address``."""
+    lines = head.split(b"\r\n")
+    for i, line in enumerate(lines):
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"transport":
+            params = [p for p in value.strip().split(b";")
+                      if not p.strip().lower().startswith((b"source=", b"destination="))]
+            lines[i] = b"Transport: " + b";".join([*params, b"source=" + address.encode()])
+    return b"\r\n".join(lines)
 
 
 def _exactly(reader: IO[bytes], n: int) -> bytes:
