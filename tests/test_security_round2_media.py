@@ -7,6 +7,7 @@ per-frame means show whether any outside pixel was read.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import socketserver
 import threading
@@ -302,6 +303,89 @@ def test_rtsp_errors_give_the_status_only(media: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+SDP = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=cam\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n"
+       "a=rtpmap:96 H264/90000\r\na=control:track1\r\n")
+
+
+def aiming_rtsp(udp_port: int) -> socketserver.ThreadingTCPServer:
+    """An RTSP server whose SETUP answer names another host (``source=127.0.0.2``) for RTP over UDP."""
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while True:
+                lines = []
+                while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+                    lines.append(line.decode())
+                if not lines:
+                    return
+                method, uri = lines[0].split()[:2]
+                headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+                extra, body = "", ""
+                if method == "DESCRIBE":
+                    body = SDP
+                    extra = f"Content-Type: application/sdp\r\nContent-Base: {uri}/\r\nContent-Length: {len(body)}\r\n"
+                elif method == "SETUP":
+                    if "TCP" in headers["transport"]:
+                        self.wfile.write(f"RTSP/1.0 461 Unsupported\r\nCSeq: {headers['cseq']}\r\n\r\n".encode())
+                        continue
+                    client = headers["transport"].split("client_port=")[1].split(";")[0]
+                    extra = (f"Session: 1234\r\nTransport: RTP/AVP;unicast;client_port={client};"
+                             f"server_port={udp_port}-{udp_port + 1};source=127.0.0.2\r\n")
+                elif method == "PLAY":
+                    extra = "Session: 1234\r\n"
+                self.wfile.write(f"RTSP/1.0 200 OK\r\nCSeq: {headers['cseq']}\r\n{extra}\r\n{body}".encode())
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_rtsp_servers_cannot_aim_udp_elsewhere(media: Path) -> None:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.2", 0))
+    udp.settimeout(0.1)
+    got: list[bytes] = []
+
+    def receive() -> None:
+        while True:
+            try:
+                got.append(udp.recv(2048))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    threading.Thread(target=receive, daemon=True).start()
+    server = aiming_rtsp(udp.getsockname()[1])
+    url = f"rtsp://127.0.0.1:{server.server_address[1]}/cam"
+    try:
+        with contextlib.suppress(av.error.FFmpegError):  # the attack is real: FFmpeg on its own sends there
+            av.open(url, timeout=3).close()
+        assert eventually(lambda: len(got) >= 1)
+        got.clear()
+        with running_gateway(threads=[mean], settings=settings(media, source_hosts=["127.0.0.1/32"])) as gw, \
+                httpx.Client(base_url=gw.url) as client:
+            r = post_job(client, source=url)
+            assert r.status_code == 201, r.text
+            time.sleep(2)  # FFmpeg has set up RTP and sent its first packets by now
+            client.delete(r.headers["Location"])
+        assert got == []
+    finally:
+        server.shutdown()
+        server.server_close()
+        udp.close()
+
+
+def eventually(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_mjpeg_redirects_are_not_followed(media: Path, target: Listener) -> None:
