@@ -8,6 +8,7 @@ per-frame means show whether any outside pixel was read.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import socketserver
 import threading
@@ -202,6 +203,9 @@ def test_long_names_get_a_4xx(media: Path, tmp_path: Path) -> None:
             r = post_job(client, **body)
             assert r.status_code == 400 and "too long" in r.json()["detail"], r.text
             assert len(r.text) < 1000  # the name is not echoed in full
+        os.mkfifo(media / "pipe.mp4")  # opening a FIFO would wait for a writer: refused instead
+        r = post_job(client, source="pipe.mp4")
+        assert r.status_code == 403 and "not a file" in r.json()["detail"], r.text
         # errors name paths relative to the root only
         (media / "broken.mp4").write_bytes(b"\x00" * 4096)
         for body in ({"source": "broken.mp4"}, {"source": str(tmp_path / "secret.ts")}, {"source": "link.ts"},

@@ -76,8 +76,8 @@ class MediaRoot:
         except Forbidden:
             raise Forbidden(f"{Path(path).name!r} is outside the media root (OOBLEX_MEDIA_ROOT): "
                             "jobs read only there") from None
-        try:
-            file = open(resolved, "rb")  # noqa: SIM115 - the caller closes it
+        try:  # non-blocking: a FIFO would otherwise wait for a writer here (it is refused below)
+            file = open(resolved, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK))  # noqa: SIM115
         except FileNotFoundError:
             raise NotFound(f"{self.relative(resolved)!r} does not exist in the media root") from None
         except OSError as exc:
@@ -89,6 +89,7 @@ class MediaRoot:
         if not self._contains(opened) or not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
             file.close()
             raise Forbidden(f"{self.relative(resolved)!r} is not a file inside the media root")
+        os.set_blocking(file.fileno(), True)
         return file
 
     def read(self, path: str | Path, limit: int) -> bytes:
