@@ -44,8 +44,9 @@ class MediaRoot:
             raise NotFound(f"source {_shown(path)} does not exist in the media root")
         return resolved
 
-    def sink(self, path: str, overwrite: bool = False) -> Path:
-        """A new (or, with ``overwrite``, existing) video file inside the root, reserved now."""
+    def sink(self, path: str, overwrite: bool = False) -> IO[bytes]:
+        """A new (or, with ``overwrite``, emptied) video file inside the root, opened for writing now:
+        the job writes to this open file, so nothing swapped in at the path later is written through."""
         if "://" in path:
             raise Forbidden(f"sink {_shown(path)} is a URL: jobs write video files inside the media root only")
         if not path.lower().endswith(SINK_SUFFIXES):
@@ -56,16 +57,20 @@ class MediaRoot:
         except OSError as exc:
             raise Forbidden(f"sink {_shown(path)} cannot be written: {exc.strerror}") from None
         self._inside(str(resolved), "sink")  # a folder created above cannot have moved it, but check again
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (0 if overwrite else os.O_EXCL)
         try:
-            os.close(os.open(resolved, flags, 0o644))
+            file = open(resolved, "wb" if overwrite else "xb",  # noqa: SIM115 - the sink closes it
+                        opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644))
         except FileExistsError:
             raise Conflict(f"sink {_shown(path)} exists: pass \"overwrite\": true to replace it") from None
         except IsADirectoryError:
             raise Conflict(f"sink {_shown(path)} is a folder") from None
         except OSError as exc:
             raise Forbidden(f"sink {_shown(path)} cannot be written: {exc.strerror}") from None
-        return resolved
+        if not self._opened_inside(file, resolved):
+            file.close()
+            raise Forbidden(f"sink {_shown(path)} is not a file inside the media root")
+        os.set_blocking(file.fileno(), True)
+        return file
 
     def open_file(self, path: str | Path) -> IO[bytes]:
         """A file opened for reading, after checking where it is and then what was opened.
@@ -82,11 +87,7 @@ class MediaRoot:
             raise NotFound(f"{self.relative(resolved)!r} does not exist in the media root") from None
         except OSError as exc:
             raise Forbidden(f"{self.relative(resolved)!r} cannot be read: {exc.strerror}") from None
-        try:
-            opened = Path(os.readlink(f"/proc/self/fd/{file.fileno()}"))  # what was opened, wherever it was
-        except OSError:
-            opened = resolved if os.path.samestat(os.fstat(file.fileno()), os.stat(resolved)) else Path("/")
-        if not self._contains(opened) or not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+        if not self._opened_inside(file, resolved):
             file.close()
             raise Forbidden(f"{self.relative(resolved)!r} is not a file inside the media root")
         os.set_blocking(file.fileno(), True)
@@ -128,6 +129,14 @@ class MediaRoot:
         for root in sorted({str(self._real_root()), str(self.root)}, key=len, reverse=True):
             text = text.replace(root + os.sep, "").replace(root, ".")
         return text
+
+    def _opened_inside(self, file: IO[bytes], resolved: Path) -> bool:
+        """Whether the open ``file`` (whatever its path leads to now) is a regular file inside the root."""
+        try:
+            opened = Path(os.readlink(f"/proc/self/fd/{file.fileno()}"))
+        except OSError:  # no /proc: the file at the checked path must be the one opened
+            opened = resolved if os.path.samestat(os.fstat(file.fileno()), os.stat(resolved)) else Path("/")
+        return self._contains(opened) and stat.S_ISREG(os.fstat(file.fileno()).st_mode)
 
     def _contains(self, path: Path) -> bool:
         root = self._real_root()
