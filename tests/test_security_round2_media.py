@@ -392,9 +392,17 @@ def eventually(condition, timeout: float = 5.0) -> bool:
     return True
 
 
-def test_mjpeg_redirects_are_not_followed(media: Path, target: Listener) -> None:
+def test_mjpeg_sources_follow_no_redirects_and_keep_the_pixel_limit(media: Path, target: Listener) -> None:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/cam.mjpg":  # three small frames, then one over the pixel limit
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=f")
+                self.end_headers()
+                for size in ((48, 64), (48, 64), (48, 64), (600, 800)):
+                    self.wfile.write(b"--f\r\nContent-Type: image/jpeg\r\n\r\n"
+                                     + jpeg.encode(np.full((*size, 3), DARK, np.uint8)) + b"\r\n")
+                return
             if self.path == "/moved":
                 self.send_response(302, MARKER)
                 self.send_header("Location", f"http://127.0.0.2:{target.port}/elsewhere")
@@ -415,8 +423,11 @@ def test_mjpeg_redirects_are_not_followed(media: Path, target: Listener) -> None
         assert job["state"] == "failed" and "redirects are not followed" in job["error"], job
         assert MARKER not in job["error"] and "elsewhere" not in job["error"]
         assert target.connections == 0
-        job = run_url_job(settings(media, source_hosts=["127.0.0.1/32"]), base + "/cam.mjpg")
+        job = run_url_job(settings(media, source_hosts=["127.0.0.1/32"]), base + "/missing.mjpg")
         assert job["state"] == "failed" and "status 404" in job["error"] and MARKER not in job["error"], job
+        job = run_url_job(settings(media, source_hosts=["127.0.0.1/32"], max_image_pixels=100 * 100),
+                          base + "/cam.mjpg")
+        assert job["done"] == 3 and job["state"] == "failed" and "OOBLEX_MAX_IMAGE_PIXELS" in job["error"], job
     finally:
         server.shutdown()
         server.server_close()

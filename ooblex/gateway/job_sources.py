@@ -3,8 +3,9 @@
 Files are opened when the job is asked for (``open_file_source``), so a refused format is a 4xx
 at once and the job reads what was checked: images through ``MediaRoot.read`` under the pixel
 limit, videos through FFmpeg confined to the file (``ooblex.media.confined``). URL sources open
-when the job runs (``url_source``): RTSP through a relay that refuses redirects, HTTP MJPEG with
-redirects refused; their errors carry a status at most, never what the server said.
+when the job runs (``url_source``), at the address the allow-list checked: RTSP through a relay
+that refuses redirects, HTTP MJPEG with redirects refused and frames under the pixel limit; their
+errors carry a status at most, never what the server said.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ def open_file_source(path: Path, root: MediaRoot, settings: Settings) -> Source:
     return AVSource(name, live=False, opener=opener, name=name)
 
 
-def url_source(url: str, addresses: list[tuple[str, int]]) -> Callable[[], Source]:
-    """Opens the URL where the job runs, at an address the allow-list checked (RTSP)."""
+def url_source(url: str, addresses: list[tuple[str, int]], settings: Settings) -> Callable[[], Source]:
+    """Opens the URL where the job runs, at an address the allow-list checked."""
     if not url.lower().startswith(("rtsp://", "rtsps://")):
-        return functools.partial(MJPEGSource, url)
+        return functools.partial(MJPEGSource, url, address=addresses[0], max_pixels=settings.max_image_pixels)
 
     def opener() -> tuple[Any, Any]:
         import av

@@ -116,7 +116,7 @@ async def create_job(request: Request, response: Response) -> dict[str, Any]:
     gw.engine.resolve(thread).resolve_params(params)  # 404 / 400 now, not as a failed job later
     root = MediaRoot(gw.settings.media_root)
     if URLPolicy.is_url(source):
-        src: Any = url_source(source, await URLPolicy(gw.settings.source_hosts).check(source))
+        src: Any = url_source(source, await URLPolicy(gw.settings.source_hosts).check(source), gw.settings)
     else:
         path = await asyncio.to_thread(root.source, source)
         src = await asyncio.to_thread(open_file_source, path, root, gw.settings)

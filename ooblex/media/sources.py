@@ -7,14 +7,17 @@ sees a fresh picture instead of a growing backlog in the camera's buffer.
 
 from __future__ import annotations
 
+import base64
 import functools
+import http.client
+import socket
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -134,43 +137,71 @@ class WebcamSource(Source):
         self._cap.release()
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Redirects are refused: a URL that was checked (gateway jobs) must not lead somewhere unchecked."""
-
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
-        raise SourceError(f"the HTTP server redirects ({code}); redirects are not followed: use the final URL")
-
-
 class MJPEGSource(Source):
     """An HTTP ``multipart/x-mixed-replace`` stream of JPEGs (IP cameras, ``/mjpeg/...``).
 
-    Errors name the status at most, never the server's words (reason phrase, headers, body).
+    Redirects are refused (a URL that was checked must not lead somewhere unchecked); ``address``:
+    connect there (the address a URL check approved) instead of resolving the name again;
+    ``max_pixels``: refuse a frame whose header declares more. Errors name the status at most,
+    never the server's words (reason phrase, headers, body).
     """
 
     live = True
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        opener = urllib.request.build_opener(_NoRedirect)
+    def __init__(self, url: str, timeout: float = 10.0, address: tuple[str, int] | None = None,
+                 max_pixels: int | None = None) -> None:
+        parts = urlsplit(url)
+        https = parts.scheme.lower() == "https"
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise SourceError("an MJPEG source is an http:// or https:// URL with a host")
+        self._max_pixels = max_pixels
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = {"Accept": "multipart/x-mixed-replace, */*"}
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
         try:
-            self._resp = opener.open(url, timeout=timeout)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            raise SourceError(f"the HTTP server refused the stream (status {exc.code})") from None
-        except urllib.error.URLError as exc:
-            cause = exc.reason if isinstance(exc.reason, BaseException) else exc
-            raise SourceError(f"cannot open the MJPEG URL: {reason(cause)}") from None
-        except OSError as exc:
+            self._conn = _connection(parts.hostname, parts.port or (443 if https else 80), https, timeout, address)
+            self._conn.request("GET", target, headers=headers)
+            self._resp = self._conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
             raise SourceError(f"cannot open the MJPEG URL: {reason(exc)}") from None
+        status = self._resp.status
+        if 300 <= status < 400:
+            self.close()
+            raise SourceError(f"the HTTP server redirects ({status}); redirects are not followed: use the final URL")
+        if status != 200:
+            self.close()
+            raise SourceError(f"the HTTP server refused the stream (status {status})")
         if "multipart" not in self._resp.headers.get("Content-Type", ""):
-            self._resp.close()
+            self.close()
             raise SourceError("the URL is not an MJPEG stream (its Content-Type is not multipart)")
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
         for data in iter_multipart_jpegs(self._resp):
+            if self._max_pixels is not None:
+                size = jpeg.image_size(data)
+                if size is None or size[0] * size[1] > self._max_pixels:
+                    raise PayloadTooLarge(f"an MJPEG frame is not a JPEG or is over {self._max_pixels} pixels "
+                                          "(OOBLEX_MAX_IMAGE_PIXELS)")
             yield jpeg.decode(data), time.time()
 
     def close(self) -> None:
-        self._resp.close()
+        self._conn.close()
+
+
+def _connection(host: str, port: int, https: bool, timeout: float,
+                address: tuple[str, int] | None) -> http.client.HTTPConnection:
+    """An HTTP(S) connection to ``host`` (its name in ``Host`` and TLS), made to ``address`` if given."""
+    sock = socket.create_connection(address or (host, port), timeout)
+    if not https:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn.sock = sock
+        return conn
+    context = ssl.create_default_context()
+    secure = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    secure.sock = context.wrap_socket(sock, server_hostname=host)
+    return secure
 
 
 class ImageSource(Source):
