@@ -148,7 +148,7 @@ def test_playlists_and_lists_of_files_are_refused(media: Path, tmp_path: Path) -
         assert job["state"] == "done" and job["result"]["frames_out"] == 6 and all(m < 40 for m in means(job))
 
 
-def test_allowed_playlists_read_only_inside_the_root(media: Path, tmp_path: Path) -> None:
+def test_allowed_playlists_read_only_inside_the_root(media: Path, tmp_path: Path, target: Listener) -> None:
     files = playlist_files(media, tmp_path)
     (media / "ok.m3u8").write_text("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\nin.ts\n#EXT-X-ENDLIST\n")
     with running_gateway(threads=[mean], settings=settings(media, allow_playlists=True)) as gw, \
@@ -169,6 +169,11 @@ def test_allowed_playlists_read_only_inside_the_root(media: Path, tmp_path: Path
         for name in ("abs.m3u8", "file-url.m3u8", "up.m3u8", "link.m3u8"):
             r = post_job(client, source=name)
             assert r.status_code == 403 and "outside the media root" in r.json()["detail"], (name, r.text)
+        (media / "url.m3u8").write_text(  # segments are files only: no request leaves the gateway
+            f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\nhttp://127.0.0.2:{target.port}/x.ts\n#EXT-X-ENDLIST\n")
+        r = post_job(client, source="url.m3u8")
+        assert r.status_code == 403 and "files only" in r.json()["detail"], r.text
+        assert target.connections == 0
         for name in ("list.ffconcat", "cam.sdp"):  # concat and SDP stay refused: FFmpeg cannot confine them
             assert post_job(client, source=name).status_code == 400
 

@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable
 from typing import IO, Any
 
+from ..errors import Forbidden
+
 #: Demuxers that read only the bytes they are given (FFmpeg names: ``mov`` is mp4/mov/m4a/3gp).
 MEDIA_DEMUXERS = ("mov", "matroska", "avi", "mpegts", "mpeg", "flv", "asf", "ogg", "nut", "ivf", "obu", "h264",
                   "hevc", "m4v", "mpegvideo", "mjpeg", "gif", "yuv4mpegpipe", "dv")
@@ -28,8 +30,8 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 Opener = Callable[[str], IO[bytes]]
 
 
-class RefusedFormat(PermissionError):
-    """FFmpeg tried to read something outside what the caller allowed."""
+class RefusedFormat(Forbidden):
+    """FFmpeg tried to read something outside what the caller allowed (403)."""
 
 
 def open_media(name: str, open_file: Opener, allow_playlists: bool = False,
