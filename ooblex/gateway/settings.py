@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     source_hosts: list[str] = Field(default_factory=list)
     #: Jobs running at once; more get 429.
     max_jobs: int = 4
+    #: Let job sources be HLS playlists (``.m3u8``), whose segments are then read only from the media
+    #: root. Off: any file that names other files (m3u8, ffconcat, sdp, mpd) is refused (400).
+    allow_playlists: bool = False
 
     # --- limits -------------------------------------------------------------------------------
     #: WebRTC peer connections (WHIP + WHEP) at once; more get 429.
