@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..broker import Broker, MemoryBroker, connect
 from ..builtin import identity
@@ -20,6 +20,9 @@ from ..supervision import cancel, supervise
 from ..thread import TensorThread, as_thread
 from .stream import Stream
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 log = logging.getLogger("ooblex.engine")
 
@@ -36,6 +39,8 @@ class Engine:
         self.broker = connect(broker) if isinstance(broker, str) else broker
         self.threads: dict[str, TensorThread] = {}
         self.worker: Worker | None = None
+        #: Prometheus metrics of streams and the embedded worker (a gateway sets them: ``ooblex.metrics``).
+        self.metrics: Metrics | None = None
         for t in (identity, *threads):
             self.add_thread(t)
         self.embedded = isinstance(self.broker, MemoryBroker) if embedded_worker is None else embedded_worker
@@ -55,7 +60,7 @@ class Engine:
     async def start(self) -> Engine:
         await self.broker.start()
         if self.embedded:
-            self.worker = Worker(self.broker, self.threads.values())
+            self.worker = Worker(self.broker, self.threads.values(), metrics=self.metrics)
             await self.worker.start()
         self._router = supervise(self._route, "engine:router", logger=log)
         if not self.embedded:

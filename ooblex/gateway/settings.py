@@ -124,6 +124,11 @@ class Settings:
     #: round trip (``webrtc/protection.py``). Off: NACK retransmissions only.
     fec: bool = True
 
+    # --- metrics (docs/observability.md) ----------------------------------------------------------
+    #: Label ``/metrics`` frame series by stream id too (off: by gateway and thread only). Each open stream
+    #: then adds ~100 series, dropped when it closes; turn it on to debug a few streams, not in production.
+    metrics_stream_labels: bool = False
+
     # --- capacity (docs/deploy.md) --------------------------------------------------------------
     #: Past any of these measured loads, new sessions and streams get 503 and every stream degrades the
     #: same way (lower fps, then lower resolution); 0 turns a measure off. The event loop's share of
