@@ -42,6 +42,7 @@ class Sink:
         self._stages: dict[str, Any] = {}
         #: (metric, label values) of series this sink alone feeds, removed by ``close`` (per-stream labels)
         self.owned = owned
+        self._closed = False
 
     def count(self, name: str, n: int = 1) -> None:
         counter = self.counters.get(name)
@@ -51,6 +52,8 @@ class Sink:
     def latency(self, stage: str, ms: float) -> None:
         child = self._stages.get(stage)
         if child is None:
+            if self._closed:
+                return  # a closed stream's late frame must not bring its series back
             child = self._stages[stage] = self._latency.labels(*self._labels, stage)
             if self.owned is not None:
                 self.owned.append((self._latency, (*self._labels, stage)))
@@ -58,9 +61,11 @@ class Sink:
 
     def close(self) -> None:
         """Drop the series only this sink fed (a closed stream's), so their number stays bounded."""
+        self._closed = True
         for metric, labels in self.owned or ():
             metric.remove(*labels)
-        self.owned = [] if self.owned is not None else None
+        if self.owned is not None:
+            self.owned.clear()
 
 
 class Metrics:
@@ -136,12 +141,16 @@ class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         """Scrapes every few seconds are not worth a log line each."""
 
 
-def serve(registry: CollectorRegistry, host: str, port: int, secret: str | None) -> WSGIServer:
+def serve(registry: CollectorRegistry, host: str, port: int, secret: str | bytes | None) -> WSGIServer:
     """Serve ``registry`` over HTTP on ``host:port`` from a daemon thread (``shutdown()`` stops it).
 
     With ``secret`` a scrape needs a ``control`` token (``Authorization: Bearer``), as a gateway's
@@ -161,10 +170,8 @@ def serve(registry: CollectorRegistry, host: str, port: int, secret: str | None)
             return [f"{exc}\n".encode()]
         return metrics(environ, start_response)
 
-    server_class = _Server
-    if ":" in host:
-        server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
-    httpd = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+    server_class = _Server6 if ":" in host else _Server
+    httpd = make_server(host.strip("[]"), port, app, server_class=server_class, handler_class=_QuietHandler)
     threading.Thread(target=httpd.serve_forever, name="ooblex-metrics", daemon=True).start()
     return httpd
 

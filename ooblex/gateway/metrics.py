@@ -46,7 +46,7 @@ class GatewayCollector(Collector):
         gw, g = self.gw, self.gw.governor
         me = [gw.instance]
 
-        def gauge(name: str, help_: str, value: float) -> GaugeMetricFamily:
+        def gauge(name: str, help_: str, value: float) -> Metric:
             return _one(GaugeMetricFamily(name, help_, labels=["gateway"]), me, value)
 
         streams = GaugeMetricFamily("ooblex_streams", "Open streams per thread.", labels=["gateway", "thread"])
