@@ -3,14 +3,17 @@ and JSON logs."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -33,6 +36,7 @@ from .docs import code_blocks
 from .gateway_server import running_gateway
 
 pytestmark = pytest.mark.timeout(90)
+needs_prometheus = pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed")
 ODD = 'odd\nname "quoted" \\ back'
 DASHBOARD = ROOT / "deploy" / "grafana" / "ooblex.json"
 IMAGE = jpeg.encode(np.full((48, 64, 3), 90, np.uint8), 90)
@@ -234,6 +238,80 @@ def test_the_prometheus_example_scrapes_gateways_and_workers() -> None:
     for job in jobs.values():
         assert job["metrics_path"] == "/metrics" and job["authorization"]["credentials_file"]
         assert job["static_configs"][0]["targets"]
+
+
+@needs_redis
+@needs_prometheus
+async def test_one_prometheus_aggregates_a_gateway_and_a_worker(redis_server, tmp_path, monkeypatch) -> None:  # noqa: F811, ANN001
+    """The documented scrape config, a real Prometheus, a gateway in front of an ``ooblex worker``: every
+    query of the dashboard evaluates, and latency quantiles and worker throughput have data."""
+    monkeypatch.setenv("OOBLEX_SECRET", SECRET)
+    worker_port, prom_port = free_port(), free_port()
+    worker = json_worker(redis_server.url, worker_port)
+    prometheus = None
+    try:
+        with running_gateway(settings=Settings(secret=SECRET), broker=redis_server.url) as gw:
+            token = tmp_path / "token"
+            token.write_text(mint("control", secret=SECRET))
+            (config,) = [yaml.safe_load(block) for block in code_blocks("observability.md", "yaml")]
+            config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+            targets = {"ooblex-gateways": f"127.0.0.1:{gw.port}", "ooblex-workers": f"127.0.0.1:{worker_port}"}
+            for job in config["scrape_configs"]:
+                job["authorization"]["credentials_file"] = str(token)
+                job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+            (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+            prometheus = start_prometheus(tmp_path, prom_port)
+            api = f"http://127.0.0.1:{prom_port}/api/v1"
+            async with httpx.AsyncClient(timeout=10) as http:
+                async def query(expr: str) -> list:
+                    body = (await http.get(f"{api}/query", params={"query": expr})).json()
+                    assert body["status"] == "success", (expr, body)
+                    return body["data"]["result"]
+
+                async def all_up() -> bool:
+                    try:
+                        return len(await query("up == 1")) == 2
+                    except httpx.HTTPError:
+                        return False
+
+                await wait_for(all_up, 30, "both targets scraped")
+                async with connect(gw.url.replace("http", "ws") + f"/ws/identity?output=json&token="
+                                   f"{mint('publish', secret=SECRET)}") as ws:
+                    json.loads(await ws.recv())
+                    for _ in range(3):
+                        for _ in range(5):
+                            await ws.send(IMAGE)
+                            await ws.recv()
+                        await asyncio.sleep(1.1)  # frames across several scrapes: rates have two points
+                await asyncio.sleep(2.5)
+                board = json.loads(DASHBOARD.read_text())
+                exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+                results = {e: await query(dashboard_expr(e)) for e in exprs}
+                p99 = next(e for e in exprs if e.startswith("histogram_quantile(0.99"))
+                by_stage = {r["metric"]["stage"]: float(r["value"][1]) for r in results[p99]
+                            if r["metric"]["thread"] == "identity"}
+                assert {"queue", "compute", "engine", "total"} <= set(by_stage), results[p99]
+                assert 0 < by_stage["total"] < 5
+                throughput = next(e for e in exprs if "ooblex_worker_frames_total" in e and "worker)" in e)
+                assert [r["metric"]["worker"] for r in results[throughput]] == [f"{socket.gethostname()}-{worker.pid}"]
+                assert float(results[throughput][0]["value"][1]) > 0
+    finally:
+        if prometheus is not None:
+            stop(prometheus)
+        stop(worker)
+
+
+def start_prometheus(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["prometheus", f"--config.file={folder / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def dashboard_expr(expr: str) -> str:
+    """A panel's query as Grafana sends it with every variable at "All"."""
+    for var in ("gateway", "thread", "worker"):
+        expr = expr.replace(f"${var}", ".*")
+    return expr.replace("$__rate_interval", "10s")
 
 
 async def test_dashboard_uses_only_exported_metrics(gw) -> None:  # noqa: ANN001
