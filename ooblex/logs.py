@@ -27,6 +27,7 @@ def configure(verbose: bool = False, fmt: str | None = None) -> None:
         raise ValueError(f"{ENV} must be one of {', '.join(FORMATS)}; got {fmt!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(json_formatter() if fmt == "json" else logging.Formatter(TEXT))
+    logging.captureWarnings(fmt == "json")  # a warning printed as is would be the one line that is not JSON
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
