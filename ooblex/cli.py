@@ -77,10 +77,7 @@ def serve_worker_metrics(node: Any, host: str, port: int) -> Any:
     from .metrics import Metrics, serve
 
     node.metrics = Metrics(node.id)
-    try:
-        server = serve(node.metrics.registry, host, port, node.secret)
-    except OSError as exc:
-        raise ValueError(f"cannot serve metrics on {host}:{port}: {exc}") from None
+    server = serve(node.metrics.registry, host, port, node.secret)
     log.info("worker %s: metrics on http://%s:%d/metrics", node.id, host, server.server_port)
     return server
 

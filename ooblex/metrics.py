@@ -171,7 +171,10 @@ def serve(registry: CollectorRegistry, host: str, port: int, secret: str | bytes
         return metrics(environ, start_response)
 
     server_class = _Server6 if ":" in host else _Server
-    httpd = make_server(host.strip("[]"), port, app, server_class=server_class, handler_class=_QuietHandler)
+    try:
+        httpd = make_server(host.strip("[]"), port, app, server_class=server_class, handler_class=_QuietHandler)
+    except OSError as exc:  # taken, or not an address of this machine
+        raise ValueError(f"cannot serve metrics on {host}:{port}: {exc}") from None
     threading.Thread(target=httpd.serve_forever, name="ooblex-metrics", daemon=True).start()
     return httpd
 

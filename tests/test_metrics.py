@@ -200,6 +200,8 @@ def test_worker_metrics_stay_on_loopback_without_a_secret() -> None:
     server = serve(Metrics("w").registry, "127.0.0.1", 0, None)
     try:
         assert httpx.get(f"http://127.0.0.1:{server.server_port}/metrics").status_code == 200
+        with pytest.raises(ValueError, match=f"cannot serve metrics on 127.0.0.1:{server.server_port}"):
+            serve(Metrics("w").registry, "127.0.0.1", server.server_port, None)  # taken
     finally:
         server.shutdown()
         server.server_close()
