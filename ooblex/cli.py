@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
-from . import __version__
+from . import __version__, logs
 from .errors import OoblexError
+
+log = logging.getLogger("ooblex.cli")
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
@@ -52,6 +55,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     local = {t.name: t for t in map(load_thread, ["identity", *args.thread])}  # every engine has identity
     node = WorkerNode(config.broker, config.store, threads=list(local.values()), cache=args.cache,
                       drain_s=args.drain_s, retry_s=args.retry_s, retry_max_s=args.retry_max_s)
+    server = serve_worker_metrics(node, args.metrics_host, args.metrics_port) if args.metrics_port else None
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -60,8 +64,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await node.run(stop)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     return 0
+
+
+def serve_worker_metrics(node: Any, host: str, port: int) -> Any:
+    """Give ``node`` metrics and serve them on ``host:port`` (a control token needed when it has a secret)."""
+    from .metrics import Metrics, serve
+
+    node.metrics = Metrics(node.id)
+    server = serve(node.metrics.registry, host, port, node.secret)
+    log.info("worker %s: metrics on http://%s:%d/metrics", node.id, host, server.server_port)
+    return server
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -263,6 +282,18 @@ def _add_token_commands(p: argparse.ArgumentParser) -> None:
     q.set_defaults(func=cmd_token_keys, action="list")
 
 
+def metrics_port(text: str) -> int:
+    """``--metrics-port``: a TCP port (0: off), else a message that also names its environment variable."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535 (0: off; also from $OOBLEX_METRICS_PORT), "
+                                         f"got {text!r}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ooblex", description="Live video services from trained models.")
     parser.add_argument("--version", action="version", version=f"ooblex {__version__}")
@@ -287,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-s", type=float, default=5.0, help="first wait before retrying a refused deploy "
                    "(doubles each time; a changed manifest is retried at once)")
     p.add_argument("--retry-max-s", type=float, default=300.0, help="longest wait between retries of a refused deploy")
+    p.add_argument("--metrics-port", type=metrics_port, default=os.environ.get("OOBLEX_METRICS_PORT", "0"),
+                   help="serve Prometheus metrics on this port (default $OOBLEX_METRICS_PORT, else 0: off)")
+    p.add_argument("--metrics-host", default=os.environ.get("OOBLEX_METRICS_HOST") or "127.0.0.1",
+                   help="address of the metrics port (default $OOBLEX_METRICS_HOST, else 127.0.0.1; another "
+                   "address needs OOBLEX_SECRET, and scrapes then a control token)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("deploy", help="publish a tensor thread to a cluster (like ob.deploy)")
@@ -358,15 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # per-request and per-ICE-check chatter only with -v
-        for name in ("httpx", "aioice", "aiortc"):
-            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     try:
+        logs.configure(args.verbose)
         return args.func(args)
     except (ValueError, PermissionError, LookupError, OoblexError) as exc:
         print(f"ooblex: {exc}", file=sys.stderr)

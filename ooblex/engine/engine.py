@@ -12,7 +12,7 @@ import logging
 import math
 import secrets
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..broker import Broker, MemoryBroker, connect
 from ..builtin import identity
@@ -21,6 +21,9 @@ from ..supervision import cancel, supervise
 from ..thread import TensorThread, as_thread
 from .stream import Stream
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 log = logging.getLogger("ooblex.engine")
 
@@ -39,6 +42,8 @@ class Engine:
         self.threads: dict[str, TensorThread] = {}
         self.worker: Worker | None = None
         self.lazy = lazy
+        #: Prometheus metrics of streams and the embedded worker (a gateway sets them: ``ooblex.metrics``).
+        self.metrics: Metrics | None = None
         for t in (identity, *threads):
             self.add_thread(t)
         self.embedded = isinstance(self.broker, MemoryBroker) if embedded_worker is None else embedded_worker
@@ -58,7 +63,7 @@ class Engine:
     async def start(self) -> Engine:
         await self.broker.start()
         if self.embedded:
-            self.worker = Worker(self.broker, self.threads.values(), lazy=self.lazy)
+            self.worker = Worker(self.broker, self.threads.values(), lazy=self.lazy, metrics=self.metrics)
             await self.worker.start()
         self._router = supervise(self._route, "engine:router", logger=log)
         if not self.embedded:

@@ -51,7 +51,8 @@ class Stream:
         self.window = max_in_flight
         self.max_latency_ms = max_latency_ms
         self.params = thread.resolve_params(params or {})
-        self.stats = StreamStats()
+        metrics = getattr(engine, "metrics", None)  # a gateway's Prometheus metrics (``ooblex.metrics``)
+        self.stats = StreamStats(sink=metrics.stream(thread.name, self.id) if metrics is not None else None)
         self.created = time.time()
         self.closed = False
         self._seq = 0
@@ -244,6 +245,7 @@ class Stream:
             return
         self.closed = True
         self.engine.forget(self)
+        self.stats.close()
         for q in [self._out, *self._listeners]:
             _put_latest(q, None, drop_oldest=True)
         self._room.release()

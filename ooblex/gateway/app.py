@@ -78,6 +78,7 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
         for t in threads:
             engine.add_thread(t)
     gw = Gateway(engine, settings)
+    metrics.register(gw)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

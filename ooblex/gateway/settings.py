@@ -46,6 +46,15 @@ OTHER_VARIABLES = {
     "OOBLEX_IN_NETNS": "the network-namespace test harness (tests/netns.py)",
     "OOBLEX_TEST_SLOW_S": "a test thread's delay (tests/slow_thread.py)",
     "OOBLEX_TEST_SLOW_LOG": "a test thread's log (tests/slow_thread.py)",
+    "OOBLEX_METRICS_PORT": "a worker's /metrics port (ooblex worker --metrics-port)",
+    "OOBLEX_METRICS_HOST": "a worker's /metrics address (ooblex worker --metrics-host)",
+    "OOBLEX_LOG_FORMAT": "text or json logs of every ooblex command (ooblex/logs.py)",
+    "OOBLEX_HEALTH_URL": "what the image's HEALTHCHECK asks (deploy/Dockerfile)",
+    "OOBLEX_IMAGE": "the image deploy/docker-compose.yml runs",
+    "OOBLEX_PORT": "the gateway's host port in deploy/docker-compose.yml",
+    "OOBLEX_REDIS_PORT": "Redis' host port in deploy/docker-compose.yml",
+    "OOBLEX_TURN_PORT": "coturn's host port in deploy/docker-compose.yml",
+    "OOBLEX_JUPYTER_SOCKET": "where kernels ask the Jupyter server for its cluster (ooblex/cluster/current.py)",
 }
 _warned: set[str] = set()
 
@@ -198,6 +207,11 @@ class Settings(BaseSettings):
     #: browsers do: parity packets sized to the loss the peer reports rebuild lost packets without a
     #: round trip (``webrtc/protection.py``). Off: NACK retransmissions only.
     fec: bool = True
+
+    # --- metrics (docs/observability.md) ----------------------------------------------------------
+    #: Label ``/metrics`` frame series by stream id too (off: by gateway and thread only). Each open stream
+    #: then adds ~100 series, dropped when it closes; turn it on to debug a few streams, not in production.
+    metrics_stream_labels: bool = False
 
     # --- capacity (docs/deploy.md) --------------------------------------------------------------
     #: Past any of these measured loads, new sessions and streams get 503 and every stream degrades the

@@ -17,6 +17,7 @@ from .. import jpeg
 from ..engine import Engine, Stream
 from ..errors import NotFound, TooManyRequests
 from ..frame import Frame
+from ..metrics import Metrics
 from ..webrtc.audio import AudioRelay
 from .admission import Governor, LoadMeter
 from .history import History
@@ -79,6 +80,8 @@ class Gateway:
     governor: Governor = field(init=False)
     #: Per-second aggregates of every open stream, for the console's charts (``history.py``).
     history: History = field(init=False)
+    #: Prometheus metrics of this instance, its streams and embedded worker (``/metrics``: ``metrics.py``).
+    metrics: Metrics = field(init=False)
     counters: dict[str, int] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
 
@@ -99,6 +102,9 @@ class Gateway:
         self.sessions.prefix = f"{self.instance}."
         self.governor = Governor(s.max_loop_busy, s.max_cpu, s.max_loop_lag_ms, s.min_fps, s.min_scale)
         self.history = History(s.history_s)
+        self.metrics = Metrics(self.instance, per_stream=s.metrics_stream_labels)
+        if self.engine.metrics is None:  # an engine shared by several apps reports to the first
+            self.engine.metrics = self.metrics
 
     async def open(self, client: Client, thread: str, *, evict: Callable[[], None] | None = None,
                    **options: Any) -> Stream:
