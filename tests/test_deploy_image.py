@@ -6,7 +6,7 @@ and the k8s manifests played with ``podman kube play``; a WHIP client's frames g
 images are stood in for by Debian's packages (tests/deploy/*.Containerfile), tagged with the official names.
 What ``kube play`` cannot run (the HPA, KEDA's CRDs, Services, NetworkPolicy) stays validated by test_k8s.py;
 what a kubelet does before starting a pod (env from Secrets and ConfigMaps, ``$(VAR)`` in args, the pod IP,
-Service names) ``kube_pods`` does here.
+Service names) ``kube_pods`` does here; container ports are left out (kube play would publish them on the host).
 """
 
 from __future__ import annotations
@@ -219,7 +219,8 @@ def _container(c: dict[str, Any], data: dict[tuple[str, str], dict[str, str]], p
         else:
             assert e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP", e
             env[e["name"]] = pod
-    out = {k: v for k, v in c.items() if k not in ("env", "envFrom", "readinessProbe", "livenessProbe")}
+    # ports: kube play would publish each on the host (two gateways: a conflict); pods reach pods by address
+    out = {k: v for k, v in c.items() if k not in ("env", "envFrom", "ports", "readinessProbe", "livenessProbe")}
     out["image"] = image if c["image"] == "ooblex:latest" else c["image"]
     out["env"] = [{"name": k, "value": v} for k, v in env.items()]
     out["args"] = [VAR.sub(lambda m: env.get(m[1], m[0]), a) for a in c.get("args", [])]
