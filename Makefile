@@ -70,7 +70,6 @@ test: lint
 # after make test. The Debian base image is built once and kept (podman image exists: skipped).
 test-deploy: setup
 	bash .ci/system-deps deploy
-	$(PY) -m pip install -q -c $(CONSTRAINTS) podman-compose
 	$(PY) -m pytest -q -rs -m deploy tests/test_deploy_image.py
 
 # The newest aiortc/aioice/av (past pyproject's bounds) and everything else unconstrained, through the WebRTC
@@ -85,9 +84,11 @@ test-latest:
 	$(LATEST)/bin/python -m ooblex.webrtc.internals
 	$(LATEST)/bin/python -m pytest -q -rs -p no:cacheprovider $(WEBRTC_TESTS)
 
-# After an upgrade passes: the working venv's exact versions become the constraints (ooblex itself left out)
+# After an upgrade passes: the working venv's exact versions become the constraints (ooblex itself left out, and
+# anything installed from a local file: its path exists on this machine only)
 constraints: setup
-	{ grep '^#' $(CONSTRAINTS); $(PY) -m pip freeze --exclude-editable | grep -v -i '^ooblex'; } > $(CONSTRAINTS).new
+	{ grep '^#' $(CONSTRAINTS); $(PY) -m pip freeze --exclude-editable | grep -v -i -e '^ooblex' -e ' @ file:'; } \
+		> $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 bench: setup
