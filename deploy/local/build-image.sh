@@ -27,3 +27,5 @@ secrets=(--secret "id=pipconf,src=$work/pip.conf")
 # docker format: OCI images drop HEALTHCHECK; host network: the index and Debian's mirror as this machine sees them
 "$here/podman.sh" build --format docker --network=host -f "$root/deploy/Dockerfile" --build-arg "BASE=$base" \
   "${secrets[@]}" ${EXTRAS:+--build-arg "EXTRAS=$EXTRAS"} -t "$tag" "$root"
+# earlier builds' untagged images (each a few hundred MB; the build stage's layer cache goes with them)
+"$here/podman.sh" image prune -f >/dev/null
