@@ -11,6 +11,8 @@ and raises ``InternalsError`` naming every missing one and the tested versions.
     python -m ooblex.webrtc.internals  # the same from a shell: exit status 1 and the list when broken
 
 Where each one is used: the comments in ``_static()`` and ``INSTANCE`` (module: what it reads or replaces).
+aiortc's name-mangled attributes (``_RTCRtpReceiver__x``) are read and replaced through the accessors below
+only; the other patches stay next to the logic they serve, and are listed here.
 """
 
 from __future__ import annotations
@@ -80,13 +82,60 @@ def _static() -> dict[str, Callable[[], bool]]:
     }
 
 
+# aiortc's name-mangled attributes (its ``self.__x``), read and replaced through these functions only.
+JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+CODECS = "_RTCRtpReceiver__codecs"
+NACKS = "_RTCRtpReceiver__nack_generator"
+REMOTE_STREAMS = "_RTCRtpReceiver__remote_streams"
+RTX_SSRCS = "_RTCRtpReceiver__rtx_ssrc"
+ENCODER = "_RTCRtpSender__encoder"
+#: ``encoder(sender)`` when the attribute itself is gone (a sender without an encoder yet has None).
+ABSENT: Any = object()
+
+
+def jitter_buffer(receiver: Any) -> Any:
+    """The receiver's jitter buffer (None if aiortc has none there)."""
+    return getattr(receiver, JITTER_BUFFER, None)
+
+
+def set_jitter_buffer(receiver: Any, buffer: Any) -> None:
+    setattr(receiver, JITTER_BUFFER, buffer)
+
+
+def set_nack_generator(receiver: Any, nacks: Any) -> None:
+    setattr(receiver, NACKS, nacks)
+
+
+def receiver_codecs(receiver: Any) -> dict[int, Any]:
+    """Payload type -> codec parameters, as the receiver decodes them."""
+    return getattr(receiver, CODECS)
+
+
+def remote_streams(receiver: Any) -> dict[int, Any]:
+    """SSRC -> the receiver's per-stream statistics (loss, jitter) for its receiver reports."""
+    return getattr(receiver, REMOTE_STREAMS)
+
+
+def rtx_ssrcs(receiver: Any) -> dict[int, int]:
+    """Retransmission SSRC -> media SSRC."""
+    return getattr(receiver, RTX_SSRCS)
+
+
+def encoder(sender: Any, default: Any = None) -> Any:
+    """The sender's encoder: None until media flows, ``default`` if aiortc keeps it elsewhere."""
+    return getattr(sender, ENCODER, default)
+
+
+def set_encoder(sender: Any, value: Any) -> None:
+    setattr(sender, ENCODER, value)
+
+
 #: Instance attributes of a transceiver's parts: (part, attribute); ``_RTCRtpReceiver__x`` is ``self.__x``.
 INSTANCE = [
     ("transceiver", "_codecs"), ("transceiver", "_preferred_codecs"),                      # protection, audio
-    ("sender", "_ssrc"), ("sender", "_rtx_ssrc"), ("sender", "_RTCRtpSender__encoder"),    # protection, encoders
-    ("receiver", "_RTCRtpReceiver__jitter_buffer"), ("receiver", "_RTCRtpReceiver__codecs"),  # recovery, jitter
-    ("receiver", "_RTCRtpReceiver__nack_generator"), ("receiver", "_RTCRtpReceiver__remote_streams"),
-    ("receiver", "_RTCRtpReceiver__rtx_ssrc"),
+    ("sender", "_ssrc"), ("sender", "_rtx_ssrc"), ("sender", ENCODER),                     # protection, encoders
+    ("receiver", JITTER_BUFFER), ("receiver", CODECS), ("receiver", NACKS),               # recovery, jitter, audio
+    ("receiver", REMOTE_STREAMS), ("receiver", RTX_SSRCS),                                # protection
     ("dtls", "_send_rtp"), ("dtls", "_handle_rtp_data"), ("dtls", "_handle_rtcp_data"),  # protection, liveness
     ("dtls", "_rtp_header_extensions_map"), ("ice", "_connection"),                       # liveness
 ]
