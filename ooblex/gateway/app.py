@@ -35,6 +35,7 @@ from ..engine import Engine, Stream
 from ..errors import BadRequest, OoblexError, status
 from ..frame import result_json
 from ..supervision import cancel, supervise
+from ..webrtc import internals
 from . import console, frames, ice, jobs, metrics, mjpeg, whep, whip
 from .admission import Admission
 from .auth import require_control, stream_for, stream_to_change
@@ -82,6 +83,7 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await internals.check()  # a missing aiortc/aioice internal stops the start, named (webrtc/internals.py)
         if owns_engine:
             await engine.start()
         meter = supervise(lambda: gw.meter.run(gw.governor.update), "gateway:load", logger=log)
