@@ -16,7 +16,14 @@ NODE_MODULES := labextension/node_modules/.package-lock.json
 # JupyterHub's proxy for tests/test_jupyterhub.py (configurable-http-proxy, pinned by tests/hub/package-lock.json)
 HUB_PROXY := tests/hub/node_modules/.package-lock.json
 
-.PHONY: setup demo test lint bench bench-gpu gpu-check clean wheel
+# The versions the tests passed with (pip install -c): make setup, CI and deploy/Dockerfile install from it.
+CONSTRAINTS := constraints.txt
+# make test-latest: the newest releases, in a venv of their own, through the WebRTC tests
+LATEST := .venv-latest
+WEBRTC_TESTS := tests/test_webrtc_internals.py tests/test_webrtc_units.py tests/test_fec.py tests/test_vp8.py \
+                tests/test_gateway_webrtc.py tests/test_audio_webrtc.py tests/test_turn.py
+
+.PHONY: setup demo test test-deploy test-latest constraints lint bench bench-gpu gpu-check clean wheel
 
 setup: $(STAMP) $(LABEXT) $(HUB_PROXY)
 
@@ -38,11 +45,11 @@ $(LABEXT): $(LABSRC) $(NODE_MODULES) $(STAMP)
 wheel: setup
 	$(PY) -m pip wheel --no-deps -w dist .
 
-$(STAMP): pyproject.toml .ci/system-deps
+$(STAMP): pyproject.toml .ci/system-deps $(CONSTRAINTS)
 	bash .ci/system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	# editable installs skip data-files: place the server extension's enabling config as a wheel install does
 	# (and drop the one that enabled it under its old top-level name, server_ext, in venvs made before)
 	rm -f $(VENV)/etc/jupyter/jupyter_server_config.d/server_ext.json
@@ -57,7 +64,32 @@ lint: setup
 	$(PY) -m ruff check .
 
 test: lint
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs -m "not deploy"
+
+# The container image and the cluster run from it (podman; minutes): tests/test_deploy_image.py. CI runs it
+# after make test. The Debian base image is built once and kept (podman image exists: skipped).
+test-deploy: setup
+	bash .ci/system-deps deploy
+	$(PY) -m pytest -q -rs -m deploy tests/test_deploy_image.py
+
+# The newest aiortc/aioice/av (past pyproject's bounds) and everything else unconstrained, through the WebRTC
+# tests: an upgrade's breakage shows here first. Widen the bounds and `make constraints` once it passes.
+test-latest:
+	bash .ci/system-deps
+	test -x $(LATEST)/bin/python || python3 -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q --upgrade -e '.[gateway,cluster,dev]'
+	$(LATEST)/bin/python -m pip install -q --upgrade aiortc aioice av
+	$(LATEST)/bin/python -m pip list 2>/dev/null | grep -i -E '^(aiortc|aioice|av) '
+	$(LATEST)/bin/python -m ooblex.webrtc.internals
+	$(LATEST)/bin/python -m pytest -q -rs -p no:cacheprovider $(WEBRTC_TESTS)
+
+# After an upgrade passes: the working venv's exact versions become the constraints (ooblex itself left out, and
+# anything installed from a local file: its path exists on this machine only)
+constraints: setup
+	{ grep '^#' $(CONSTRAINTS); $(PY) -m pip freeze --exclude-editable | grep -v -i -e '^ooblex' -e ' @ file:'; } \
+		> $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 bench: setup
 	$(PY) benchmarks/engine_overhead.py
@@ -80,5 +112,5 @@ gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu.py --seconds 3
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts labextension/node_modules tests/hub/node_modules \
+	rm -rf $(VENV) $(LATEST) .pytest_cache test-artifacts labextension/node_modules tests/hub/node_modules \
 		server_ext/labextension dist

@@ -90,7 +90,7 @@ async def chromium_viewer(url: str, token: str, seconds: float, settle: float) -
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
         try:
-            page = await browser.new_page()
+            page = await browser.new_page(bypass_csp=True)  # a harness page: the gateway's CSP allows no injection
             await page.goto(str(httpx.URL(url).join("/healthz")))
             await page.add_script_tag(path=str(Path(__file__).with_suffix(".js")))
             await page.evaluate("async ([u, t]) => avsync.measure(await avsync.whep(u, t))", [url, token])

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from ooblex import tensor_thread  # noqa: E402
 from ooblex.gateway import Settings  # noqa: E402
 from tests.gateway_server import running_gateway  # noqa: E402
-from tests.test_gateway_browser import CHROMIUM, FLAGS  # noqa: E402
+from tests.test_gateway_browser import CHROMIUM, FLAGS, until  # noqa: E402
 
 STATS = """async () => { const r = await session.pc.getStats(); let o = null;
   r.forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video')
@@ -50,7 +50,7 @@ async def measure(stamps: str, window_s: float = 8.0) -> tuple[float, int]:
             try:
                 page = await browser.new_page()
                 await page.goto(f"{gw.url}/?thread=varying&autostart=1")
-                await page.wait_for_function("document.getElementById('output').videoWidth > 0", timeout=30000)
+                await until(page, "document.getElementById('output').videoWidth > 0", 30)
                 await asyncio.sleep(3)  # past start-up
                 a = await page.evaluate(STATS)
                 await asyncio.sleep(window_s)

@@ -3,13 +3,16 @@
 Nothing here downloads anything: face weights come from pip packages (``dlib-bin``,
 ``face_recognition_models``), the style networks' weights are committed under ``models/weights``.
 The folder installs as the package ``ooblex_models``, so a user's own ``models`` package cannot collide with it.
-Submodules import their optional dependencies at import time, so ``load_demo_threads`` can skip
-a demo whose dependencies are missing with a warning instead of failing.
+Importing a demo is cheap: its frameworks (dlib, torch, onnxruntime, TensorFlow) load in the thread's
+``setup()``, when it first runs, so ``ooblex demo`` lists every thread at once. Each submodule checks at
+import that its frameworks are installed (``require``, which imports nothing), so ``load_demo_threads``
+skips a demo whose dependencies are missing with a warning instead of failing.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 
 from ooblex.thread import TensorThread
@@ -26,6 +29,13 @@ DEMOS = {
     "cartoon_onnx": "ooblex_models.cartoon_onnx:cartoon_onnx",
     "sketch": "ooblex_models.sketch:sketch",
 }
+
+
+def require(*modules: str) -> None:
+    """Raise ``ImportError`` naming the first of ``modules`` that is not installed, without importing any."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise ImportError(f"No module named {module!r}", name=module)
 
 
 def load_demo_thread(name: str) -> TensorThread:

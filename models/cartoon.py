@@ -7,12 +7,19 @@ train it again with ``python models/train_cartoon.py``.
 
 from __future__ import annotations
 
-import torch  # noqa: F401 - a missing torch makes the demo loader skip this thread
-
 import ooblex as ob
 
-from . import licences
-from .cartoon_net import load_cartoon_net
+from . import licences, require
+
+require("torch")  # a missing torch makes the demo loader skip this thread; it is imported at setup
+
+
+def load_cartoon_net() -> object:
+    """The trained network (importing torch), called in the thread's ``setup()``."""
+    from .cartoon_net import load_cartoon_net
+
+    return load_cartoon_net()
+
 
 cartoon_torch = ob.torch.module(
     load_cartoon_net, name="cartoon_torch", licence=licences.OOBLEX_TRAINED,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnxruntime  # noqa: F401 - a missing onnxruntime makes the demo loader skip this thread
-
 import ooblex as ob
 
-from . import licences
+from . import licences, require
+
+require("onnxruntime")  # a missing onnxruntime makes the demo loader skip this thread; it is imported at setup
 
 ONNX = Path(__file__).parent / "weights" / "cartoon.onnx"
 

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import dlib
 import numpy as np
 
+from . import require
+
+require("dlib")  # imported by FaceDetector, when a face thread first runs (setup)
 LANDMARKS_FILE = "shape_predictor_68_face_landmarks.dat"
 
 
@@ -64,6 +66,9 @@ class FaceDetector:
     def __init__(self) -> None:
         # dlib: a shape_predictor may be used from many threads at once; an object_detector may not,
         # so concurrent calls each borrow a HOG detector from a pool (one per call in flight, ~0.2 s to build).
+        import dlib
+
+        self._dlib = dlib
         self._predictor = dlib.shape_predictor(str(landmarks_path()))
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._idle.put(dlib.get_frontal_face_detector())
@@ -77,7 +82,7 @@ class FaceDetector:
         try:
             detector = self._idle.get_nowait()
         except queue.Empty:
-            detector = dlib.get_frontal_face_detector()
+            detector = self._dlib.get_frontal_face_detector()
         try:
             rects, scores, _ = detector.run(gray, upsample, threshold)
         finally:
@@ -94,7 +99,7 @@ class FaceDetector:
     def landmarks(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         """68 (x, y) points as float32, fitted inside ``box`` at full resolution."""
         x, y, w, h = box
-        shape = self._predictor(rgb, dlib.rectangle(int(x), int(y), int(x + w), int(y + h)))
+        shape = self._predictor(rgb, self._dlib.rectangle(int(x), int(y), int(x + w), int(y + h)))
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
     def detect(self, rgb: np.ndarray, scale: float = 1.0, upsample: int = 0, with_landmarks: bool = True,

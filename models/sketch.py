@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import tensorflow  # noqa: F401 - a missing TensorFlow makes the demo loader skip this thread
-
 import ooblex as ob
 
-from . import licences
-from .sketch_net import load_sketch_net
+from . import licences, require
+
+require("tensorflow", "keras")  # a missing TensorFlow makes the demo loader skip this thread
+
+
+def load_sketch_net() -> object:
+    """The trained network (importing TensorFlow), called in the thread's ``setup()``."""
+    from .sketch_net import load_sketch_net
+
+    return load_sketch_net()
+
 
 sketch = ob.tensorflow.model(
     load_sketch_net, name="sketch", licence=licences.OOBLEX_TRAINED,

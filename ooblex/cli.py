@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
-from . import __version__
+from . import __version__, logs
 from .errors import OoblexError
+
+log = logging.getLogger("ooblex.cli")
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
@@ -52,6 +55,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     local = {t.name: t for t in map(load_thread, ["identity", *args.thread])}  # every engine has identity
     node = WorkerNode(config.broker, config.store, threads=list(local.values()), cache=args.cache,
                       drain_s=args.drain_s, retry_s=args.retry_s, retry_max_s=args.retry_max_s)
+    server = serve_worker_metrics(node, args.metrics_host, args.metrics_port) if args.metrics_port else None
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -60,8 +64,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await node.run(stop)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     return 0
+
+
+def serve_worker_metrics(node: Any, host: str, port: int) -> Any:
+    """Give ``node`` metrics and serve them on ``host:port`` (a control token needed when it has a secret)."""
+    from .metrics import Metrics, serve
+
+    node.metrics = Metrics(node.id)
+    server = serve(node.metrics.registry, host, port, node.secret)
+    log.info("worker %s: metrics on http://%s:%d/metrics", node.id, host, server.server_port)
+    return server
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -92,18 +111,22 @@ def _add_cluster_args(p: argparse.ArgumentParser, flag: str = "--broker") -> Non
     p.add_argument("--store", default=None, help="Redis for registry and state (default $OOBLEX_STORE, or the "
                    "broker when it is Redis)")
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 INSECURE_WARNING = (
     "ooblex: WARNING: --insecure: serving on {host} with no OOBLEX_SECRET. Anyone who can reach this address "
     "can start streams on your threads (using your CPU/GPU), watch every stream, change parameters, and run "
     "jobs on files in the media root. Set OOBLEX_SECRET and hand out tokens (ooblex token ...) instead.")
 
 
-def check_exposure(host: str, settings: Any, insecure: bool) -> None:
-    """Refuse to listen beyond loopback without a secret unless ``--insecure`` says so (then warn)."""
-    if settings.secret or host in LOOPBACK or host.startswith("127."):
+def check_exposure(host: str, settings: Any) -> None:
+    """Refuse to listen beyond loopback without a secret unless ``--insecure`` says so (then warn).
+
+    The app itself (``guard.py``) refuses non-loopback clients by the same rule; this check says so at start.
+    """
+    from .gateway.guard import is_loopback
+
+    if settings.secret or is_loopback(host):
         return
-    if not insecure:
+    if not settings.allow_insecure_network:
         raise PermissionError(f"refusing to serve on {host} without OOBLEX_SECRET: anyone on the network could use "
                               "and watch every stream. Set OOBLEX_SECRET (and hand out tokens: ooblex token ...), "
                               "or pass --insecure on a network you trust")
@@ -111,14 +134,11 @@ def check_exposure(host: str, settings: Any, insecure: bool) -> None:
 
 
 def serve(app: Any, host: str, port: int) -> int:
-    import uvicorn
+    from .gateway.server import serve as run
 
-    settings = app.state.gateway.settings
     print(f"ooblex: serving http://{host}:{port}/  (API docs: /docs, OpenAPI: /openapi.json)", flush=True)
-    # Our logging setup (main) stays in charge: uvicorn's own would replace every handler.
     # On SIGTERM, open MJPEG and WebSocket responses get a few seconds, then sessions close (peers told).
-    uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None, access_log=False,
-                timeout_graceful_shutdown=3, **settings.server_options())
+    run(app, host, port)
     return 0
 
 
@@ -126,8 +146,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .gateway import Settings, create_app
     from .gateway.demo import demo_threads
 
-    settings = Settings.from_env(loopback_candidates=not args.no_loopback, host=args.host)
-    check_exposure(args.host, settings, args.insecure)
+    settings = Settings.from_env(loopback_candidates=not args.no_loopback, host=args.host,
+                                 allow_insecure_network=args.insecure or None)
+    check_exposure(args.host, settings)
     app = create_app(threads=demo_threads(), settings=settings)
     if settings.secret:
         from .gateway.auth import token_rules
@@ -146,8 +167,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if not args.broker:
         raise ValueError("ooblex gateway needs a broker: --broker redis://HOST:PORT (or amqp://..., memory://) "
                          "or OOBLEX_BROKER")
-    settings = Settings.from_env(loopback_candidates=args.loopback or None, host=args.host)
-    check_exposure(args.host, settings, args.insecure)
+    settings = Settings.from_env(loopback_candidates=args.loopback or None, host=args.host,
+                                 allow_insecure_network=args.insecure or None)
+    check_exposure(args.host, settings)
     threads = [load_thread(spec) for spec in args.thread]
     public = args.public_url or f"http://{args.host}:{args.port}"
     app = create_app(broker=args.broker, threads=threads, settings=settings,
@@ -167,6 +189,18 @@ def _token_rules(args: argparse.Namespace, secret: bytes) -> Any:
     if args.keys:
         rules = replace(rules, keys=keys_for(secret, args.keys))
     return replace(rules, audience=args.audience) if getattr(args, "audience", None) else rules
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.reference:
+        from .gateway.settings_docs import reference
+
+        print(reference(), end="")
+        return 0
+    from .gateway import Settings
+
+    print(json.dumps(Settings.from_env().effective(), indent=2))
+    return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -210,8 +244,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; another address "
                    "needs OOBLEX_SECRET or --insecure)")
     p.add_argument("--port", type=int, default=8800, help="port (default 8800)")
-    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without OOBLEX_SECRET "
-                   "(anyone who reaches it can use and watch every stream)")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host and clients without "
+                   "OOBLEX_SECRET (anyone who reaches it can use and watch every stream)")
 
 
 def _add_token_commands(p: argparse.ArgumentParser) -> None:
@@ -248,6 +282,18 @@ def _add_token_commands(p: argparse.ArgumentParser) -> None:
     q.set_defaults(func=cmd_token_keys, action="list")
 
 
+def metrics_port(text: str) -> int:
+    """``--metrics-port``: a TCP port (0: off), else a message that also names its environment variable."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535 (0: off; also from $OOBLEX_METRICS_PORT), "
+                                         f"got {text!r}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ooblex", description="Live video services from trained models.")
     parser.add_argument("--version", action="version", version=f"ooblex {__version__}")
@@ -272,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-s", type=float, default=5.0, help="first wait before retrying a refused deploy "
                    "(doubles each time; a changed manifest is retried at once)")
     p.add_argument("--retry-max-s", type=float, default=300.0, help="longest wait between retries of a refused deploy")
+    p.add_argument("--metrics-port", type=metrics_port, default=os.environ.get("OOBLEX_METRICS_PORT", "0"),
+                   help="serve Prometheus metrics on this port (default $OOBLEX_METRICS_PORT, else 0: off)")
+    p.add_argument("--metrics-host", default=os.environ.get("OOBLEX_METRICS_HOST") or "127.0.0.1",
+                   help="address of the metrics port (default $OOBLEX_METRICS_HOST, else 127.0.0.1; another "
+                   "address needs OOBLEX_SECRET, and scrapes then a control token)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("deploy", help="publish a tensor thread to a cluster (like ob.deploy)")
@@ -317,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "the public URL; behind a load balancer, this process's own address)")
     p.set_defaults(func=cmd_gateway)
 
+    p = sub.add_parser("config", help="print the gateway settings in effect here (defaults, then OOBLEX_* "
+                       "variables), secrets masked; an unknown OOBLEX_* variable is warned about")
+    p.add_argument("--reference", action="store_true", help="print the settings reference (docs/settings.md) instead")
+    p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("token", help="mint bearer tokens for gateways, rotate and revoke their keys "
                        "(needs OOBLEX_SECRET)")
     _add_token_commands(p)
@@ -338,15 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # per-request and per-ICE-check chatter only with -v
-        for name in ("httpx", "aioice", "aiortc"):
-            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     try:
+        logs.configure(args.verbose)
         return args.func(args)
     except (ValueError, PermissionError, LookupError, OoblexError) as exc:
         print(f"ooblex: {exc}", file=sys.stderr)

@@ -10,14 +10,15 @@ of ``ooblex demo`` or a ``ClusterEngine``. The gateway runs them in the backgrou
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .engine import Engine
 from .errors import Unavailable
-from .media import Sink, open_sink, open_source
+from .media import Sink, Source, open_sink, open_source
 from .run import feed_every
 from .thread import TensorThread
 
@@ -45,6 +46,36 @@ class JobResult:
         return {k: v for k, v in self.__dict__.items() if k != "results"}
 
 
+class Serialised(Source):
+    """A source whose reads and close never overlap: a cancelled job's last read can still be running in
+    an executor thread, and FFmpeg must not free a decoder that a thread is in. ``close`` waits for it."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.fps, self.frame_count, self.audio, self.live = source.fps, source.frame_count, source.audio, source.live
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __iter__(self) -> Iterator[tuple[Any, float]]:
+        for image, captured, _ in self.timed():
+            yield image, captured
+
+    def timed(self) -> Iterator[tuple[Any, float, float | None]]:
+        frames = self.source.timed()
+        while True:
+            with self._lock:
+                item = None if self._closed else next(frames, None)
+            if item is None:
+                return
+            yield item
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.source.close()
+
+
 async def run_job(engine: Engine, thread: str | TensorThread, source: Any, sink: Any = None, *,
                   params: dict[str, Any] | None = None, max_in_flight: int = 8, progress: Progress | None = None,
                   no_workers_s: float = 10.0, max_results: int = 100_000) -> JobResult:
@@ -53,7 +84,7 @@ async def run_job(engine: Engine, thread: str | TensorThread, source: Any, sink:
     Raises ``NoWorkers`` if nobody has served the thread for ``no_workers_s`` while frames wait.
     """
     loop = asyncio.get_running_loop()
-    src = await loop.run_in_executor(None, open_source, source)
+    src = Serialised(await loop.run_in_executor(None, open_source, source))
     try:
         snk: Sink = await loop.run_in_executor(None, open_sink, sink, src.fps, src.audio)
     except BaseException:
@@ -83,6 +114,8 @@ async def run_job(engine: Engine, thread: str | TensorThread, source: Any, sink:
                 out.results.append((frame.seq, frame.result))
             if progress is not None:
                 progress(out.frames_out, src.frame_count)
+        if feeder.exception() is not None:  # the source failed after its last frame came back
+            raise feeder.exception()  # type: ignore[misc]
     finally:
         feeder.cancel()
         await asyncio.gather(feeder, return_exceptions=True)
@@ -90,6 +123,6 @@ async def run_job(engine: Engine, thread: str | TensorThread, source: Any, sink:
         out.stats = stream.stats.snapshot()
         await stream.close()
         await loop.run_in_executor(None, snk.close)
-        src.close()
+        await loop.run_in_executor(None, src.close)  # after a read still running in the executor
     out.seconds = round(time.monotonic() - started, 3)
     return out

@@ -9,20 +9,24 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .frame import Frame
 
+if TYPE_CHECKING:
+    from .metrics import Sink
+
 WINDOW = 512
 
 
 class StreamStats:
-    """Counters and latency windows for one stream."""
+    """Counters and latency windows for one stream; a ``sink`` (``ooblex.metrics``) gets each count and latency."""
 
-    def __init__(self, window: int = WINDOW) -> None:
+    def __init__(self, window: int = WINDOW, sink: Sink | None = None) -> None:
         self.window = window
+        self.sink = sink
         self.latency: dict[str, deque[float]] = {}
         self.out_times: deque[float] = deque(maxlen=window)
         self.in_times: deque[float] = deque(maxlen=window)
@@ -32,6 +36,8 @@ class StreamStats:
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+        if self.sink is not None:
+            self.sink.count(name, n)
 
     def received(self) -> None:
         self.count("received")
@@ -51,8 +57,16 @@ class StreamStats:
         }
         for key, (a, b) in spans.items():
             if a in s and b in s:
-                self.latency.setdefault(key, deque(maxlen=self.window)).append((s[b] - s[a]) * 1e3)
+                ms = (s[b] - s[a]) * 1e3
+                self.latency.setdefault(key, deque(maxlen=self.window)).append(ms)
                 self.recorded[key] = self.recorded.get(key, 0) + 1
+                if self.sink is not None:
+                    self.sink.latency(key, ms)
+
+    def close(self) -> None:
+        """The stream is gone: its sink may drop series that were its alone."""
+        if self.sink is not None:
+            self.sink.close()
 
     def recent(self, stage: str, seen: int) -> list[float]:
         """Latencies of ``stage`` recorded after the first ``seen`` ones (those still in the window), newest first."""

@@ -12,7 +12,7 @@ import ooblex as ob
 from ooblex.media.avsync import SyncSignal, offsets, summary
 
 from .netns import ROOT, in_netns
-from .test_gateway_browser import ARTIFACTS, CHROMIUM, FLAGS
+from .test_gateway_browser import ARTIFACTS, CHROMIUM, FLAGS, until
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")]
@@ -39,7 +39,7 @@ async def grows(read, what: str, seconds: float = 15.0) -> tuple[float, float]: 
 
 
 async def whep_viewer(browser, gw_url: str, stream_id: str):  # noqa: ANN001, ANN201
-    page = await browser.new_page()
+    page = await browser.new_page(bypass_csp=True)  # a harness page, not ours: the gateway's CSP allows no injection
     await page.goto(f"{gw_url}/healthz")  # same origin as the gateway
     await page.add_script_tag(path=str(AVSYNC_JS))
     await page.evaluate("async (url) => avsync.measure(await avsync.whep(url))", f"{gw_url}/whep/{stream_id}")
@@ -61,7 +61,7 @@ async def test_fake_microphone_comes_back_and_reaches_whep_viewers_with_sound() 
             try:
                 page = await browser.new_page(viewport={"width": 1280, "height": 820})
                 await page.goto(f"{gw.url}/?thread=invert&autostart=1")
-                await page.wait_for_function("document.getElementById('output').videoWidth > 0", timeout=20_000)
+                await until(page, "document.getElementById('output').videoWidth > 0")
                 await page.wait_for_selector("#unmute:not([hidden])", timeout=10_000)
                 assert await page.evaluate("document.getElementById('output').muted"), "returned sound must start muted"
                 assert await page.evaluate("session.pc.getSenders().filter(s => s.track?.kind === 'audio').length") == 1

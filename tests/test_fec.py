@@ -17,7 +17,7 @@ from ooblex.webrtc import red, ulpfec
 from ooblex.webrtc.protection import _Sender, group_size, negotiating, protection_stats
 
 from .netns import in_netns
-from .test_gateway_browser import CHROMIUM, FLAGS
+from .test_gateway_browser import CHROMIUM, FLAGS, until
 
 SSRC = 0x1234ABCD
 
@@ -263,7 +263,7 @@ async def test_chromium_rebuilds_packets_from_the_gateways_parity(parity: bool) 
                 page = await browser.new_page()
                 await page.add_init_script(PEERS)
                 await page.goto(f"{gw.url}/?thread=identity&autostart=1")
-                await page.wait_for_function("document.getElementById('output').videoWidth > 0", timeout=20000)
+                await until(page, "document.getElementById('output').videoWidth > 0")
                 [session] = gw.state.sessions.items.values()
                 answer = session.pc.localDescription.sdp
                 assert "red/90000" in answer and "ulpfec/90000" in answer, "Chromium did not negotiate RED/ULPFEC"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,17 @@ pytestmark = [pytest.mark.timeout(150), pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")]
 
 
+async def until(page, expression: str, timeout_s: float = 20.0) -> None:  # noqa: ANN001
+    """Poll ``expression`` in the page (``wait_for_function`` would need eval, which the pages' CSP forbids)."""
+    deadline = time.monotonic() + timeout_s
+    while not await page.evaluate(f"() => {{ try {{ return !!({expression}); }} catch (e) {{ return false; }} }}"):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        await asyncio.sleep(0.1)
+
+
 async def _output_playing(page, seconds: float = 20.0) -> dict:
     """Wait for #output to show frames; returns its size and how far currentTime advanced."""
-    await page.wait_for_function("document.getElementById('output').videoWidth > 0", timeout=seconds * 1000)
+    await until(page, "document.getElementById('output').videoWidth > 0", seconds)
     t0 = await page.evaluate("document.getElementById('output').currentTime")
     await asyncio.sleep(1.5)
     return await page.evaluate(
@@ -113,7 +122,7 @@ async def test_demo_page_with_a_secret_takes_a_token_and_shares_only_a_view_toke
             try:
                 page = await browser.new_page(viewport={"width": 1280, "height": 820})
                 await page.goto(f"{gw.url}/?thread=edges&autostart=1")  # no token: refused, the page asks for one
-                await page.wait_for_function("!document.getElementById('token-box').hidden", timeout=20_000)
+                await until(page, "!document.getElementById('token-box').hidden")
                 assert "401" in await page.text_content("#status")
                 await page.goto(f"{gw.url}/?thread=invert&autostart=1#token={publish}")
                 try:

@@ -185,8 +185,8 @@ async def test_answers_about_streams_are_the_same_for_unknown_and_forbidden_ids(
                     assert all(status in (401, 403, 404) for status, _ in got), (name, got)
                     assert not any("invert" in body for _, body in got), (name, got)  # its thread is not named
                 got = await answers(auth(mint("view", stream="s", secret=SECRET)))
-                assert [s for s, _ in got[:6]] == [404, 404, 404, 403, 404, 404]
-                assert "does not allow publish on streams" in got[3][1]  # from the token alone: a view can't tune
+                # a change (PATCH) that the token does not cover is the unknown id's 404 too (issue 21, point 3)
+                assert [s for s, _ in got[:6]] == [404] * 6
                 got = await answers(auth(mint("publish", thread="edges", secret=SECRET)))
                 assert [s for s, _ in got[:6]] == [404] * 6
                 control = auth(mint("control", secret=SECRET))

@@ -18,10 +18,12 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import ooblex as ob
 from ooblex.broker.base import redact
 from ooblex.cluster.up import read_env
+from ooblex.tokens import mint
 
 from .cluster_fixtures import ROOT, env, needs_rabbitmq, needs_redis
 
@@ -58,6 +60,11 @@ def command_lines() -> str:
         except OSError:
             pass
     return "\n".join(out)
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name and labels.items() <= s.labels.items())
 
 
 def port_open(url: str) -> bool:
@@ -102,6 +109,10 @@ def test_up_serves_a_deploy_and_stops_everything(broker: str) -> None:
         out = ob.process("brighten", [np.full((16, 16, 3), 10, np.uint8)] * 5, cluster=broker_url,
                          store=store, progress=False, secret=secret)
         assert out.frames_out == 5
+        control = {"authorization": f"Bearer {mint('control', secret=secret)}"}
+        scrapes = [httpx.get(url, headers=control, timeout=5).text for url in info["worker_metrics"]]
+        assert len(scrapes) == 2 and sum(sample(t, "ooblex_worker_frames_total", thread="brighten")
+                                         for t in scrapes) == 5, "each worker serves its metrics"
         assert info["gateway"] == f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while not dep.urls["gateways"] and time.monotonic() < deadline:

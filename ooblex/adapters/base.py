@@ -12,8 +12,10 @@ for lazy initialisation, compilation or graph capture.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -73,6 +75,13 @@ class Transform:
         if self.postprocess is not None:
             return [self.postprocess(o, f) for o, f in zip(items, frames, strict=False)]
         return [{"output": np.asarray(o[0] if multi else o).tolist()} for o in items]
+
+
+def nvidia_gpu() -> bool:
+    """Whether this machine has an NVIDIA GPU this process may use, known without importing a framework
+    (the driver's device node, and ``CUDA_VISIBLE_DEVICES`` not hiding every GPU)."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1")
+    return not hidden and Path("/dev/nvidiactl").exists()
 
 
 def image_like(shape: Sequence[int | None], layout: Layout) -> bool:

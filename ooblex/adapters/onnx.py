@@ -15,6 +15,7 @@ to onnxruntime as bytes, never as a path, so there is no folder to resolve a loc
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
@@ -25,7 +26,8 @@ import numpy as np
 from ..cluster.weights import weight
 from ..errors import BadRequest
 from ..thread import TensorThread
-from .base import Images, Layout, Pipeline, Pixels, Postprocess, Transform, image_like, model_thread
+from . import framework
+from .base import Images, Layout, Pipeline, Pixels, Postprocess, Transform, image_like, model_thread, nvidia_gpu
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 OPSET = 18  # Resize with `axes` and `antialias`
@@ -40,7 +42,7 @@ class BadModel(BadRequest):
 
 def pick_providers(providers: Sequence[str] | None = None) -> list[str]:
     """The asked-for providers that this onnxruntime build has (GPU first by default), or raise naming them."""
-    import onnxruntime as ort
+    ort = framework("onnxruntime")
 
     available = ort.get_available_providers()
     wanted = [p for p in (providers or PREFERRED) if p in available]
@@ -59,20 +61,23 @@ def session(path_or_session: str | PathLike[str] | Any, *, name: str = "onnx_mod
     threads (0 = its default: every core). The model's first input gets the batch in its declared
     float type. ``concurrency``: batches in flight (default 2 with the CUDA provider, else 1).
     Pre/post-processing and batching: ``model`` (``layout``, ``scale``, ``mean``, ``std``, ``size``, ...).
-    """
-    import onnxruntime as ort
 
-    if isinstance(path_or_session, ort.InferenceSession):
-        chosen = path_or_session.get_providers()
+    Given a path and no ``providers``, onnxruntime is imported only at setup (a listing of threads does
+    not load it); the default ``concurrency`` then follows whether this machine has an NVIDIA GPU.
+    """
+    ort = sys.modules.get("onnxruntime")  # a session can only exist if onnxruntime is imported
+    if ort is not None and isinstance(path_or_session, ort.InferenceSession):
+        gpu = path_or_session.get_providers()[0] != "CPUExecutionProvider"
         open_model: Callable[[], Any] = lambda: path_or_session  # noqa: E731
     else:
         path = Path(path_or_session)
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX model at {path}")
-        chosen = pick_providers(providers)
+        later = providers is None and ort is None
+        gpu = nvidia_gpu() if later else pick_providers(providers)[0] != "CPUExecutionProvider"
         open_model = lambda: open_session(str(path), providers, threads)  # noqa: E731
     if concurrency is None:
-        concurrency = 2 if chosen[0] != "CPUExecutionProvider" else 1
+        concurrency = 2 if gpu else 1
     return model(open_model, name=name, threads=threads, concurrency=concurrency, **options)
 
 
@@ -175,7 +180,7 @@ def _tensors(proto: Any) -> Any:
 
 
 def session_options(threads: int = 0) -> Any:
-    import onnxruntime as ort
+    ort = framework("onnxruntime")
 
     opts = ort.SessionOptions()
     if threads:
@@ -184,7 +189,7 @@ def session_options(threads: int = 0) -> Any:
 
 
 def open_session(path: str, providers: Sequence[str] | None = None, threads: int = 0) -> Any:
-    import onnxruntime as ort
+    ort = framework("onnxruntime")
 
     return ort.InferenceSession(path, session_options(threads), providers=pick_providers(providers))
 
@@ -213,7 +218,7 @@ class OnnxPipeline(Pipeline):
     """Preprocessing graph -> model -> postprocessing graph, on one execution provider, by I/O binding."""
 
     def __init__(self, sess: Any, transform: Transform, options: Any) -> None:
-        import onnxruntime as ort
+        ort = framework("onnxruntime")
 
         self.sess, self.transform = sess, transform
         providers = sess.get_providers()

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from ..thread import TensorThread
+from . import framework
 from .base import Images, Layout, Pipeline, Pixels, Postprocess, Transform, image_like, model_thread
 
 
 def pick_device(device: str = "auto") -> str:
     """``"auto"`` -> ``"/GPU:0"`` when TensorFlow sees a GPU, else ``"/CPU:0"``."""
-    import tensorflow as tf
+    tf = framework("tensorflow")
 
     if device == "auto":
         return "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
@@ -46,7 +47,7 @@ def model(model: Any, *, name: str = "tf_model", device: str = "auto", layout: L
                           postprocess=postprocess)
 
     def load() -> TfPipeline:
-        import tensorflow as tf
+        tf = framework("tensorflow")
 
         if isinstance(model, (str, PathLike)):
             net = tf.keras.models.load_model(model, compile=False)
@@ -67,7 +68,7 @@ class TfPipeline(Pipeline):
     """One ``tf.function``: uint8 frames -> preprocess -> model -> uint8 frames, placed on one device."""
 
     def __init__(self, net: Any, device: str, transform: Transform) -> None:
-        import tensorflow as tf
+        tf = framework("tensorflow")
 
         self.device, self.transform = device, transform
         a, b = transform.affine()
@@ -89,7 +90,7 @@ class TfPipeline(Pipeline):
         self.call = tf.function(run, reduce_retracing=True)
 
     def __call__(self, frames: Sequence[Pixels], rows: int) -> Any:
-        import tensorflow as tf
+        tf = framework("tensorflow")
 
         n = len(frames)
         batch = np.empty((rows, *frames[0].shape), np.uint8)  # type: ignore[union-attr]
@@ -107,7 +108,7 @@ class TfPipeline(Pipeline):
 
 def _to_frames(y: Any, hw: Any, t: Transform) -> Any:
     """A batch of 1- or 3-channel images -> uint8 NHWC RGB frames of size ``hw`` (inside the tf.function)."""
-    import tensorflow as tf
+    tf = framework("tensorflow")
 
     if (t.output_layout or t.layout) == "nchw":
         y = tf.transpose(y, [0, 2, 3, 1])

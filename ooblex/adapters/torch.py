@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -24,7 +25,19 @@ import numpy as np
 
 from .. import jpeg
 from ..thread import TensorThread
-from .base import Images, Layout, Pipeline, Pixels, Postprocess, Transform, default_sizes, image_like, model_thread
+from . import framework
+from .base import (
+    Images,
+    Layout,
+    Pipeline,
+    Pixels,
+    Postprocess,
+    Transform,
+    default_sizes,
+    image_like,
+    model_thread,
+    nvidia_gpu,
+)
 
 Accelerate = Literal["graphs", "compile"]
 #: Graphs captured per lane at most (one per batch size and frame size); other shapes run eagerly.
@@ -33,7 +46,7 @@ MAX_GRAPHS = 32
 
 def pick_device(device: str = "auto") -> str:
     """``"auto"`` -> ``"cuda"`` when a GPU is usable, else ``"cpu"``; anything else is checked and returned."""
-    import torch
+    torch = framework("torch")
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -59,23 +72,27 @@ def module(model: Any | Callable[[], Any], *, name: str = "torch_model", device:
     convolutions in NHWC memory order (faster for fp16 on tensor cores; the model must not ``view()``
     its activations). ``concurrency``: batches in flight (default 2 on CUDA, 1 on CPU).
     Other options go to ``tensor_thread``.
-    """
-    import torch
 
-    if not (isinstance(model, torch.nn.Module) or callable(model)):
+    Given a factory, ``device="auto"`` and no ``accelerate``, torch is imported only at setup (a listing of
+    threads does not load it); the default ``concurrency`` then follows whether this machine has an NVIDIA GPU.
+    """
+    if not callable(model):  # an nn.Module is callable too
         raise TypeError(f"ob.torch.module needs an nn.Module or a function returning one, got {type(model).__name__}")
     if accelerate not in (None, "graphs", "compile"):
         raise ValueError(f"accelerate must be None, 'graphs' or 'compile', got {accelerate!r}")
-    dev = torch.device(pick_device(device))
-    if accelerate == "graphs" and dev.type != "cuda":
+    later = device == "auto" and accelerate is None and "torch" not in sys.modules
+    chosen = None if later else pick_device(device)
+    if accelerate == "graphs" and not str(chosen).startswith("cuda"):
         raise ValueError("accelerate='graphs' needs a CUDA device (CUDA graphs); on a CPU use 'compile' or None")
     transform = Transform(layout=layout, scale=scale, mean=mean, std=std, size=size, output_scale=output_scale,
                           postprocess=postprocess)
-    lanes = concurrency or (2 if dev.type == "cuda" else 1)
+    lanes = concurrency or (2 if (nvidia_gpu() if later else str(chosen).startswith("cuda")) else 1)
     if accelerate is not None and batch_sizes is None:
         batch_sizes = default_sizes(batch_size)
 
     def load() -> TorchPipeline:
+        torch = framework("torch")
+        dev = torch.device(chosen or pick_device(device))
         net = model if isinstance(model, torch.nn.Module) else model()
         if not isinstance(net, torch.nn.Module):
             raise TypeError(f"{name}: the model factory returned {type(net).__name__}, not an nn.Module")
@@ -91,7 +108,7 @@ class TorchPipeline(Pipeline):
 
     def __init__(self, net: Any, dev: Any, transform: Transform, *, half: bool, accelerate: Accelerate | None,
                  lanes: int, channels_last: bool) -> None:
-        import torch
+        torch = framework("torch")
 
         self.dev, self.transform, self.accelerate = dev, transform, accelerate
         self.dtype = torch.float16 if half else torch.float32
@@ -138,7 +155,7 @@ class TorchPipeline(Pipeline):
             self.lanes.put(lane)
 
     def _run(self, lane: _Lane, frames: Sequence[Pixels], rows: int) -> Any:
-        import torch
+        torch = framework("torch")
 
         n = len(frames)
         with torch.inference_mode(), lane.active():
@@ -168,7 +185,7 @@ class TorchPipeline(Pipeline):
         vectorised there, ten times cheaper than on floats), reordered in memory as bytes, then made floats,
         scaled and normalised in place.
         """
-        import torch
+        torch = framework("torch")
         from torch.nn import functional as F
 
         t = self.transform
@@ -186,7 +203,7 @@ class TorchPipeline(Pipeline):
 
     def _to_frames(self, y: Any, hw: tuple[int, int]) -> Any:
         """A batch of 1- or 3-channel images -> uint8 NHWC RGB frames of size ``hw``."""
-        import torch
+        torch = framework("torch")
         from torch.nn import functional as F
 
         t = self.transform
@@ -207,7 +224,7 @@ class _Lane:
     """
 
     def __init__(self, dev: Any) -> None:
-        import torch
+        torch = framework("torch")
 
         self.dev = dev
         self.cuda = dev.type == "cuda"
@@ -217,7 +234,7 @@ class _Lane:
         self.graphs: dict[tuple[int, ...], _Graph] = {}
 
     def active(self) -> contextlib.AbstractContextManager[Any]:
-        import torch
+        torch = framework("torch")
 
         return torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext()
 
@@ -226,7 +243,7 @@ class _Lane:
 
         Rows past the frames keep whatever an earlier batch left there: padding is computed and dropped.
         """
-        import torch
+        torch = framework("torch")
 
         h, w = frames[0].shape[:2]  # type: ignore[union-attr]
         buf = _reuse(self._host, rows, (h, w), lambda n: torch.empty((n, h, w, 3), dtype=torch.uint8,
@@ -238,7 +255,7 @@ class _Lane:
 
     def device_input(self, rows: int, images: Sequence[Any]) -> Any:
         """Decoded CHW images already on the device, as one uint8 NHWC batch of ``rows`` rows."""
-        import torch
+        torch = framework("torch")
 
         h, w = images[0].shape[1:]
         buf = _reuse(self._device, rows, (h, w), lambda n: torch.empty((n, h, w, 3), dtype=torch.uint8,
@@ -248,7 +265,7 @@ class _Lane:
 
     def download(self, y: Any, n: int) -> Any:
         """The first ``n`` rows of the output(s) on the host, in one copy each; waits for this lane's stream."""
-        import torch
+        torch = framework("torch")
 
         if isinstance(y, (list, tuple)):
             return [self.download(t, n) for t in y]
@@ -267,7 +284,7 @@ class _Graph:
 
     def __init__(self, forward: Callable[[Any, tuple[int, int]], Any], example: Any, hw: tuple[int, int],
                  stream: Any) -> None:
-        import torch
+        torch = framework("torch")
 
         self.input = torch.empty(example.shape, dtype=example.dtype, device=stream.device)
         self.input.copy_(example, non_blocking=True)

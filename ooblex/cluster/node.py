@@ -22,7 +22,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..broker import connect
@@ -34,6 +34,9 @@ from . import artifacts
 from .machine import Machine
 from .registry import Registry
 from .signing import ENV, SignatureError, get_secret
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 log = logging.getLogger("ooblex.node")
 DEFAULT_CACHE = Path(os.environ.get("OOBLEX_CACHE", Path.home() / ".cache" / "ooblex"))
@@ -74,11 +77,13 @@ class WorkerNode:
         self._last = (time.monotonic(), 0)
         self._fps = 0.0
         self.machine = Machine()
+        #: Where the worker reports frames and latencies (``ooblex worker --metrics-port`` serves them).
+        self.metrics: Metrics | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         broker = connect(self.broker_url)
         await broker.start()
-        self.worker = Worker(broker, self.local)
+        self.worker = Worker(broker, self.local, metrics=self.metrics)
         await self.worker.start()
         self.registry = Registry(self.store_url, self.secret, floor_file=self.floor_file)
         log.info("worker %s serving from %s (store %s)", self.id, redact(self.broker_url), redact(self.store_url))

@@ -2,7 +2,7 @@
 
 Starts ``redis-server`` (and ``rabbitmq-server``) as child processes on free ports, a gateway
 (``ooblex gateway`` when this build has one; with ``--gateways N``, N of them behind HAProxy on the
-port) and N ``ooblex worker`` processes, all sharing one
+port) and N ``ooblex worker`` processes (each serving Prometheus metrics on a loopback port), all sharing one
 ``OOBLEX_SECRET``. Redis requires a random password and keeps an append-only file; RabbitMQ has
 its own user with a random password (no ``guest``). The credentials go to the children through
 their environment and to the user through a private env file (mode 0600, deleted on exit):
@@ -76,11 +76,15 @@ def up(workers: int = 2, broker: str = "redis", host: str = "127.0.0.1", port: i
             gateway_url = f"http://{host}:{port}"
             instances = start_gateways(children, servers, gateways, host, port, env)
         extra = [a for t in threads for a in ("--thread", t)]
+        metrics = []
         for i in range(workers):
-            children.append((f"worker{i + 1}", subprocess.Popen([*me, "worker", *extra], env=env)))
+            mport = free_port("127.0.0.1")
+            metrics.append(f"http://127.0.0.1:{mport}/metrics")
+            args = [*me, "worker", *extra, "--metrics-host", "127.0.0.1", "--metrics-port", str(mport)]
+            children.append((f"worker{i + 1}", subprocess.Popen(args, env=env)))
         ready = {"broker": redact(broker_url), "store": redact(redis.url), "gateway": gateway_url,
                  "gateways": instances, "balancer": gateway_url if gateways > 1 else None,
-                 "workers": workers, "env_file": str(env_file)}
+                 "workers": workers, "worker_metrics": metrics, "env_file": str(env_file)}
         print("ooblex up: ready " + json.dumps(ready), flush=True)
         print(f"  source {env_file}    # OOBLEX_BROKER, OOBLEX_STORE, OOBLEX_SECRET (mode 0600, deleted on exit)\n"
               "  then: ob.deploy(my_thread)  |  Ctrl-C stops everything", flush=True)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..broker import Broker, MemoryBroker, connect
 from ..builtin import identity
@@ -20,6 +21,9 @@ from ..supervision import cancel, supervise
 from ..thread import TensorThread, as_thread
 from .stream import Stream
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 log = logging.getLogger("ooblex.engine")
 
@@ -32,10 +36,14 @@ class Engine:
     """Owns streams and the reply queue for one gateway instance."""
 
     def __init__(self, broker: Broker | str = "memory://", threads: Iterable[Any] = (), *,
-                 embedded_worker: bool | None = None, max_streams: int = 64) -> None:
+                 embedded_worker: bool | None = None, max_streams: int = 64, lazy: bool = False) -> None:
+        """``lazy``: the embedded worker loads each thread's model when its first frame comes (see ``Worker``)."""
         self.broker = connect(broker) if isinstance(broker, str) else broker
         self.threads: dict[str, TensorThread] = {}
         self.worker: Worker | None = None
+        self.lazy = lazy
+        #: Prometheus metrics of streams and the embedded worker (a gateway sets them: ``ooblex.metrics``).
+        self.metrics: Metrics | None = None
         for t in (identity, *threads):
             self.add_thread(t)
         self.embedded = isinstance(self.broker, MemoryBroker) if embedded_worker is None else embedded_worker
@@ -55,7 +63,7 @@ class Engine:
     async def start(self) -> Engine:
         await self.broker.start()
         if self.embedded:
-            self.worker = Worker(self.broker, self.threads.values())
+            self.worker = Worker(self.broker, self.threads.values(), lazy=self.lazy, metrics=self.metrics)
             await self.worker.start()
         self._router = supervise(self._route, "engine:router", logger=log)
         if not self.embedded:
@@ -95,6 +103,18 @@ class Engine:
         if self.threads.get(t.name) is not t:
             self.add_thread(t)
         return t
+
+    def loading(self, thread: str) -> bool:
+        """The embedded worker is loading ``thread``'s model for its first frame."""
+        return self.loaded_at(thread) == math.inf
+
+    def loaded_at(self, thread: str) -> float:
+        """When the embedded worker finished loading ``thread``'s model for its first frame: ``inf`` while
+        it loads, 0 if it never had to (eager, or not embedded)."""
+        runner = self.worker.runners.get(thread) if self.worker is not None else None
+        if runner is None:
+            return 0.0
+        return math.inf if runner.loading else runner.loaded_at
 
     def forget(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)

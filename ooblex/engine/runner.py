@@ -41,6 +41,9 @@ class Runner:
         self._logged: set[tuple[str, str]] = set()
         #: The thread takes JPEG bytes and decodes them itself (a framework adapter with its model on a GPU).
         self.decodes_jpeg = False
+        self._loading: asyncio.Future[BaseException | None] | None = None
+        #: When ``ready()`` finished loading the model (time.time()); 0 if it never had to.
+        self.loaded_at = 0.0
 
     def start(self) -> None:
         if self.thread.executor == "process":
@@ -61,6 +64,34 @@ class Runner:
         if self.thread.executor == "thread" and self.thread.is_class:
             inst = await asyncio.get_running_loop().run_in_executor(self._pool, self.thread.instance)
             self.decodes_jpeg = bool(getattr(inst, "decodes_jpeg", False)) and self.thread.color == "rgb"
+
+    async def ready(self, strict: bool = False) -> None:
+        """``setup()`` once: at a worker's start, or when the first frame needs it (a lazy worker); later calls
+        wait for that one. A failed setup raises with ``strict`` (a worker's start); otherwise it is logged and
+        each frame comes back flagged with the error, as for any failure of the user's code."""
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(self._load())
+        error = await asyncio.shield(self._loading)
+        if strict and error is not None:
+            raise error
+
+    @property
+    def loading(self) -> bool:
+        """The model is being loaded for its first frame: frames wait for it, they are not lost."""
+        return self._loading is not None and not self._loading.done()
+
+    async def _load(self) -> BaseException | None:
+        started = time.monotonic()
+        try:
+            await self.setup()
+        except Exception as exc:  # noqa: BLE001 - user code; its frames report the error
+            log.exception("%s: setup() failed; its frames come back flagged with the error", self.thread.name)
+            return exc
+        finally:
+            self.loaded_at = time.time()
+        if self.thread.is_class:  # a function has nothing to load
+            log.info("%s: loaded in %.1f s", self.thread.name, time.monotonic() - started)
+        return None
 
     def close(self) -> None:
         if self._pool is not None:

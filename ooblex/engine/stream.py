@@ -51,7 +51,8 @@ class Stream:
         self.window = max_in_flight
         self.max_latency_ms = max_latency_ms
         self.params = thread.resolve_params(params or {})
-        self.stats = StreamStats()
+        metrics = getattr(engine, "metrics", None)  # a gateway's Prometheus metrics (``ooblex.metrics``)
+        self.stats = StreamStats(sink=metrics.stream(thread.name, self.id) if metrics is not None else None)
         self.created = time.time()
         self.closed = False
         self._seq = 0
@@ -110,8 +111,11 @@ class Stream:
         await self.engine.broker.submit(frame, live=live)
 
     def _reclaim_lost(self) -> None:
+        """Frames at the workers long past their deadline are presumed lost. Frames that waited for the thread's
+        model to load for its first frame are not: they come back skipped (stale) once it has loaded."""
         now = time.time()
-        lost = [s for s, (t, _) in self._in_flight.items() if t < now]
+        loaded = self.engine.loaded_at(self.thread.name) + LOST_GRACE_S  # inf while loading
+        lost = [s for s, (t, _) in self._in_flight.items() if max(t, loaded) < now]
         for s in lost:
             del self._in_flight[s]
         if lost:
@@ -167,8 +171,15 @@ class Stream:
 
     # --- output -------------------------------------------------------------------------
     async def get(self, timeout: float | None = None) -> Frame:
-        """The next processed frame (live: the newest not yet read)."""
-        frame = await asyncio.wait_for(self._out.get(), timeout)
+        """The next processed frame (live: the newest not yet read). ``timeout`` does not run out while the
+        thread's model loads for its first frame: a slow first frame is not a stalled stream."""
+        while True:
+            try:
+                frame = await asyncio.wait_for(self._out.get(), timeout)
+                break
+            except asyncio.TimeoutError:
+                if not self.engine.loading(self.thread.name):
+                    raise
         if frame is None:
             raise StreamClosed(f"stream {self.id} is closed")
         if self.mode == "every":
@@ -216,9 +227,12 @@ class Stream:
 
     @property
     def status(self) -> str:
-        """``ok``, ``closed``, or ``no workers`` when the broker knows nobody serves this thread."""
+        """``ok``, ``closed``, ``loading`` while the thread's model loads for its first frame, or ``no workers``
+        when the broker knows nobody serves this thread."""
         if self.closed:
             return "closed"
+        if self.engine.loading(self.thread.name):
+            return "loading"
         return "no workers" if self.workers == 0 else "ok"
 
     def describe(self) -> dict[str, Any]:
@@ -231,6 +245,7 @@ class Stream:
             return
         self.closed = True
         self.engine.forget(self)
+        self.stats.close()
         for q in [self._out, *self._listeners]:
             _put_latest(q, None, drop_oldest=True)
         self._room.release()

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..broker.base import Broker, Delivery
 from ..frame import Frame
@@ -22,6 +23,9 @@ from ..thread import TensorThread
 from ..wire import WireError
 from .batching import Batcher
 from .runner import Runner
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 log = logging.getLogger("ooblex.worker")
 
@@ -44,10 +48,17 @@ class _Serving:
 
 
 class Worker:
-    """Serves ``threads`` from ``broker`` until ``stop()``."""
+    """Serves ``threads`` from ``broker`` until ``stop()``; with ``metrics``, each served queue reports there."""
 
-    def __init__(self, broker: Broker, threads: Iterable[TensorThread]) -> None:
+    def __init__(self, broker: Broker, threads: Iterable[TensorThread], *, lazy: bool = False,
+                 metrics: Metrics | None = None) -> None:
+        """``lazy``: a thread's ``setup()`` (its model load) waits for its first frame instead of ``start()``,
+        so serving starts at once and only the frameworks of threads in use are ever loaded."""
         self.broker = broker
+        self.lazy = lazy
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.watch_worker(self.in_flight)
         broker.defer_jpeg = True  # pixels are decoded in the compute threads (or on the GPU), not on the loop
         self.runners: dict[str, Runner] = {t.name: Runner(t) for t in threads}
         self._serving: dict[str, _Serving] = {}
@@ -60,7 +71,8 @@ class Worker:
         self._started = True
         for queue, runner in self.runners.items():
             runner.start()
-            await runner.setup()
+            if not self.lazy:
+                await runner.ready(strict=True)  # a model that cannot load stops the start
             self._serve(queue, runner)
 
     async def stop(self, drain_s: float = 0.0) -> None:
@@ -106,6 +118,10 @@ class Worker:
         """Per served queue: fps, compute/queue latency percentiles over recent frames, frames and batches run."""
         return {q: s.stats.snapshot() for q, s in self._serving.items()}
 
+    def in_flight(self) -> list[tuple[str, int]]:
+        """(thread name, calls in flight) per served queue. Safe from another thread (a metrics scrape)."""
+        return [(s.runner.thread.name, len(s.running)) for s in list(self._serving.values())]
+
     @property
     def busy(self) -> int:
         """Calls in flight across all served queues."""
@@ -114,7 +130,8 @@ class Worker:
     def _serve(self, queue: str, runner: Runner) -> None:
         thread = runner.thread
         s = _Serving(runner, Batcher(thread.batch_size, thread.max_wait_ms / 1e3),
-                     asyncio.Semaphore(thread.concurrency))
+                     asyncio.Semaphore(thread.concurrency),
+                     stats=StreamStats(sink=self.metrics.worker(thread.name) if self.metrics else None))
         s.feeder = supervise(lambda: self._feed(queue, s), f"worker:{queue}:feed", logger=log)
         s.loop = supervise(lambda: self._batches(s), f"worker:{queue}", logger=log)
         self._serving[queue] = s
@@ -130,7 +147,8 @@ class Worker:
                 first[1].nack()
                 raise
             try:
-                batch = await self._drop_expired(await s.batcher.fill(first))
+                await s.runner.ready()  # at once, unless this is a lazy worker's first batch of the thread
+                batch = await self._drop_expired(s, await s.batcher.fill(first))
             except BaseException:
                 s.slots.release()
                 raise
@@ -151,7 +169,7 @@ class Worker:
                 delivery.nack()
                 raise
 
-    async def _drop_expired(self, batch: list[Delivery]) -> list[Delivery]:
+    async def _drop_expired(self, s: _Serving, batch: list[Delivery]) -> list[Delivery]:
         """Skip tasks whose deadline passed while they waited: tell the sender at once, run the rest.
 
         A task that is not a frame at all (poisoned) is dropped here, counted in ``broker.poisoned``.
@@ -170,6 +188,7 @@ class Worker:
             d.frame.skipped = True
             d.frame.image = d.frame.jpeg = None  # nothing to show; spare the reply path the pixels
             self.skipped += 1
+            s.stats.count("skipped")
             try:
                 await self._reply(d.frame)
             except asyncio.CancelledError:

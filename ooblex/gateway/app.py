@@ -5,8 +5,10 @@
     app = create_app(broker="redis://host:6379")   # in front of a cluster of workers
 
 Errors are JSON ``{"detail": "..."}`` with a 4xx status that says what was wrong: every route
-answers from one table, ``ooblex.errors.status``. Who may do what: ``auth.py``; which browsers and
-names may reach the gateway at all: ``guard.py``; docs/security.md has the whole picture.
+answers from one table, ``ooblex.errors.status``. Only our own errors (``OoblexError``) show their
+text; any other exception gets a generic answer and a log line. Who may do what: ``auth.py``; who
+may reach the gateway at all, and the headers that keep its pages out of other sites: ``guard.py``;
+docs/security.md has the whole picture.
 """
 
 from __future__ import annotations
@@ -23,19 +25,22 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.requests import ClientDisconnect
+from swagger_ui_bundle import swagger_ui_path
 
 from .. import __version__, routes
 from ..broker import kind
 from ..broker.base import redact
 from ..engine import Engine, Stream
-from ..errors import OoblexError, status
+from ..errors import BadRequest, OoblexError, status
 from ..frame import result_json
 from ..supervision import cancel, supervise
+from ..webrtc import internals
 from . import console, frames, ice, jobs, metrics, mjpeg, whep, whip
 from .admission import Admission
-from .auth import require_control, stream_for
+from .auth import require_control, stream_for, stream_to_change
 from .bodies import read_json
-from .guard import Guard, local_hosts
+from .guard import Guard, SecurityHeaders, local_hosts
 from .peer import EXPOSED
 from .peers import FORWARDED, PeerRouter, cluster_streams
 from .settings import Settings
@@ -68,14 +73,17 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
         engine = ClusterEngine(broker, store=store, threads=threads, public_url=public_url, peer_url=peer_url,
                                max_streams=settings.max_streams)
     elif engine is None:
-        engine = Engine(broker, threads, embedded_worker=embedded_worker, max_streams=settings.max_streams)
+        # lazy: a thread's model (and framework) loads for its first frame, never before the gateway is ready
+        engine = Engine(broker, threads, embedded_worker=embedded_worker, max_streams=settings.max_streams, lazy=True)
     else:
         for t in threads:
             engine.add_thread(t)
     gw = Gateway(engine, settings)
+    metrics.register(gw)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await internals.check()  # a missing aiortc/aioice internal stops the start, named (webrtc/internals.py)
         if owns_engine:
             await engine.start()
         meter = supervise(lambda: gw.meter.run(gw.governor.update), "gateway:load", logger=log)
@@ -88,7 +96,8 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
             if owns_engine:
                 await engine.close()
 
-    app = FastAPI(title="Ooblex gateway", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="Ooblex gateway", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  swagger_ui_oauth2_redirect_url=None,  # /docs is our own page, with local assets (no CDN)
                   description="Live video through tensor threads: WebRTC (WHIP/WHEP), MJPEG, HTTP and WebSocket.")
     app.state.gateway = gw
     if settings.cors_origins:
@@ -100,11 +109,14 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
     if directory is not None:
         app.add_middleware(PeerRouter, directory=directory, secret=settings.secret)
     app.add_middleware(Guard, hosts=local_hosts(settings.host) | set(settings.allowed_hosts) | {public or ""},
-                       origins=settings.cors_origins)
+                       origins=settings.cors_origins,
+                       loopback_only=not settings.secret and not settings.allow_insecure_network)
+    app.add_middleware(SecurityHeaders)
     for module in (whip, whep, ice, mjpeg, frames, metrics, jobs, console):
         app.include_router(module.router)
     app.include_router(_api_router())
     _error_handlers(app)
+    app.mount("/static/swagger-ui", StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
@@ -115,6 +127,10 @@ def _api_router() -> APIRouter:
     @router.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @router.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html", headers={"Cache-Control": "no-cache"})
 
     @router.get(routes.THREADS)
     async def threads(request: Request) -> list[dict[str, Any]]:
@@ -145,12 +161,12 @@ def _api_router() -> APIRouter:
     @router.patch(routes.STREAM, openapi_extra={"requestBody": PARAMS_BODY})
     async def update_stream(stream_id: str, request: Request) -> dict[str, Any]:
         """Change a live stream's thread parameters: ``application/json`` body ``{"params": {"name": value}}``
-        (a ``publish`` token for the stream's thread with a secret set)."""
-        s = stream_for(request, stream_id, "publish")
+        (a ``publish`` token for the stream's thread with a secret set; 404 as for an unknown id without)."""
+        s = stream_to_change(request, stream_id)
         example = '{"params": {"name": value}}'
         body = await read_json(request, gateway(request).settings.max_json_bytes, example)
         if not isinstance(body.get("params"), dict):
-            raise ValueError(f"body must be JSON like {example}")
+            raise BadRequest(f"body must be JSON like {example}")
         return {"params": s.set_params(**body["params"])}
 
     @router.get(routes.SESSIONS, dependencies=[Depends(require_control)])
@@ -180,12 +196,28 @@ def _stream_info(s: Stream, gw: Gateway) -> dict[str, Any]:
 
 
 def _error_handlers(app: FastAPI) -> None:
-    """One handler: the status comes from ``ooblex.errors.status``; 401s say which scheme to use."""
+    """Our errors: their status (``ooblex.errors.status``) and text; 401s say which scheme to use. Any other
+    exception: a generic answer (400 for a ``ValueError``, else 500) that echoes nothing, and a log line."""
 
-    async def handle(request: Request, exc: Exception) -> JSONResponse:
+    async def ours(request: Request, exc: Exception) -> JSONResponse:
         code = status(exc)
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
         return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
 
-    app.add_exception_handler(OoblexError, handle)
-    app.add_exception_handler(ValueError, handle)
+    async def theirs(request: Request, exc: Exception) -> JSONResponse:
+        code = status(exc)
+        log.log(logging.WARNING if code < 500 else logging.ERROR, "%s %s: unexpected %s", request.method,
+                request.url.path, type(exc).__name__, exc_info=exc)
+        if code < 500:
+            return JSONResponse({"detail": "the request could not be processed"}, status_code=code)
+        # uvicorn closes the connection after an unhandled error: say so, so that clients do not reuse it
+        return JSONResponse({"detail": "internal error (logged by the gateway)"}, status_code=code,
+                            headers={"Connection": "close"})
+
+    async def gone(request: Request, exc: Exception) -> Response:
+        return Response(status_code=400)  # the client left (or was timed out) mid-body: nobody reads this
+
+    app.add_exception_handler(OoblexError, ours)
+    app.add_exception_handler(ClientDisconnect, gone)
+    app.add_exception_handler(ValueError, theirs)
+    app.add_exception_handler(Exception, theirs)

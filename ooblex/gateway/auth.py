@@ -81,5 +81,18 @@ def stream_for(conn: Request | WebSocket, stream_id: str, scope: str = "view") -
     stream = gateway(conn).engine.streams.get(stream_id)
     if stream is None or (claims is not None and not claims.allows(scope, thread=stream.thread.name,
                                                                    stream=stream_id)):
-        raise UnknownStream(f"no stream {stream_id!r} that this caller may see (open streams: GET /api/v1/streams)")
+        raise unknown_stream(stream_id)
     return stream
+
+
+def stream_to_change(conn: Request | WebSocket, stream_id: str) -> Stream:
+    """The open stream ``stream_id`` if the caller may tune it (``publish`` for its thread); a token that
+    does not cover it gets the same 404 as an unknown id, so a change never tells whether an id exists."""
+    try:
+        return stream_for(conn, stream_id, "publish")
+    except Forbidden:
+        raise unknown_stream(stream_id) from None
+
+
+def unknown_stream(stream_id: str) -> UnknownStream:
+    return UnknownStream(f"no stream {stream_id!r} (open streams: GET /api/v1/streams)")

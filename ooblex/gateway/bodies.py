@@ -13,6 +13,7 @@ from fastapi import Request
 
 from .. import jpeg
 from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .state import gateway
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
 #: Uploads up to this size stay in memory while they are checked; larger ones go to a temporary file.
@@ -55,22 +56,57 @@ def media_type(request: Request) -> str:
 
 
 async def read_json(request: Request, limit: int, example: str) -> dict[str, Any]:
-    """A JSON object body sent as ``application/json`` (a cross-site form cannot send that), within ``limit``."""
+    """A JSON object body sent as ``application/json`` (a cross-site form cannot send that), within ``limit``
+    bytes and the gateway's ``max_json_depth``."""
     ctype = media_type(request)
     if ctype != "application/json":
         raise UnsupportedMediaType(f"expected Content-Type application/json, got {ctype or 'none'!r}")
-    body = parse_json(await read_body(request, limit, "JSON body"), example)
+    raw = await read_body(request, limit, "JSON body")
+    body = parse_json(raw, example, gateway(request).settings.max_json_depth)
     if not isinstance(body, dict):
         raise BadRequest(f"body must be a JSON object like {example}")
     return body
 
 
-def parse_json(raw: bytes | str, example: str) -> Any:
-    """Strict JSON: Python's extensions (NaN, Infinity) are refused like any other non-JSON."""
+class InvalidJSON(BadRequest):
+    """Not JSON, not Unicode text, or nested too deep: a WebSocket closes with 1007 for it, a route answers 400."""
+
+
+def parse_json(raw: bytes | str, example: str, max_depth: int) -> Any:
+    """Strict JSON at most ``max_depth`` arrays/objects deep, its strings Unicode text. Python's extensions (NaN,
+    Infinity) are refused like any other non-JSON; deeper documents before their depth can exhaust the stack."""
     try:
-        return json.loads(raw, parse_constant=_not_json)
+        value = json.loads(raw, parse_constant=_not_json)
+        deep = not _depth_within(value, max_depth)
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest(f"body is not JSON; expected an object like {example}") from None
+        raise InvalidJSON(f"not JSON; expected an object like {example}") from None
+    except RecursionError:  # deeper than Python's own limit, so deeper than ours
+        deep = True
+    if deep:
+        raise InvalidJSON(f"JSON nested more than {max_depth} deep (OOBLEX_MAX_JSON_DEPTH); expected an object "
+                          f"like {example}")
+    if ("\\u" in raw if isinstance(raw, str) else b"\\u" in raw) and not _unicode(value):
+        raise InvalidJSON("JSON strings must be Unicode text: an escaped lone surrogate (\\ud800-\\udfff) is not")
+    return value
+
+
+def _unicode(value: Any) -> bool:
+    """Whether every string in ``value`` is Unicode text (``\\ud800`` escapes decode to lone surrogates)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests at most ``limit`` arrays/objects (iteratively: any depth is safe to check)."""
+    level = [value]
+    for _ in range(limit):
+        level = [v for c in level if isinstance(c, (dict, list)) for v in (c.values() if isinstance(c, dict) else c)]
+        if not level:
+            return True
+    return not any(isinstance(v, (dict, list)) for v in level)
 
 
 def _not_json(constant: str) -> None:

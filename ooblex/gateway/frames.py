@@ -8,10 +8,12 @@ GET /ws/{thread}?output=jpeg|json&<param>=<value>   (WebSocket)
     Send binary JPEG/PNG frames (any rate: the newest wins when the thread is slower) and text
     ``{"params": {...}}`` to change parameters. Receive, per processed frame, a text JSON
     ``{"seq", "result", "error", "latency_ms"}`` followed (output=jpeg) by the binary JPEG.
-    Bad frames get ``{"error": ...}`` and the stream goes on; an unusable request is closed
-    with code 4000 + HTTP status (e.g. 4404 unknown thread, 4401 no token) and the reason; a
-    socket that sends nothing for ``ws_idle_s`` is closed with 4408. Messages are limited to
-    ``max_image_bytes`` (binary) and ``max_json_bytes`` (text).
+    Bad frames and parameters get ``{"error": ...}`` and the stream goes on; an unusable request is
+    closed with code 4000 + HTTP status (e.g. 4404 unknown thread, 4401 no token) and the reason; a
+    socket that sends no frame for ``ws_idle_s`` is closed with 4408 (text messages do not count),
+    and so is one idle for ``stream_evict_idle_s`` when its room is needed. A text message that is not
+    JSON (or nests deeper than ``max_json_depth``) closes it with 1007; a message over
+    ``max_image_bytes`` (binary) or ``max_json_bytes`` (text, counted in UTF-8 bytes) with 1009.
 
 With a secret set, both need a ``publish`` token for the thread (header or ``?token=``).
 """
@@ -29,11 +31,13 @@ from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 
 from .. import routes
 from ..engine import Stream, StreamClosed
-from ..errors import BadRequest, GatewayTimeout, OoblexError, PayloadTooLarge, status
+from ..errors import BadRequest, GatewayTimeout, OoblexError, status
 from ..frame import Frame, result_json
 from .auth import TOKEN_PARAM, require, view_token
-from .bodies import check_image_type, decode_image, parse_json, read_body
-from .state import Gateway, client_of, gateway
+from .bodies import InvalidJSON, check_image_type, decode_image, parse_json, read_body
+from .clients import caller
+from .settings import Settings
+from .state import Gateway, gateway
 
 router = APIRouter()
 RESERVED = {"output", TOKEN_PARAM}
@@ -67,14 +71,14 @@ IMAGE_BODY = {"required": True, "content": {t: {"schema": {"type": "string", "fo
 async def process_frame(thread: str, request: Request) -> Response:
     """Process one JPEG/PNG image through ``thread``; query parameters set its parameters."""
     gw = gateway(request)
-    require(request, "publish", thread=thread)
+    granted = require(request, "publish", thread=thread)
     gw.engine.resolve(thread)
     mode = output_mode(request.query_params)
     check_image_type(request.headers.get("content-type"))
     data = await read_body(request, gw.settings.max_image_bytes, "image body")
     image = await decode_image(data, gw.settings.max_image_pixels)
-    stream = gw.open(client_of(request), thread, params=thread_params(request.query_params), mode="every",
-                     max_in_flight=1)
+    stream = await gw.open(caller(request, granted), thread, params=thread_params(request.query_params),
+                           mode="every", max_in_flight=1)
     try:
         await stream.submit(image, captured=time.time())
         frame = await stream.get(timeout=gw.settings.frame_timeout_s)
@@ -109,10 +113,10 @@ async def frames_socket(ws: WebSocket, thread: str) -> None:
     try:
         granted = require(ws, "publish", thread=thread)
         mode = output_mode(ws.query_params, ("jpeg", "json"))
-        stream = gw.open(client_of(ws), thread, params=thread_params(ws.query_params), mode="live",
-                         max_in_flight=gw.settings.window(gw.engine.resolve(thread)),
-                         max_latency_ms=gw.settings.max_latency_ms)
-    except (OoblexError, ValueError) as exc:
+        stream = await gw.open(caller(ws, granted), thread, params=thread_params(ws.query_params), mode="live",
+                               max_in_flight=gw.settings.window(gw.engine.resolve(thread)),
+                               max_latency_ms=gw.settings.max_latency_ms, evict=lambda: _evicted(ws, gw))
+    except OoblexError as exc:
         await _refuse(ws, exc)
         return
     hello = {"stream_id": stream.id, "thread": thread, "params": stream.params}
@@ -122,13 +126,19 @@ async def frames_socket(ws: WebSocket, thread: str) -> None:
     sender = asyncio.create_task(_send_results(ws, gw, stream, mode, lock))
     try:
         await _receive_frames(ws, gw, stream, lock)
-    except WebSocketDisconnect:
+    except (WebSocketDisconnect, StreamClosed):  # gone, or evicted (``_evicted``)
         pass
     finally:
         sender.cancel()
         await stream.close()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sender
+
+
+def _evicted(ws: WebSocket, gw: Gateway) -> None:
+    reason = f"no frames for {gw.settings.stream_evict_idle_s:g} s and the gateway is full"
+    asyncio.ensure_future(ws.close(code=4408, reason=reason)).add_done_callback(
+        lambda f: f.cancelled() or f.exception())  # a socket already gone has nothing to close
 
 
 async def _refuse(ws: WebSocket, exc: Exception) -> None:
@@ -139,41 +149,56 @@ async def _refuse(ws: WebSocket, exc: Exception) -> None:
 
 async def _receive_frames(ws: WebSocket, gw: Gateway, stream: Stream, lock: asyncio.Lock) -> None:
     settings = gw.settings
-    while True:
+    last_frame = time.monotonic()
+    while True:  # only frames keep the socket: text (parameters) can be sent forever without computing anything
         try:
-            msg = await asyncio.wait_for(ws.receive(), settings.ws_idle_s)
+            msg = await asyncio.wait_for(ws.receive(), max(0.0, last_frame + settings.ws_idle_s - time.monotonic()))
         except asyncio.TimeoutError:
-            await ws.close(code=4408, reason=f"idle for {settings.ws_idle_s:g} s (OOBLEX_WS_IDLE_S)")
+            await ws.close(code=4408, reason=f"no frames for {settings.ws_idle_s:g} s (OOBLEX_WS_IDLE_S)")
             return
-        if msg["type"] == "websocket.disconnect":
+        if msg["type"] == "websocket.disconnect" or stream.closed:  # gone, or evicted (``_evicted`` closes it)
+            return
+        text, data = msg.get("text"), msg.get("bytes") or b""
+        too_big = _too_big(settings, text, data)
+        if too_big:
+            await ws.close(code=1009, reason=too_big)
             return
         try:
-            if msg.get("text") is not None:
-                if len(msg["text"]) > settings.max_json_bytes:
-                    raise PayloadTooLarge(f"text message exceeds {settings.max_json_bytes} bytes")
+            if text is not None:
                 async with lock:
-                    await _control(ws, stream, msg["text"])
+                    await _control(ws, stream, text, settings.max_json_depth)
                 continue
-            data = msg.get("bytes") or b""
-            if len(data) > settings.max_image_bytes:
-                raise PayloadTooLarge(f"frame is {len(data)} bytes; the limit is {settings.max_image_bytes}")
             image = await decode_image(data, settings.max_image_pixels)
+        except InvalidJSON as exc:  # not a message of this protocol at all
+            await ws.close(code=1007, reason=str(exc).encode()[:123].decode(errors="ignore"))
+            return
         except OoblexError as exc:
             async with lock:
                 await ws.send_text(json.dumps({"error": str(exc), "status": status(exc)}))
             continue
         await stream.submit(image, captured=time.time())
+        last_frame = gw.active(stream.id)
         gw.count("ws_frames")
 
 
-async def _control(ws: WebSocket, stream: Stream, text: str) -> None:
+def _too_big(settings: Settings, text: str | None, data: bytes) -> str | None:
+    """Why a message is over its limit (text counted in UTF-8 bytes), or None."""
+    if text is not None:
+        limit = settings.max_json_bytes
+        return f"text message over {limit} bytes (OOBLEX_MAX_JSON_BYTES)" \
+            if len(text) > limit or len(text.encode()) > limit else None
+    limit = settings.max_image_bytes
+    return f"frame is {len(data)} bytes; the limit is {limit} (OOBLEX_MAX_IMAGE_BYTES)" if len(data) > limit else None
+
+
+async def _control(ws: WebSocket, stream: Stream, text: str, max_depth: int) -> None:
+    msg = parse_json(text, CONTROL_EXAMPLE, max_depth)  # InvalidJSON: the caller closes the socket
     try:
-        msg = parse_json(text, CONTROL_EXAMPLE)
         if not isinstance(msg, dict) or not isinstance(msg.get("params"), dict):
-            raise ValueError('control messages look like {"params": {"name": value}}')
+            raise BadRequest(f"control messages look like {CONTROL_EXAMPLE}")
         params = stream.set_params(**msg["params"])
-    except ValueError as exc:
-        await ws.send_text(json.dumps({"error": str(exc), "status": 400}))
+    except OoblexError as exc:
+        await ws.send_text(json.dumps({"error": str(exc), "status": status(exc)}))
         return
     await ws.send_text(json.dumps({"params": params}))
 

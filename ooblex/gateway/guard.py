@@ -1,4 +1,8 @@
-"""Browser safety: refuse foreign Host headers (DNS rebinding) and foreign Origins (cross-site requests).
+"""Who may reach the gateway at all: loopback only without a secret; no foreign Host or Origin from browsers.
+
+Without ``Settings.secret`` nothing asks for a token, so only this machine may be served: a request
+from any other address gets 403 (however the app is served: ``ooblex demo``, or ``create_app`` under
+one's own uvicorn), unless ``Settings.allow_insecure_network`` (``--insecure``) says otherwise.
 
 A web page the user visits can send requests to ``http://127.0.0.1:8800`` from the user's browser,
 and by DNS rebinding can even make its own name resolve there. Two checks stop both, for plain
@@ -8,11 +12,15 @@ HTTP and WebSocket alike (browsers do not apply CORS to WebSockets):
   addresses and names when listening on all interfaces, or ``Settings.allowed_hosts``): 400;
 - a state-changing request (anything but GET/HEAD/OPTIONS) or a WebSocket handshake that carries
   an ``Origin`` must come from this gateway's own origin or one in ``Settings.cors_origins``: 403.
+
+``SecurityHeaders`` keeps the gateway's pages (the demo, ``/console``, ``/docs``) to their own scripts
+and out of other sites' frames (clickjacking), and stops browsers from sniffing content types.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import json
 import socket
 from collections.abc import Iterable
@@ -23,6 +31,29 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 WILDCARD_BINDS = ("", "0.0.0.0", "::", "[::]")
+#: Headers on every response that sets none of its own. Pages run only the gateway's own scripts and styles
+#: (no inline code, no CDN), talk only to the gateway, and may not be framed; URLs with ``?token=`` stay
+#: out of Referer headers.
+HEADERS = {"Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                                      "img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; "
+                                      "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+           "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+LOOPBACK_ONLY = ("this gateway has no OOBLEX_SECRET, so it serves this machine (loopback) only; set OOBLEX_SECRET "
+                 "and hand out tokens (ooblex token ...), or set OOBLEX_ALLOW_INSECURE_NETWORK=1 (--insecure) on a "
+                 "network you trust")
+
+
+def is_loopback(address: str) -> bool:
+    """``127.0.0.0/8``, ``::1`` (also IPv4-mapped) or ``localhost``; names and other addresses are not."""
+    address = address.strip("[]").lower()
+    if address == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def local_hosts(bind: str) -> set[str]:
@@ -43,10 +74,11 @@ def _interface_addresses() -> Iterable[str]:
 
 
 class Guard:
-    """ASGI middleware applying the Host and Origin checks above."""
+    """ASGI middleware applying the loopback, Host and Origin checks above."""
 
-    def __init__(self, app: ASGIApp, hosts: Iterable[str], origins: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, hosts: Iterable[str], origins: Iterable[str], loopback_only: bool) -> None:
         self.app = app
+        self.loopback_only = loopback_only
         patterns = {h.lower() for h in hosts}
         self.any_host = "*" in patterns
         self.hosts = {h for h in patterns if "*" not in h}
@@ -64,6 +96,9 @@ class Guard:
 
     def check(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
         """``(status, reason)`` when the request must be refused, else None."""
+        client = scope.get("client")
+        if self.loopback_only and client and not is_loopback(str(client[0])):  # no client: a Unix socket
+            return 403, LOOPBACK_ONLY
         host = headers.get("host", "")
         if not self.host_allowed(host):
             return 400, (f"Host header {host!r} is not allowed: add it to OOBLEX_ALLOWED_HOSTS if this gateway "
@@ -87,6 +122,27 @@ class Guard:
             return True
         parts = urlsplit(origin)
         return parts.scheme in ("http", "https") and parts.netloc == host.lower()
+
+
+class SecurityHeaders:
+    """ASGI middleware adding ``HEADERS`` to every HTTP response that does not set them itself."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []), *(h for h in self.headers if h[0] not in present)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _host_name(host: str) -> str:

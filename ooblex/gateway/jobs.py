@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +22,10 @@ from .. import routes
 from ..engine import Engine
 from ..errors import BadRequest, NotFound, TooManyRequests
 from ..jobs import JobResult, run_job
+from ..media import Source
 from .auth import require_control
 from .bodies import read_json
+from .job_sources import job_error, open_file_source, url_source
 from .media_root import MediaRoot
 from .state import gateway
 from .url_sources import URLPolicy
@@ -62,10 +65,13 @@ class Job:
             self.task.cancel()
 
 
-def start_job(engine: Engine, thread: str, source: Any, sink: Any = None, **options: Any) -> Job:
+def start_job(engine: Engine, thread: str, source: Any, sink: Any = None,
+              describe: Callable[[BaseException], str] = lambda e: f"{type(e).__name__}: {e}",
+              **options: Any) -> Job:
     """Start ``run_job`` as a task on the running loop; returns at once with an unguessable job id.
 
     Raises ``UnknownThread``/``ValueError`` synchronously for a bad thread name or parameters.
+    ``describe`` words a failure for ``Job.error``.
     """
     engine.resolve(thread)
     job = Job(secrets.token_urlsafe(12), thread)
@@ -80,7 +86,7 @@ def start_job(engine: Engine, thread: str, source: Any, sink: Any = None, **opti
         except asyncio.CancelledError:
             job.state = "cancelled"
         except Exception as exc:  # noqa: BLE001 - reported through describe()
-            job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            job.state, job.error = "failed", describe(exc)
 
     job.task = asyncio.create_task(go(), name=f"job:{job.id}")
     return job
@@ -110,12 +116,17 @@ async def create_job(request: Request, response: Response) -> dict[str, Any]:
     gw.engine.resolve(thread).resolve_params(params)  # 404 / 400 now, not as a failed job later
     root = MediaRoot(gw.settings.media_root)
     if URLPolicy.is_url(source):
-        await URLPolicy(gw.settings.source_hosts).check(source)
-        src: Any = source
+        src: Any = url_source(source, await URLPolicy(gw.settings.source_hosts).check(source), gw.settings)
     else:
-        src = await asyncio.to_thread(root.source, source)
-    snk = await asyncio.to_thread(root.sink, sink, overwrite) if sink is not None else None
-    job = start_job(gw.engine, thread, src, snk, params=params)
+        path = await asyncio.to_thread(root.source, source)
+        src = await asyncio.to_thread(open_file_source, path, root, gw.settings)
+    try:
+        snk = await asyncio.to_thread(root.sink, sink, overwrite) if sink is not None else None
+    except BaseException:
+        if isinstance(src, Source):
+            src.close()
+        raise
+    job = start_job(gw.engine, thread, src, snk, params=params, describe=lambda e: job_error(e, root))
     jobs[job.id] = job
     _forget_old(jobs)
     response.headers["Location"] = routes.path(routes.JOB, job_id=job.id)

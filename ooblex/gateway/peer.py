@@ -9,15 +9,18 @@ from collections.abc import Awaitable, Callable
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from fastapi import Request, Response
 
-from ..errors import BadRequest, UnsupportedMediaType
+from ..errors import BadRequest, Forbidden, UnsupportedMediaType
 from ..webrtc import accept_rsa_peers, check_offer, loopback_candidates, low_latency, rtc_configuration
 from ..webrtc.encoders import realtime_encoders
 from ..webrtc.protection import negotiating, only_with_vp8, protect
 from ..webrtc.recovery import recover_losses
 from ..webrtc.sdp import Offer
+from .auth import require
 from .bodies import media_type, read_body
-from .sessions import Session
+from .clients import caller
+from .sessions import Session, unknown
 from .settings import Settings
+from .state import gateway
 
 log = logging.getLogger("ooblex.gateway")
 
@@ -29,6 +32,25 @@ async def read_offer(request: Request, settings: Settings) -> Offer:
         raise UnsupportedMediaType(f"expected Content-Type application/sdp, got {ctype or 'none'!r}")
     raw = await read_body(request, settings.max_sdp_bytes, "SDP offer")
     return check_offer(raw, settings.max_sdp_bytes)
+
+
+def session_of(request: Request, kind: str, session_id: str, *, thread: str = "", stream: str = "") -> Session:
+    """The session a ``DELETE``/``PATCH`` of ``/whip/{thread}/{id}`` or ``/whep/{stream}/{id}`` may act on.
+
+    It must have been opened on the URL's thread (WHIP) or stream (WHEP), the token must cover that
+    (``publish`` for the thread, ``view`` for the stream), and it must be the credential that opened
+    the session (a ``control`` token may end any). Anything else is the same 404 as an unknown id.
+    """
+    if stream:
+        held = gateway(request).engine.streams.get(stream)
+        thread = held.thread.name if held is not None else ""
+    try:
+        granted = require(request, "publish" if kind == "whip" else "view", thread=thread or None,
+                          stream=stream or None)
+    except Forbidden:
+        raise unknown(kind, session_id) from None
+    who = None if granted is None or granted.scope == "control" else caller(request, granted)
+    return gateway(request).sessions.owned(kind, session_id, thread if kind == "whip" else stream, who)
 
 
 def new_peer(settings: Settings) -> RTCPeerConnection:

@@ -2,7 +2,7 @@
 forwarded to that gateway, so clients may reach any of them (behind a load balancer, any is what they get).
 
 The id in the path says who holds it (``ooblex.cluster.gateways``): ``DELETE``/``PATCH`` of a WHIP
-session's ``Location``, a WHEP offer for a stream and its ``DELETE``, an MJPEG viewer, a stream's
+session's ``Location``, a WHEP offer for a stream and its ``DELETE``/``PATCH``, an MJPEG viewer, a stream's
 status and parameters. ``PeerRouter`` (ASGI middleware) sends such a request, body, token and all, to
 the holder's ``peer_url`` and streams the answer back (MJPEG included). The holder checks the token
 as for any request; the forwarding gateway first checks that a token verifies at all, so nobody
@@ -38,7 +38,7 @@ FORWARDED = "x-ooblex-forwarded"
 ROUTES = [
     (routes.pattern(routes.WHIP_SESSION), "session_id", ("DELETE", "PATCH")),
     (routes.pattern(routes.WHEP), "stream_id", ("POST",)),
-    (routes.pattern(routes.WHEP_SESSION), "stream_id", ("DELETE",)),
+    (routes.pattern(routes.WHEP_SESSION), "stream_id", ("DELETE", "PATCH")),
     (routes.pattern(routes.MJPEG), "stream_id", ("GET", "HEAD")),
     (routes.pattern(routes.STREAM), "stream_id", ("GET", "PATCH")),
     (routes.pattern(routes.STREAM_HISTORY), "stream_id", ("GET",)),

@@ -13,8 +13,9 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
@@ -23,6 +24,9 @@ from ..engine import Stream
 from ..errors import NotFound, TooManyRequests
 from ..webrtc.liveness import Liveness
 from .settings import Settings
+
+if TYPE_CHECKING:  # clients.py imports this module's importers
+    from .clients import Client
 
 log = logging.getLogger("ooblex.gateway")
 
@@ -35,15 +39,22 @@ class UnknownSession(NotFound, KeyError):
     """No open session of that kind has that id."""
 
 
+def unknown(kind: str, session_id: str) -> UnknownSession:
+    """The one 404 for a session id that does not exist or is not the caller's."""
+    return UnknownSession(f"no {kind.upper()} session {session_id!r}")
+
+
 class Session:
     """One peer connection, the tasks serving it and (for WHIP) the stream it owns."""
 
-    def __init__(self, registry: Sessions, kind: str, client: str, pc: RTCPeerConnection, stream: Stream,
-                 owns_stream: bool) -> None:
+    def __init__(self, registry: Sessions, kind: str, client: Client, target: str, pc: RTCPeerConnection,
+                 stream: Stream, owns_stream: bool) -> None:
         self.id = registry.prefix + secrets.token_urlsafe(12)
         self.registry = registry
         self.kind = kind
         self.client = client
+        #: What the session's URL names: the thread (WHIP) or the stream (WHEP) it was opened on.
+        self.target = target
         #: ICE and DTLS are done; until then the session counts against its client's pending budget.
         self.connected = False
         self.pc = pc
@@ -72,17 +83,20 @@ class Session:
 
     def watch(self, idle_s: float, connect_s: float) -> None:
         """Close the session once its peer has sent nothing (media, RTCP, ICE checks) for ``idle_s``,
-        or nothing at all within ``connect_s`` of the answer: a peer that never connects holds its
-        slot for ``connect_s`` at most. Call after the offer/answer exchange."""
+        or when it has not connected (ICE + DTLS) within ``connect_s`` of the answer, whatever it sent:
+        a peer that never connects holds its slot for ``connect_s`` at most. Call after the offer/answer
+        exchange."""
         self.spawn(self._watchdog(Liveness(self.pc), idle_s, connect_s), "watchdog")
 
     async def _watchdog(self, heard: Liveness, idle_s: float, connect_s: float) -> None:
         while True:
             await asyncio.sleep(min(1.0, idle_s / 4))
-            last = heard.last  # 0.0 until the peer's first check or packet
-            limit = idle_s if last else connect_s
-            if time.monotonic() - (last or self.created) > limit:
-                log.info("%s session %s: peer silent for %.1f s, closing", self.kind, self.id, limit)
+            now = time.monotonic()
+            if not self.connected and now - self.created > connect_s:
+                log.info("%s session %s: not connected after %.1f s, closing", self.kind, self.id, connect_s)
+                return
+            if self.connected and now - (heard.last or self.created) > idle_s:
+                log.info("%s session %s: peer silent for %.1f s, closing", self.kind, self.id, idle_s)
                 return
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
@@ -90,6 +104,12 @@ class Session:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s session %s: task %s failed", self.kind, self.id, task.get_name(),
                       exc_info=task.exception())
+        self.close_soon()
+
+    def evict(self) -> None:
+        """Give up the slot now (its room goes to a newcomer) and close in the background."""
+        self.registry.items.pop(self.id, None)
+        self.registry.evicted += 1
         self.close_soon()
 
     def close_soon(self) -> None:
@@ -121,13 +141,18 @@ class Session:
             await self.pc.close()
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "stream": self.stream.id, "client": self.client,
+        return {"id": self.id, "kind": self.kind, "stream": self.stream.id, "client": str(self.client),
                 "state": self.pc.connectionState,
                 "age_s": round(time.monotonic() - self.created, 1)}
 
 
 class Sessions:
-    """All live sessions of one gateway, within the gateway-wide and per-client limits of ``settings``."""
+    """All live sessions of one gateway, within the gateway-wide and per-client limits of ``settings``.
+
+    Connected sessions keep their room until they end. Unconnected ones have their own smaller cap
+    (``max_pending_sessions``) and give way to newcomers (``check_room``), so peers that never connect
+    cannot lock anyone out; viewers have their own cap (``max_viewer_sessions``), so publishers keep room.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -136,37 +161,74 @@ class Sessions:
         self.items: dict[str, Session] = {}
         self.opened = 0
         self.rejected = 0
+        #: Unconnected sessions closed to make room for another client.
+        self.evicted = 0
 
-    def check_room(self, client: str) -> None:
-        """Raise ``TooManySessions`` (429) naming the limit when ``client`` may not open another session."""
+    def check_room(self, kind: str, client: Client) -> None:
+        """Make room for ``client``'s new ``kind`` session, or raise ``TooManySessions`` (429) naming the limit."""
+        problem = self._client_problem(client) or self._viewer_problem(kind) or self._make_room(client)
+        if problem:
+            self.rejected += 1
+            raise TooManySessions(f"{problem}; try again later")
+
+    def _client_problem(self, client: Client) -> str | None:
         s = self.settings
-        mine = [x for x in self.items.values() if x.client == client]
-        pending = sum(not x.connected for x in mine)
+        for key in client.keys():
+            mine = [x for x in self.items.values() if key in x.client.keys()]
+            pending = sum(not x.connected for x in mine)
+            if len(mine) >= s.max_sessions_per_client:
+                return (f"this client ({key}) has {len(mine)} WebRTC sessions "
+                        f"(limit {s.max_sessions_per_client}, OOBLEX_MAX_SESSIONS_PER_CLIENT)")
+            if pending >= s.max_pending_per_client:
+                return (f"this client ({key}) has {pending} WebRTC sessions that have not connected yet "
+                        f"(limit {s.max_pending_per_client}, OOBLEX_MAX_PENDING_PER_CLIENT; they expire after "
+                        f"{s.connect_timeout_s:g} s)")
+        return None
+
+    def _viewer_problem(self, kind: str) -> str | None:
+        limit = self.settings.max_viewer_sessions
+        if kind == "whep" and self.count("whep") >= limit:
+            return f"too many WHEP viewers (limit {limit}, OOBLEX_MAX_VIEWER_SESSIONS)"
+        return None
+
+    def _make_room(self, client: Client) -> str | None:
+        """At a gateway-wide cap, evict the oldest unconnected session of the client with the most of them,
+        if it has more than ``client``; the problem if that frees nothing."""
+        s = self.settings
+        pending = [x for x in self.items.values() if not x.connected]
         if len(self.items) >= s.max_sessions:
             problem = f"too many WebRTC sessions (limit {s.max_sessions}, OOBLEX_MAX_SESSIONS)"
-        elif len(mine) >= s.max_sessions_per_client:
-            problem = (f"this client ({client}) has {len(mine)} WebRTC sessions "
-                       f"(limit {s.max_sessions_per_client}, OOBLEX_MAX_SESSIONS_PER_CLIENT)")
-        elif pending >= s.max_pending_per_client:
-            problem = (f"this client ({client}) has {pending} WebRTC sessions that have not connected yet "
-                       f"(limit {s.max_pending_per_client}, OOBLEX_MAX_PENDING_PER_CLIENT; they expire after "
-                       f"{s.connect_timeout_s:g} s)")
+        elif len(pending) >= s.max_pending_sessions:
+            problem = (f"too many WebRTC sessions that have not connected yet (limit {s.max_pending_sessions}, "
+                       "OOBLEX_MAX_PENDING_SESSIONS)")
         else:
-            return
-        self.rejected += 1
-        raise TooManySessions(f"{problem}; try again later")
+            return None
+        per_client = Counter(x.client.address for x in pending)
+        greediest, most = per_client.most_common(1)[0] if per_client else ("", 0)
+        if most <= per_client[client.address]:
+            return problem
+        victim = min((x for x in pending if x.client.address == greediest), key=lambda x: x.created)
+        log.info("%s session %s of %s: evicted, unconnected, for a new session of %s", victim.kind, victim.id,
+                 greediest, client.address)
+        victim.evict()
+        return None
 
-    def add(self, kind: str, client: str, pc: RTCPeerConnection, stream: Stream, owns_stream: bool) -> Session:
-        self.check_room(client)
-        session = Session(self, kind, client, pc, stream, owns_stream)
+    def add(self, kind: str, client: Client, target: str, pc: RTCPeerConnection, stream: Stream,
+            owns_stream: bool) -> Session:
+        self.check_room(kind, client)
+        session = Session(self, kind, client, target, pc, stream, owns_stream)
         self.items[session.id] = session
         self.opened += 1
         return session
 
-    def get(self, kind: str, session_id: str) -> Session:
+    def owned(self, kind: str, session_id: str, target: str, caller: Client | None) -> Session:
+        """The ``kind`` session ``session_id`` if it was opened on ``target`` (the URL's thread or stream) by
+        ``caller``'s credential (None: any, a ``control`` token); else ``UnknownSession``, exactly as for an
+        id that does not exist, so nobody learns of sessions not theirs."""
         session = self.items.get(session_id)
-        if session is None or session.kind != kind:
-            raise UnknownSession(f"no {kind.upper()} session {session_id!r}")
+        if (session is None or session.kind != kind or session.target != target
+                or (caller is not None and session.client.owner != caller.owner)):
+            raise unknown(kind, session_id)
         return session
 
     def count(self, kind: str) -> int:

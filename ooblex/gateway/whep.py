@@ -13,13 +13,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from .. import routes
-from ..errors import BadRequest
+from ..errors import BadRequest, MethodNotAllowed
 from ..webrtc.tracks import ProcessedTrack
 from .audio import lip_sync, send_audio
-from .auth import stream_for
+from .auth import require, stream_for
+from .clients import caller
 from .ice import ice_links
-from .peer import negotiate, new_peer, read_offer, sdp_created
-from .state import client_of, gateway
+from .peer import negotiate, new_peer, read_offer, sdp_created, session_of
+from .state import gateway
 from .whip import SDP_BODY
 
 router = APIRouter(tags=["webrtc"])
@@ -34,9 +35,9 @@ async def whep(stream_id: str, request: Request) -> Response:
     offer = await read_offer(request, gw.settings)
     if not offer.wants_video_back:
         raise BadRequest(f"WHEP offer's video is {offer.video_direction}; it must receive video")
-    client = client_of(request)
-    gw.sessions.check_room(client)
-    session = gw.sessions.add("whep", client, new_peer(gw.settings), stream, owns_stream=False)
+    client = caller(request, require(request, "view", stream=stream.id, thread=stream.thread.name))
+    gw.sessions.check_room("whep", client)
+    session = gw.sessions.add("whep", client, stream_id, new_peer(gw.settings), stream, owns_stream=False)
     queue = stream.listen()
     audio = gw.audio.get(stream.id)
     track = ProcessedTrack(queue.get, on_sent=lip_sync(audio))
@@ -57,8 +58,14 @@ async def whep(stream_id: str, request: Request) -> Response:
 
 @router.delete(routes.WHEP_SESSION)
 async def whep_delete(stream_id: str, session_id: str, request: Request) -> dict[str, str]:
-    """Stop watching."""
-    stream_for(request, stream_id)
-    session = gateway(request).sessions.get("whep", session_id)
+    """Stop watching (only one's own session: 404 for any other, as for an unknown id)."""
+    session = session_of(request, "whep", session_id, stream=stream_id)
     await session.close()
     return {"deleted": session_id}
+
+
+@router.patch(routes.WHEP_SESSION, status_code=405)
+async def whep_patch(stream_id: str, session_id: str, request: Request) -> Response:
+    """Trickle ICE is not used: offers and answers carry all candidates (404 for a session not the caller's)."""
+    session_of(request, "whep", session_id, stream=stream_id)
+    raise MethodNotAllowed("trickle ICE is not supported: send a complete offer (gathering done)")

@@ -22,10 +22,11 @@ from ..frame import Frame
 from ..webrtc.tracks import Ingest, ProcessedTrack
 from .audio import lip_sync, publisher_audio, send_audio
 from .auth import require, view_token
+from .clients import caller
 from .frames import thread_params
 from .ice import ice_links
-from .peer import negotiate, new_peer, read_offer, sdp_created
-from .state import client_of, gateway
+from .peer import negotiate, new_peer, read_offer, sdp_created, session_of
+from .state import gateway
 
 router = APIRouter(tags=["webrtc"])
 SDP_BODY = {"content": {"application/sdp": {"schema": {"type": "string"}}}, "required": True}
@@ -41,11 +42,11 @@ async def whip(thread: str, request: Request) -> Response:
     offer = await read_offer(request, gw.settings)
     if not offer.sends_video:
         raise BadRequest(f"WHIP offer's video is {offer.video_direction}; it must send video")
-    client = client_of(request)
-    gw.sessions.check_room(client)
-    stream = gw.open(client, thread, params=thread_params(request.query_params), mode="live",
-                     max_in_flight=gw.settings.window(target), max_latency_ms=gw.settings.max_latency_ms)
-    session = gw.sessions.add("whip", client, new_peer(gw.settings), stream, owns_stream=True)
+    client = caller(request, granted)
+    gw.sessions.check_room("whip", client)
+    stream = await gw.open(client, thread, params=thread_params(request.query_params), mode="live",
+                           max_in_flight=gw.settings.window(target), max_latency_ms=gw.settings.max_latency_ms)
+    session = gw.sessions.add("whip", client, thread, new_peer(gw.settings), stream, owns_stream=True)
     ingest: list[Ingest] = []
 
     @session.pc.on("track")
@@ -76,16 +77,16 @@ async def whip(thread: str, request: Request) -> Response:
 
 @router.delete(routes.WHIP_SESSION)
 async def whip_delete(thread: str, session_id: str, request: Request) -> dict[str, str]:
-    """End a WHIP session and its stream."""
-    require(request, "publish", thread=thread)
-    session = gateway(request).sessions.get("whip", session_id)
+    """End a WHIP session and its stream (only its own: 404 for any other, as for an unknown id)."""
+    session = session_of(request, "whip", session_id, thread=thread)
     await session.close()
     return {"deleted": session_id}
 
 
 @router.patch(routes.WHIP_SESSION, status_code=405)
-async def whip_patch(thread: str, session_id: str) -> Response:
-    """Trickle ICE is not used: offers and answers carry all candidates."""
+async def whip_patch(thread: str, session_id: str, request: Request) -> Response:
+    """Trickle ICE is not used: offers and answers carry all candidates (404 for a session not the caller's)."""
+    session_of(request, "whip", session_id, thread=thread)
     raise MethodNotAllowed("trickle ICE is not supported: send a complete offer (gathering done)")
 
 

@@ -10,8 +10,8 @@ the output), and audio is written as the video reaches it, so the file is interl
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import av
@@ -33,9 +33,11 @@ class AudioInput:
     origin: float
     #: Seconds: where the input's video ends (a sink that got that far copies the whole soundtrack).
     video_end: float | None
+    #: Opens the input again (a confined job source must not be reopened by path); None: ``av.open(path)``.
+    reopen: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def probe(cls, container: Any, path: str) -> AudioInput | None:
+    def probe(cls, container: Any, path: str, reopen: Callable[[], Any] | None = None) -> AudioInput | None:
         """The audio of an open input ``container`` (None when it has none)."""
         if not container.streams.audio:
             return None
@@ -47,11 +49,11 @@ class AudioInput:
             video_end = float(((video.start_time or 0) + video.duration) * video.time_base)
         elif container.duration is not None:
             video_end = origin + container.duration / av.time_base
-        return cls(path, stream.index, stream.codec_context.name, origin, video_end)
+        return cls(path, stream.index, stream.codec_context.name, origin, video_end, reopen)
 
     def open(self) -> tuple[Any, Any]:
         """A demuxer of its own (the video is read elsewhere) and the audio stream in it."""
-        container = av.open(self.path)
+        container = self.reopen() if self.reopen is not None else av.open(self.path)
         return container, container.streams[self.index]
 
 

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -53,11 +53,14 @@ class VideoFileSink(Sink):
     #: Video time base ticks per frame interval: fine enough for variable frame rates.
     TICKS = 100
 
-    def __init__(self, path: str | Path, fps: float = 30.0, audio: AudioInput | None = None) -> None:
+    def __init__(self, path: str | Path | IO[bytes], fps: float = 30.0, audio: AudioInput | None = None) -> None:
+        """``path``: a file name, or a file already opened for writing (its name picks the container;
+        it is closed with the sink)."""
         import av
 
-        self.path = str(path)
-        self._container = av.open(self.path, mode="w")
+        self._file = None if isinstance(path, (str, Path)) else path
+        self.path = str(path if self._file is None else self._file.name)
+        self._container = av.open(self._file or self.path, mode="w")
         self._fps = max(1, round(fps))
         self._stream: Any = None
         self._av = av
@@ -122,6 +125,8 @@ class VideoFileSink(Sink):
         if self._audio is not None:
             self._audio.close(self._seconds(self._last_pts + self.TICKS))
         self._container.close()
+        if self._file is not None:
+            self._file.close()
 
 
 class MJPEGServerSink(Sink):
@@ -180,13 +185,16 @@ class MJPEGServerSink(Sink):
 
 
 def open_sink(spec: Any, fps: float = 30.0, audio: AudioInput | None = None) -> Sink:
-    """``None``/``"null"``, ``"out.mp4"``, ``"mjpeg://127.0.0.1:8090"``, a ``Sink`` or a callable.
+    """``None``/``"null"``, ``"out.mp4"``, ``"mjpeg://127.0.0.1:8090"``, a file opened for writing, a ``Sink``
+    or a callable.
 
     ``audio``: the input's soundtrack (``Source.audio``), kept by video file sinks."""
     if isinstance(spec, Sink):
         return spec
     if spec is None or spec == "null":
         return NullSink()
+    if hasattr(spec, "write") and hasattr(spec, "name"):  # a file opened for writing
+        return VideoFileSink(spec, fps, audio)
     if callable(spec):
         return CallbackSink(spec)
     s = str(spec)

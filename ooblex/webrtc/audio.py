@@ -32,6 +32,8 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 
+from . import internals
+
 log = logging.getLogger("ooblex.webrtc")
 
 #: Opus always runs an RTP clock of 48 kHz (RFC 7587), whatever the sampling rate inside.
@@ -94,11 +96,11 @@ def tap_receiver(receiver: RTCRtpReceiver, on_packet: Callable[[AudioPacket], No
 
     Call after ``setRemoteDescription`` and before media flows (as ``jitter.low_latency``).
     """
-    if getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None) is None:
+    if internals.jitter_buffer(receiver) is None:
         log.warning("aiortc internals changed: cannot tap the audio receiver (audio is not passed through)")
         return None
     tap = PacketTap(on_packet)
-    receiver._RTCRtpReceiver__jitter_buffer = tap  # type: ignore[attr-defined]
+    internals.set_jitter_buffer(receiver, tap)
     return tap
 
 

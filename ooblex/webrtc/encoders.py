@@ -24,6 +24,7 @@ from aiortc import RTCPeerConnection
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
+from . import internals
 from .vp8 import LIBRARY, LibvpxVp8Encoder, libvpx
 
 log = logging.getLogger("ooblex.webrtc")
@@ -105,11 +106,11 @@ def realtime_encoders(pc: RTCPeerConnection, speed: str) -> int:
         codecs = getattr(transceiver, "_codecs", None)
         if transceiver.kind != "video" or sender is None or not codecs:
             continue
-        if getattr(sender, "_RTCRtpSender__encoder", "absent") is not None:
+        if internals.encoder(sender, internals.ABSENT) is not None:
             log.debug("video sender already has an encoder (or aiortc internals changed): left as it is")
             continue
         encoder = encoder_for(codecs[0].mimeType, speed)
         if encoder is not None:
-            sender._RTCRtpSender__encoder = encoder  # type: ignore[attr-defined]
+            internals.set_encoder(sender, encoder)
             changed += 1
     return changed

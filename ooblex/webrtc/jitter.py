@@ -16,6 +16,8 @@ from aiortc import RTCPeerConnection
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
 
+from . import internals
+
 log = logging.getLogger("ooblex.webrtc")
 
 
@@ -64,12 +66,12 @@ def low_latency(pc: RTCPeerConnection) -> int:
         receiver = transceiver.receiver
         if transceiver.kind != "video" or receiver is None:
             continue
-        current = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        current = internals.jitter_buffer(receiver)
         if current is None:
             log.warning("aiortc internals changed: cannot install the low-latency jitter buffer")
             continue
         if not isinstance(current, MarkerJitterBuffer):
-            receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(  # type: ignore[attr-defined]
-                capacity=current.capacity, is_video=True)
+            internals.set_jitter_buffer(receiver, MarkerJitterBuffer(
+                capacity=current.capacity, is_video=True))
             changed += 1
     return changed

@@ -47,7 +47,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
-from . import red, ulpfec
+from . import internals, red, ulpfec
 
 log = logging.getLogger("ooblex.webrtc")
 
@@ -251,7 +251,7 @@ class _Receiver:
         if len(data) < start + 2:
             raise ValueError("RTX packet without an original sequence number")
         rtx_ssrc = int.from_bytes(data[8:12], "big")
-        ssrc = self.receiver._RTCRtpReceiver__rtx_ssrc.get(rtx_ssrc, self.recovery.ssrc)
+        ssrc = internals.rtx_ssrcs(self.receiver).get(rtx_ssrc, self.recovery.ssrc)
         header = red.with_payload_type(data[:start], self.red_pt)
         original = data[start:start + 2]
         return header[:2] + original + header[4:8] + ssrc.to_bytes(4, "big") + header[12:] + data[start + 2:]
@@ -316,7 +316,7 @@ class _Transport:
         for packet, rebuilt in receiver.incoming(data, self.dtls._rtp_header_extensions_map):
             await receiver.receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)
             if rebuilt:  # receiver reports give the network's loss, not what is left after repair
-                stats = receiver.receiver._RTCRtpReceiver__remote_streams.get(packet.ssrc)
+                stats = internals.remote_streams(receiver.receiver).get(packet.ssrc)
                 if stats is not None:
                     stats.packets_received -= 1
 
@@ -375,7 +375,7 @@ def _share_bitrate(sender: Any, packet: RtcpPsfbPacket, share: float) -> None:
         bitrate, ssrcs = unpack_remb_fci(packet.fci)
     except ValueError:
         return
-    encoder = getattr(sender, "_RTCRtpSender__encoder", None)
+    encoder = internals.encoder(sender)
     if sender._ssrc in ssrcs and encoder is not None and hasattr(encoder, "target_bitrate"):
         encoder.target_bitrate = int(bitrate * share)
 

@@ -34,6 +34,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtp import RtpPacket
 
+from . import internals
 from .jitter import MarkerJitterBuffer
 
 log = logging.getLogger("ooblex.webrtc")
@@ -221,20 +222,20 @@ def recover_losses(pc: RTCPeerConnection) -> int:
     changed = 0
     for transceiver in pc.getTransceivers():
         receiver = transceiver.receiver
-        current = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        current = internals.jitter_buffer(receiver)
         if transceiver.kind != "video" or current is None or isinstance(current, RecoveringJitterBuffer):
             if transceiver.kind == "video" and current is None:
                 log.warning("aiortc internals changed: cannot install loss recovery")
             continue
-        codecs: dict[int, Any] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+        codecs: dict[int, Any] = internals.receiver_codecs(receiver)
 
         def codec_of(payload_type: int, codecs: dict[int, Any] = codecs) -> str | None:
             codec = codecs.get(payload_type)
             return codec.name if codec is not None else None
 
-        receiver._RTCRtpReceiver__jitter_buffer = RecoveringJitterBuffer(current.capacity, codec_of)  # type: ignore[attr-defined]
+        internals.set_jitter_buffer(receiver, RecoveringJitterBuffer(current.capacity, codec_of))
         nacks = RetryingNacks()
-        receiver._RTCRtpReceiver__nack_generator = nacks  # type: ignore[attr-defined]
+        internals.set_nack_generator(receiver, nacks)
         receiver._handle_rtp_packet = _nacking_again(receiver, nacks, codec_of)  # type: ignore[method-assign]
         changed += 1
     return changed
