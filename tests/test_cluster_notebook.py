@@ -7,6 +7,7 @@ own endpoints (the JupyterLab panel's) see it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -21,6 +22,7 @@ import pytest
 from .cluster_fixtures import needs_redis
 from .jupyter_proc import JupyterServer
 from .kernel_frontend import ROOT, KernelFrontend
+from .netns import in_netns
 from .test_server_ext import ENABLE
 
 pytestmark = [pytest.mark.timeout(240), needs_redis]
@@ -118,3 +120,58 @@ def test_in_jupyter_the_server_owns_the_cluster_across_kernel_restarts(tmp_path:
             time.sleep(0.2)
         else:
             raise AssertionError("the cluster's gateway still answers after cluster.stop()")
+
+
+@in_netns
+async def test_a_share_link_publishes_through_the_deployed_thread_from_a_browser() -> None:
+    """``Deployment.share()``: a colleague opens the link (no login, no CLI) and sees their camera processed by
+    the deployed thread; the token rides in the fragment, covers that thread only and leaves the address bar."""
+    import httpx
+    from playwright.async_api import async_playwright
+
+    import ooblex as ob
+    from ooblex.cluster.local import LocalCluster
+    from ooblex.tokens import mint
+
+    from .test_gateway_browser import CHROMIUM, FLAGS, _output_playing
+
+    @ob.tensor_thread(name="shared_invert")
+    def shared_invert(frame):
+        return 255 - frame
+
+    local = await asyncio.to_thread(LocalCluster(workers=1).start)
+    try:
+        env = local.env
+        dep = await asyncio.to_thread(ob.deploy, shared_invert, env["OOBLEX_BROKER"], secret=env["OOBLEX_SECRET"],
+                                      wait=90)
+        link = await asyncio.to_thread(dep.share, "10m")
+        assert link.startswith(f"{local.gateway}/?thread=shared_invert#token=")
+        token = link.split("#token=")[1]
+        async with httpx.AsyncClient(timeout=20) as http:  # this thread only
+            r = await http.post(f"{local.gateway}/whip/identity", content="v=0", headers={
+                "Authorization": f"Bearer {token}", "Content-Type": "application/sdp"})
+            assert r.status_code == 403, r.text
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                page = await browser.new_page()
+                logs: list[str] = []
+                page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
+                await page.goto(link)
+                await page.click("#start")  # as the colleague would: the link opens the page, Start shares the camera
+                try:
+                    state = await _output_playing(page, 60)
+                except AssertionError:
+                    raise AssertionError(f"{await page.text_content('#status')} {logs}") from None
+                assert state["width"] > 0 and state["advanced"] > 0.5, state
+                assert token not in page.url
+                control = mint("control", secret=env["OOBLEX_SECRET"])
+                async with httpx.AsyncClient(timeout=20) as http:
+                    streams = (await http.get(f"{local.gateway}/api/v1/streams",
+                                              headers={"Authorization": f"Bearer {control}"})).json()
+                assert [s["thread"] for s in streams] == ["shared_invert"]
+                assert streams[0]["processed"] > 0
+            finally:
+                await browser.close()
+    finally:
+        await asyncio.to_thread(local.stop)

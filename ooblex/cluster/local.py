@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from typing import Any
 
 from ..errors import Unavailable
@@ -53,7 +54,23 @@ class LocalCluster:
                 raise Unavailable(f"the local cluster did not start (ooblex up): {tail}")
             time.sleep(0.05)
         self.env = read_env(self.ready["env_file"])
+        self._wait_for_gateway(deadline, lines)
         return self
+
+    def _wait_for_gateway(self, deadline: float, lines: list[str]) -> None:
+        """``ooblex up`` says ready once it has started its children; the gateway answers a moment later."""
+        if not self.gateway:
+            return
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.gateway}/healthz", timeout=2):  # noqa: S310 - our own child
+                    return
+            except OSError:
+                if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    tail = "".join(lines[-20:]).strip() or "(no output)"
+                    raise Unavailable(f"the local cluster's gateway did not answer: {tail}") from None
+                time.sleep(0.1)
 
     def _read(self, lines: list[str]) -> None:
         """Reads the child's output to its end (a full pipe would stall it); keeps the last lines for errors."""

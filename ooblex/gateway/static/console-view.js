@@ -105,6 +105,10 @@ export function mountConsole(root, api, options = {}) {
 
   function renderDeployments(c) {
     const box = sections.deployments;
+    if (c.reachable === false) { // the Jupyter server knows no cluster yet: say how to start one
+      box.replaceChildren(el("p", { class: "ob-muted ob-no-cluster", text: c.hint }));
+      return;
+    }
     if (!c.cluster) {
       box.replaceChildren(el("p", { class: "ob-muted", text: "This gateway runs its own embedded engine, not a " +
         "cluster: no registry, no workers. Start one with ooblex up (or ooblex gateway --broker redis://…)." }));
@@ -138,7 +142,7 @@ export function mountConsole(root, api, options = {}) {
 
   function renderWorkers(c) {
     const box = sections.workers;
-    if (!c.workers.length) {
+    if (!c.workers?.length) {
       box.replaceChildren(el("p", { class: "ob-muted", text: c.cluster ? "No live worker." : "–" }));
       return;
     }
@@ -254,32 +258,53 @@ export function mountConsole(root, api, options = {}) {
     }
   }
 
+  // Polls every `every` ms while there is a cluster; without one (or while requests fail) it waits twice as
+  // long each time, up to `maxEvery`, so an idle panel does not fill the server's log.
+  const every = options.every || 1000;
+  const maxEvery = options.maxEvery || 30000;
+  let wait = every;
+  let stopped = false;
+
   async function refresh() {
     if (busy) return;
     busy = true;
     try {
-      const [c, streams, history] = await Promise.all([api.cluster(), api.streams(), api.history(lastT)]);
+      const c = await api.cluster();
       renderDeployments(c);
       renderWorkers(c);
-      for (const cols of Object.values(history)) if (cols.t.length) lastT = Math.max(lastT, cols.t[cols.t.length - 1]);
-      renderStreams(streams, history);
+      if (c.reachable === false) {
+        renderStreams([], {});
+        wait = Math.min(wait * 2, maxEvery);
+      } else {
+        const [streams, history] = await Promise.all([api.streams(), api.history(lastT)]);
+        for (const cols of Object.values(history)) if (cols.t.length) lastT = Math.max(lastT, cols.t[cols.t.length - 1]);
+        renderStreams(streams, history);
+        wait = every;
+      }
       root.dataset.updated = String(Date.now());
+      root.dataset.every = String(wait);
     } catch (e) {
       notify(e.message, true);
       if (e.status === 401 || e.status === 403) stop();
+      wait = Math.min(wait * 2, maxEvery);
     } finally {
       busy = false;
     }
   }
 
+  async function loop() {
+    await refresh();
+    if (!stopped) timer = setTimeout(loop, wait);
+  }
+
   function stop() {
-    clearInterval(timer);
+    stopped = true;
+    clearTimeout(timer);
     timer = null;
     for (const c of charts.values()) c.stop();
   }
 
-  refresh();
-  timer = setInterval(refresh, options.every || 1000);
+  loop();
   return { refresh, stop };
 }
 
