@@ -193,3 +193,54 @@ def _notebook(cells: list[str]) -> dict:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells],
                                   metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
     return json.loads(nbformat.writes(nb))
+
+
+def test_the_panel_at_the_default_width_starts_from_no_cluster_to_the_notebooks_cluster(tmp_path) -> None:
+    """JupyterLab at 1280x800 with the sidebar at its default width: with no cluster the panel says how to start
+    one and polls ever less often (the server's log stays quiet); after ``ob.cluster()`` in the notebook it shows
+    that cluster, with the deploy controls and the workers table inside the panel (screenshot: look at it)."""
+    (tmp_path / "cluster.ipynb").write_text(json.dumps(_notebook([
+        "import ooblex as ob\ncluster = ob.cluster()\ncluster", NOTEBOOK_THREAD + "dep = ob.deploy(mirror, wait=60)"])))
+    lab_settings(tmp_path)
+    server_env = {"JUPYTER_CONFIG_PATH": str(ROOT / "server_ext" / "jupyter-config"),
+                  **{k: "" for k in os.environ if k.startswith("OOBLEX_")}}
+    with JupyterServer(tmp_path, app="jupyterlab", env=server_env) as server, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        try:
+            open_notebook(page, server, "cluster.ipynb")
+            page.click("li.lm-TabBar-tab[data-id='ooblex-console']")
+            panel = page.locator("#ooblex-console")
+            hint = panel.locator(".ob-no-cluster")
+            hint.wait_for(timeout=30_000)
+            assert "ob.cluster()" in hint.inner_text()
+            _until(page, "Number(document.querySelector('#ooblex-console .ob-console').dataset.every) >= 4000", 30)
+            polls = server.log().count("/ooblex/cluster")
+            warnings = [line for line in server.log().splitlines() if "/ooblex/" in line and "WARN" in line]
+            assert not warnings, warnings[:3]
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-panel-no-cluster.png"))
+
+            run_cell(page, 0)
+            run_cell(page, 1)
+            page.wait_for_selector("#ooblex-console .ob-deployment[data-name=mirror] .ob-serving li", timeout=120_000)
+            page.wait_for_selector("#ooblex-console .ob-worker", timeout=30_000)
+            time.sleep(1.0)
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-panel-default-width.png"))
+            fits = page.evaluate("""() => {
+                const p = document.querySelector('#ooblex-console');
+                const right = p.getBoundingClientRect().right;
+                const inside = (sel) => [...p.querySelectorAll(sel)]
+                    .every((e) => e.getBoundingClientRect().right <= right + 1);
+                return {deploy: inside('.ob-deploy'), workers: inside('.ob-workers table'),
+                        overflow: p.scrollWidth - p.clientWidth, width: p.clientWidth};
+            }""")
+            assert fits["deploy"] and fits["workers"] and fits["overflow"] <= 1, fits
+            assert polls < 20, f"{polls} polls of /ooblex/cluster while there was no cluster"
+        except BaseException:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-panel-default-width-failure.png"))
+            print(server.log()[-5000:])
+            raise
+        finally:
+            browser.close()

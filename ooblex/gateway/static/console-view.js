@@ -33,6 +33,15 @@ export function ago(seconds) {
 const when = (t) => (t ? `${new Date(t * 1000).toLocaleString()} (${ago(Date.now() / 1000 - t)} ago)` : "–");
 const fmt = (v, digits = 1) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
 
+/** A table whose cells carry their column's name (`data-label`): a narrow host (the JupyterLab sidebar)
+ *  shows each row as a stacked card with those labels instead of columns that do not fit. */
+function table(headers, rows) {
+  for (const row of rows) [...row.children].forEach((td, i) => { if (headers[i]) td.dataset.label = headers[i]; });
+  return el("table", { class: "ob-table" },
+    el("thead", {}, el("tr", {}, ...headers.map((h) => el("th", { text: h })))),
+    el("tbody", {}, rows));
+}
+
 /** Mount the view into `root`. Returns {refresh(), stop()}.
  *  api: {cluster(), streams(), history(since), activate(name, v), undeploy(name), watch(stream, box) -> stop fn,
  *        mjpegUrl(stream)}; options: {uPlot, confirm(message) -> Promise<bool>, notify(text, isError),
@@ -134,10 +143,8 @@ export function mountConsole(root, api, options = {}) {
           }
         } })),
       d.description ? el("p", { class: "ob-muted", text: d.description }) : "",
-      el("table", { class: "ob-table" },
-        el("thead", {}, el("tr", {}, ...["version", "deployed", "licence · requirements", "signature", "workers", ""]
-          .map((h) => el("th", { text: h })))),
-        el("tbody", {}, d.versions.map((v) => versionRow(d, v)))))));
+      table(["version", "deployed", "licence · requirements", "signature", "workers", ""],
+        d.versions.map((v) => versionRow(d, v))))));
   }
 
   function renderWorkers(c) {
@@ -148,10 +155,8 @@ export function mountConsole(root, api, options = {}) {
     }
     const gpu = (w) => (w.gpus && w.gpus.length ? w.gpus.map((g) => `${g.name}${g.percent !== null ? ` ${g.percent}%` : ""}` +
       ` ${g.memory_used_mb}/${g.memory_total_mb} MiB`).join("; ") : "–");
-    box.replaceChildren(el("table", { class: "ob-table" },
-      el("thead", {}, el("tr", {}, ...["worker", "threads", "in flight", "frames/s", "heartbeat", "CPU", "memory", "GPU",
-        "Ooblex"].map((h) => el("th", { text: h })))),
-      el("tbody", {}, c.workers.map((w) => el("tr", { class: "ob-worker", "data-id": w.id },
+    box.replaceChildren(table(["worker", "threads", "in flight", "frames/s", "heartbeat", "CPU", "memory", "GPU",
+      "Ooblex"], c.workers.map((w) => el("tr", { class: "ob-worker", "data-id": w.id },
         el("td", {}, el("div", { text: w.host || "?" }), el("div", { class: "ob-muted", text: w.id })),
         el("td", { text: (w.served || []).join(", ") || "–" }),
         el("td", { text: String(w.in_flight ?? "–") }),
@@ -160,7 +165,7 @@ export function mountConsole(root, api, options = {}) {
         el("td", { text: w.cpu ? `${fmt(w.cpu.percent, 0)}% · load ${fmt(w.cpu.load, 2)} / ${w.cpu.count} cores` : "–" }),
         el("td", { text: w.memory_mb ? `${fmt(w.memory_mb, 0)} MiB` : "–" }),
         el("td", { text: gpu(w) }),
-        el("td", { text: w.ooblex || "?" }))))));
+        el("td", { text: w.ooblex || "?" })))));
   }
 
   // The y axis as wide as its longest tick label (uPlot's fixed default clips "1000" and "12.5k")
@@ -183,7 +188,8 @@ export function mountConsole(root, api, options = {}) {
   }
 
   function streamCard(s) {
-    const width = Math.max(260, Math.min(520, (sections.streams.clientWidth || 900) / 2 - 40));
+    const room = sections.streams.clientWidth || 900; // a narrow host (the sidebar) gets one chart per row
+    const width = room < 600 ? Math.max(160, room - 30) : Math.min(520, room / 2 - 40);
     const fps = chart("frames/s", [["in", "#8b93a1"], ["out", "#4fb3ff"], ["dropped+stale", "#ff6b6b"]], width);
     const latency = chart("latency, ms (p50 per stage; total p95 dashed)",
       [...STAGES.map(([k, c]) => [k, c]), ["total p95", "#7ed321", [4, 4]]], width);
