@@ -10,6 +10,7 @@ Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -171,6 +172,9 @@ def test_a_restart_stops_the_widget_and_the_saved_notebook_keeps_its_frames(brow
     state = saved["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     view = saved["cells"][0]["outputs"][0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
     assert [buf["path"] for buf in state[view].get("buffers", [])] == [["poster"]]
+    poster_bytes = len(base64.b64decode(state[view]["buffers"][0]["data"]))
+    print(f"poster in the saved notebook: {poster_bytes} bytes")
+    assert 1000 < poster_bytes < 100_000, poster_bytes
 
     again = browser()  # a new server, a new kernel
     page = again.page

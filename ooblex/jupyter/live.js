@@ -682,9 +682,8 @@ function render({ model, el }) {
 
   button.onclick = () => {
     if (dead) return;
-    model.set("running", !model.get("running"));
+    model.set("running", !model.get("running"));  // fires change:running here at once (sync)
     model.save_changes();
-    sync();  // at once, not when the kernel echoes the change (a stopped view must not show "Stop" meanwhile)
   };
   cameraSel.onchange = restartCamera;
   sizeSel.onchange = () => {
