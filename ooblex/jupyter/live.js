@@ -360,6 +360,7 @@ function render({ model, el }) {
       if (!alive || dead) return;
       useComm(opened ? `side channel closed (${ev.reason || ev.code})`
         : "the ooblex server extension's WebSocket could not be opened (not installed or enabled, or a remote kernel)");
+      if (opened) note(`side channel lost (${ev.reason || ev.code}): frames travel over the comm, between cells`);
       retryTimer = setTimeout(connect, retryMs);
       retryMs = Math.min(retryMs * 2, 60000);
     };
