@@ -85,8 +85,8 @@ def browser(tmp_path, monkeypatch):
     with playwright.sync_playwright() as p:
         made: list[Browser] = []
 
-        def start() -> Browser:
-            made.append(Browser(p, tmp_path, "jupyterlab"))
+        def start(app: str = "jupyterlab") -> Browser:
+            made.append(Browser(p, tmp_path, app))
             return made[-1]
 
         try:
@@ -135,13 +135,14 @@ def assert_dead(page, widget, why: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_restart_stops_the_widget_and_the_saved_notebook_keeps_its_frames(browser, tmp_path):
+@pytest.mark.parametrize("app", ["jupyterlab", "notebook"])
+def test_a_restart_stops_the_widget_and_the_saved_notebook_keeps_its_frames(app, browser, tmp_path):
     from .jupyter_proc import open_notebook, run_cell
     from .test_jupyter_browser import ARTIFACTS, wait_frames
 
     write_notebook(tmp_path / "truth.ipynb", [LIVE])
     ARTIFACTS.mkdir(exist_ok=True)
-    b = browser()
+    b = browser(app)
     page = b.page
     try:
         b.open("truth.ipynb")
@@ -155,7 +156,7 @@ def test_a_restart_stops_the_widget_and_the_saved_notebook_keeps_its_frames(brow
 
         kernel_menu(page, "Restart Kernel", "Restart")
         assert_dead(page, widget, "kernel restarted: run the cell again")
-        widget.screenshot(path=str(ARTIFACTS / "jupyter_widget_after_restart.png"))
+        widget.screenshot(path=str(ARTIFACTS / f"jupyter_widget_after_restart_{app}.png"))
 
         page.locator(f"{PANEL} .jp-Notebook").click()
         page.keyboard.press("Control+s")
@@ -164,7 +165,7 @@ def test_a_restart_stops_the_widget_and_the_saved_notebook_keeps_its_frames(brow
             assert time.time() < deadline, "the notebook was not saved with the widget's state"
             time.sleep(0.5)
     except Exception:
-        b.fail("jupyter_widget_restart")
+        b.fail(f"jupyter_widget_restart_{app}")
         raise
     b.server.stop()  # the kernel that drew the frames is gone
 
@@ -176,7 +177,7 @@ def test_a_restart_stops_the_widget_and_the_saved_notebook_keeps_its_frames(brow
     print(f"poster in the saved notebook: {poster_bytes} bytes")
     assert 1000 < poster_bytes < 100_000, poster_bytes
 
-    again = browser()  # a new server, a new kernel
+    again = browser(app)  # a new server, a new kernel
     page = again.page
     try:
         open_notebook(page, again.server, "truth.ipynb")
@@ -186,9 +187,9 @@ def test_a_restart_stops_the_widget_and_the_saved_notebook_keeps_its_frames(brow
         assert size == [640, 240], size  # 640x480 input | output at 240 px high
         assert "model not found" not in page.locator(PANEL).inner_text()
         assert "run the cell to go live" in page.locator(".ooblex-live .ooblex-status").inner_text()
-        page.locator(f"{PANEL} .jp-Cell").first.screenshot(path=str(ARTIFACTS / "jupyter_widget_saved_view.png"))
+        page.locator(f"{PANEL} .jp-Cell").first.screenshot(path=str(ARTIFACTS / f"jupyter_widget_saved_view_{app}.png"))
     except Exception:
-        again.fail("jupyter_widget_saved_view")
+        again.fail(f"jupyter_widget_saved_view_{app}")
         raise
 
 
