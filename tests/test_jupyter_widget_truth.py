@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import signal
 import time
 
 import nbformat
@@ -199,7 +201,8 @@ def test_a_shutdown_stops_the_widget_and_a_camera_that_cannot_start_stops_it_too
     from .jupyter_proc import run_cell
     from .test_jupyter_browser import ARTIFACTS, wait_frames
 
-    write_notebook(tmp_path / "shutdown.ipynb", [LIVE, NO_CAMERA, "print(bad.running, live.running)"])
+    cells = [LIVE, NO_CAMERA, "import os\nprint(bad.running, live.running, os.getpid())"]
+    write_notebook(tmp_path / "shutdown.ipynb", cells)
     b = browser()
     page = b.page
     try:
@@ -215,7 +218,17 @@ def test_a_shutdown_stops_the_widget_and_a_camera_that_cannot_start_stops_it_too
         run_cell(page, 2, ran=r"\[3\]")
         printed = page.locator(f"{PANEL} .jp-Cell").nth(2).locator(".jp-OutputArea-output")
         printed.wait_for(timeout=30_000)
-        assert printed.inner_text().strip() == "False True"
+        running, live_running, pid = printed.inner_text().split()
+        assert (running, live_running) == ("False", "True")
+
+        os.kill(int(pid), signal.SIGSTOP)  # a kernel that says nothing (as one stuck outside Python)
+        try:
+            good.locator(".ooblex-status", has_text="the kernel has not answered for").wait_for(timeout=20_000)
+            assert good.get_attribute("data-state") == "silent"
+        finally:
+            os.kill(int(pid), signal.SIGCONT)
+        page.wait_for_function("(el) => el.dataset.state === 'live'", arg=good.element_handle(), timeout=20_000)
+        wait_frames(page, good.element_handle(), int(good.get_attribute("data-frames-shown")) + 10)
 
         page.evaluate(TRACKS)
         assert set(camera_tracks(page)) == {"live"}
