@@ -4,8 +4,19 @@
 // comm. At most `max_in_flight` frames are unanswered; a reply acknowledges every frame up to its `ack`
 // (older ones were dropped kernel-side: latest-frame-wins), per lane in compare mode.
 // Round trip = capture to processed frame drawn.
+// The view tells the truth: when its kernel restarts or shuts down it says so, stops the camera and greys
+// out (`ooblex-dead`); when the kernel goes quiet it greys out until it is heard again; a camera that
+// cannot start stops the widget. A notebook saved with this view open keeps the widget's state with its
+// `poster` (the newest frames), so reopened without this kernel it shows that picture ("saved view").
 
 const ACK_TIMEOUT_MS = 2000;
+// The kernel speaks at least every 2 s (stats while running, a beat while stopped); longer silence is shown.
+const SILENT_MS = 6000;
+const WIDGET_STATE = "application/vnd.jupyter.widget-state+json";
+const MARK = "ooblex live widget";  // first words of this file: finds this widget's entries in saved state
+const RESTARTED = "the kernel restarted: run the cell again";
+const SHUT_DOWN = "the kernel was shut down: start a kernel and run the cell again";
+const SWITCHED = "the notebook now uses another kernel: run the cell again";
 const WINDOW = 200;
 const RESOLUTIONS = [[320, 240], [640, 480], [1280, 720], [1920, 1080]];
 const PALETTE = ["#00e676", "#ffea00", "#40c4ff", "#ff4081", "#ff9100", "#b388ff"];
@@ -169,8 +180,57 @@ function buildControl(value, c, onChange) {
   return row;
 }
 
+// --- saved state: this widget's model (and the models it refers to) as a notebook keeps them ---
+function base64(view) {
+  const b = new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+  let s = "";
+  for (let i = 0; i < b.length; i += 0x8000) s += String.fromCharCode(...b.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+function modelState(m) {
+  const state = m.serialize(m.get_state(true));
+  const buffers = [];
+  for (const [k, v] of Object.entries(state)) {
+    if (v instanceof DataView || ArrayBuffer.isView(v) || v instanceof ArrayBuffer) {
+      buffers.push({ path: [k], data: base64(v instanceof ArrayBuffer ? new DataView(v) : v), encoding: "base64" });
+      delete state[k];
+    }
+  }
+  const entry = { model_name: m.get("_model_name"), model_module: m.get("_model_module"),
+    model_module_version: m.get("_model_module_version"), state };
+  if (buffers.length) entry.buffers = buffers;
+  return entry;
+}
+
+// Resolves this widget's model and those it refers to ("IPY_MODEL_<id>": its layout), for a synchronous save.
+async function resolveModels(mgr, id, into = new Map()) {
+  if (into.has(id)) return into;
+  const m = await mgr.get_model(id);
+  into.set(id, m);
+  for (const v of Object.values(m.serialize(m.get_state(true)))) {
+    if (typeof v === "string" && v.startsWith("IPY_MODEL_")) await resolveModels(mgr, v.slice(10), into);
+  }
+  return into;
+}
+
+function keepInNotebook(mgr, models) {
+  const nb = mgr.context?.model;
+  if (!nb?.getMetadata || !nb.setMetadata) return;
+  const meta = nb.getMetadata("widgets") || {};
+  const saved = meta[WIDGET_STATE] || { version_major: 2, version_minor: 0, state: {} };
+  const state = {};
+  for (const [id, entry] of Object.entries(saved.state || {})) {
+    const ours = typeof entry?.state?._esm === "string" && entry.state._esm.includes(MARK);
+    if (!ours || mgr.has_model(id)) state[id] = entry;  // drop the state of ooblex widgets gone for good
+  }
+  for (const [id, m] of models) state[id] = modelState(m);
+  nb.setMetadata("widgets", { ...meta, [WIDGET_STATE]: { ...saved, state } });
+}
+
 function render({ model, el }) {
   el.classList.add("ooblex-live");
+  if (el.classList.contains("jupyter-widgets-disconnected")) return renderSaved(model, el);
   // header: title, transport badge, status; toolbar; panes (input + one per lane)
   const head = h("div", "ooblex-head");
   const title = h("span", "ooblex-title");
@@ -229,19 +289,23 @@ function render({ model, el }) {
   let retryMs = 2000;
   let retryTimer = null;
   let noteTimer = null;
+  let dead = null;              // why the kernel behind this view is gone (the view then stays as it is)
+  let cameraError = "";         // why the camera did not start (the widget was stopped)
+  let heard = performance.now();  // the kernel's last message
   el.dataset.framesShown = "0";
+  el.dataset.state = "live";
 
   const isBrowser = () => model.get("source_kind") === "browser";
 
   function setPath(p, why) {
     path = p;
     el.dataset.transport = p;
-    badge.textContent = p === "channel" ? "side channel" : p;
+    badge.textContent = p === "channel" ? "side channel" : p === "gone" ? "no kernel" : p;
     badge.className = `ooblex-path ooblex-path-${p}`;
     badge.title = p === "channel"
       ? "frames travel over the ooblex server extension's WebSocket: they keep flowing while cells run"
       : p === "comm" ? `frames travel over the widget's comm, which the kernel reads only between cells (${why})`
-        : "opening the side channel";
+        : p === "gone" ? "no kernel behind this view" : "opening the side channel";
   }
 
   function note(text) {
@@ -260,13 +324,14 @@ function render({ model, el }) {
   }
 
   function useComm(why) {
+    if (dead) return;
     if (path !== "comm") model.send({ type: "hello", transport: "comm", why });
     setPath("comm", why);
   }
 
   function connect() {
     retryTimer = null;
-    if (!alive || ws) return;
+    if (!alive || ws || dead) return;
     const url = channelUrl(model.get("channel"));
     if (!url) {
       useComm(pageConfig() ? "the kernel serves no side channel" : "this page is not JupyterLab or Notebook 7");
@@ -292,9 +357,10 @@ function render({ model, el }) {
     sock.onclose = (ev) => {
       clearTimeout(giveUp);
       if (ws === sock) { ws = null; pending.clear(); }
-      if (!alive) return;
+      if (!alive || dead) return;
       useComm(opened ? `side channel closed (${ev.reason || ev.code})`
         : "the ooblex server extension's WebSocket could not be opened (not installed or enabled, or a remote kernel)");
+      if (opened) note(`side channel lost (${ev.reason || ev.code}): frames travel over the comm, between cells`);
       retryTimer = setTimeout(connect, retryMs);
       retryMs = Math.min(retryMs * 2, 60000);
     };
@@ -352,8 +418,12 @@ function render({ model, el }) {
 
   function renderHead() {
     title.textContent = `${model.get("title")} · v${model.get("version")} · ${model.get("source_label")}`;
-    button.textContent = model.get("running") ? "Stop" : "Start";
-    status.textContent = model.get("status");
+    if (dead) return;
+    const running = model.get("running");
+    button.textContent = running ? "Stop" : "Start";
+    el.dataset.running = String(running);
+    status.textContent = !running && cameraError ? cameraError : model.get("status");
+    status.classList.toggle("ooblex-alert", !running && !!cameraError);
     const browser = isBrowser();
     video.style.display = browser ? "" : "none";
     inCanvas.style.display = browser ? "none" : "";
@@ -408,13 +478,19 @@ function render({ model, el }) {
 
   async function startCamera() {
     if (camera) return;
+    let stream;
     try {
-      camera = await navigator.mediaDevices.getUserMedia({ video: constraints(), audio: false });
+      stream = await navigator.mediaDevices.getUserMedia({ video: constraints(), audio: false });
     } catch (err) {
-      status.textContent = `camera unavailable: ${err.name}: ${err.message}`;
+      // Not running without a camera: the button says Start (which tries again) and the kernel knows.
+      cameraError = `camera unavailable: ${err.name}${err.message ? `: ${err.message}` : ""}`;
+      if (!dead && model.get("running")) { model.set("running", false); model.save_changes(); }
+      renderHead();
       return;
     }
-    if (!alive || !model.get("running") || !isBrowser()) { stopCamera(); return; }
+    if (camera) { stream.getTracks().forEach((t) => t.stop()); return; }  // a second start raced this one
+    camera = stream;
+    if (!alive || dead || !model.get("running") || !isBrowser()) { stopCamera(); return; }
     video.srcObject = camera;
     await video.play().catch(() => {});
     listCameras().catch(() => {});
@@ -521,6 +597,9 @@ function render({ model, el }) {
   }
 
   function onMsg(msg, buffers) {
+    if (dead) return;
+    heard = performance.now();
+    if (el.dataset.state === "silent") { el.classList.remove("ooblex-silent"); el.dataset.state = "live"; renderHead(); }
     if (msg.type === "frame") onFrame(msg, buffers);
     else if (msg.type === "ack") ack(msg.lane ?? null, msg.ack);
     else if (msg.type === "reset") pending.clear();
@@ -536,9 +615,65 @@ function render({ model, el }) {
   }
 
   function sync() {
+    if (dead) return;
+    if (model.get("running")) cameraError = "";
     renderHead();
     if (model.get("running") && isBrowser()) startCamera(); else stopCamera();
   }
+
+  // The kernel behind this view is gone: say why, stop the camera, grey out, and make every button inert.
+  function die(why) {
+    if (dead) return;
+    dead = why;
+    if (camera && video.readyState >= 2) {  // keep the last camera picture (greyed) where the video was
+      inCanvas.width = video.videoWidth;
+      inCanvas.height = video.videoHeight;
+      inCanvas.getContext("2d").drawImage(video, 0, 0);
+      video.style.display = "none";
+      inCanvas.style.display = "";
+    }
+    stopCamera();
+    clearTimeout(retryTimer);
+    clearTimeout(noteTimer);
+    if (ws) { const sock = ws; ws = null; sock.close(); }
+    pending.clear();
+    el.classList.add("ooblex-dead");
+    el.classList.remove("ooblex-silent");
+    el.dataset.state = "dead";
+    el.dataset.running = "false";
+    setPath("gone");
+    status.textContent = why;
+    status.classList.add("ooblex-alert");
+    button.textContent = "Start";
+    button.title = why;
+    for (const c of el.querySelectorAll("button, select, input")) c.disabled = true;
+  }
+
+  // Where the page can say (JupyterLab, Notebook 7): the kernel this widget lives in, watched for restarts,
+  // shutdowns and kernel switches. Elsewhere the heartbeat below still notices a silent kernel.
+  const mgr = model.widget_manager;
+  const kernel = mgr?.kernel ?? null;
+  const onKernelStatus = (_, st) => {
+    if (st === "restarting" || st === "autorestarting") die(RESTARTED);
+    else if (st === "dead") die(SHUT_DOWN);
+  };
+  kernel?.statusChanged?.connect(onKernelStatus);
+  const onSave = (_, phase) => { if (phase === "started" && savable) keepInNotebook(mgr, savable); };
+  let savable = null;
+  if (mgr?.context?.saveState && model.get("channel").widget) {
+    resolveModels(mgr, model.get("channel").widget).then((m) => { savable = m; }).catch(() => {});
+    mgr.context.saveState.connect(onSave);
+  }
+  const watchdog = setInterval(() => {
+    if (dead) return;
+    if (kernel && (kernel.isDisposed || mgr.kernel !== kernel)) { die(mgr.kernel ? SWITCHED : SHUT_DOWN); return; }
+    const quiet = performance.now() - heard;
+    if (quiet > SILENT_MS && el.dataset.state === "live") {
+      el.classList.add("ooblex-silent");
+      el.dataset.state = "silent";
+      status.textContent = `the kernel has not answered for ${Math.round(quiet / 1000)} s (busy, or gone)`;
+    }
+  }, 1000);
 
   function relane() {
     buildLanes();
@@ -546,7 +681,11 @@ function render({ model, el }) {
     renderStats();
   }
 
-  button.onclick = () => { model.set("running", !model.get("running")); model.save_changes(); };
+  button.onclick = () => {
+    if (dead) return;
+    model.set("running", !model.get("running"));  // fires change:running here at once (sync)
+    model.save_changes();
+  };
   cameraSel.onchange = restartCamera;
   sizeSel.onchange = () => {
     const [w, hgt] = sizeSel.value.split("x").map(Number);
@@ -572,6 +711,9 @@ function render({ model, el }) {
     ["change:source_kind", sync], ["change:status", renderHead], ["change:version", renderHead],
     ["change:title", renderHead], ["change:lanes", relane], ["change:values", updateControls],
     ["change:channel", () => { if (!ws) connect(); }],
+    ["comm_live_update", () => setTimeout(() => {
+      if (el.classList.contains("jupyter-widgets-disconnected")) die(RESTARTED);
+    }, 0)],
   ];
   for (const [event, handler] of listeners) model.on(event, handler);
   setPath("connecting");
@@ -582,10 +724,33 @@ function render({ model, el }) {
   return () => {
     alive = false;
     stopCamera();
+    clearInterval(watchdog);
+    kernel?.statusChanged?.disconnect(onKernelStatus);
+    mgr?.context?.saveState?.disconnect(onSave);
     clearTimeout(retryTimer);
     if (ws) ws.close();
     for (const [event, handler] of listeners) model.off(event, handler);
   };
+}
+
+// A view without a kernel behind it (a saved notebook reopened): the newest frames as they were saved.
+function renderSaved(model, el) {
+  el.classList.add("ooblex-saved");
+  el.dataset.state = "saved";
+  const head = h("div", "ooblex-head");
+  head.append(h("span", "ooblex-title", `${model.get("title")} · v${model.get("version")} · ${model.get("source_label")}`),
+    h("span", "ooblex-status", "saved view of the newest frames: run the cell to go live"));
+  el.append(head);
+  const poster = model.get("poster");
+  if (poster && poster.byteLength) {
+    const img = h("img", "ooblex-poster");
+    img.alt = "the newest input and output when the notebook was saved";
+    img.src = URL.createObjectURL(new Blob([bytesOf(poster)], { type: "image/jpeg" }));
+    el.append(img);
+    return () => URL.revokeObjectURL(img.src);
+  }
+  el.append(h("div", "ooblex-stats", "no frames were processed before the notebook was saved"));
+  return undefined;
 }
 
 export default { render };

@@ -8,6 +8,11 @@ and frames are the same on both (``frames.py``); the browser says which path it 
 ``max_in_flight`` browser frames are unanswered at once; a reply's ``ack`` names the newest frame it
 covers (older ones were dropped: latest-frame-wins). Compare mode runs one lane per thread on the
 same frames.
+
+Telling the truth (``live.js``): the kernel sends stats twice a second while running and a ``beat``
+every 2 s while stopped, so a view can tell a silent kernel from a stopped one; ``poster`` keeps a small
+JPEG of the newest input | output(s), refreshed every ``POSTER_EVERY_S`` while frames flow, which the
+view saves with the notebook and shows when it is reopened without this kernel.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import anywidget
+import cv2
+import numpy as np
 import traitlets as t
 
+from .. import jpeg
 from ..thread import TensorThread
 from . import frames
 from .channel import Connection, Peer, shared_channel
@@ -35,6 +43,13 @@ from .session import Intake, LiveSession
 log = logging.getLogger("ooblex.live")
 
 START_TIMEOUT_S = 120.0
+#: How often the poster (the newest frames, kept in a saved notebook) is refreshed while frames flow.
+POSTER_EVERY_S = 2.0
+#: Poster height in pixels (its width follows: input and each output side by side) and JPEG quality.
+POSTER_HEIGHT = 240
+POSTER_QUALITY = 70
+#: Seconds between heartbeats while stopped (while running the stats messages, twice a second, are the beat).
+BEAT_EVERY_S = 2.0
 
 
 class LiveWidget(anywidget.AnyWidget):
@@ -54,7 +69,8 @@ class LiveWidget(anywidget.AnyWidget):
     quality = t.Float(0.8).tag(sync=True)
     codec = t.Unicode("jpeg").tag(sync=True)
     max_in_flight = t.Int(1).tag(sync=True)
-    channel = t.Dict({}).tag(sync=True)    # {"kernel": id, "widget": id} when the kernel serves a side channel
+    channel = t.Dict({}).tag(sync=True)    # {"widget": id} and, when the kernel serves a side channel, "kernel": id
+    poster = t.Bytes(b"").tag(sync=True)   # JPEG of the newest input | output(s): the saved notebook's picture
     status = t.Unicode("").tag(sync=True)
 
     def __init__(self, threads: list[TensorThread], source: Any = "webcam", *, params: dict[str, Any] | None = None,
@@ -90,6 +106,7 @@ class LiveWidget(anywidget.AnyWidget):
         self._source: Any = None
         self._loop_file = loop_file
         self._closed = False
+        self._poster_seqs: list[int | None] = []
         for session, thread, v in zip(self._sessions, threads, values, strict=True):
             self._loop.run(session.start(thread, v)).result(START_TIMEOUT_S)
         self._ticker = self._loop.run(self._tick())
@@ -97,6 +114,8 @@ class LiveWidget(anywidget.AnyWidget):
         if side is not None and side.kernel_id:
             side.register(self.model_id, self)
             self.channel = {"kernel": side.kernel_id, "widget": self.model_id}
+        else:
+            self.channel = {"widget": self.model_id}
         self.on_msg(self._on_custom)
         self.observe(self._on_values, "values")
         self.observe(self._on_running, "running")
@@ -406,9 +425,12 @@ class LiveWidget(anywidget.AnyWidget):
             self.running = False
 
     async def _tick(self) -> None:
-        """Push stats to the browser twice a second while running; end a Record-button recording at its limit."""
+        """Push stats to the browser twice a second while running (a heartbeat every ``BEAT_EVERY_S`` while
+        stopped), refresh the poster, and end a Record-button recording at its limit."""
+        beat = poster = 0.0
         while True:
             await asyncio.sleep(0.5)
+            now = time.monotonic()
             recs = self._button_recording
             if recs is not None and all(r.done for r in recs):
                 self._button_record(False, self._broadcast)
@@ -416,7 +438,28 @@ class LiveWidget(anywidget.AnyWidget):
             if self.running:
                 rec = {"frames": len(recs[0]), "seconds": round(recs[0].elapsed, 1)} if recs else None
                 self._broadcast.send({"type": "stats", "lanes": [s.describe() for s in self._sessions],
-                                      "counters": self.counters, "recording": rec}, [])
+                                      "counters": self.counters, "recording": rec, "running": True}, [])
+                beat = now
+            elif now - beat >= BEAT_EVERY_S:
+                self._broadcast.send({"type": "beat", "running": False}, [])
+                beat = now
+            if now - poster >= POSTER_EVERY_S:
+                poster = now
+                await self._refresh_poster()
+
+    async def _refresh_poster(self) -> None:
+        shots = [s.latest for s in self._sessions]
+        seqs = [None if s is None else s.seq for s in shots]
+        if shots[0] is None or seqs == self._poster_seqs:
+            return
+        self._poster_seqs = seqs
+        try:
+            data = await asyncio.get_running_loop().run_in_executor(self._pool, _poster, shots)
+        except Exception as exc:  # noqa: BLE001 - closing (pool shut down) or an odd frame: the ticker goes on
+            log.debug("ooblex live widget: no poster: %s", exc)
+            return
+        if data and not self._closed:
+            self.poster = data
 
 
 class _CommPeer:
@@ -452,6 +495,19 @@ def _quiet(fn: Any, *args: Any) -> None:
         fn(*args)
     except ValueError as exc:
         log.warning("ooblex live widget: %s", exc)
+
+
+def _poster(shots: list[Shot | None]) -> bytes:
+    """The newest input and each lane's output side by side, ``POSTER_HEIGHT`` pixels high, as a JPEG."""
+    images = [shots[0].input] if shots[0] is not None else []
+    images += [None if s is None else s.output for s in shots]
+    scaled = [cv2.resize(im, (max(1, round(im.shape[1] * POSTER_HEIGHT / im.shape[0])), POSTER_HEIGHT),
+                         interpolation=cv2.INTER_AREA)
+              for im in images if isinstance(im, np.ndarray) and im.dtype == np.uint8 and im.ndim == 3
+              and im.shape[2] == 3 and im.size]
+    if not scaled:
+        return b""
+    return jpeg.encode(np.ascontiguousarray(np.concatenate(scaled, axis=1)), POSTER_QUALITY)
 
 
 def _title(threads: list[TensorThread]) -> str:
