@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -165,11 +167,23 @@ def hold20(frame: np.ndarray) -> dict:
     return {"ok": 1}
 
 
-def throughput(broker: str, store: str, workers: int, frames: int) -> float:
+@contextlib.contextmanager
+def worker_processes(broker: str, store: str, n: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``n`` ``ooblex worker`` processes of this checkout, stopped on the way out."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-m", "ooblex", "worker", "--broker", broker, "--store", store],
-                              env=env, stderr=subprocess.DEVNULL) for _ in range(workers)]
+                              env=env, stderr=subprocess.DEVNULL) for _ in range(n)]
     try:
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+
+
+def throughput(broker: str, store: str, workers: int, frames: int) -> float:
+    with worker_processes(broker, store, workers):
         ob.deploy(hold20, cluster=broker, store=store).wait_ready(60, workers=workers)
         img = make_frame().image
         t0 = time.perf_counter()
@@ -177,11 +191,6 @@ def throughput(broker: str, store: str, workers: int, frames: int) -> float:
                          max_in_flight=4 * workers)
         assert out.frames_out == frames
         return frames / (time.perf_counter() - t0)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 import ooblex as ob  # noqa: E402
 from ooblex.cluster.servers import RabbitMQServer, RedisServer  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from cluster import worker_processes  # noqa: E402
 
 KILL_AT = 30
 
@@ -41,31 +43,22 @@ def hold15(frame: np.ndarray) -> dict:
 
 def one_run(broker: str, store: str, frames: int) -> tuple[float, float]:
     """(stall after the kill, p50 gap before it), in ms."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-m", "ooblex", "worker", "--broker", broker, "--store", store],
-                              env=env, stderr=subprocess.DEVNULL) for _ in range(2)]
     times: list[float] = []
     killed_at: list[int] = []
+    with worker_processes(broker, store, 2) as procs:
+        def progress(done: int, total: int | None) -> None:
+            times.append(time.perf_counter())
+            if done >= KILL_AT and not killed_at:
+                killed_at.append(len(times))
+                procs[0].send_signal(signal.SIGKILL)
 
-    def progress(done: int, total: int | None) -> None:
-        times.append(time.perf_counter())
-        if done >= KILL_AT and not killed_at:
-            killed_at.append(len(times))
-            procs[0].send_signal(signal.SIGKILL)
-
-    try:
         ob.deploy(hold15, cluster=broker, store=store).wait_ready(60, workers=2)
         out = ob.process("hold15", [np.zeros((48, 64, 3), np.uint8)] * frames, cluster=broker, store=store,
                          progress=progress, max_in_flight=6)
         assert out.frames_out == frames and killed_at, "every frame came back, after a kill"
-        gaps = np.diff(times) * 1e3
-        k = killed_at[0]
-        return float(gaps[k - 1:].max()), float(np.median(gaps[: k - 1]))
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
+    gaps = np.diff(times) * 1e3
+    k = killed_at[0]
+    return float(gaps[k - 1:].max()), float(np.median(gaps[: k - 1]))
 
 
 def main() -> None:

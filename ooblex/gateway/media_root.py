@@ -66,11 +66,7 @@ class MediaRoot:
             raise Conflict(f"sink {_shown(path)} is a folder") from None
         except OSError as exc:
             raise Forbidden(f"sink {_shown(path)} cannot be written: {exc.strerror}") from None
-        if not self._opened_inside(file, resolved):
-            file.close()
-            raise Forbidden(f"sink {_shown(path)} is not a file inside the media root")
-        os.set_blocking(file.fileno(), True)
-        return file
+        return self._checked(file, resolved, f"sink {_shown(path)}")
 
     def open_file(self, path: str | Path) -> IO[bytes]:
         """A file opened for reading, after checking where it is and then what was opened.
@@ -87,9 +83,13 @@ class MediaRoot:
             raise NotFound(f"{self.relative(resolved)!r} does not exist in the media root") from None
         except OSError as exc:
             raise Forbidden(f"{self.relative(resolved)!r} cannot be read: {exc.strerror}") from None
+        return self._checked(file, resolved, repr(self.relative(resolved)))
+
+    def _checked(self, file: IO[bytes], resolved: Path, shown: str) -> IO[bytes]:
+        """``file`` (opened non-blocking) if it is what was checked, a regular file inside the root; blocking again."""
         if not self._opened_inside(file, resolved):
             file.close()
-            raise Forbidden(f"{self.relative(resolved)!r} is not a file inside the media root")
+            raise Forbidden(f"{shown} is not a file inside the media root")
         os.set_blocking(file.fileno(), True)
         return file
 
