@@ -155,7 +155,8 @@ async def test_answers_about_streams_are_the_same_for_unknown_and_forbidden_ids(
             async with connect(gw.url.replace("http", "ws") + f"/ws/invert?token={publish}") as ws:
                 hello = json.loads(await ws.recv())
                 real = hello["stream_id"]
-                assert verify(hello["view_token"], SECRET).subject == "cam-1"  # viewers count as the publisher
+                # its viewers are one client, apart from the publisher
+                assert verify(hello["view_token"], SECRET).subject == "cam-1/viewers"
                 unknown = real[:-4] + ("zzzz" if not real.endswith("zzzz") else "yyyy")
                 offer = await sdp_offer("recvonly")
 

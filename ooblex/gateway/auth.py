@@ -56,15 +56,16 @@ def require_control(request: Request) -> None:
 
 
 def view_token(conn: Request | WebSocket, granted: Token | None, stream: Stream) -> str | None:
-    """A ``view`` token for the one stream a publisher just opened, for the publisher's subject and valid as long
-    as the publisher's own (within the view maximum): shareable with viewers (WHEP, MJPEG) without sharing the
-    right to publish. None without a secret."""
+    """A ``view`` token for the one stream a publisher just opened, valid as long as the publisher's own (within
+    the view maximum): shareable with viewers (WHEP, MJPEG) without sharing the right to publish. Its subject is
+    the publisher's plus ``/viewers``: everyone watching through it is one client for per-client limits, but not
+    the publisher, whose own sessions their viewing never uses up. None without a secret."""
     if granted is None:
         return None
     rules = token_rules(conn.app)
     ttl = min(max(1.0, granted.expires - time.time()), rules.max_ttl("view"))
-    return mint("view", stream=stream.id, ttl_s=ttl, subject=granted.subject, secret=gateway(conn).settings.secret,
-                rules=rules)
+    return mint("view", stream=stream.id, ttl_s=ttl, subject=f"{granted.subject}/viewers",
+                secret=gateway(conn).settings.secret, rules=rules)
 
 
 def stream_for(conn: Request | WebSocket, stream_id: str, scope: str = "view") -> Stream:
