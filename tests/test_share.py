@@ -1,0 +1,104 @@
+"""Sharing: the demo page's control-token login (``POST /api/v1/tokens``), its watch-only mode, and
+``Deployment.share(view=...)``; in headless Chromium where a browser is what is shared with."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ooblex.gateway import Settings
+from ooblex.gateway.demo import demo_threads
+from ooblex.tokens import mint, verify
+
+from .gateway_server import running_gateway
+from .netns import in_netns
+from .test_gateway_browser import CHROMIUM, FLAGS, _output_playing, until
+
+SECRET = "share-test-secret-0123456789abcdef"
+
+
+def test_a_control_token_mints_publish_and_view_tokens_for_its_own_subject_and_no_longer() -> None:
+    control = mint("control", ttl_s=600, subject="alice", secret=SECRET)
+    with running_gateway(threads=demo_threads(), settings=Settings(secret=SECRET)) as gw, \
+            httpx.Client(base_url=gw.url, timeout=20) as http:
+        def post(body: object, token: str | None = control) -> httpx.Response:
+            return http.post("/api/v1/tokens", json=body, headers={"Authorization": f"Bearer {token}"} if token else {})
+
+        r = post({"scope": "publish", "thread": "invert", "ttl_s": 86400})
+        assert r.status_code == 201, r.text
+        claims = verify(r.json()["token"], SECRET)
+        assert (claims.scope, claims.thread, claims.subject) == ("publish", "invert", "alice")
+        assert claims.expires <= time.time() + 601  # never outlives the control token
+        r = post({"scope": "view", "stream": "abc"})
+        assert r.status_code == 201 and verify(r.json()["token"], SECRET).stream == "abc"
+        publish = mint("publish", thread="invert", secret=SECRET)
+        assert post({"scope": "publish", "thread": "invert"}, publish).status_code == 403  # control only
+        assert post({"scope": "publish", "thread": "invert"}, None).status_code == 401
+        for bad in ({"scope": "control"}, {"scope": "view"}, {"scope": "publish", "thread": ""},
+                    {"scope": "publish", "thread": "invert", "ttl_s": -1}, ["publish"]):
+            r = post(bad)
+            assert r.status_code == 400 and r.json()["detail"], (bad, r.text)
+        r = http.post("/api/v1/tokens", content="scope=publish", headers={
+            "Authorization": f"Bearer {control}", "Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 415  # a cross-site form cannot ask for a token
+    with running_gateway(threads=demo_threads()) as gw:  # no secret: nothing to mint
+        r = httpx.post(f"{gw.url}/api/v1/tokens", json={"scope": "publish", "thread": "invert"}, timeout=20)
+        assert r.status_code == 409 and "no secret" in r.json()["detail"]
+
+
+@in_netns
+@pytest.mark.timeout(240)
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
+async def test_log_in_with_a_control_token_stream_then_a_second_browser_watches_through_the_watch_link() -> None:
+    from playwright.async_api import async_playwright
+
+    control = mint("control", secret=SECRET)
+    with running_gateway(threads=demo_threads(), settings=Settings(loopback_candidates=True, secret=SECRET)) as gw:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                publisher = await (await browser.new_context()).new_page()
+                await publisher.goto(f"{gw.url}/?thread=invert")
+                await publisher.click("#start")  # no token yet: refused, the page asks for one
+                await until(publisher, "!document.getElementById('token-box').hidden")
+                await publisher.fill("#token", control)
+                await publisher.click("#login")
+                await until(publisher, "document.getElementById('token-box').hidden")
+                await publisher.click("#start")  # no other step: the page minted its publish token
+                state = await _output_playing(publisher, 30)
+                assert state["width"] > 0 and state["advanced"] > 0.5, state
+                used = verify(await publisher.evaluate("sessionStorage.getItem('ooblex-token')"), SECRET)
+                assert (used.scope, used.thread, used.subject) == ("publish", "invert", verify(control, SECRET).subject)
+                streams = list(gw.state.engine.streams.values())
+                assert [s.thread.name for s in streams] == ["invert"]
+                link = await publisher.get_attribute("#watch-url", "href")
+                assert link.startswith(f"{gw.url}/?watch={streams[0].id}#token=") and control not in link
+                view = link.split("#token=")[1]
+                assert verify(view, SECRET).scope == "view" and verify(view, SECRET).stream == streams[0].id
+                async with httpx.AsyncClient(timeout=20) as http:  # the view token cannot publish
+                    r = await http.post(f"{gw.url}/whip/invert", content="v=0", headers={
+                        "Authorization": f"Bearer {view}", "Content-Type": "application/sdp"})
+                    assert r.status_code == 403, r.text
+
+                viewer = await (await browser.new_context()).new_page()  # another person: no storage shared
+                await viewer.goto(link)
+                state = await _output_playing(viewer, 30)
+                assert state["width"] > 0 and state["advanced"] > 0.5, state
+                assert view not in viewer.url
+                assert not await viewer.is_visible("#input") and not await viewer.is_visible("#thread")
+                assert await viewer.evaluate("document.getElementById('input').srcObject === null")  # no camera
+                kinds = sorted(s.describe()["kind"] for s in gw.state.sessions.items.values())
+                assert kinds == ["whep", "whip"], kinds
+                assert len(gw.state.engine.streams) == 1  # watching opened no stream
+                await viewer.click("#stop")
+                await publisher.click("#stop")
+                await asyncio.sleep(1.0)
+                assert not gw.state.sessions.items and not gw.state.engine.streams
+            finally:
+                await browser.close()
+
