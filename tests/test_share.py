@@ -102,3 +102,56 @@ async def test_log_in_with_a_control_token_stream_then_a_second_browser_watches_
             finally:
                 await browser.close()
 
+
+
+@in_netns
+@pytest.mark.timeout(300)
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
+async def test_deployment_share_view_link_watches_a_live_stream_of_the_deployed_thread_and_cannot_publish() -> None:
+    """One browser publishes through ``dep.share()``; another opens ``dep.share(view=stream_id)`` and sees it."""
+    from playwright.async_api import async_playwright
+
+    import ooblex as ob
+    from ooblex.cluster.local import LocalCluster
+
+    @ob.tensor_thread(name="watched_invert")
+    def watched_invert(frame):  # noqa: ANN001, ANN202
+        return 255 - frame
+
+    local = await asyncio.to_thread(LocalCluster(workers=1).start)
+    try:
+        env = local.env
+        dep = await asyncio.to_thread(ob.deploy, watched_invert, env["OOBLEX_BROKER"], secret=env["OOBLEX_SECRET"],
+                                      wait=90)
+        with pytest.raises(ValueError, match="one live stream"):
+            dep.share(view="*")
+        control = mint("control", secret=env["OOBLEX_SECRET"])
+        async with async_playwright() as p, httpx.AsyncClient(timeout=20) as http:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                publisher = await (await browser.new_context()).new_page()
+                await publisher.goto(await asyncio.to_thread(dep.share, "10m"))
+                await publisher.click("#start")
+                assert (await _output_playing(publisher, 60))["width"] > 0
+                streams = (await http.get(f"{local.gateway}/api/v1/streams",
+                                          headers={"Authorization": f"Bearer {control}"})).json()
+                [stream_id] = [s["id"] for s in streams]
+                link = await asyncio.to_thread(dep.share, "10m", view=stream_id)
+                assert link.startswith(f"{local.gateway}/?watch={stream_id}#token=")
+                view = link.split("#token=")[1]
+                r = await http.post(f"{local.gateway}/whip/watched_invert", content="v=0", headers={
+                    "Authorization": f"Bearer {view}", "Content-Type": "application/sdp"})
+                assert r.status_code == 403, r.text
+                viewer = await (await browser.new_context()).new_page()
+                await viewer.goto(link)
+                state = await _output_playing(viewer, 60)
+                assert state["width"] > 0 and state["advanced"] > 0.5, state
+                assert view not in viewer.url
+                streams = (await http.get(f"{local.gateway}/api/v1/streams",
+                                          headers={"Authorization": f"Bearer {control}"})).json()
+                assert [s["id"] for s in streams] == [stream_id]  # the viewer opened no stream of its own
+            finally:
+                await browser.close()
+    finally:
+        await asyncio.to_thread(local.stop)

@@ -95,6 +95,8 @@ class Deployment:
         from ..secret import require_secret
         from ..tokens import Rules, mint, parse_ttl
 
+        if view is not None and (not isinstance(view, str) or not view or view == "*"):
+            raise ValueError(f"view= names one live stream of {self.name!r} (its id), got {view!r}")
         base = self.urls.get("whip", "").split("/whip/")[0]
         if not base:
             raise GatewayTimeout(f"no gateway of this cluster is up to serve {self.name!r}: start one "
@@ -102,8 +104,6 @@ class Deployment:
         key = require_secret(self.secret)
         rules = Rules.from_env(key, store=self.config.store)
         if view is not None:
-            if not isinstance(view, str) or not view or view == "*":
-                raise ValueError(f"view= names one live stream of {self.name!r} (its id), got {view!r}")
             token = mint("view", stream=view, ttl_s=parse_ttl(ttl), secret=key, rules=rules)
             return f"{base}/?watch={quote(view, safe='')}#token={token}"
         token = mint("publish", thread=self.name, ttl_s=parse_ttl(ttl), secret=key, rules=rules)
