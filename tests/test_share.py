@@ -16,7 +16,7 @@ from ooblex.tokens import mint, verify
 
 from .gateway_server import running_gateway
 from .netns import in_netns
-from .test_gateway_browser import CHROMIUM, FLAGS, _output_playing, until
+from .test_gateway_browser import ARTIFACTS, CHROMIUM, FLAGS, _output_playing, until
 
 SECRET = "share-test-secret-0123456789abcdef"
 
@@ -74,6 +74,11 @@ async def test_log_in_with_a_control_token_stream_then_a_second_browser_watches_
                 assert state["width"] > 0 and state["advanced"] > 0.5, state
                 used = verify(await publisher.evaluate("sessionStorage.getItem('ooblex-token')"), SECRET)
                 assert (used.scope, used.thread, used.subject) == ("publish", "invert", verify(control, SECRET).subject)
+                await publisher.click("#share-publish")  # logged in with control: a link for others to publish
+                await until(publisher, "document.getElementById('publish-url').textContent.includes('#token=')")
+                shared = (await publisher.text_content("#publish-url")).split("#token=")
+                assert shared[0] == f"{gw.url}/?thread=invert"
+                assert (verify(shared[1], SECRET).scope, verify(shared[1], SECRET).thread) == ("publish", "invert")
                 streams = list(gw.state.engine.streams.values())
                 assert [s.thread.name for s in streams] == ["invert"]
                 link = await publisher.get_attribute("#watch-url", "href")
@@ -87,7 +92,12 @@ async def test_log_in_with_a_control_token_stream_then_a_second_browser_watches_
 
                 viewer = await (await browser.new_context()).new_page()  # another person: no storage shared
                 await viewer.goto(link)
-                state = await _output_playing(viewer, 30)
+                try:
+                    state = await _output_playing(viewer, 30)
+                finally:
+                    ARTIFACTS.mkdir(exist_ok=True)
+                    await publisher.screenshot(path=str(ARTIFACTS / "share-publisher.png"), full_page=True)
+                    await viewer.screenshot(path=str(ARTIFACTS / "share-viewer.png"), full_page=True)
                 assert state["width"] > 0 and state["advanced"] > 0.5, state
                 assert view not in viewer.url
                 assert not await viewer.is_visible("#input") and not await viewer.is_visible("#thread")
