@@ -338,8 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("up", help="a local cluster: redis (+ rabbitmq), a gateway and N workers; Ctrl-C stops all")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--broker", choices=["redis", "rabbitmq"], default="redis")
+    p.add_argument("--workers", type=int, default=2, help="worker processes to start, each serving every deployed "
+                   "thread (default 2; 0: none, e.g. to attach your own)")
+    p.add_argument("--broker", choices=["redis", "rabbitmq"], default="redis", help="message broker to start for "
+                   "frames: redis, or rabbitmq (needs rabbitmq-server; Redis still holds the registry) (default redis)")
     p.add_argument("--host", default="127.0.0.1", help="gateway address")
     p.add_argument("--port", type=int, default=8800, help="gateway port")
     p.add_argument("--thread", action="append", default=[], help="local thread every worker serves (repeatable)")
@@ -381,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "round-trip latency")
     p.add_argument("--source", required=True, help="webcam index, video file, rtsp:// or http:// MJPEG URL")
     p.add_argument("--to", required=True, help="WHIP URL, e.g. http://127.0.0.1:8800/whip/identity?k=3")
-    p.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
+    p.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="video codec to send (default vp8)")
     p.add_argument("--fps", type=float, default=None,
                    help="sending rate for files (default: the file's own; another rate drops its sound)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until the end)")

@@ -28,6 +28,8 @@ JOB = API + "/jobs/{job_id}"
 STREAM_HISTORY = API + "/streams/{stream_id}/history"
 HISTORY = API + "/history"
 CLUSTER = API + "/cluster"
+#: Mint a publish/view token with a control token (the demo page's login).
+TOKENS = API + "/tokens"
 DEPLOYMENTS = API + "/cluster/deployments"
 ONNX_DEPLOYMENTS = API + "/cluster/deployments/onnx"
 DEPLOYMENT = API + "/cluster/deployments/{name}"

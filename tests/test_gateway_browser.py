@@ -86,9 +86,8 @@ async def test_demo_page_autostart_plays_processed_video(thread: str, codec: str
                 if thread == "invert":  # another thread while streaming: the camera goes on to it
                     assert await page.is_enabled("#thread")
                     await page.select_option("#thread", "edges")
-                    await page.wait_for_function(
-                        "document.getElementById('whep-url').textContent.includes('/whep/') && "
-                        f"!document.getElementById('whep-url').textContent.includes('{stream.id}')", timeout=20_000)
+                    await until(page, "document.getElementById('whep-url').textContent.includes('/whep/') && "
+                                f"!document.getElementById('whep-url').textContent.includes('{stream.id}')")
                     await _output_playing(page)
                     [now] = gw.state.engine.streams.values()
                     assert now.thread.name == "edges" and gw.state.sessions.count("whip") == 1

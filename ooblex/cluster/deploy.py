@@ -81,24 +81,32 @@ class Deployment:
         per = list({json.dumps(u, sort_keys=True): u for u in (gateway_urls(g, self.name) for g in records)}.values())
         return {**(per[0] if per else {}), "gateways": per}  # gateways behind one balancer: listed once
 
-    def share(self, ttl: str | float = "1h") -> str:
+    def share(self, ttl: str | float = "1h", *, view: str | None = None) -> str:
         """A link to the cluster gateway's page for this thread, good for ``ttl`` (``"30m"``, ``"1h"``, seconds):
         whoever opens it publishes their camera through the thread and sees what comes back, with no login or
-        CLI step. The token (``publish``, this thread only, its own subject) rides in the URL fragment, which
-        browsers never send to a server, so it stays out of server logs and Referer headers; the page moves it
-        out of the address bar at once. Needs the cluster's secret, as ``ob.deploy`` does."""
+        CLI step. With ``view=STREAM_ID`` (a live stream of this thread: the demo page's "watch link" or
+        ``GET /api/v1/streams`` names it) the link only watches that stream (WHEP, receive-only) and cannot
+        publish. The token (``publish`` for this thread, or ``view`` for that one stream, its own subject) rides
+        in the URL fragment, which browsers never send to a server, so it stays out of server logs and Referer
+        headers; the page moves it out of the address bar at once. Needs the cluster's secret, as ``ob.deploy``
+        does."""
         from urllib.parse import quote
 
         from ..secret import require_secret
         from ..tokens import Rules, mint, parse_ttl
 
+        if view is not None and (not isinstance(view, str) or not view or view == "*"):
+            raise ValueError(f"view= names one live stream of {self.name!r} (its id), got {view!r}")
         base = self.urls.get("whip", "").split("/whip/")[0]
         if not base:
             raise GatewayTimeout(f"no gateway of this cluster is up to serve {self.name!r}: start one "
                                  "(ooblex gateway --broker ..., or ob.cluster())")
         key = require_secret(self.secret)
-        token = mint("publish", thread=self.name, ttl_s=parse_ttl(ttl), secret=key,
-                     rules=Rules.from_env(key, store=self.config.store))
+        rules = Rules.from_env(key, store=self.config.store)
+        if view is not None:
+            token = mint("view", stream=view, ttl_s=parse_ttl(ttl), secret=key, rules=rules)
+            return f"{base}/?watch={quote(view, safe='')}#token={token}"
+        token = mint("publish", thread=self.name, ttl_s=parse_ttl(ttl), secret=key, rules=rules)
         return f"{base}/?thread={quote(self.name)}#token={token}"
 
     def status(self) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from ..errors import BadRequest, OoblexError, status
 from ..frame import result_json
 from ..supervision import cancel, supervise
 from ..webrtc import internals
-from . import console, frames, ice, jobs, metrics, mjpeg, whep, whip
+from . import console, frames, ice, jobs, login, metrics, mjpeg, whep, whip
 from .admission import Admission
 from .auth import require_control, stream_for, stream_to_change
 from .bodies import read_json
@@ -112,7 +112,7 @@ def create_app(engine: Engine | None = None, *, broker: str = "memory://", threa
                        origins=settings.cors_origins,
                        loopback_only=not settings.secret and not settings.allow_insecure_network)
     app.add_middleware(SecurityHeaders)
-    for module in (whip, whep, ice, mjpeg, frames, metrics, jobs, console):
+    for module in (whip, whep, ice, mjpeg, frames, metrics, jobs, console, login):
         app.include_router(module.router)
     app.include_router(_api_router())
     _error_handlers(app)

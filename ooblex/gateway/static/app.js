@@ -1,24 +1,31 @@
-// Ooblex demo page: webcam -> WHIP (sendrecv) -> processed video back on the same connection.
+// Ooblex demo page: webcam -> WHIP (sendrecv) -> processed video back on the same connection; or, with
+// ?watch=<stream id>, a receive-only viewer of someone else's stream (WHEP).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
 const STAGES = ["queue", "compute", "return", "engine", "total"];
 let threads = {};
+const WATCH = query.get("watch"); // a stream id: this page only watches it
 let session = null; // {pc, location, streamId, viewToken, camera, timer}
 
-// With OOBLEX_SECRET set the gateway wants a token: `ooblex demo` prints this page's URL with
-// #token=..., which is moved out of the address bar into this tab's session storage.
+// With OOBLEX_SECRET set the gateway wants a token: `ooblex demo` and share links give this page's URL
+// with #token=..., which is moved out of the address bar into this tab's session storage. Or one logs in
+// with a control token (kept under the console's key), and the page mints the narrower tokens it needs.
+const TOKEN_KEY = "ooblex-token";
+const CONTROL_KEY = "ooblex-control-token";
 const hashToken = new URLSearchParams(location.hash.slice(1)).get("token");
 if (hashToken) {
-  sessionStorage.setItem("ooblex-token", hashToken);
+  sessionStorage.setItem(TOKEN_KEY, hashToken);
   history.replaceState(null, "", location.pathname + location.search);
 }
-const token = () => $("token").value.trim() || sessionStorage.getItem("ooblex-token") || "";
-const authHeaders = () => (token() ? { Authorization: `Bearer ${token()}` } : {});
+const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+const controlToken = () => sessionStorage.getItem(CONTROL_KEY) || "";
+const authHeaders = (t = token()) => (t ? { Authorization: `Bearer ${t}` } : {});
 
 async function api(path, options = {}) {
-  const r = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  const { token: t, ...init } = options;
+  const r = await fetch(path, { ...init, headers: { ...authHeaders(t ?? token()), ...(init.headers || {}) } });
   if (!r.ok) {
     let detail = r.statusText;
     try { detail = (await r.json()).detail; } catch (_) { /* not JSON */ }
@@ -28,8 +35,60 @@ async function api(path, options = {}) {
   return r;
 }
 
+// A publish token for a thread or a view token for a stream, minted by the gateway for the control token
+// (POST /api/v1/tokens): the control token itself never goes into a session or a shared link.
+async function minted(body, control = controlToken()) {
+  const r = await api("/api/v1/tokens", {
+    method: "POST", token: control, headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  return (await r.json()).token;
+}
+
+// What this page is about to do, as the body of a mint request.
+const need = () => (WATCH ? { scope: "view", stream: WATCH } : { scope: "publish", thread: $("thread").value });
+
+async function login(ev) {
+  ev.preventDefault();
+  const value = $("token").value.trim();
+  $("token").value = "";
+  if (!value) return;
+  $("login-error").textContent = "";
+  try {
+    const probe = await fetch("/api/v1/tokens", {
+      method: "POST", headers: { ...authHeaders(value), "Content-Type": "application/json" },
+      body: JSON.stringify(need()),
+    });
+    if (probe.status === 401) throw new Error("the token was refused (expired, or minted with another secret)");
+    if (probe.status === 201) { // a control token: keep it, and use what it minted
+      sessionStorage.setItem(CONTROL_KEY, value);
+      sessionStorage.setItem(TOKEN_KEY, (await probe.json()).token);
+    } else { // a publish or view token (403 here): use it as it is
+      sessionStorage.removeItem(CONTROL_KEY);
+      sessionStorage.setItem(TOKEN_KEY, value);
+    }
+  } catch (e) {
+    $("login-error").textContent = `Log in failed: ${e.message}`;
+    return;
+  }
+  $("token-box").hidden = true;
+  document.body.classList.toggle("control", !!controlToken());
+  setStatus(WATCH ? "Logged in." : "Logged in: press Start.");
+  if (WATCH) start();
+}
+
+async function sharePublishLink() {
+  const thread = $("thread").value;
+  try {
+    const t = await minted({ scope: "publish", thread, ttl_s: 3600 });
+    $("publish-url").textContent = `${location.origin}/?thread=${encodeURIComponent(thread)}#token=${t}`;
+  } catch (e) { $("publish-url").textContent = e.message; }
+}
+
 // Viewer URLs carry the stream's own view token (never the publisher's), so they can be shared.
 const viewerUrl = (kind, s) => `${location.origin}/${kind}/${s.streamId}${s.viewToken ? `?token=${s.viewToken}` : ""}`;
+// This page in watch-only mode, the view token in the fragment (never sent to a server, never logged).
+const watchUrl = (s) => `${location.origin}/?watch=${encodeURIComponent(s.streamId)}` +
+  (s.viewToken ? `#token=${s.viewToken}` : "");
 
 function setStatus(text) { $("status").textContent = text; }
 
@@ -146,10 +205,65 @@ function gatheringDone(pc, timeoutMs) {
   });
 }
 
+// Processed video (and sound) that comes back on `pc` plays in #output.
+function receive(pc) {
+  const returned = new MediaStream();
+  $("output").srcObject = returned;
+  pc.ontrack = (ev) => {
+    if ("playoutDelayHint" in ev.receiver) ev.receiver.playoutDelayHint = 0; // render at once
+    if ("jitterBufferTarget" in ev.receiver) ev.receiver.jitterBufferTarget = 0;
+    returned.addTrack(ev.track);
+    if (ev.track.kind === "audio") $("unmute").hidden = false;
+  };
+  pc.onconnectionstatechange = () => {
+    if (session?.pc !== pc) return; // an old session's last words
+    setStatus(`Connection ${pc.connectionState}.`);
+    if (pc.connectionState === "failed") stop("Connection failed.");
+  };
+}
+
+// The session is open: show where else to watch it, poll its stats, allow Stop.
+function opened() {
+  const mjpeg = viewerUrl("mjpeg", session);
+  $("mjpeg-url").href = mjpeg;
+  $("mjpeg-url").textContent = mjpeg;
+  $("watch-url").href = watchUrl(session);
+  $("watch-url").textContent = watchUrl(session);
+  $("whep-url").textContent = `${location.origin}/whep/${session.streamId}`;
+  $("view-token").textContent = session.viewToken || "not needed (no secret set)";
+  session.timer = setInterval(refreshStats, 1000);
+  $("stop").disabled = false;
+}
+
+// Watch-only (?watch=ID): a receive-only WHEP session, no camera; a view token (or a control login) with a secret.
+async function watch() {
+  $("start").disabled = true;
+  try {
+    if (controlToken()) sessionStorage.setItem(TOKEN_KEY, await minted(need()));
+    const path = `/whep/${encodeURIComponent(WATCH)}`;
+    const pc = new RTCPeerConnection({ iceServers: await iceServersFor(path) });
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    receive(pc);
+    await pc.setLocalDescription(await pc.createOffer());
+    setStatus("Gathering network candidates…");
+    await gatheringDone(pc, 2000);
+    setStatus(`Connecting to stream ${WATCH}…`);
+    const r = await api(path, { method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp });
+    session = { pc, camera: null, streamId: WATCH, viewToken: token(), location: r.headers.get("Location"), timer: null };
+    await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+    opened();
+  } catch (e) {
+    await stop(`Could not watch: ${e.message}`);
+  }
+}
+
 async function start() {
+  if (WATCH) return watch();
   $("start").disabled = true;
   const thread = $("thread").value;
   try {
+    if (controlToken()) sessionStorage.setItem(TOKEN_KEY, await minted(need()));
     setStatus("Opening camera…");
     const camera = await openCamera();
     $("input").srcObject = camera;
@@ -160,19 +274,7 @@ async function start() {
     preferCodec(transceiver, $("codec").value);
     // The microphone goes along and comes back untouched, in step with the processed video.
     for (const track of camera.getAudioTracks()) pc.addTransceiver(track, { direction: "sendrecv", streams: [camera] });
-    const returned = new MediaStream();
-    $("output").srcObject = returned;
-    pc.ontrack = (ev) => {
-      if ("playoutDelayHint" in ev.receiver) ev.receiver.playoutDelayHint = 0; // render at once
-      if ("jitterBufferTarget" in ev.receiver) ev.receiver.jitterBufferTarget = 0;
-      returned.addTrack(ev.track);
-      if (ev.track.kind === "audio") $("unmute").hidden = false;
-    };
-    pc.onconnectionstatechange = () => {
-      if (session?.pc !== pc) return; // an old session's last words
-      setStatus(`Connection ${pc.connectionState}.`);
-      if (pc.connectionState === "failed") stop("Connection failed.");
-    };
+    receive(pc);
     await pc.setLocalDescription(await pc.createOffer());
     setStatus("Gathering network candidates…");
     await gatheringDone(pc, 2000);
@@ -185,13 +287,7 @@ async function start() {
     session = { pc, camera, streamId, viewToken: r.headers.get("X-Ooblex-View-Token"),
                 location: r.headers.get("Location"), timer: null };
     await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
-    const mjpeg = viewerUrl("mjpeg", session);
-    $("mjpeg-url").href = mjpeg;
-    $("mjpeg-url").textContent = mjpeg;
-    $("whep-url").textContent = `${location.origin}/whep/${streamId}`;
-    $("view-token").textContent = session.viewToken || "not needed (no secret set)";
-    session.timer = setInterval(refreshStats, 1000);
-    $("stop").disabled = false;
+    opened();
   } catch (e) {
     await stop(`Could not start: ${e.message}`);
   }
@@ -230,7 +326,7 @@ async function stop(why = "Stopped.") {
     clearInterval(s.timer);
     if (s.location) fetch(s.location, { method: "DELETE", headers: authHeaders() }).catch(() => {});
     s.pc.close();
-    s.camera.getTracks().forEach((t) => t.stop());
+    s.camera?.getTracks().forEach((t) => t.stop());
   }
   $("input").srcObject = null;
   $("output").srcObject = null;
@@ -242,6 +338,8 @@ async function stop(why = "Stopped.") {
   $("fps").textContent = "– fps";
   $("mjpeg-url").removeAttribute("href");
   $("mjpeg-url").textContent = "–";
+  $("watch-url").removeAttribute("href");
+  $("watch-url").textContent = "–";
   $("whep-url").textContent = "–";
   $("view-token").textContent = "–";
 }
@@ -292,6 +390,8 @@ $("thread").addEventListener("change", switchThread);
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", () => stop());
 $("unmute").addEventListener("click", toggleSound);
+$("token-box").addEventListener("submit", login);
+$("share-publish").addEventListener("click", sharePublishLink);
 window.addEventListener("pagehide", () => {
   if (session?.location) fetch(session.location, { method: "DELETE", keepalive: true, headers: authHeaders() });
 });
@@ -299,6 +399,14 @@ window.addEventListener("pagehide", () => {
 (async () => {
   health();
   setInterval(health, 5000);
+  document.body.classList.toggle("control", !!controlToken());
+  if (WATCH) {
+    document.body.classList.add("watching");
+    $("watch-id").textContent = WATCH;
+    $("start").textContent = "Watch";
+    start(); // receive only: no camera to ask for
+    return;
+  }
   if (query.get("codec")) $("codec").value = query.get("codec").toUpperCase();
   await loadThreads();
   if (query.get("autostart") === "1") start();
