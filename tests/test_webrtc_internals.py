@@ -52,3 +52,36 @@ def test_the_shell_check_reports_all_present():
     res = subprocess.run([sys.executable, "-m", "ooblex.webrtc.internals"], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 0 and "all present" in res.stdout, res.stderr
+
+
+def test_replace_patches_and_names_an_internal_that_is_gone():
+    class Part:
+        _handler = "aiortc's"
+
+    part = Part()
+    assert internals.replace(part, "_handler", "ours") == "aiortc's" and part._handler == "ours"
+    with pytest.raises(internals.InternalsError, match=r"Part\._gone is gone in this aiortc/aioice"):
+        internals.replace(part, "_gone", "ours")
+
+
+def test_no_module_patches_aiortc_or_aioice_except_through_internals():
+    """In the code that drives aiortc (ooblex/webrtc, ooblex/gateway), every assignment to another object's private
+    attribute goes through ``internals.replace`` (or an accessor there), so one module lists what an upgrade can
+    break; Ooblex's own marks on aiortc's objects (``_ooblex_*``) aside."""
+    import ast
+    from pathlib import Path
+
+    root = Path(internals.__file__).resolve().parents[1]
+    direct = []
+    for path in [*root.glob("webrtc/*.py"), *root.glob("gateway/*.py")]:
+        if path.name == "internals.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            for t in targets:
+                for attr in (t.elts if isinstance(t, ast.Tuple) else [t]):
+                    if (isinstance(attr, ast.Attribute) and attr.attr.startswith("_")
+                            and not (isinstance(attr.value, ast.Name) and attr.value.id in ("self", "cls"))
+                            and not attr.attr.startswith(("_ooblex", "__"))):
+                        direct.append(f"{path.relative_to(root)}:{node.lineno} .{attr.attr}")
+    assert not direct, direct

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from aiortc import RTCRtpTransceiver
 
 from ..frame import Frame
+from ..webrtc import internals
 from ..webrtc.audio import AudioRelay, LipSync, tap_receiver
 from ..webrtc.sdp import Offer
 from .sessions import Session
@@ -72,5 +73,5 @@ def _only_opus(transceiver: RTCRtpTransceiver) -> bool:
     """Answer with Opus alone (its packets are what we relay); False if the offer has no Opus."""
     codecs = [c for c in transceiver._codecs if c.mimeType.lower() == "audio/opus"]
     if codecs:
-        transceiver._codecs = codecs
+        internals.replace(transceiver, "_codecs", codecs)
     return bool(codecs)

@@ -17,6 +17,8 @@ from typing import Any
 
 from aiortc.rtcdtlstransport import RTCCertificate
 
+from . import internals
+
 #: ECDHE with ECDSA or RSA authentication; AES-GCM and ChaCha20 first, CBC-SHA1 for old stacks.
 CIPHERS = b":".join([
     b"ECDHE-ECDSA-AES128-GCM-SHA256", b"ECDHE-RSA-AES128-GCM-SHA256",
@@ -37,4 +39,4 @@ def _create_ssl_context(self: RTCCertificate, *args: Any, **kwargs: Any) -> Any:
 
 def accept_rsa_peers() -> None:
     """Let every aiortc DTLS handshake in this process accept RSA as well as ECDSA peers (idempotent)."""
-    RTCCertificate._create_ssl_context = _create_ssl_context  # type: ignore[method-assign]
+    internals.replace(RTCCertificate, "_create_ssl_context", _create_ssl_context)

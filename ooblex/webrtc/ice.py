@@ -26,6 +26,8 @@ from typing import Any
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
 
+from . import internals
+
 _original_host_addresses = aioice.ice.get_host_addresses
 _process_wide = False
 _scoped: ContextVar[bool] = ContextVar("ooblex_loopback_candidates", default=False)
@@ -42,9 +44,9 @@ def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
 def _patch() -> None:
     """Wrap aioice while any switch is on; give it back its own function when none is."""
     if _process_wide or _open_scopes:
-        aioice.ice.get_host_addresses = _host_addresses
+        internals.replace(aioice.ice, "get_host_addresses", _host_addresses)
     elif aioice.ice.get_host_addresses is _host_addresses:
-        aioice.ice.get_host_addresses = _original_host_addresses
+        internals.replace(aioice.ice, "get_host_addresses", _original_host_addresses)
 
 
 def allow_loopback(enabled: bool = True) -> None:

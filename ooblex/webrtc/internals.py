@@ -11,8 +11,10 @@ and raises ``InternalsError`` naming every missing one and the tested versions.
     python -m ooblex.webrtc.internals  # the same from a shell: exit status 1 and the list when broken
 
 Where each one is used: the comments in ``_static()`` and ``INSTANCE`` (module: what it reads or replaces).
-aiortc's name-mangled attributes (``_RTCRtpReceiver__x``) are read and replaced through the accessors below
-only; the other patches stay next to the logic they serve, and are listed here.
+Every patch goes through this module: a module-, class- or instance-level replacement through ``replace()``
+(which fails loudly, naming the internal, instead of raising AttributeError mid-session), aiortc's
+name-mangled attributes (``_RTCRtpReceiver__x``) through the accessors below. The logic a patch puts in
+place stays in the module it belongs to (recovery, protection, liveness, DTLS ciphers, loopback ICE).
 """
 
 from __future__ import annotations
@@ -80,6 +82,19 @@ def _static() -> dict[str, Callable[[], bool]]:
         "aiortc.mediastreams (VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, convert_timebase)":
             lambda: all(hasattr(media, n) for n in ("VIDEO_CLOCK_RATE", "VIDEO_TIME_BASE", "convert_timebase")),
     }
+
+
+def replace(owner: Any, name: str, new: Any) -> Any:
+    """Put ``new`` in the place of ``owner.name`` (an aiortc/aioice module, class or object) and return what was
+    there. Every patch Ooblex makes goes through here; an internal that is gone is an ``InternalsError``."""
+    try:
+        old = getattr(owner, name)
+    except AttributeError:
+        have = ", ".join(f"{n} {v}" for n, v in installed().items())
+        raise InternalsError(f"{getattr(owner, '__name__', type(owner).__name__)}.{name} is gone in this "
+                             f"aiortc/aioice ({have}); Ooblex was written for {TESTED}") from None
+    setattr(owner, name, new)
+    return old
 
 
 # aiortc's name-mangled attributes (its ``self.__x``), read and replaced through these functions only.

@@ -23,6 +23,8 @@ from typing import Any
 from aioice import stun
 from aiortc import RTCPeerConnection
 
+from . import internals
+
 
 class Liveness:
     """Tracks the newest authenticated packet from the peer of ``pc`` (see the module docstring)."""
@@ -30,8 +32,8 @@ class Liveness:
     def __init__(self, pc: RTCPeerConnection) -> None:
         self.last = 0.0
         for dtls in {t.receiver.transport for t in pc.getTransceivers() if t.receiver.transport is not None}:
-            dtls._handle_rtp_data = self._stamped(dtls._handle_rtp_data)
-            dtls._handle_rtcp_data = self._stamped(dtls._handle_rtcp_data)
+            internals.replace(dtls, "_handle_rtp_data", self._stamped(dtls._handle_rtp_data))
+            internals.replace(dtls, "_handle_rtcp_data", self._stamped(dtls._handle_rtcp_data))
             self._watch_ice(dtls.transport._connection)
 
     def _stamped(self, handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -52,7 +54,7 @@ class Liveness:
                 self.last = time.monotonic()
             original(message, addr, protocol)
 
-        connection.request_received = request_received
+        internals.replace(connection, "request_received", request_received)
 
     def __call__(self) -> float:
         return self.last

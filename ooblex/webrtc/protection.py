@@ -89,7 +89,7 @@ def negotiating(enabled: bool = True) -> Iterator[None]:
     tasks, keep aiortc's own codecs.
     """
     if not isinstance(rtcpeerconnection.CODECS, _Codecs):
-        rtcpeerconnection.CODECS = _Codecs(rtcpeerconnection.CODECS)
+        internals.replace(rtcpeerconnection, "CODECS", _Codecs(rtcpeerconnection.CODECS))
     token = _offering.set(enabled)
     try:
         yield
@@ -116,8 +116,8 @@ def only_with_vp8(pc: RTCPeerConnection) -> None:
         media = [c for c in transceiver._codecs if c.name.lower() not in ("rtx", "red", "ulpfec")]
         if transceiver.kind == "video" and media and media[0].name != "VP8":
             fec = {c.payloadType for c in transceiver._codecs if c.name.lower() in ("red", "ulpfec")}
-            transceiver._codecs = [c for c in transceiver._codecs
-                                   if c.payloadType not in fec and c.parameters.get("apt") not in fec]
+            kept = [c for c in transceiver._codecs if c.payloadType not in fec and c.parameters.get("apt") not in fec]
+            internals.replace(transceiver, "_codecs", kept)
 
 
 def _uint16(value: int) -> bytes:
@@ -278,7 +278,7 @@ class _Receiver:
             except ValueError:
                 continue
             packet.extensions.abs_send_time = None
-            packet._rebuilt = True  # type: ignore[attr-defined]  # not a round-trip sample (recovery.py)
+            packet._ooblex_rebuilt = True  # type: ignore[attr-defined]  # not a round-trip sample (recovery.py)
             out.append((packet, True))
         return out
 
@@ -290,8 +290,8 @@ class _Transport:
         self.dtls = dtls
         self.senders: dict[int, _Sender] = {}     # media and RTX SSRC -> sender
         self.receivers: dict[int, _Receiver] = {}  # RED and RTX-of-RED payload type -> receiver
-        self._send_rtp, self._handle_rtp_data = dtls._send_rtp, dtls._handle_rtp_data
-        dtls._send_rtp, dtls._handle_rtp_data = self.send_rtp, self.handle_rtp_data
+        self._send_rtp = internals.replace(dtls, "_send_rtp", self.send_rtp)
+        self._handle_rtp_data = internals.replace(dtls, "_handle_rtp_data", self.handle_rtp_data)
 
     @classmethod
     def of(cls, dtls: Any) -> _Transport:
@@ -365,7 +365,7 @@ def _protect_sender(transport: _Transport, sender: Any, red_pt: int, fec_pt: int
         await handle(packet)
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             _share_bitrate(sender, packet, state.media_share)
-    sender._handle_rtcp_packet = handle_rtcp
+    internals.replace(sender, "_handle_rtcp_packet", handle_rtcp)
     sender._ooblex_protection = state
 
 

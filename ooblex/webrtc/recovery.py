@@ -105,7 +105,7 @@ class RetryingNacks(NackGenerator):
         now = time.monotonic()
         self.media_ssrc = packet.ssrc
         if packet.sequence_number in self.missing and self.last.get(packet.sequence_number) == self.first.get(
-                packet.sequence_number) and not getattr(packet, "_rebuilt", False):  # resent after one NACK:
+                packet.sequence_number) and not getattr(packet, "_ooblex_rebuilt", False):  # resent after one NACK:
             # a round trip sample (a packet rebuilt from parity, ``protection``, is not)
             sample = now - self.first[packet.sequence_number]
             self.rtt = 0.8 * self.rtt + 0.2 * min(max(sample, 0.005), 1.0)
@@ -236,7 +236,7 @@ def recover_losses(pc: RTCPeerConnection) -> int:
         internals.set_jitter_buffer(receiver, RecoveringJitterBuffer(current.capacity, codec_of))
         nacks = RetryingNacks()
         internals.set_nack_generator(receiver, nacks)
-        receiver._handle_rtp_packet = _nacking_again(receiver, nacks, codec_of)  # type: ignore[method-assign]
+        internals.replace(receiver, "_handle_rtp_packet", _nacking_again(receiver, nacks, codec_of))
         changed += 1
     return changed
 
