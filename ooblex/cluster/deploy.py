@@ -89,17 +89,22 @@ class Deployment:
         out of the address bar at once. Needs the cluster's secret, as ``ob.deploy`` does."""
         from urllib.parse import quote
 
-        from ..secret import require_secret
-        from ..tokens import Rules, mint, parse_ttl
-
         base = self.urls.get("whip", "").split("/whip/")[0]
         if not base:
             raise GatewayTimeout(f"no gateway of this cluster is up to serve {self.name!r}: start one "
                                  "(ooblex gateway --broker ..., or ob.cluster())")
-        key = require_secret(self.secret)
-        token = mint("publish", thread=self.name, ttl_s=parse_ttl(ttl), secret=key,
-                     rules=Rules.from_env(key, store=self.config.store))
+        token = self.publish_token(ttl)
         return f"{base}/?thread={quote(self.name)}#token={token}"
+
+    def publish_token(self, ttl: str | float = "1h") -> str:
+        """A ``publish`` token for this thread only (its own subject), good for ``ttl``: what ``share`` puts in
+        its link and ``ob.live(deployment)`` presents to the gateway. Needs the cluster's secret."""
+        from ..secret import require_secret
+        from ..tokens import Rules, mint, parse_ttl
+
+        key = require_secret(self.secret)
+        return mint("publish", thread=self.name, ttl_s=parse_ttl(ttl), secret=key,
+                    rules=Rules.from_env(key, store=self.config.store))
 
     def status(self) -> dict[str, Any]:
         """Workers serving this thread (this version or the active one), fps, latency, refusals."""

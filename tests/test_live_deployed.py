@@ -1,0 +1,81 @@
+"""``ob.live(deployment)`` and compare mode against the deployed version, in a real kernel with a real local
+cluster (the kernel's own ``ob.cluster()``: no OOBLEX_* is set in the pytest process)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .cluster_fixtures import needs_redis
+from .media import write_video
+
+pytest.importorskip("anywidget")
+from .kernel_frontend import KernelFrontend  # noqa: E402
+
+pytestmark = [pytest.mark.timeout(300), needs_redis]
+
+SETUP = """
+import json, time, numpy as np, ooblex as ob
+t0 = time.perf_counter()
+cluster = ob.cluster()
+t1 = time.perf_counter()
+def inv(frame):
+    return 255 - frame
+dep = ob.deploy(inv, wait=90)
+t2 = time.perf_counter()
+print(json.dumps({"cluster_s": t1 - t0, "deploy_s": t2 - t1, "version": dep.version}))
+"""
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    k = KernelFrontend()
+    out = k.execute(SETUP, timeout=200)
+    k.setup = json.loads(out.strip().splitlines()[-1])
+    yield k
+    k.execute("ob.close_all() if hasattr(ob, 'close_all') else None; cluster.stop()", timeout=60)
+    k.close()
+
+
+def test_compare_mode_runs_the_notebook_code_and_the_deployed_version_on_the_same_frames(kernel, tmp_path):
+    clip = write_video(tmp_path / "clip.mp4", 30)
+    out = kernel.execute(f"""
+w = ob.live([inv, dep], source={str(clip)!r})
+recs = w.record(2.0)
+lanes = w.stats()
+print(json.dumps({{
+    "labels": [lane["label"] for lane in w.lanes],
+    "frames": [len(r.frames) for r in recs],
+    "errors": [sum(s.error is not None for s in r.shots) if hasattr(r, "shots") else None for r in recs],
+    "diff": [float(np.abs(a.astype(int) - b.astype(int)).mean())
+             for a, b in zip(recs[1].frames[-3:], [255 - i for i in recs[1].inputs[-3:]])],
+    "result": recs[1].results[-1],
+    "latency": [lane.get("latency_ms") for lane in lanes],
+}}))
+""", timeout=120)
+    got = json.loads(out.strip().splitlines()[-1])
+    v = kernel.setup["version"]
+    assert got["labels"] == ["inv (notebook)", f"inv@{v} (cluster)"]
+    assert all(n >= 10 for n in got["frames"]), got  # a 30 fps clip for 2 s, through both lanes
+    assert max(got["diff"]) < 8, got  # the cluster inverted the frames (JPEG both ways)
+    assert got["result"]["trip_ms"] > 0 and got["result"]["gateway_ms"] is not None
+    assert all(lat for lat in got["latency"]), got
+
+
+def test_a_name_resolves_to_the_active_deployment_and_a_wrong_version_is_refused(kernel, tmp_path):
+    clip = write_video(tmp_path / "clip.mp4", 30)
+    v = kernel.setup["version"]
+    out = kernel.execute(f"""
+w1 = ob.live("inv", source={str(clip)!r})
+r = w1.record(1.0)
+print(w1.lanes[0]["label"], len(r.frames) > 0)
+w1.close()
+try:
+    ob.live("inv@{v + 5}", source={str(clip)!r})
+except ValueError as exc:
+    print("refused:", exc)
+""", timeout=120)
+    lines = out.strip().splitlines()
+    assert lines[0] == f"inv@{v} (cluster) True"
+    assert lines[1].startswith("refused:") and f"version {v} is" in lines[1]
