@@ -56,7 +56,9 @@ class GatewayCall:
         if info.get("error"):
             raise RuntimeError(f"{self.label} on the cluster: {info['error']}")
         stages = info.get("latency_ms") or {}
-        result = {"cluster": info.get("result"), "trip_ms": round(trip, 1), "gateway_ms": stages.get("total")}
+        result = {"trip_ms": round(trip, 1), "gateway_ms": stages.get("total")}
+        if info.get("result") is not None:
+            result["cluster"] = info["result"]
         return (jpeg.decode(body) if body else None), result
 
     def _connect(self) -> Any:
