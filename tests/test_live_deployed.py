@@ -23,6 +23,10 @@ t1 = time.perf_counter()
 def inv(frame):
     return 255 - frame
 dep = ob.deploy(inv, wait=90)
+@ob.tensor_thread(params={"gain": {"min": 0.0, "max": 1.0}})
+def scale(frame, gain: float = 0.5):
+    return (frame * gain).astype(np.uint8)
+scaled = ob.deploy(scale, wait=90)
 t2 = time.perf_counter()
 print(json.dumps({"cluster_s": t1 - t0, "deploy_s": t2 - t1, "version": dep.version}))
 """
@@ -79,3 +83,21 @@ except ValueError as exc:
     lines = out.strip().splitlines()
     assert lines[0] == f"inv@{v} (cluster) True"
     assert lines[1].startswith("refused:") and f"version {v} is" in lines[1]
+
+
+def test_the_deployed_versions_parameters_are_controls_that_reach_the_cluster(kernel, tmp_path):
+    clip = write_video(tmp_path / "clip.mp4", 30)
+    out = kernel.execute(f"""
+w2 = ob.live(scaled, source={str(clip)!r}, params={{"gain": 0.2}})
+def ratio():
+    r = w2.record(0.5)
+    return round(float(np.mean([o.mean() / max(i.mean(), 1) for o, i in zip(r.frames, r.inputs)])), 2)
+first = ratio()
+w2.set_params(gain=0.8)
+time.sleep(0.3)
+print(json.dumps({{"controls": [c["name"] for c in w2.lanes[0]["controls"]], "first": first, "then": ratio()}}))
+w2.close()
+""", timeout=120)
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["controls"] == ["gain"]
+    assert abs(got["first"] - 0.2) < 0.06 and abs(got["then"] - 0.8) < 0.06, got

@@ -15,11 +15,13 @@ import json
 import threading
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 
 from .. import jpeg
 from ..cluster.deploy import Deployment, deployment
+from ..cluster.registry import remote_thread
 from ..errors import Unavailable
 from ..thread import TensorThread, as_thread
 
@@ -40,10 +42,14 @@ class GatewayCall:
         self.dep = dep
         self.label = f"{dep.name}@{dep.version}"
         self._ws: Any = None
+        self._params: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray | None, dict[str, Any]]:
+    def __call__(self, frame: np.ndarray, **params: Any) -> tuple[np.ndarray | None, dict[str, Any]]:
         with self._lock:
+            if params != self._params:  # new control values: a socket opened with them (the lane validated them)
+                self.close()
+                self._params = params
             ws = self._ws or self._connect()
             started = time.perf_counter()
             try:
@@ -68,7 +74,8 @@ class GatewayCall:
         if not url:
             raise Unavailable(f"no gateway of this cluster is up to serve {self.dep.name!r} (ob.cluster() starts one)")
         auth = {"Authorization": f"Bearer {self.dep.publish_token(TOKEN_TTL)}"}
-        ws = connect(f"{url}?output=jpeg", additional_headers=auth, open_timeout=ANSWER_TIMEOUT_S, max_size=None)
+        query = urlencode({"output": "jpeg", **{k: v for k, v in self._params.items() if v is not None}})
+        ws = connect(f"{url}?{query}", additional_headers=auth, open_timeout=ANSWER_TIMEOUT_S, max_size=None)
         hello = json.loads(ws.recv(timeout=ANSWER_TIMEOUT_S))
         if "error" in hello:
             ws.close()
@@ -117,6 +124,9 @@ class DeployedThread(TensorThread):
 
     def __init__(self, call: GatewayCall) -> None:
         super().__init__(call, name=call.label, description=f"{call.label} on the cluster, through its gateway")
+        meta = (call.dep.manifest or {}).get("meta")
+        if meta:  # the deployed version's parameters: the lane gets their controls, values go in the socket's query
+            self.params = remote_thread(meta).params
         self.call = call
         self.deployment = call.dep
 
