@@ -16,7 +16,8 @@ from .kernel_frontend import KernelFrontend  # noqa: E402
 pytestmark = [pytest.mark.timeout(300), needs_redis]
 
 SETUP = """
-import json, time, numpy as np, ooblex as ob
+import json, os, time, numpy as np, ooblex as ob
+os.environ["OOBLEX_WS_IDLE_S"] = "2"  # the cluster's gateway closes idle sockets soon (a stopped widget's)
 t0 = time.perf_counter()
 cluster = ob.cluster()
 t1 = time.perf_counter()
@@ -101,3 +102,21 @@ w2.close()
     got = json.loads(out.strip().splitlines()[-1])
     assert got["controls"] == ["gain"]
     assert abs(got["first"] - 0.2) < 0.06 and abs(got["then"] - 0.8) < 0.06, got
+
+
+def test_a_socket_the_gateway_closed_while_idle_is_reopened_without_an_error(kernel):
+    out = kernel.execute("""
+from ooblex.jupyter.deployed import as_lane_thread
+lane = as_lane_thread(dep)
+img = np.full((48, 64, 3), 10, np.uint8)
+first, _ = lane.call(img)
+old = lane.call._ws
+time.sleep(3.5)  # past OOBLEX_WS_IDLE_S: the gateway closes the socket
+second, info = lane.call(img)
+print(int(first.mean()), int(second.mean()), lane.call._ws is not old, old.close_code)
+lane.teardown()
+print(lane.call._ws is None)
+""", timeout=60)
+    lines = out.strip().splitlines()
+    assert lines[0] == "245 245 True 4408", lines
+    assert lines[1] == "True"

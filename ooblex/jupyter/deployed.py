@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import numpy as np
+from websockets.exceptions import ConnectionClosed
 
 from .. import jpeg
 from ..cluster.deploy import Deployment, deployment
@@ -50,14 +51,13 @@ class GatewayCall:
             if params != self._params:  # new control values: a socket opened with them (the lane validated them)
                 self.close()
                 self._params = params
-            ws = self._ws or self._connect()
+            data = jpeg.encode(np.ascontiguousarray(frame), QUALITY)
             started = time.perf_counter()
             try:
-                ws.send(jpeg.encode(np.ascontiguousarray(frame), QUALITY))
-                info, body = self._answer(ws)
-            except Exception:
-                self.close()
-                raise
+                info, body = self._trip(data)
+            except ConnectionClosed:  # the gateway closed an idle socket (the widget was stopped): once more
+                started = time.perf_counter()
+                info, body = self._trip(data)
         trip = (time.perf_counter() - started) * 1e3
         if info.get("error"):
             raise RuntimeError(f"{self.label} on the cluster: {info['error']}")
@@ -66,6 +66,21 @@ class GatewayCall:
         if info.get("result") is not None:
             result["cluster"] = info["result"]
         return (jpeg.decode(body) if body else None), result
+
+    def _trip(self, data: bytes) -> tuple[dict[str, Any], bytes | None]:
+        fresh = self._ws is None
+        ws = self._ws or self._connect()
+        try:
+            ws.send(data)
+            return self._answer(ws)
+        except ConnectionClosed:
+            self.close()
+            if fresh:
+                raise Unavailable(f"the gateway closed the socket of {self.label} at once") from None
+            raise
+        except Exception:
+            self.close()
+            raise
 
     def _connect(self) -> Any:
         from websockets.sync.client import connect
