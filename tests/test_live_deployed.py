@@ -120,3 +120,18 @@ print(lane.call._ws is None)
     lines = out.strip().splitlines()
     assert lines[0] == "245 245 True 4408", lines
     assert lines[1] == "True"
+
+
+def test_rerunning_the_compare_cell_after_a_redeploy_swaps_the_new_version_into_the_open_widget(kernel, tmp_path):
+    clip = write_video(tmp_path / "clip.mp4", 30)
+    v = kernel.setup["version"]
+    out = kernel.execute(f"""
+w3 = ob.live([inv, dep], source={str(clip)!r})
+w3.snapshot()
+dep2 = ob.deploy(inv, wait=90)
+w4 = ob.live([inv, dep2], source={str(clip)!r})
+shots = w4.snapshot()
+print(w4 is w3, [lane["label"] for lane in w4.lanes], shots[1].error)
+w4.close()
+""", timeout=180)
+    assert out.strip().splitlines()[-1] == f"True ['inv (notebook)', 'inv@{v + 1} (cluster)'] None"

@@ -38,7 +38,7 @@ def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, A
     """
     items = thread_or_function if isinstance(thread_or_function, (list, tuple)) else [thread_or_function]
     threads = [as_lane_thread(x) for x in items]
-    key = name or "|".join(th.name for th in threads)
+    key = name or "|".join(_key(th) for th in threads)
     widget = _live.get(key)
     if widget is not None and not widget.closed and len(widget.threads) == len(threads):
         widget.swap(threads, params)
@@ -55,8 +55,16 @@ def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, A
     return widget
 
 
+def _key(thread: Any) -> str:
+    """A deployed lane is kept under its deployment's name, not version: after a redeploy, re-running
+    ``ob.live([fn, dep])`` swaps the new version into the open widget."""
+    dep = getattr(thread, "deployment", None)
+    return f"{dep.name} (cluster)" if dep is not None else thread.name
+
+
 def live_widgets() -> dict[str, LiveWidget]:
-    """The open live widgets of this kernel, by thread name (``a|b`` for a comparison)."""
+    """The open live widgets of this kernel, by thread name (``a|b`` for a comparison, ``name (cluster)`` for a
+    deployment)."""
     return {k: w for k, w in _live.items() if not w.closed}
 
 
