@@ -70,7 +70,9 @@ def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, A
 
     - ``thread_or_function``: a tensor thread or plain function, or a list of them (compare mode: the same
       frames go to each, shown side by side, each with its own fps and latency). Calling again with threads
-      of the same names (or the same ``name``) swaps the new code into the running widget.
+      of the same names (or the same ``name``) swaps the new code into the running widget. A ``Deployment``
+      (``ob.deploy``'s answer) or ``"name"`` / ``"name@version"`` runs on the current cluster, the kernel
+      sending each frame through its gateway: ``ob.live([my_fn, deployment])`` compares the two.
     - ``source``: ``"webcam"`` (the browser's camera), an ipywebrtc ``CameraStream`` (its constraints are
       used), or a kernel-side source: a video file, an ``rtsp://`` or ``http://`` MJPEG URL, or a camera
       index of the kernel's machine.

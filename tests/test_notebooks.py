@@ -95,4 +95,6 @@ def test_04_deploy_to_cluster(webcam, monkeypatch):
     assert any("<Cluster redis://:***@127.0.0.1:" in t and "owner=process" in t for t in texts), texts
     assert any("served by 1 worker(s)" in t for t in texts)
     assert any("20 frames processed, 0 errors" in t for t in texts)
+    assert any(re.search(r"blur \(notebook\): \d+ fps, latency p50 [\d.]+ ms\nblur@\d+ \(cluster\): [1-9]\d* fps", t)
+               for t in texts), texts  # the compare step: frames came back through the cluster
     assert any(re.search(r"http://127\.0\.0\.1:\d+/\?thread=blur \(\+ its token\)", t) for t in texts), texts

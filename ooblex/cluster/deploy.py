@@ -92,22 +92,29 @@ class Deployment:
         does."""
         from urllib.parse import quote
 
-        from ..secret import require_secret
-        from ..tokens import Rules, mint, parse_ttl
-
         if view is not None and (not isinstance(view, str) or not view or view == "*"):
             raise ValueError(f"view= names one live stream of {self.name!r} (its id), got {view!r}")
         base = self.urls.get("whip", "").split("/whip/")[0]
         if not base:
             raise GatewayTimeout(f"no gateway of this cluster is up to serve {self.name!r}: start one "
                                  "(ooblex gateway --broker ..., or ob.cluster())")
-        key = require_secret(self.secret)
-        rules = Rules.from_env(key, store=self.config.store)
         if view is not None:
-            token = mint("view", stream=view, ttl_s=parse_ttl(ttl), secret=key, rules=rules)
-            return f"{base}/?watch={quote(view, safe='')}#token={token}"
-        token = mint("publish", thread=self.name, ttl_s=parse_ttl(ttl), secret=key, rules=rules)
+            return f"{base}/?watch={quote(view, safe='')}#token={self._token('view', ttl, stream=view)}"
+        token = self.publish_token(ttl)
         return f"{base}/?thread={quote(self.name)}#token={token}"
+
+    def publish_token(self, ttl: str | float = "1h") -> str:
+        """A ``publish`` token for this thread only (its own subject), good for ``ttl``: what ``share`` puts in
+        its link and ``ob.live(deployment)`` presents to the gateway. Needs the cluster's secret."""
+        return self._token("publish", ttl, thread=self.name)
+
+    def _token(self, scope: str, ttl: str | float, **target: str) -> str:
+        from ..secret import require_secret
+        from ..tokens import Rules, mint, parse_ttl
+
+        key = require_secret(self.secret)
+        return mint(scope, ttl_s=parse_ttl(ttl), secret=key, rules=Rules.from_env(key, store=self.config.store),
+                    **target)
 
     def status(self) -> dict[str, Any]:
         """Workers serving this thread (this version or the active one), fps, latency, refusals."""

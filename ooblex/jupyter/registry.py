@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..thread import as_thread
+from .deployed import as_lane_thread
 from .widget import LiveWidget
 
 _live: dict[str, LiveWidget] = {}
@@ -23,7 +23,10 @@ def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, A
     """Show ``source`` and its processed output side by side, with a control per keyword parameter.
 
     ``thread_or_function``: a tensor thread or plain function, or a list of them (compare mode: the
-    same frames go to each, shown side by side with each one's latency and fps).
+    same frames go to each, shown side by side with each one's latency and fps). A ``Deployment``
+    (``ob.deploy``'s answer) or ``"name"`` / ``"name@version"`` (deployed on the current cluster)
+    runs on the cluster: the kernel sends each frame through its gateway (``ooblex.jupyter.deployed``),
+    so ``ob.live([my_fn, deployment])`` compares the notebook's code with the deployed version.
     ``source``: ``"webcam"`` (the browser's camera), an ipywebrtc ``CameraStream`` (its constraints
     are used), or a kernel-side source: a video file, ``rtsp://`` / ``http://`` MJPEG URL, camera
     index of the kernel's machine (``loop``: replay files).
@@ -34,8 +37,8 @@ def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, A
     ``max_record_s``: longest recording the Record button makes.
     """
     items = thread_or_function if isinstance(thread_or_function, (list, tuple)) else [thread_or_function]
-    threads = [as_thread(x) for x in items]
-    key = name or "|".join(th.name for th in threads)
+    threads = [as_lane_thread(x) for x in items]
+    key = name or "|".join(_key(th) for th in threads)
     widget = _live.get(key)
     if widget is not None and not widget.closed and len(widget.threads) == len(threads):
         widget.swap(threads, params)
@@ -52,8 +55,16 @@ def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, A
     return widget
 
 
+def _key(thread: Any) -> str:
+    """A deployed lane is kept under its deployment's name, not version: after a redeploy, re-running
+    ``ob.live([fn, dep])`` swaps the new version into the open widget."""
+    dep = getattr(thread, "deployment", None)
+    return f"{dep.name} (cluster)" if dep is not None else thread.name
+
+
 def live_widgets() -> dict[str, LiveWidget]:
-    """The open live widgets of this kernel, by thread name (``a|b`` for a comparison)."""
+    """The open live widgets of this kernel, by thread name (``a|b`` for a comparison, ``name (cluster)`` for a
+    deployment)."""
     return {k: w for k, w in _live.items() if not w.closed}
 
 

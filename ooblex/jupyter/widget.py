@@ -35,6 +35,7 @@ from ..thread import TensorThread
 from . import frames
 from .channel import Connection, Peer, shared_channel
 from .controls import controls
+from .deployed import DeployedThread
 from .feed import KernelFeed
 from .loop import LoopThread, shared_loop
 from .recording import Progress, Recording, Shot, in_kernel
@@ -515,9 +516,17 @@ def _title(threads: list[TensorThread]) -> str:
 
 
 def _lanes(threads: list[TensorThread]) -> list[dict[str, Any]]:
+    return [{"name": th.name, "label": _label(th, i, threads), "controls": controls(th)}
+            for i, th in enumerate(threads)]
+
+
+def _label(thread: TensorThread, i: int, threads: list[TensorThread]) -> str:
+    """Where each lane runs when some run on the cluster ("blur (notebook)", "blur@3 (cluster)"); else the
+    name, numbered if two lanes share it."""
+    if any(isinstance(th, DeployedThread) for th in threads):
+        return f"{thread.name} ({'cluster' if isinstance(thread, DeployedThread) else 'notebook'})"
     names = [th.name for th in threads]
-    return [{"name": th.name, "label": f"{th.name} ({i + 1})" if names.count(th.name) > 1 else th.name,
-             "controls": controls(th)} for i, th in enumerate(threads)]
+    return f"{thread.name} ({i + 1})" if names.count(thread.name) > 1 else thread.name
 
 
 def _split_params(threads: list[TensorThread], params: dict[str, Any],
