@@ -143,7 +143,7 @@ async def test_gateway_metrics_need_a_control_token() -> None:
     with running_gateway(threads=BUILTIN_DEMO_THREADS, settings=settings) as gw:
         async with httpx.AsyncClient(timeout=10) as http:
             assert (await http.get(gw.url + "/metrics")).status_code == 401
-            view = mint("view", secret=SECRET)
+            view = mint("view", stream="*", secret=SECRET)
             assert (await http.get(gw.url + "/metrics", headers={"authorization": f"Bearer {view}"})).status_code \
                 == 403
         control = mint("control", secret=SECRET)

@@ -75,7 +75,8 @@ def test_an_unknown_variable_is_warned_about_with_the_closest_name(monkeypatch, 
 def test_every_other_variable_is_read_somewhere() -> None:
     """The list of non-setting variables names only variables the code, deploy files or tests use."""
     text = "".join(p.read_text(errors="ignore") for d in ("ooblex", "server_ext", "tests", "deploy", "notebooks")
-                   for p in (ROOT / d).rglob("*") if p.is_file() and p.suffix in (".py", ".yml", ".yaml", ".ipynb")
+                   for p in (ROOT / d).rglob("*") if p.is_file()
+                   and (p.suffix in (".py", ".yml", ".yaml", ".ipynb", ".sh") or p.name == "Dockerfile")
                    and p.name not in ("settings.py", "test_settings.py"))
     assert [n for n in OTHER_VARIABLES if n not in text] == []
 
