@@ -421,3 +421,28 @@ async def test_history_is_cluster_wide_and_a_streams_history_is_forwarded_to_its
                 assert not a.state.engine.streams and b.state.engine.streams
     finally:
         stop(worker)
+
+
+async def test_history_across_a_reconnect_has_one_point_a_second_and_no_spike() -> None:
+    """A publisher sends ~10 fps, drops its WebSocket and comes back at once (a new stream): each stream's history
+    has whole, distinct seconds in order, and no rate above what was sent (the new stream's first second included)."""
+    from websockets.asyncio.client import connect
+
+    frame = jpeg.encode(np.zeros((48, 64, 3), np.uint8))
+    with running_gateway(threads=[shade], settings=Settings(history_s=60)) as gw:
+        ids = []
+        for _ in range(2):
+            async with connect(gw.url.replace("http", "ws") + "/ws/shade") as ws:
+                ids.append(json.loads(await ws.recv())["stream_id"])
+                for _ in range(30):  # ~3 s at ~10 fps
+                    await ws.send(frame)
+                    await ws.recv()
+                    await ws.recv()
+                    await asyncio.sleep(0.1)
+                async with httpx.AsyncClient(timeout=10) as http:
+                    history = (await http.get(gw.url + "/api/v1/history")).json()["streams"]
+                cols = history[ids[-1]]
+                seconds = cols["t"]
+                assert seconds == list(range(seconds[0], seconds[0] + len(seconds))), seconds  # whole, no repeats
+                rates = [f for f in cols["fps"] + cols["fps_in"] if f is not None]
+                assert rates and max(rates) <= 12, cols  # sent at 10 fps at most: no 1000 fps point
