@@ -39,8 +39,11 @@ class ClusterUnavailable(Unavailable, RuntimeError):
     """The cluster cannot be reached from this server (missing package or settings): HTTP 503."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Settings:
+    """Where the extension finds the cluster: the server's ``OOBLEX_*`` environment, or the cluster it owns
+    (``owned.py`` points this one object, shared by every handler, at it and back)."""
+
     cluster: str = ""
     store: str = ""
     secret: str = ""

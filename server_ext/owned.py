@@ -60,10 +60,8 @@ class OwnedCluster:
 
     def _point_at(self, cluster: str, store: str, secret: str, gateway: str) -> None:
         """The handlers hold this one ``Settings``: changing its fields moves them all."""
-        object.__setattr__(self.settings, "cluster", cluster)
-        object.__setattr__(self.settings, "store", store)
-        object.__setattr__(self.settings, "secret", secret)
-        object.__setattr__(self.settings, "gateway", gateway.rstrip("/"))
+        s = self.settings
+        s.cluster, s.store, s.secret, s.gateway = cluster, store, secret, gateway.rstrip("/")
 
 
 class ClusterSocketHandler(web.RequestHandler):
