@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import av
 import httpx
@@ -26,6 +27,7 @@ from ooblex import jpeg, tensor_thread
 from ooblex.gateway import Settings
 
 from .gateway_server import running_gateway
+from .test_gateway_security import eventually
 from .test_rtsp import publish, rtsp_server  # noqa: F401 - rtsp_server: the Perl RTSP server fixture
 
 pytestmark = pytest.mark.timeout(120)
@@ -260,16 +262,27 @@ def fake_rtsp(answer: str) -> socketserver.ThreadingTCPServer:
 
     class Handler(socketserver.StreamRequestHandler):
         def handle(self) -> None:
-            while True:
-                lines = []
-                while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
-                    lines.append(line.decode())
-                if not lines:
-                    return
+            for lines in rtsp_requests(self.rfile):
                 cseq = next((x.split(":", 1)[1].strip() for x in lines if x.lower().startswith("cseq")), "1")
                 self.wfile.write(answer.format(cseq=cseq).encode())
 
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    return serving(Handler)
+
+
+def rtsp_requests(rfile: Any) -> Iterator[list[str]]:
+    """Each request a client sends (its request line and header lines), until it closes the connection."""
+    while True:
+        lines = []
+        while (line := rfile.readline()) not in (b"\r\n", b"\n", b""):
+            lines.append(line.decode())
+        if not lines:
+            return
+        yield lines
+
+
+def serving(handler: type[socketserver.StreamRequestHandler]) -> socketserver.ThreadingTCPServer:
+    """``handler`` on a free 127.0.0.1 port, in a daemon thread (the test shuts it down)."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
@@ -323,12 +336,7 @@ def aiming_rtsp(udp_port: int) -> socketserver.ThreadingTCPServer:
 
     class Handler(socketserver.StreamRequestHandler):
         def handle(self) -> None:
-            while True:
-                lines = []
-                while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
-                    lines.append(line.decode())
-                if not lines:
-                    return
+            for lines in rtsp_requests(self.rfile):
                 method, uri = lines[0].split()[:2]
                 headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
                 extra, body = "", ""
@@ -346,10 +354,7 @@ def aiming_rtsp(udp_port: int) -> socketserver.ThreadingTCPServer:
                     extra = "Session: 1234\r\n"
                 self.wfile.write(f"RTSP/1.0 200 OK\r\nCSeq: {headers['cseq']}\r\n{extra}\r\n{body}".encode())
 
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serving(Handler)
 
 
 def test_rtsp_servers_cannot_aim_udp_elsewhere(media: Path) -> None:
@@ -388,13 +393,6 @@ def test_rtsp_servers_cannot_aim_udp_elsewhere(media: Path) -> None:
         udp.close()
 
 
-def eventually(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_mjpeg_sources_follow_no_redirects_and_keep_the_pixel_limit(media: Path, target: Listener) -> None:
