@@ -27,6 +27,7 @@ from ooblex import jpeg, tensor_thread
 from ooblex.gateway import Settings
 
 from .gateway_server import running_gateway
+from .test_gateway_jobs import wait_done
 from .test_gateway_security import eventually
 from .test_rtsp import publish, rtsp_server  # noqa: F401 - rtsp_server: the Perl RTSP server fixture
 
@@ -76,16 +77,6 @@ def settings(root: Path, **kw) -> Settings:
     return Settings(**{"loopback_candidates": True, "secret": "", "media_root": str(root), **kw})
 
 
-def wait_job(client: httpx.Client, location: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(location, params={"results": "true"}).json()
-        if job["state"] != "running":
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job did not finish: {job}")
-
-
 def means(job: dict) -> list[float]:
     return [r["result"]["mean"] for r in job.get("results") or []]
 
@@ -99,7 +90,7 @@ def test_a_folder_source_skips_links_out_of_the_root(media: Path, tmp_path: Path
     with running_gateway(threads=[mean], settings=settings(media)) as gw, httpx.Client(base_url=gw.url) as client:
         r = post_job(client, source="imgs")
         assert r.status_code == 201, r.text
-        job = wait_job(client, r.headers["Location"])
+        job = wait_done(client, r.headers["Location"], timeout=60)
         assert job["state"] == "done", job
         # a.jpg and d.jpg (a link inside the root) only; b.jpg and c.jpg lead out and are never read
         assert job["result"]["frames_out"] == 2 and all(m < 40 for m in means(job)), job
@@ -146,7 +137,7 @@ def test_playlists_and_lists_of_files_are_refused(media: Path, tmp_path: Path) -
             assert str(tmp_path) not in detail
         # a real video is still read
         r = post_job(client, source="in.ts")
-        job = wait_job(client, r.headers["Location"])
+        job = wait_done(client, r.headers["Location"], timeout=60)
         assert job["state"] == "done" and job["result"]["frames_out"] == 6 and all(m < 40 for m in means(job))
 
 
@@ -157,12 +148,12 @@ def test_allowed_playlists_read_only_inside_the_root(media: Path, tmp_path: Path
             httpx.Client(base_url=gw.url) as client:
         r = post_job(client, source="ok.m3u8")  # segments inside the root play
         assert r.status_code == 201, r.text
-        job = wait_job(client, r.headers["Location"])
+        job = wait_done(client, r.headers["Location"], timeout=60)
         assert job["state"] == "done" and job["result"]["frames_out"] == 6 and all(m < 40 for m in means(job))
         for name in files:
             r = post_job(client, source=name)
             if r.status_code == 201:  # not refused up front: then the job must not show the secret
-                job = wait_job(client, r.headers["Location"])
+                job = wait_done(client, r.headers["Location"], timeout=60)
                 assert all(m < 40 for m in means(job)), (name, job)
             else:
                 assert r.status_code in (400, 403), (name, r.text)
@@ -198,7 +189,7 @@ def test_images_are_decoded_under_the_pixel_limit(media: Path) -> None:
         assert "800x600" in post_job(client, source="big.jpg").json()["detail"]
         r = post_job(client, source="mixed")  # the first image is fine; the second fails the job
         assert r.status_code == 201, r.text
-        job = wait_job(client, r.headers["Location"])
+        job = wait_done(client, r.headers["Location"], timeout=60)
         assert job["state"] == "failed" and "800x600" in job["error"] and "OOBLEX_MAX_IMAGE_PIXELS" in job["error"]
 
 
@@ -292,7 +283,7 @@ def run_url_job(gw_settings: Settings, url: str) -> dict:
     with running_gateway(threads=[mean], settings=gw_settings) as gw, httpx.Client(base_url=gw.url) as client:
         r = post_job(client, source=url)
         assert r.status_code == 201, r.text
-        return wait_job(client, r.headers["Location"])
+        return wait_done(client, r.headers["Location"], timeout=60)
 
 
 def test_rtsp_redirects_are_not_followed(media: Path, target: Listener) -> None:
