@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from typing import Any, Literal
@@ -172,13 +173,16 @@ class Stream:
     # --- output -------------------------------------------------------------------------
     async def get(self, timeout: float | None = None) -> Frame:
         """The next processed frame (live: the newest not yet read). ``timeout`` does not run out while the
-        thread's model loads for its first frame: a slow first frame is not a stalled stream."""
+        thread's model loads for its first frame (it counts from the end of the load): a slow first frame
+        is not a stalled stream."""
+        wait = timeout
         while True:
             try:
-                frame = await asyncio.wait_for(self._out.get(), timeout)
+                frame = await asyncio.wait_for(self._out.get(), wait)
                 break
             except asyncio.TimeoutError:
-                if not self.engine.loading(self.thread.name):
+                wait = self._excused(timeout)
+                if wait <= 0:
                     raise
         if frame is None:
             raise StreamClosed(f"stream {self.id} is closed")
@@ -186,6 +190,12 @@ class Stream:
             self._room.release()
         frame.stamp("sent")
         return frame
+
+    def _excused(self, timeout: float) -> float:
+        """How much longer ``get(timeout)`` may wait: all of ``timeout`` while the model loads, what is left of
+        it after the load ended (the frame that waited for it is still being computed), else nothing."""
+        loaded = self.engine.loaded_at(self.thread.name)
+        return timeout if loaded == math.inf else loaded + timeout - time.time()
 
     def __aiter__(self) -> Stream:
         return self
