@@ -64,7 +64,7 @@ def __getattr__(name: str) -> object:
 def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, Any] | None = None,
          name: str | None = None, width: int = 640, height: int = 480, quality: float = 0.8,
          codec: str = "jpeg", max_in_flight: int = 1, max_latency_ms: float = 500.0, autostart: bool = True,
-         loop: bool = True, max_record_s: float = 60.0) -> LiveWidget:
+         loop: bool = True, max_record_s: float = 60.0, transport: str = "webrtc") -> LiveWidget:
     """Live-test a tensor thread or function in a notebook: the source and its processed output side by side,
     with a control per keyword parameter, fps and latency (docs/jupyter.md).
 
@@ -72,7 +72,9 @@ def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, A
       frames go to each, shown side by side, each with its own fps and latency). Calling again with threads
       of the same names (or the same ``name``) swaps the new code into the running widget. A ``Deployment``
       (``ob.deploy``'s answer) or ``"name"`` / ``"name@version"`` runs on the current cluster, the kernel
-      sending each frame through its gateway: ``ob.live([my_fn, deployment])`` compares the two.
+      sending each frame through the gateway serving that version (``transport``): ``ob.live([my_fn,
+      deployment])`` compares the two; ``name@version`` also reaches an earlier version kept with
+      ``ob.deploy(..., keep_versions=True)``.
     - ``source``: ``"webcam"`` (the browser's camera), an ipywebrtc ``CameraStream`` (its constraints are
       used), or a kernel-side source: a video file, an ``rtsp://`` or ``http://`` MJPEG URL, or a camera
       index of the kernel's machine.
@@ -87,6 +89,9 @@ def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, A
     - ``autostart``: start the camera or source at once.
     - ``loop``: replay a video file source when it ends.
     - ``max_record_s``: the longest recording the Record button makes.
+    - ``transport``: how a deployed lane reaches the gateway serving exactly its version: ``"webrtc"``
+      (WHIP, VP8 both ways: the path browsers and cameras take) or ``"websocket"`` (a JPEG per frame,
+      each with its own JSON result; also where UDP cannot pass).
 
     Imports the widget (ipywidgets, anywidget) only when called, so ``import ooblex`` stays light.
     """
@@ -94,7 +99,8 @@ def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, A
 
     return live_widget(thread_or_function, source, params=params, name=name, width=width, height=height,
                        quality=quality, codec=codec, max_in_flight=max_in_flight, max_latency_ms=max_latency_ms,
-                       autostart=autostart, loop=loop, max_record_s=max_record_s)
+                       autostart=autostart, loop=loop, max_record_s=max_record_s,
+                       transport=transport)  # type: ignore[arg-type]
 
 
 def stats(handle: RunHandle | Stream) -> dict:

@@ -65,6 +65,30 @@ async def test_whip_round_trip_identity(codec: str, stamps: str) -> None:
 
 
 @in_netns
+async def test_a_publisher_that_prefers_input_timestamps_gets_its_own_on_the_returned_video() -> None:
+    """``Prefer: return-timestamps=input`` (RFC 7240) overrides ``return_timestamps="send"`` for that session:
+    each returned frame carries its input's RTP timestamp (plus the return sender's constant origin)."""
+    from ooblex.gateway import Settings
+    from ooblex.gateway.whip import PREFER_INPUT
+
+    from .gateway_server import running_gateway
+
+    with running_gateway(settings=Settings(loopback_candidates=True, return_timestamps="send")) as gw:
+        for prefer in (PREFER_INPUT, None):
+            track = ImageTrack(moving_picture(), fps=30)
+            async with WhipClient(gw.url + "/whip/identity", track, prefer=prefer) as client:
+                await client.wait_connected()
+                offsets = set()
+                while len(offsets) < 3 and track.count < 90:
+                    frame = await asyncio.wait_for(client.remote.recv(), 10)
+                    n = framecode.read(frame.to_ndarray(format="rgb24"))
+                    if n is not None:
+                        offsets.add((frame.pts - n * 3000) % 2**32)  # ImageTrack: pts = n * 90000 / 30
+            assert client.applied == (prefer or "")
+            assert (len(offsets) == 1) == (prefer is not None), offsets
+
+
+@in_netns
 async def test_whep_viewers_and_mjpeg_of_a_whip_stream() -> None:
     import httpx
 

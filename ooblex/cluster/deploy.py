@@ -73,12 +73,26 @@ class Deployment:
         """Endpoints on the cluster's gateway(s): ``{"whip": ..., "whep": ..., ...}`` (first gateway)
         plus ``"gateways"``: the same for every live gateway whose signed record verifies. Empty when
         no gateway is up."""
+        return self._urls(self.name)
+
+    @property
+    def version_urls(self) -> dict[str, Any]:
+        """Like ``urls``, for exactly this version (``name@version``), whether it is the active one or kept:
+        what ``ob.live(deployment)`` publishes to."""
+        return self._urls(self.queue)
+
+    @property
+    def queue(self) -> str:
+        """``name@version``: the name gateways and workers give exactly this version."""
+        return f"{self.name}@{self.version}"
+
+    def _urls(self, thread: str) -> dict[str, Any]:
         reg = self._registry()
         try:
             records = reg.records("gateway")
         finally:
             reg.close()
-        per = list({json.dumps(u, sort_keys=True): u for u in (gateway_urls(g, self.name) for g in records)}.values())
+        per = list({json.dumps(u, sort_keys=True): u for u in (gateway_urls(g, thread) for g in records)}.values())
         return {**(per[0] if per else {}), "gateways": per}  # gateways behind one balancer: listed once
 
     def share(self, ttl: str | float = "1h", *, view: str | None = None) -> str:
@@ -103,10 +117,11 @@ class Deployment:
         token = self.publish_token(ttl)
         return f"{base}/?thread={quote(self.name)}#token={token}"
 
-    def publish_token(self, ttl: str | float = "1h") -> str:
+    def publish_token(self, ttl: str | float = "1h", *, this_version: bool = False) -> str:
         """A ``publish`` token for this thread only (its own subject), good for ``ttl``: what ``share`` puts in
-        its link and ``ob.live(deployment)`` presents to the gateway. Needs the cluster's secret."""
-        return self._token("publish", ttl, thread=self.name)
+        its link. With ``this_version``, for ``name@version`` only: what ``ob.live(deployment)`` presents to the
+        gateway. Needs the cluster's secret."""
+        return self._token("publish", ttl, thread=self.queue if this_version else self.name)
 
     def _token(self, scope: str, ttl: str | float, **target: str) -> str:
         from ..secret import require_secret
@@ -213,18 +228,24 @@ def undeploy(name: Any, cluster: str | None = None, *, store: str | None = None,
         reg.close()
 
 
-def deployment(name: str, cluster: str | None = None, *, store: str | None = None,
+def deployment(name: str, cluster: str | None = None, *, version: int | None = None, store: str | None = None,
                secret: str | bytes | None = None) -> Deployment:
-    """The active ``Deployment`` of ``name`` (from its verified state: needs ``OOBLEX_SECRET``)."""
+    """The active ``Deployment`` of ``name``, or its ``version`` while workers serve it (the active one, or
+    one kept with ``keep_versions``), from its verified state: needs ``OOBLEX_SECRET``."""
     config = resolve(cluster, store)
     reg = Registry(config.store, secret)
     try:
         reg.need_secret(f"verify the deployment of {name!r}")
-        v = reg.active(name)
-        if v is None and reg.marks.refused:
+        state = reg.state(name)
+        if state is None and reg.marks.refused:
             raise SignatureError(f"cannot tell which version of {name!r} is deployed: {reg.marks.refused}")
-        if v is None:
+        if state is None or state.removed:
             raise RegistryError(f"{name!r} is not deployed on {redact(config.broker)}")
+        v = state.active if version is None else version
+        if v not in state.serving:
+            served = ", ".join(f"{name}@{s}" for s in sorted(state.serving))
+            raise RegistryError(f"{name}@{v} is not served (served: {served}; deploy with keep_versions=True "
+                                "to keep earlier versions reachable)")
         return Deployment(name, v, config, reg.manifest(name, v), secret)
     finally:
         reg.close()

@@ -87,14 +87,15 @@ async def negotiate(session: Session, offer: Offer, attach: Callable[[], Awaitab
 
 
 #: Response headers a WHIP/WHEP player on another origin may read.
-EXPOSED = ("Location", "Link", "X-Ooblex-Stream", "X-Ooblex-View-Token")
+EXPOSED = ("Location", "Link", "X-Ooblex-Stream", "X-Ooblex-View-Token", "Preference-Applied")
 
 
 def sdp_created(sdp: str, location: str, stream_id: str, ice_links: list[str],
-                view_token: str | None = None) -> Response:
+                view_token: str | None = None, extra: dict[str, str] | None = None) -> Response:
     """``201 Created`` with the answer, its resource ``Location``, the stream id and (with a secret) a
     shareable view token for the stream."""
-    headers = {"Location": location, "X-Ooblex-Stream": stream_id, "Access-Control-Expose-Headers": ", ".join(EXPOSED)}
+    headers = {"Location": location, "X-Ooblex-Stream": stream_id, "Access-Control-Expose-Headers": ", ".join(EXPOSED),
+               **(extra or {})}
     if view_token:
         headers["X-Ooblex-View-Token"] = view_token
     if ice_links:

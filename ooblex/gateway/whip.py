@@ -6,6 +6,8 @@ the processed video comes back on the same peer connection (and its Opus audio, 
 stream, for ``/whep/{id}`` and ``/mjpeg/{id}`` viewers. ``DELETE`` on ``Location`` ends it.
 With a secret set, both need ``Authorization: Bearer <publish token for the thread>``, and the
 answer carries ``X-Ooblex-View-Token``: a token to hand to viewers of this one stream.
+``Prefer: return-timestamps=input`` (RFC 7240) keeps the publisher's RTP timestamps on the video sent
+back, for clients that pair each returned frame with the one they sent.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ async def whip(thread: str, request: Request) -> Response:
                            max_in_flight=gw.settings.window(target), max_latency_ms=gw.settings.max_latency_ms)
     session = gw.sessions.add("whip", client, thread, new_peer(gw.settings), stream, owns_stream=True)
     ingest: list[Ingest] = []
+    input_timestamps = prefers_input_timestamps(request)
 
     @session.pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
@@ -62,7 +65,7 @@ async def whip(thread: str, request: Request) -> Response:
             raise ValueError("the offer's video track did not arrive")
         audio = publisher_audio(gw, session, offer)
         if offer.wants_video_back:
-            keep = gw.settings.return_timestamps == "input"
+            keep = gw.settings.return_timestamps == "input" or input_timestamps
             session.pc.addTrack(ProcessedTrack(_outputs(stream), ingest[0].pts_of if keep else None,
                                                ingest[0].original, on_sent=lip_sync(audio)))
         send_audio(session, audio, offer)
@@ -71,8 +74,21 @@ async def whip(thread: str, request: Request) -> Response:
     session.watch(gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whip_sessions")
     location = routes.path(routes.WHIP_SESSION, thread=thread, session_id=session.id)
+    applied = {"Preference-Applied": PREFER_INPUT} if input_timestamps and offer.wants_video_back else {}
     return sdp_created(sdp, location, stream.id, ice_links(gw.settings, session.id),
-                       view_token(request, granted, stream))
+                       view_token(request, granted, stream), applied)
+
+
+#: RFC 7240 preference of a publisher that pairs returned frames with its own by RTP timestamp (a client
+#: measuring each frame's round trip, or ``ob.live(deployment)``): the processed video keeps the
+#: publisher's timestamps, whatever ``return_timestamps`` says.
+PREFER_INPUT = "return-timestamps=input"
+
+
+def prefers_input_timestamps(request: Request) -> bool:
+    """``Prefer: return-timestamps=input`` (RFC 7240: preferences are comma separated, parameters after ``;``)."""
+    prefs = ",".join(request.headers.getlist("prefer"))
+    return any(p.split(";")[0].strip().replace(" ", "").lower() == PREFER_INPUT for p in prefs.split(","))
 
 
 @router.delete(routes.WHIP_SESSION)

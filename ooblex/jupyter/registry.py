@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .deployed import as_lane_thread
+from .deployed import Transport, as_lane_thread
 from .widget import LiveWidget
 
 _live: dict[str, LiveWidget] = {}
@@ -19,14 +19,16 @@ _live: dict[str, LiveWidget] = {}
 def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, Any] | None = None,
          name: str | None = None, width: int = 640, height: int = 480, quality: float = 0.8,
          codec: str = "jpeg", max_in_flight: int = 1, max_latency_ms: float = 500.0, autostart: bool = True,
-         loop: bool = True, max_record_s: float = 60.0) -> LiveWidget:
+         loop: bool = True, max_record_s: float = 60.0, transport: Transport = "webrtc") -> LiveWidget:
     """Show ``source`` and its processed output side by side, with a control per keyword parameter.
 
     ``thread_or_function``: a tensor thread or plain function, or a list of them (compare mode: the
     same frames go to each, shown side by side with each one's latency and fps). A ``Deployment``
     (``ob.deploy``'s answer) or ``"name"`` / ``"name@version"`` (deployed on the current cluster)
-    runs on the cluster: the kernel sends each frame through its gateway (``ooblex.jupyter.deployed``),
-    so ``ob.live([my_fn, deployment])`` compares the notebook's code with the deployed version.
+    runs on the cluster: the kernel sends each frame through the gateway serving that version
+    (``ooblex.jupyter.deployed``), so ``ob.live([my_fn, deployment])`` compares the notebook's code with the
+    deployed version. ``transport``: how, ``"webrtc"`` (WHIP, VP8 both ways: the path browsers and cameras
+    take) or ``"websocket"`` (a JPEG per frame: each frame's own JSON result, and where UDP cannot pass).
     ``source``: ``"webcam"`` (the browser's camera), an ipywebrtc ``CameraStream`` (its constraints
     are used), or a kernel-side source: a video file, ``rtsp://`` / ``http://`` MJPEG URL, camera
     index of the kernel's machine (``loop``: replay files).
@@ -37,7 +39,7 @@ def live(thread_or_function: Any, source: Any = "webcam", *, params: dict[str, A
     ``max_record_s``: longest recording the Record button makes.
     """
     items = thread_or_function if isinstance(thread_or_function, (list, tuple)) else [thread_or_function]
-    threads = [as_lane_thread(x) for x in items]
+    threads = [as_lane_thread(x, transport) for x in items]
     key = name or "|".join(_key(th) for th in threads)
     widget = _live.get(key)
     if widget is not None and not widget.closed and len(widget.threads) == len(threads):

@@ -92,8 +92,12 @@ class _Client:
     """
 
     def __init__(self, url: str, *, fast: bool = True, fec: bool = True,
-                 ice_servers: list[dict[str, Any]] | None = None, token: str | None = None) -> None:
+                 ice_servers: list[dict[str, Any]] | None = None, token: str | None = None,
+                 prefer: str | None = None) -> None:
         self.url = url
+        #: An RFC 7240 ``Prefer`` header for the offer (``return-timestamps=input``); ``applied`` is the answer's.
+        self.prefer = {"Prefer": prefer} if prefer else {}
+        self.applied = ""
         self.fast = fast
         self.fec = fast and fec
         token = token or os.environ.get("OOBLEX_TOKEN")
@@ -151,12 +155,13 @@ class _Client:
             await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers candidates
         async with httpx.AsyncClient(timeout=30) as http:
             resp = await http.post(self.url, content=self.pc.localDescription.sdp,
-                                   headers={"Content-Type": "application/sdp", **self.auth})
+                                   headers={"Content-Type": "application/sdp", **self.auth, **self.prefer})
         if resp.status_code != 201:
             await self.pc.close()
             raise WebRTCError(f"{self.url}: {resp.status_code} {resp.text}")
         self.location = str(httpx.URL(self.url).join(resp.headers["Location"]))
         self.stream_id = resp.headers.get("X-Ooblex-Stream")
+        self.applied = resp.headers.get("Preference-Applied", "")
         with negotiating(self.fec):
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=resp.text, type="answer"))
         if self.fast:  # aiortc's own speeds; VP8's bitrate then follows REMB without keyframes
