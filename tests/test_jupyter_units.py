@@ -222,3 +222,35 @@ def test_a_recording_keeps_sound_only_from_just_before_it_started_until_it_is_ov
     full.add(Shot(None, np.zeros((8, 8, 3), np.uint8), None, None, 0, None, captured=time.time()))
     full.add_sound(pcm, time.time())
     assert not stopped.has_sound and not full.has_sound
+
+
+def test_a_files_sound_is_handed_on_as_far_as_its_frames_on_their_clock(tmp_path, caplog) -> None:
+    import av
+
+    from ooblex.jupyter.feed import Soundtrack
+    from ooblex.media.audio import AudioInput
+    from ooblex.media.avsync import SyncSignal
+
+    clip = SyncSignal(period=0.5).write(tmp_path / "sync.mp4", 1.0)
+    with av.open(str(clip)) as c:
+        audio = AudioInput.probe(c, str(clip))
+    heard: list[tuple[float, np.ndarray]] = []
+    sound = Soundtrack(audio, lambda samples, at: heard.append((at, samples)))
+    sound.play(0.0, 0.1, 1000.0)  # the first frame, shown at 1000.0; the next one is 0.1 s on
+    covered = sum(len(s) for _, s in heard) / 48000
+    assert abs(heard[0][0] - 1000.0) < 0.001 and 0.1 <= covered < 0.1 + 0.02
+    assert all(s.dtype == np.int16 and s.shape[1] == 2 for _, s in heard)
+    sound.play(0.1, 0.1, 1005.0)  # a stall of 4.9 s: the rest of the sound waits with the frames
+    assert abs(heard[-1][0] + len(heard[-1][1]) / 48000 - 1005.1) < 0.02 and heard[-1][0] > 1005.0
+    sound.close()
+
+    def unreadable():
+        raise OSError(5, "Input/output error")
+
+    broken = Soundtrack(AudioInput(str(clip), audio.index, "aac", 0.0, 1.0, reopen=unreadable),
+                        lambda *_: pytest.fail("nothing can be heard"))
+    broken.play(0.0, 0.1, 1000.0)
+    broken.play(0.1, 0.1, 1000.1)  # warned once, the pictures go on
+    assert [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()] == [
+        f"ooblex live widget: the sound of {str(clip)!r} cannot be read, going on without it: Input/output error"]
+    broken.close()

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..media import Source, open_source
 from ..media.audio import AudioInput, decoded
+from ..media.sources import reason
 from .recording import SOUND_LEAD_S, SOUND_RATE
 
 log = logging.getLogger("ooblex.live")
@@ -116,6 +117,7 @@ class Soundtrack:
 
     def __init__(self, audio: AudioInput, hear: Hear) -> None:
         self.origin = audio.origin
+        self.path = audio.path
         self.hear = hear
         self._chunks: Generator[av.AudioFrame, None, None] = decoded(audio, SOUND_RATE, "stereo", "s16",
                                                                      SOUND_RATE // 50)
@@ -123,9 +125,15 @@ class Soundtrack:
 
     def play(self, media_t: float, period: float, wall: float) -> None:
         """The frame at ``media_t`` (seconds from the file's start) is shown at ``wall``: hand on the sound
-        up to the next frame, on the same offset (a stall shifts the rest of the sound with the frames)."""
+        up to the next frame, on the same offset (a stall shifts the rest of the sound with the frames).
+        A soundtrack that cannot be read is dropped with a warning; the pictures go on."""
         while True:
-            chunk = self._pending if self._pending is not None else next(self._chunks, None)
+            try:
+                chunk = self._pending if self._pending is not None else next(self._chunks, None)
+            except (av.error.FFmpegError, OSError, ValueError) as exc:
+                log.warning("ooblex live widget: the sound of %r cannot be read, going on without it: %s",
+                            self.path, reason(exc))
+                return  # the generator is over: no more sound from this play of the file
             self._pending = None
             if chunk is None:
                 return

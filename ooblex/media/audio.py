@@ -61,23 +61,21 @@ class AudioInput:
 
 @dataclass(frozen=True)
 class PcmAudio:
-    """Decoded sound: int16 ``samples`` shaped (n, channels) at ``rate`` Hz, sample 0 at output time 0."""
+    """Decoded sound: int16 stereo ``samples`` shaped (n, 2) at ``rate`` Hz, sample 0 at output time 0."""
 
     samples: np.ndarray
     rate: int = 48000
-    path: str = "recorded sound"
     #: The output timeline starts with the sound, and all of it is written (the owner trimmed it).
     origin: float = 0.0
     video_end: float | None = None
 
     def frames(self, rate: int, layout: str, fmt: str, frame_size: int) -> Iterator[av.AudioFrame]:
         """The samples as ``frame_size`` frames of ``fmt``/``layout``/``rate``, ``pts`` in 1/``rate`` s."""
-        channels = self.samples.shape[1]
         resampler = av.AudioResampler(format=fmt, layout=layout, rate=rate, frame_size=frame_size)
         step = self.rate // 10
         for start in range(0, len(self.samples), step):
             chunk = np.ascontiguousarray(self.samples[start:start + step]).reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="stereo" if channels == 2 else "mono")
+            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="stereo")
             frame.sample_rate, frame.pts = self.rate, start
             yield from resampler.resample(frame)
         yield from resampler.resample(None)
