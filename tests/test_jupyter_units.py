@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -156,7 +157,100 @@ def test_recording_saves_a_playable_file_at_the_pace_it_was_captured(tmp_path, s
     assert len(frames) == 10
     assert [round(t, 1) for t, _ in frames] == [round(0.1 * i, 1) for i in range(10)]
     assert [round(float(img.mean()) / 20) for _, img in frames] == list(range(10))
+    with av.open(str(path)) as c:
+        assert not c.streams.audio  # no sound was heard: video only
     with pytest.raises(ValueError, match="use one of"):
         rec.save(tmp_path / "clip.txt")
     with pytest.raises(ValueError, match="no frames"):
         Recording(seconds=1).save(tmp_path / "empty.mp4")
+
+
+def _tone_recording(tone_from: float, tone_to: float):
+    """10 frames over 0.9 s and sound heard from 1 s before to 1.2 s after the first frame (20 ms chunks):
+    silent but for a 1 kHz tone from ``tone_from`` to ``tone_to`` seconds after the first frame."""
+    from ooblex.jupyter.recording import SOUND_RATE, Recording, Shot
+
+    rec = Recording(seconds=60)
+    t0, n = rec.started, SOUND_RATE // 50
+    for i in range(10):
+        img = np.full((48, 64, 3), 20 * i, np.uint8)
+        rec.add(Shot(img, img, None, None, i, 5.0, captured=t0 + 0.1 * i))
+    for k in range(-50, 60):
+        t = np.arange(n) / SOUND_RATE + k * 0.02
+        pcm = (np.sin(2 * np.pi * 1000 * t) * 16000 * ((t >= tone_from) & (t < tone_to))).astype(np.int16)
+        rec.add_sound(np.stack([pcm, pcm], 1), t0 + k * 0.02)
+    return rec.stop()
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_recorded_sound_is_saved_in_step_with_the_frames_and_cut_to_them(tmp_path, suffix: str) -> None:
+    import av
+
+    from ooblex.media.avsync import mono
+
+    rec = _tone_recording(0.5, 0.6)
+    path = rec.save(tmp_path / f"clip{suffix}")
+    with av.open(str(path)) as c:
+        video, audio = c.streams.video[0], c.streams.audio[0]
+        assert audio.codec_context.name == {".mp4": "aac", ".webm": "opus"}[suffix]
+        last_frame = max(f.time for f in c.decode(video))
+    with av.open(str(path)) as c:
+        chunks = [(f.time, mono(f), f.sample_rate) for f in c.decode(c.streams.audio[0])]
+    rate = chunks[0][2]
+    samples = np.concatenate([m for _, m, _ in chunks])
+    loud = np.flatnonzero(np.abs(samples) > 0.1) / rate + chunks[0][0]
+    assert abs(chunks[0][0]) < 0.005 and abs(loud[0] - 0.5) < 0.005 and abs(loud[-1] - 0.6) < 0.005
+    end = chunks[0][0] + len(samples) / rate
+    assert abs(last_frame - 0.9) < 0.01 and 1.0 <= end < 1.0 + 0.03  # the frames' span plus one frame
+    gif = rec.save(tmp_path / "clip.gif")
+    with av.open(str(gif)) as c:
+        assert len(list(c.decode(c.streams.video[0]))) == 10 and not c.streams.audio
+
+
+def test_a_recording_keeps_sound_only_from_just_before_it_started_until_it_is_over() -> None:
+    from ooblex.jupyter.recording import SOUND_LEAD_S, SOUND_RATE, Recording, Shot
+
+    pcm = np.zeros((SOUND_RATE // 50, 2), np.int16)
+    rec = Recording(seconds=60, max_frames=1)
+    rec.add_sound(pcm, rec.started - SOUND_LEAD_S - 1)
+    assert not rec.has_sound  # heard long before the recording's first frames were captured
+    rec.add_sound(pcm, rec.started - SOUND_LEAD_S / 2)
+    assert rec.has_sound
+    stopped = Recording(seconds=60).stop()
+    stopped.add_sound(pcm, time.time() + 1)
+    full = Recording(seconds=60, max_frames=1)
+    full.add(Shot(None, np.zeros((8, 8, 3), np.uint8), None, None, 0, None, captured=time.time()))
+    full.add_sound(pcm, time.time())
+    assert not stopped.has_sound and not full.has_sound
+
+
+def test_a_files_sound_is_handed_on_as_far_as_its_frames_on_their_clock(tmp_path, caplog) -> None:
+    import av
+
+    from ooblex.jupyter.feed import Soundtrack
+    from ooblex.media.audio import AudioInput
+    from ooblex.media.avsync import SyncSignal
+
+    clip = SyncSignal(period=0.5).write(tmp_path / "sync.mp4", 1.0)
+    with av.open(str(clip)) as c:
+        audio = AudioInput.probe(c, str(clip))
+    heard: list[tuple[float, np.ndarray]] = []
+    sound = Soundtrack(audio, lambda samples, at: heard.append((at, samples)))
+    sound.play(0.0, 0.1, 1000.0)  # the first frame, shown at 1000.0; the next one is 0.1 s on
+    covered = sum(len(s) for _, s in heard) / 48000
+    assert abs(heard[0][0] - 1000.0) < 0.001 and 0.1 <= covered < 0.1 + 0.02
+    assert all(s.dtype == np.int16 and s.shape[1] == 2 for _, s in heard)
+    sound.play(0.1, 0.1, 1005.0)  # a stall of 4.9 s: the rest of the sound waits with the frames
+    assert abs(heard[-1][0] + len(heard[-1][1]) / 48000 - 1005.1) < 0.02 and heard[-1][0] > 1005.0
+    sound.close()
+
+    def unreadable():
+        raise OSError(5, "Input/output error")
+
+    broken = Soundtrack(AudioInput(str(clip), audio.index, "aac", 0.0, 1.0, reopen=unreadable),
+                        lambda *_: pytest.fail("nothing can be heard"))
+    broken.play(0.0, 0.1, 1000.0)
+    broken.play(0.1, 0.1, 1000.1)  # warned once, the pictures go on
+    assert [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()] == [
+        f"ooblex live widget: the sound of {str(clip)!r} cannot be read, going on without it: Input/output error"]
+    broken.close()

@@ -250,6 +250,60 @@ def test_http_mjpeg_url_as_kernel_side_source():
         sink.close()
 
 
+def test_a_recording_of_a_video_file_with_sound_saves_that_sound_in_step(tmp_path):
+    """A kernel-side file with a soundtrack (a flash and a beep together every 0.5 s): the saved .mp4 has
+    AAC sound as long as the video, not silent, each beep where its flash is in the processed frames."""
+    import av
+
+    import ooblex as ob
+    from ooblex.media.avsync import BeepDetector, FlashDetector, SyncSignal, mono, offsets
+
+    signal = SyncSignal(period=0.5, flash=0.1, width=160, height=120)
+    clip = signal.write(tmp_path / "sync.mp4", 3.0)
+    live = ob.live(lambda frame: frame // 2, source=str(clip), name="sound-test")
+    try:
+        rec = live.record(1.5)
+    finally:
+        live.close()
+    path = rec.save(tmp_path / "recorded.mp4")
+    flashes, beeps, video_end, audio_end, loudest = [], [], 0.0, 0.0, 0.0
+    seen, heard = FlashDetector(signal, level=64), BeepDetector(signal)  # the output is half as bright
+    with av.open(str(path)) as c:
+        video, audio = c.streams.video[0], c.streams.audio[0]
+        assert audio.codec_context.name == "aac"
+        fps = float(video.average_rate)
+        for f in c.decode(video, audio):
+            if isinstance(f, av.VideoFrame):
+                video_end = max(video_end, f.time + 1 / fps)
+                flashes += [t for t in [seen.feed(float(f.to_ndarray(format="rgb24").mean()), f.time)] if t]
+            else:
+                samples = mono(f)
+                audio_end = max(audio_end, f.time + f.samples / f.sample_rate)
+                loudest = max(loudest, float(np.abs(samples).max()))
+                beeps += heard.feed(samples, f.time)
+    assert len(rec.frames) >= 20 and abs(audio_end - video_end) < 0.05, (audio_end, video_end)
+    assert loudest > 0.3  # the tone (0.5 of full scale), AAC-coded
+    pairs = offsets([t for t in flashes if t > 0.05], [t for t in beeps if t > 0.05], signal.period)
+    assert len(pairs) >= 2 and all(abs(ms) <= 45 for ms in pairs), pairs  # a dropped frame is 33 ms
+
+
+def test_a_browser_webcam_recording_saves_video_only(kernel, comm_id, tmp_path):
+    """The browser camera's frames come without sound: the saved file has no audio stream."""
+    import av
+
+    cid = kernel.execute("cam = ob.live(invert, name='webcam-recording')\nprint(cam.model_id)").strip()
+    kernel.send_custom(cid, {"type": "hello", "transport": "comm", "why": "test"})
+    kernel.execute("r = cam.record(30)")  # fills in the background (comm path) until stopped
+    for seq in range(10):
+        assert send_frame(kernel, cid, seq)[0]["type"] == "frame"
+    path = tmp_path / "webcam.mp4"
+    out = kernel.execute(f"r.stop()\nprint(len(r.frames), r.has_sound, r.save({str(path)!r}).name)\ncam.close()")
+    n, has_sound, name = out.split()
+    assert int(n) >= 5 and has_sound == "False" and name == "webcam.mp4"
+    with av.open(str(path)) as c:
+        assert len(list(c.decode(c.streams.video[0]))) == int(n) and not c.streams.audio
+
+
 def test_compare_mode_sends_the_same_frames_to_each_thread(kernel, comm_id):
     cid = kernel.execute("""
 def darken(frame, gain: float = 0.5):

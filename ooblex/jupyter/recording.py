@@ -1,7 +1,9 @@
 """Frames handed back to Python: one ``Shot`` per processed frame, ``Recording``s of many.
 
 A recording fills from the live loop thread while the notebook does anything else; in a notebook
-its progress line updates in place (a display with an id) until it is done.
+its progress line updates in place (a display with an id) until it is done. With a kernel-side
+source that has sound (a video file's soundtrack) it keeps that sound too, stamped on the same
+clock as the frames' ``captured`` times, so ``save`` puts both in step into one file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..media.audio import PcmAudio
+
+#: Recorded sound is int16 stereo at this rate.
+SOUND_RATE = 48000
+#: Seconds of sound kept from before a recording starts: its first frames were captured before they came out.
+SOUND_LEAD_S = 2.0
 
 
 @dataclass(slots=True)
@@ -46,7 +55,8 @@ class Shot:
 
 
 class Recording:
-    """Processed frames collected for ``seconds`` (at most ``max_frames``), or until ``stop()``."""
+    """Processed frames collected for ``seconds`` (at most ``max_frames``), or until ``stop()``; and the
+    sound heard meanwhile, when the source has some."""
 
     def __init__(self, seconds: float, max_frames: int = 300, name: str = "") -> None:
         if seconds <= 0:
@@ -59,12 +69,26 @@ class Recording:
         self.started = time.time()
         self.ends = self.started + seconds
         self.shots: list[Shot] = []
+        self._sound: list[tuple[float, np.ndarray]] = []
         self._lock = threading.Lock()
 
     def add(self, shot: Shot) -> None:
         with self._lock:
             if time.time() <= self.ends and len(self.shots) < self.max_frames:
                 self.shots.append(shot)
+
+    def add_sound(self, samples: np.ndarray, at: float) -> None:
+        """Sound first heard at ``at`` (Unix seconds, the clock of ``Shot.captured``): int16 (n, 2) at
+        ``SOUND_RATE``. Kept from ``SOUND_LEAD_S`` before the start until the recording is over."""
+        with self._lock:
+            if at + len(samples) / SOUND_RATE >= self.started - SOUND_LEAD_S and at <= self.ends \
+                    and len(self.shots) < self.max_frames:
+                self._sound.append((at, samples))
+
+    @property
+    def has_sound(self) -> bool:
+        with self._lock:
+            return bool(self._sound)
 
     def stop(self) -> Recording:
         """End now (the Record button does this)."""
@@ -108,7 +132,12 @@ class Recording:
     def save(self, path: str | Path) -> Path:
         """Write the processed frames to ``path``: a video (``.mp4``, ``.mkv``, ``.mov``, ``.webm``, ``.avi``,
         encoded as ``ooblex.run`` writes files) or an animated ``.gif`` (256 colours), at the pace they were
-        captured. Returns the path. Widget recordings carry no sound (the browser camera sends none)."""
+        captured. Returns the path.
+
+        A video file keeps the sound where there is some: a kernel-side video file's soundtrack, as it
+        played while recording, in step with the frames (AAC in ``.mp4``/``.mov``; the container's own
+        codec otherwise). The browser webcam sends pictures only, and RTSP, MJPEG and kernel cameras
+        are read without sound, so their recordings save video only; so does every ``.gif``."""
         out = Path(path).expanduser()
         suffix = out.suffix.lower()
         if suffix not in SAVE_SUFFIXES:
@@ -119,8 +148,14 @@ class Recording:
         times = _capture_times(shots)
         if suffix == ".gif":
             _write_gif(out, [s.output for s in shots], times)  # type: ignore[misc]
-        else:
-            _write_video(out, [s.output for s in shots], times)  # type: ignore[misc]
+            return out
+        fps = (len(times) - 1) / times[-1] if len(times) > 1 and times[-1] > 0 else 30.0
+        sound = None
+        if shots[0].captured is not None:  # the sound's clock: capture times, known for kernel-side sources
+            with self._lock:
+                heard = list(self._sound)
+            sound = _soundtrack(heard, shots[0].captured, times[-1] + 1 / fps)
+        _write_video(out, [s.output for s in shots], times, fps, sound)  # type: ignore[misc]
         return out
 
     def _copy(self) -> list[Shot]:
@@ -150,12 +185,26 @@ def _capture_times(shots: list[Shot]) -> list[float]:
     return times
 
 
-def _write_video(path: Path, images: list[np.ndarray], times: list[float]) -> None:
+def _soundtrack(heard: list[tuple[float, np.ndarray]], start: float, seconds: float) -> PcmAudio | None:
+    """The sound heard from ``start`` (Unix seconds) for ``seconds``, silent where none was; None if none was."""
+    total = round(seconds * SOUND_RATE)
+    pcm = np.zeros((total, 2), np.int16)
+    any_heard = False
+    for at, samples in heard:
+        i = round((at - start) * SOUND_RATE)
+        lo, hi = max(i, 0), min(i + len(samples), total)
+        if lo < hi:
+            pcm[lo:hi] = samples[lo - i:hi - i]
+            any_heard = True
+    return PcmAudio(pcm, SOUND_RATE) if any_heard else None
+
+
+def _write_video(path: Path, images: list[np.ndarray], times: list[float], fps: float,
+                 sound: PcmAudio | None) -> None:
     from ..frame import Frame
     from ..media.sinks import VideoFileSink
 
-    fps = (len(times) - 1) / times[-1] if len(times) > 1 and times[-1] > 0 else 30.0
-    sink = VideoFileSink(path, fps=fps)
+    sink = VideoFileSink(path, fps=fps, audio=sound)
     try:
         for img, t in zip(images, times, strict=True):
             sink.write(Frame(img, pts=t))

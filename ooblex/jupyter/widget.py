@@ -218,7 +218,7 @@ class LiveWidget(anywidget.AnyWidget):
             self._wait_for_frame(lambda: first.delivered > after, timeout, "record()")
         recs = [Recording(seconds, max_frames, name=lane["label"] if self.compare else "") for lane in self.lanes]
         for session, rec in zip(self._sessions, recs, strict=True):
-            self._loop.call(session.recordings.append, rec)
+            self._loop.call(self._begin, session, rec)
         shown = Progress(recs) if (in_kernel() if progress is None else progress) else None
         if not block:
             if shown is not None:
@@ -349,9 +349,17 @@ class LiveWidget(anywidget.AnyWidget):
             recs = [Recording(self.max_record_s, 10**6, name=lane["label"] if self.compare else "")
                     for lane in self.lanes]
             for session, rec in zip(self._sessions, recs, strict=True):
-                session.recordings.append(rec)
+                self._begin(session, rec)
             self._button_recording = recs
             self.recordings.append(self._one(recs))
+
+    def _begin(self, session: LiveSession, rec: Recording) -> None:
+        """Start filling ``rec`` (loop thread), with the kernel source's sound of the last moments: its
+        first frames were captured before it started."""
+        if self._feed is not None:
+            for at, samples in self._feed.recent_sound():
+                rec.add_sound(samples, at)
+        session.recordings.append(rec)
 
     def _bad(self, why: str) -> None:
         self.counters["bad_messages"] += 1
@@ -409,11 +417,17 @@ class LiveWidget(anywidget.AnyWidget):
     def _start_feed(self) -> None:
         if self._feed is None or not self._feed.running:
             self._feed = KernelFeed(self._source, lambda img, ts: self._loop.call(self._fan_out, img, ts),
-                                    self._feed_ended, loop=self._loop_file)
+                                    self._feed_ended, lambda pcm, at: self._loop.call(self._hear, pcm, at),
+                                    loop=self._loop_file)
 
     def _fan_out(self, image: Any, captured: float) -> None:
         for session in self._sessions:
             asyncio.ensure_future(session.submit(image, captured))
+
+    def _hear(self, samples: np.ndarray, at: float) -> None:
+        for session in self._sessions:
+            for rec in session.recordings:
+                rec.add_sound(samples, at)
 
     def _stop_feed(self) -> None:
         if self._feed is not None:

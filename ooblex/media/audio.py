@@ -4,7 +4,8 @@ Tensor threads see pictures only, so the sound of a file needs no processing: ``
 the input's audio packets into the output container as they are (no re-encode) whenever that
 container can hold the codec, and re-encodes to the container's own audio codec only when it
 cannot (AAC into WebM, say). Both streams keep the input's timeline (the container's start is 0 in
-the output), and audio is written as the video reaches it, so the file is interleaved.
+the output), and audio is written as the video reaches it, so the file is interleaved. ``PcmAudio``
+is sound already decoded (a live widget's recording): always encoded, to the container's own codec.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import av
+import numpy as np
 
 log = logging.getLogger("ooblex.media")
 
@@ -57,13 +59,35 @@ class AudioInput:
         return container, container.streams[self.index]
 
 
+@dataclass(frozen=True)
+class PcmAudio:
+    """Decoded sound: int16 stereo ``samples`` shaped (n, 2) at ``rate`` Hz, sample 0 at output time 0."""
+
+    samples: np.ndarray
+    rate: int = 48000
+    #: The output timeline starts with the sound, and all of it is written (the owner trimmed it).
+    origin: float = 0.0
+    video_end: float | None = None
+
+    def frames(self, rate: int, layout: str, fmt: str, frame_size: int) -> Iterator[av.AudioFrame]:
+        """The samples as ``frame_size`` frames of ``fmt``/``layout``/``rate``, ``pts`` in 1/``rate`` s."""
+        resampler = av.AudioResampler(format=fmt, layout=layout, rate=rate, frame_size=frame_size)
+        step = self.rate // 10
+        for start in range(0, len(self.samples), step):
+            chunk = np.ascontiguousarray(self.samples[start:start + step]).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="stereo")
+            frame.sample_rate, frame.pts = self.rate, start
+            yield from resampler.resample(frame)
+        yield from resampler.resample(None)
+
+
 class AudioMux:
     """Writes ``audio`` into the open output ``container`` up to the time its video has reached."""
 
-    def __init__(self, container: Any, audio: AudioInput) -> None:
+    def __init__(self, container: Any, audio: AudioInput | PcmAudio) -> None:
         self.audio = audio
         self._out = container
-        self.copied = audio.codec in container.supported_codecs
+        self.copied = isinstance(audio, AudioInput) and audio.codec in container.supported_codecs
         self._in: Any = None
         self._encoder: Any = None
         if self.copied:  # the packets as they are
@@ -76,9 +100,13 @@ class AudioMux:
             self._encoder.layout = "stereo"
             cc = self._encoder.codec_context
             cc.open()
-            self._items = decoded(audio, cc.sample_rate, "stereo", cc.format.name, cc.frame_size or 1024)
-            log.info("%s: %s audio cannot go into %s; re-encoding it to %s", audio.path, audio.codec,
-                     container.format.name, cc.name)
+            size = cc.frame_size or 1024
+            if isinstance(audio, PcmAudio):
+                self._items = audio.frames(cc.sample_rate, "stereo", cc.format.name, size)
+            else:
+                self._items = decoded(audio, cc.sample_rate, "stereo", cc.format.name, size)
+                log.info("%s: %s audio cannot go into %s; re-encoding it to %s", audio.path, audio.codec,
+                         container.format.name, cc.name)
         self._pending: Any = None
 
     def write_until(self, t: float | None) -> None:

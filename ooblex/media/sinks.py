@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import jpeg
 from ..frame import Frame
-from .audio import AudioInput, AudioMux
+from .audio import AudioInput, AudioMux, PcmAudio
 
 
 class Sink:
@@ -47,13 +47,15 @@ class VideoFileSink(Sink):
 
     Frames with a ``pts`` keep the input's timing (variable frame rates included); others are
     spaced ``1/fps`` apart. With ``audio`` (the input's soundtrack) the sound goes into the same file
-    on the same timeline, copied without re-encoding where the container allows (``AudioMux``).
+    on the same timeline, copied without re-encoding where the container allows (``AudioMux``);
+    ``PcmAudio`` (decoded sound) is encoded to the container's own codec (AAC in MP4).
     """
 
     #: Video time base ticks per frame interval: fine enough for variable frame rates.
     TICKS = 100
 
-    def __init__(self, path: str | Path | IO[bytes], fps: float = 30.0, audio: AudioInput | None = None) -> None:
+    def __init__(self, path: str | Path | IO[bytes], fps: float = 30.0,
+                 audio: AudioInput | PcmAudio | None = None) -> None:
         """``path``: a file name, or a file already opened for writing (its name picks the container;
         it is closed with the sink)."""
         import av
