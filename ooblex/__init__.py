@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import native
 from .builtin import identity
 from .engine import Engine, Stream, StreamClosed, UnknownThread, Worker
 from .frame import Frame
@@ -20,6 +21,8 @@ from .thread import Param, TensorThread, TensorThreadError, tensor_thread
 
 if TYPE_CHECKING:
     from .jupyter.widget import LiveWidget
+
+native.install()  # before any module of ours imports aiortc (none of the above does): see native.py
 
 __version__ = "0.1.0"
 

@@ -28,6 +28,9 @@ JOB = API + "/jobs/{job_id}"
 STREAM_HISTORY = API + "/streams/{stream_id}/history"
 HISTORY = API + "/history"
 CLUSTER = API + "/cluster"
+#: RFC 7240 ``Prefer`` value on a WHIP offer: the video sent back keeps the publisher's RTP timestamps,
+#: so the publisher can pair each processed frame with the one it sent (``ob.live(deployment)`` does).
+PREFER_INPUT_TIMESTAMPS = "return-timestamps=input"
 #: Mint a publish/view token with a control token (the demo page's login).
 TOKENS = API + "/tokens"
 DEPLOYMENTS = API + "/cluster/deployments"

@@ -69,7 +69,7 @@ async def test_a_publisher_that_prefers_input_timestamps_gets_its_own_on_the_ret
     """``Prefer: return-timestamps=input`` (RFC 7240) overrides ``return_timestamps="send"`` for that session:
     each returned frame carries its input's RTP timestamp (plus the return sender's constant origin)."""
     from ooblex.gateway import Settings
-    from ooblex.gateway.whip import PREFER_INPUT
+    from ooblex.routes import PREFER_INPUT_TIMESTAMPS as PREFER_INPUT
 
     from .gateway_server import running_gateway
 

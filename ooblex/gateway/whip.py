@@ -74,21 +74,16 @@ async def whip(thread: str, request: Request) -> Response:
     session.watch(gw.settings.session_idle_s, gw.settings.connect_timeout_s)
     gw.count("whip_sessions")
     location = routes.path(routes.WHIP_SESSION, thread=thread, session_id=session.id)
-    applied = {"Preference-Applied": PREFER_INPUT} if input_timestamps and offer.wants_video_back else {}
+    kept = input_timestamps and offer.wants_video_back
+    applied = {"Preference-Applied": routes.PREFER_INPUT_TIMESTAMPS} if kept else {}
     return sdp_created(sdp, location, stream.id, ice_links(gw.settings, session.id),
                        view_token(request, granted, stream), applied)
 
 
-#: RFC 7240 preference of a publisher that pairs returned frames with its own by RTP timestamp (a client
-#: measuring each frame's round trip, or ``ob.live(deployment)``): the processed video keeps the
-#: publisher's timestamps, whatever ``return_timestamps`` says.
-PREFER_INPUT = "return-timestamps=input"
-
-
 def prefers_input_timestamps(request: Request) -> bool:
     """``Prefer: return-timestamps=input`` (RFC 7240: preferences are comma separated, parameters after ``;``)."""
-    prefs = ",".join(request.headers.getlist("prefer"))
-    return any(p.split(";")[0].strip().replace(" ", "").lower() == PREFER_INPUT for p in prefs.split(","))
+    prefs = ",".join(request.headers.getlist("prefer")).split(",")
+    return any(p.split(";")[0].replace(" ", "").lower() == routes.PREFER_INPUT_TIMESTAMPS for p in prefs)
 
 
 @router.delete(routes.WHIP_SESSION)

@@ -17,28 +17,33 @@ from typing import Any, Literal
 from ..cluster.deploy import Deployment, deployment
 from ..cluster.registry import remote_thread
 from ..thread import TensorThread, as_thread
-from .gateway_peer import PeerCall
-from .gateway_socket import SocketCall
 
 Transport = Literal["webrtc", "websocket"]
-CALLS = {"webrtc": PeerCall, "websocket": SocketCall}
+TRANSPORTS = ("webrtc", "websocket")
 
 
 def as_lane_thread(item: Any, transport: Transport = "webrtc") -> TensorThread:
     """A tensor thread for one lane: a ``Deployment`` or ``"name"`` / ``"name@version"`` (a deployment on the
     current cluster) goes through the gateway over ``transport``; anything else is a local thread or function."""
-    if transport not in CALLS:
-        raise ValueError(f"transport must be one of {sorted(CALLS)}, got {transport!r}")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
     dep = _deployment(item)
     if dep is None:
         return as_thread(item)
-    return DeployedThread(CALLS[transport](dep))
+    if transport == "webrtc":  # aiortc and PyAV load only for a deployed lane that uses them
+        from .gateway_peer import PeerCall
+
+        return DeployedThread(PeerCall(dep))
+    from .gateway_socket import SocketCall
+
+    return DeployedThread(SocketCall(dep))
 
 
 class DeployedThread(TensorThread):
     """A lane's thread that is a deployment: its connection closes with the lane (engine teardown)."""
 
-    def __init__(self, call: PeerCall | SocketCall) -> None:
+    def __init__(self, call: Any) -> None:
+        """``call``: a ``PeerCall`` or ``SocketCall`` (``label``, ``dep``, ``shutdown``)."""
         super().__init__(call, name=call.label, description=f"{call.label} on the cluster, through its gateway")
         meta = (call.dep.manifest or {}).get("meta")
         if meta:  # the deployed version's parameters: the lane gets their controls, values go in the query

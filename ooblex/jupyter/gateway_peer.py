@@ -28,9 +28,9 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from .. import routes
 from ..cluster.deploy import Deployment
 from ..errors import Unavailable
-from ..gateway.whip import PREFER_INPUT
 from ..supervision import cancel
 from ..webrtc.client import WebRTCError, WhipClient
 from .loop import LoopThread
@@ -184,12 +184,13 @@ class PeerCall:
         token = self.dep.publish_token(TOKEN_TTL, this_version=True)
         self._track = PushTrack()
         self._matcher = Matcher()
-        client = WhipClient(f"{url}?{query}" if query else url, self._track, token=token, prefer=PREFER_INPUT)
+        prefer = routes.PREFER_INPUT_TIMESTAMPS
+        client = WhipClient(f"{url}?{query}" if query else url, self._track, token=token, prefer=prefer)
         self._client = client
         await client.start()
-        if client.applied != PREFER_INPUT:
+        if client.applied != prefer:
             raise Unavailable(f"the gateway serving {self.label} cannot keep frame timestamps (Prefer: "
-                              f"{PREFER_INPUT}): upgrade it, or use transport='websocket'")
+                              f"{prefer}): upgrade it, or use transport='websocket'")
         assert client.remote is not None
         self._tasks = [asyncio.ensure_future(self._receive(client.remote)),
                        asyncio.ensure_future(self._poll_stats(url, client, token))]
@@ -203,7 +204,7 @@ class PeerCall:
     async def _poll_stats(self, whip: str, client: WhipClient, token: str) -> None:
         if not client.stream_id:
             return
-        url = f"{whip.split('/whip/')[0]}/api/v1/streams/{client.stream_id}"
+        url = whip.split("/whip/")[0] + routes.path(routes.STREAM, stream_id=client.stream_id)
         async with httpx.AsyncClient(timeout=5, headers={"Authorization": f"Bearer {token}"}) as http:
             while True:
                 with contextlib.suppress(httpx.HTTPError, ValueError):
