@@ -171,7 +171,9 @@ class PeerCall:
             return self._loop.run(coro).result(timeout)
         except cf.TimeoutError:
             self.close()
-            raise TimeoutError(f"{self.label}: the gateway did not connect within {timeout:g} s") from None
+            raise TimeoutError(f"{self.label}: no WebRTC connection to the gateway within {timeout:g} s (if UDP cannot "
+                               "pass between this kernel and the gateway, ob.live(..., transport='websocket') needs "
+                               "only HTTP)") from None
         except WebRTCError as exc:
             self.close()
             raise Unavailable(f"the gateway refused {self.label}: {exc}") from None
