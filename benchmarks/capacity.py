@@ -18,6 +18,10 @@ Sections (each prints a table):
    ms per stream-second from /proc; the load generator runs in separate processes (2 streams each)
    whose CPU is reported apart.
 
+With two or more cores the gateway (and the stock server) is pinned to CPU 0 and the load generators
+(and py-spy) to the others (``taskset``; ``--pin SERVER_CPUS:CLIENT_CPUS`` to choose, ``--pin none`` for
+no pinning), so "streams held" is per gateway core and the clients do not steal the gateway's core.
+
 Everything runs inside a private network namespace with only ``lo`` (re-executes itself under
 ``unshare -n``). The machine's load average is printed with each table: the clients share it.
 """
@@ -56,6 +60,13 @@ from ooblex.tokens import mint  # noqa: E402
 
 P99_MAX_MS, LOSS_MAX_PCT = 100.0, 1.0
 TICK = os.sysconf("SC_CLK_TCK")
+#: CPU lists for ``taskset -c``: "server" (gateway, stock server), "clients" (load generators, py-spy); "" = any.
+PIN = {"server": "", "clients": ""}
+
+
+def pinned(argv: list[str], role: str) -> list[str]:
+    """``argv`` run on the CPUs ``PIN`` gives ``role`` (unchanged when none)."""
+    return ["taskset", "-c", PIN[role], *argv] if PIN[role] else argv
 
 
 # --- 1. encoders ------------------------------------------------------------------------------
@@ -150,7 +161,7 @@ class Servers:
         else:
             argv = [sys.executable, str(HERE / "webrtc_rtt.py"), "--serve-baseline", str(port)]
             self.urls[which] = f"http://127.0.0.1:{port}/whip"
-        self.procs[which] = start(argv, f"http://127.0.0.1:{port}/healthz", self.env, timeout_s=60)
+        self.procs[which] = start(pinned(argv, "server"), f"http://127.0.0.1:{port}/healthz", self.env, timeout_s=60)
         return self.urls[which]
 
     def close(self) -> None:
@@ -237,8 +248,8 @@ def run_load(url: str, streams: int, seconds: float, server_pid: int, viewers: s
         n = min(per_process, streams - i)
         out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
         argv = [sys.executable, __file__, "--loadgen", url, str(n), str(seconds), viewers, token, out, codec]
-        procs.append((subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True),
-                      out))
+        procs.append((subprocess.Popen(pinned(argv, "clients"), cwd=ROOT, stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True), out))
     for p, _ in procs:
         assert p.stdout.readline().strip() == "ready", "load generator failed to start"
     for p, _ in procs:
@@ -263,6 +274,7 @@ def run_load(url: str, streams: int, seconds: float, server_pid: int, viewers: s
             "p99": round(float(p[2]), 1), "loss_pct": round(100 * (1 - returned / max(1, sent)), 2),
             "server_cpu_s": cpu, "wall_s": wall, "frames": sum(r["received"] for r in results),
             "server_ms_per_stream_s": round(cpu * 1e3 / wall / streams, 1),
+            "server_ms_per_frame": round(cpu * 1e3 / max(1, sum(r["received"] for r in results)), 2),
             "loadgen_ms_per_stream_s": round(gen_cpu * 1e3 / seconds / streams, 1),
             "refused": sum(r["refused"] for r in results),
             "load": round((load0 + os.getloadavg()[0]) / 2, 1), "stacks": stacks}
@@ -278,8 +290,8 @@ def start_profile(pid: int, seconds: float) -> tuple[subprocess.Popen[bytes], st
     if not Path(spy).exists():
         return None
     out = tempfile.NamedTemporaryFile(suffix=".txt", delete=False).name
-    proc = subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "200", "--duration", str(int(seconds)),
-                             "--format", "raw", "--nonblocking", "--full-filenames", "-o", out],
+    proc = subprocess.Popen(pinned([spy, "record", "--pid", str(pid), "--rate", "200", "--duration", str(int(seconds)),
+                             "--format", "raw", "--nonblocking", "--full-filenames", "-o", out], "clients"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return proc, out
 
@@ -321,7 +333,7 @@ def stage_of(stack: str) -> str | None:
         text = linecache.getline(file, line)
         if any(k in text for k in ("to_ndarray", "from_ndarray", "reformat", "to_rgb(")):
             return "colour conversion"
-        if "aiortc/codecs/" in file:
+        if "aiortc/codecs/" in file or file.endswith(("ooblex/webrtc/vp8.py", "ooblex/webrtc/encoders.py")):
             return "receive/decode" if fn == "decode" else "encode"
         if file.endswith("ooblex/jpeg.py") or "gateway/mjpeg.py" in file or "starlette/responses.py" in file:
             return "HTTP/MJPEG/JPEG"
@@ -357,9 +369,12 @@ def split(run: dict) -> dict[str, float] | None:
 # --- main ---------------------------------------------------------------------------------------
 def run_all(args: argparse.Namespace) -> None:
     os.environ.setdefault("OOBLEX_SECRET", secrets.token_urlsafe(32))
+    if args.pin != "none" and (args.pin or (os.cpu_count() or 1) >= 2):
+        PIN["server"], _, PIN["clients"] = (args.pin or f"0:1-{os.cpu_count() - 1}").partition(":")
     root = Path(args.ooblex_root).resolve() if args.ooblex_root else ROOT
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-               f"gateway code from {root}" + (f", encoder_speed={args.encoder_speed}" if args.encoder_speed else ""))
+               f"gateway code from {root}" + (f", encoder_speed={args.encoder_speed}" if args.encoder_speed else "")
+               + (f", server on CPU {PIN['server']}, clients on CPU {PIN['clients']}" if PIN["server"] else ""))
     print(f"# Gateway capacity ({machine})\n", flush=True)
     if not args.skip_encoders:
         rows = encoder_table(30 if args.quick else 90)
@@ -402,9 +417,10 @@ def run_all(args: argparse.Namespace) -> None:
         print(flush=True)
         servers.start("baseline")
         print(f"## Streams held: p99 <= {P99_MAX_MS:g} ms and loss < {LOSS_MAX_PCT:g} %, {secs:g} s per row\n")
-        print("| server | streams | p50 ms | p99 ms | loss % | server CPU ms per stream-second | load generator CPU ms "
-              "per stream-second | load average | holds |", flush=True)
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |", flush=True)
+        print("| server | streams | p50 ms | p99 ms | loss % | server CPU ms per frame "
+              "| server CPU ms per stream-second | load generator CPU ms per stream-second | load average | holds |",
+              flush=True)
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |", flush=True)
         held = {}
         for which in ("ooblex", "baseline"):
             held[which] = 0
@@ -412,7 +428,8 @@ def run_all(args: argparse.Namespace) -> None:
                 r = run_load(servers.urls[which], n, secs, servers.procs[which].pid, codec=args.codec)
                 ok = r["p99"] <= P99_MAX_MS and r["loss_pct"] < LOSS_MAX_PCT and not r["refused"]
                 verdict = ("yes" if ok else "no") + (f" ({r['refused']} refused)" if r["refused"] else "")
-                print(f"| {which} | {n} | {r['p50']} | {r['p99']} | {r['loss_pct']} | {r['server_ms_per_stream_s']} | "
+                print(f"| {which} | {n} | {r['p50']} | {r['p99']} | {r['loss_pct']} | {r['server_ms_per_frame']} | "
+                      f"{r['server_ms_per_stream_s']} | "
                       f"{r['loadgen_ms_per_stream_s']} | {r['load']} | {verdict} |", flush=True)
                 if ok:
                     held[which] = n
@@ -438,6 +455,7 @@ def main() -> int:
     parser.add_argument("--ooblex-root", help="run the gateway from this checkout (before/after comparisons)")
     parser.add_argument("--encoder-speed", choices=["stock", "fast", "fastest"], help="the gateway's encoder_speed")
     parser.add_argument("--no-netns", action="store_true", help="do not re-run inside unshare -n")
+    parser.add_argument("--pin", help="SERVER_CPUS:CLIENT_CPUS for taskset -c (default 0:1-N with 2+ cores), or none")
     parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="what the clients send and receive")
     parser.add_argument("--loadgen", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
