@@ -170,14 +170,30 @@ class Servers:
 
 
 # --- load generator (a separate process) -----------------------------------------------------------
+def panning_photo(width: int = 640, height: int = 480) -> Any:
+    """A photo panning 4 px a frame: camera-like content (``moving_picture`` is noise, the codecs' worst case)."""
+    import cv2
+
+    base = cv2.resize(cv2.imread(str(ROOT / "tests/data/one_face.jpg")), (width, height))[:, :, ::-1]
+    state = {"i": 0}
+
+    def next_image() -> np.ndarray:
+        state["i"] += 1
+        return np.roll(base, state["i"] * 4, axis=1)
+    return next_image
+
+
+PICTURES = {"noise": moving_picture, "photo": panning_photo}
+
+
 async def loadgen(url: str, streams: int, seconds: float, warmup: float, viewers: str, token: str,
-                  codec: str = "vp8") -> dict:
+                  codec: str = "vp8", picture: str = "noise") -> dict:
     """``streams`` WHIP publishers (+ viewers per stream: "", "mjpeg", "whep"); round trips and loss."""
     from ooblex.webrtc.client import ImageTrack, RoundTrips, WebRTCError, WhepClient, WhipClient
 
     clients, trips, extra, tasks, refused = [], [], [], [], 0
     for _ in range(streams):
-        track = ImageTrack(moving_picture(), fps=30)
+        track = ImageTrack(PICTURES[picture](), fps=30)
         client = WhipClient(url, track, token=token, codec=codec)
         try:
             await client.start()
@@ -240,14 +256,14 @@ async def _mjpeg(url: str, token: str) -> None:
 
 
 def run_load(url: str, streams: int, seconds: float, server_pid: int, viewers: str = "",
-             profile: bool = False, per_process: int = 2, codec: str = "vp8") -> dict:
+             profile: bool = False, per_process: int = 2, codec: str = "vp8", picture: str = "noise") -> dict:
     """Load generators in their own processes; the server's CPU from /proc over the measured window."""
     token = mint("control")
     procs = []
     for i in range(0, streams, per_process):
         n = min(per_process, streams - i)
         out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-        argv = [sys.executable, __file__, "--loadgen", url, str(n), str(seconds), viewers, token, out, codec]
+        argv = [sys.executable, __file__, "--loadgen", url, str(n), str(seconds), viewers, token, out, codec, picture]
         procs.append((subprocess.Popen(pinned(argv, "clients"), cwd=ROOT, stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, text=True), out))
     for p, _ in procs:
@@ -373,7 +389,8 @@ def run_all(args: argparse.Namespace) -> None:
         PIN["server"], _, PIN["clients"] = (args.pin or f"0:1-{os.cpu_count() - 1}").partition(":")
     root = Path(args.ooblex_root).resolve() if args.ooblex_root else ROOT
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-               f"gateway code from {root}" + (f", encoder_speed={args.encoder_speed}" if args.encoder_speed else "")
+               f"gateway code from {root}, clients send {args.picture}"
+               + (f", encoder_speed={args.encoder_speed}" if args.encoder_speed else "")
                + (f", server on CPU {PIN['server']}, clients on CPU {PIN['clients']}" if PIN["server"] else ""))
     print(f"# Gateway capacity ({machine})\n", flush=True)
     if not args.skip_encoders:
@@ -390,7 +407,7 @@ def run_all(args: argparse.Namespace) -> None:
         pid = servers.procs["ooblex"].pid
         secs = 6 if args.quick else args.seconds
         s = args.profile_streams
-        runs = {v: run_load(url, s, secs, pid, viewers=v, profile=(v == ""), codec=args.codec)
+        runs = {v: run_load(url, s, secs, pid, viewers=v, profile=(v == ""), codec=args.codec, picture=args.picture)
                 for v in ("", "mjpeg", "whep")}
         base = runs[""]
         print(f"## Where the gateway's CPU goes: {s} WHIP streams, 640x480@30 {args.codec.upper()}, identity, "
@@ -425,7 +442,8 @@ def run_all(args: argparse.Namespace) -> None:
         for which in ("ooblex", "baseline"):
             held[which] = 0
             for n in range(1, args.max_streams + 1):
-                r = run_load(servers.urls[which], n, secs, servers.procs[which].pid, codec=args.codec)
+                r = run_load(servers.urls[which], n, secs, servers.procs[which].pid, codec=args.codec,
+                             picture=args.picture)
                 ok = r["p99"] <= P99_MAX_MS and r["loss_pct"] < LOSS_MAX_PCT and not r["refused"]
                 verdict = ("yes" if ok else "no") + (f" ({r['refused']} refused)" if r["refused"] else "")
                 print(f"| {which} | {n} | {r['p50']} | {r['p99']} | {r['loss_pct']} | {r['server_ms_per_frame']} | "
@@ -457,11 +475,13 @@ def main() -> int:
     parser.add_argument("--no-netns", action="store_true", help="do not re-run inside unshare -n")
     parser.add_argument("--pin", help="SERVER_CPUS:CLIENT_CPUS for taskset -c (default 0:1-N with 2+ cores), or none")
     parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="what the clients send and receive")
-    parser.add_argument("--loadgen", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--picture", choices=sorted(PICTURES), default="noise",
+                        help="what the clients send: noise (the codecs' worst case) or a panning photo")
+    parser.add_argument("--loadgen", nargs=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loadgen:
-        url, n, seconds, viewers, token, out, codec = args.loadgen
-        result = asyncio.run(loadgen(url, int(n), float(seconds), 3.0, viewers, token, codec))
+        url, n, seconds, viewers, token, out, codec, picture = args.loadgen
+        result = asyncio.run(loadgen(url, int(n), float(seconds), 3.0, viewers, token, codec, picture))
         Path(out).write_text(json.dumps(result))
         return 0
     if not args.no_netns and os.environ.get("OOBLEX_IN_NETNS") != "1":

@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -44,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ooblex.tokens import mint  # noqa: E402
+from ooblex.webrtc import internals  # noqa: E402
 from ooblex.webrtc.client import ImageTrack, RoundTrips, WhipClient, percentiles_ms  # noqa: E402
 
 
@@ -122,25 +124,35 @@ async def measure(url: str, *, fast: bool, seconds: float, fps: float, codec: st
     trips = RoundTrips(track)
     reader = asyncio.create_task(trips.consume(client.remote))
     await asyncio.sleep(warmup)
-    first, skip = track.count, len(trips.rtts)
+    first, skip, bytes0 = track.count, len(trips.rtts), await received_bytes(client.pc)
     await asyncio.sleep(seconds)
-    last = track.count
+    last, bytes1 = track.count, await received_bytes(client.pc)
     await asyncio.sleep(1.0)  # stragglers
     inside = await gateway_stages(url, client.stream_id)
+    encoder = next((internals.encoder(t.sender) for t in client.pc.getTransceivers() if t.kind == "video"), None)
     reader.cancel()
     await client.close()
     window = {n & 0xFFFF for n in range(first, last)}
     got = window & trips.numbers
     rtts = trips.rtts[skip:]
     return {"sent": len(window), "received": len(got), "loss_pct": round(100 * (1 - len(got) / max(1, len(window))), 2),
-            "fps_sent": round(len(window) / seconds, 1), **percentiles_ms(rtts), **inside}
+            "fps_sent": round(len(window) / seconds, 1), **percentiles_ms(rtts), **inside,
+            "bitrates": (getattr(encoder, "target_bitrate", None), int((bytes1 - bytes0) * 8 / seconds))}
 
 
-def codec_floor(frames: int, fps: float, codec: str, gateway_speed: str) -> dict:
+async def received_bytes(pc: Any) -> int:
+    """What ``pc`` received so far (SRTP datagrams: media, RTP/SRTP headers, RTCP)."""
+    return sum(s.bytesReceived for s in (await pc.getStats()).values() if s.type == "transport")
+
+
+def codec_floor(frames: int, fps: float, codec: str, gateway_speed: str,
+                bitrates: tuple[int | None, int | None] = (None, None)) -> dict:
     """Encode + decode twice, per frame (ms): the client's encoder (aiortc's speed, ``realtime_encoders(pc,
     "stock")`` as ``WhipClient`` sets it) from the RGB frame as the client's track gives it, the gateway's
     (``gateway_speed``) from the decoded frame as the gateway sends it back; aiortc's decoders, RTP payloads
-    depayloaded in between."""
+    depayloaded in between. ``bitrates``: the encoders' targets, as the measured row ran (the client's
+    encoder where REMB took it; the gateway's by what the client received, ~3 % RTP/SRTP headers
+    included): more bits cost more CPU. None: aiortc's starting 500 kbit/s."""
     from aiortc.codecs import depayload, get_decoder, get_encoder
     from aiortc.jitterbuffer import JitterFrame
     from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -150,6 +162,9 @@ def codec_floor(frames: int, fps: float, codec: str, gateway_speed: str) -> dict
     params = RTCRtpCodecParameters(mimeType=f"video/{codec.upper()}", clockRate=90000, payloadType=96)
     hops = [(encoder_for(params.mimeType, speed) or get_encoder(params), get_decoder(params))
             for speed in ("stock", gateway_speed)]
+    for (encoder, _), bitrate in zip(hops, bitrates, strict=True):
+        if bitrate and hasattr(encoder, "target_bitrate"):
+            encoder.target_bitrate = bitrate
     track, times = ImageTrack(moving_picture(), fps=fps), []  # the frames, numbers and pace of the rows
 
     async def one() -> float:
@@ -170,7 +185,7 @@ def codec_floor(frames: int, fps: float, codec: str, gateway_speed: str) -> dict
             times.append(await one())
     asyncio.run(all_frames())
     done = [t for t in times[10:] if t == t]  # after the first keyframes
-    return {"sent": len(done), "loss_pct": 0.0, **percentiles_ms(done)}
+    return {"sent": len(done), "loss_pct": 0.0, **percentiles_ms(done), "bitrates": bitrates}
 
 
 async def gateway_stages(url: str, stream_id: str | None) -> dict:
@@ -234,7 +249,7 @@ async def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
         if not args.no_floor:  # the servers idle, as for the rows above
             speed = os.environ.get("OOBLEX_ENCODER_SPEED", "fast")
             floor = await asyncio.to_thread(codec_floor, int(args.seconds * args.fps), args.fps,
-                                          args.codec, speed)
+                                          args.codec, speed, rows[0][1].get("bitrates", (None, None)))
             rows.append((FLOOR, floor))
             print(f"  {FLOOR}: {floor}", flush=True)
     finally:
@@ -261,7 +276,9 @@ def table(rows: list[tuple[str, dict]], args: argparse.Namespace) -> str:
         lines += ["", f"p50 speed-up over the baseline: {base['p50'] / ours['p50']:.1f}x"]
     floor = dict(rows).get(FLOOR, {})
     if floor.get("p50") and ours.get("p50"):
-        lines += ["", f"p50 round trip / codec floor ({rows[0][0]}): {ours['p50'] / floor['p50']:.2f}x"]
+        kbps = " / ".join(f"{b // 1000}" if b else "500" for b in floor.get("bitrates", (None, None))) + " kbit/s"
+        lines += ["", f"p50 round trip / codec floor ({rows[0][0]}; floor encoders at {kbps}): "
+                      f"{ours['p50'] / floor['p50']:.2f}x"]
     return "\n".join(lines)
 
 
