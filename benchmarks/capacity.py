@@ -3,6 +3,7 @@
     python benchmarks/capacity.py                # everything, ~6 min: the tables docs/performance.md shows
     python benchmarks/capacity.py --quick        # shorter runs, fewer rows
     python benchmarks/capacity.py --ooblex-root /path/to/other/checkout   # the same for another version
+    python benchmarks/capacity.py --picture photo    # camera-like content instead of noise
 
 Sections (each prints a table):
 1. Video encoders: CPU and wall ms per 640x480 frame, bitrate and PSNR of aiortc's VP8/H.264
