@@ -386,7 +386,7 @@ def split(run: dict) -> dict[str, float] | None:
 # --- main ---------------------------------------------------------------------------------------
 def run_all(args: argparse.Namespace) -> None:
     os.environ.setdefault("OOBLEX_SECRET", secrets.token_urlsafe(32))
-    if args.pin != "none" and (args.pin or (os.cpu_count() or 1) >= 2):
+    if args.pin != "none" and (args.pin or (os.cpu_count() or 1) >= 2) and shutil.which("taskset"):
         PIN["server"], _, PIN["clients"] = (args.pin or f"0:1-{os.cpu_count() - 1}").partition(":")
     root = Path(args.ooblex_root).resolve() if args.ooblex_root else ROOT
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
