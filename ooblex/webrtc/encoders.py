@@ -34,9 +34,9 @@ log = logging.getLogger("ooblex.webrtc")
 #: Measured at 640x480 (``benchmarks/capacity.py``): VP8 -10 costs ~15 % less than -6 for 0.4 dB PSNR,
 #: -16 ~30 % less but 8 dB worse; x264 veryfast/ultrafast ~2x/5x faster than medium at the same PSNR.
 #: The denoiser is off at "fast" and "fastest": it is for camera sensor noise, and what the gateway
-#: encodes was already encoded (denoised) by the publisher and decoded, or drawn by a model; off, VP8
-#: costs ~35 % less CPU per frame at the same bitrate, and PSNR against the source is ~1 dB higher
-#: (the denoiser smooths real detail too).
+#: encodes was already encoded (denoised) by the publisher and decoded, or drawn by a model. Off, the
+#: encoder alone costs ~35 % less CPU per frame on a clean photo at the same bitrate (PSNR against the
+#: source ~1 dB higher: the denoiser smooths real detail too), ~7 % inside a running gateway.
 SPEEDS: dict[str, tuple[str, str | None, int]] = {
     "stock": ("-6", None, DENOISE_ADAPTIVE),
     "fast": ("-10", "veryfast", DENOISE_OFF),

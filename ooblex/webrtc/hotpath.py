@@ -1,6 +1,7 @@
 """Less Python per packet and per frame on aiortc/aioice's receive path (``benchmarks/capacity.py``).
 
-Two steps aiortc and aioice take on every packet or frame cost more than the work they wrap:
+Two steps aiortc and aioice take on every packet or frame do more than they need to (together ~0.02 ms
+of a 640x480 frame's ~4 ms in a gateway: small, measured in docs/performance.md):
 
 - aioice parses every UDP datagram as a STUN message first, and hands it on as media when parsing
   raises. ``datagram_received`` below demultiplexes by the first byte instead (RFC 7983: STUN is
