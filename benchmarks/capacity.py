@@ -3,6 +3,7 @@
     python benchmarks/capacity.py                # everything, ~6 min: the tables docs/performance.md shows
     python benchmarks/capacity.py --quick        # shorter runs, fewer rows
     python benchmarks/capacity.py --ooblex-root /path/to/other/checkout   # the same for another version
+    python benchmarks/capacity.py --picture photo    # camera-like content instead of noise
 
 Sections (each prints a table):
 1. Video encoders: CPU and wall ms per 640x480 frame, bitrate and PSNR of aiortc's VP8/H.264
@@ -17,6 +18,10 @@ Sections (each prints a table):
    gateway and for a stock aiortc server (``webrtc_rtt.serve_baseline``) in the same run. Gateway CPU
    ms per stream-second from /proc; the load generator runs in separate processes (2 streams each)
    whose CPU is reported apart.
+
+With two or more cores the gateway (and the stock server) is pinned to CPU 0 and the load generators
+(and py-spy) to the others (``taskset``; ``--pin SERVER_CPUS:CLIENT_CPUS`` to choose, ``--pin none`` for
+no pinning), so "streams held" is per gateway core and the clients do not steal the gateway's core.
 
 Everything runs inside a private network namespace with only ``lo`` (re-executes itself under
 ``unshare -n``). The machine's load average is printed with each table: the clients share it.
@@ -56,6 +61,13 @@ from ooblex.tokens import mint  # noqa: E402
 
 P99_MAX_MS, LOSS_MAX_PCT = 100.0, 1.0
 TICK = os.sysconf("SC_CLK_TCK")
+#: CPU lists for ``taskset -c``: "server" (gateway, stock server), "clients" (load generators, py-spy); "" = any.
+PIN = {"server": "", "clients": ""}
+
+
+def pinned(argv: list[str], role: str) -> list[str]:
+    """``argv`` run on the CPUs ``PIN`` gives ``role`` (unchanged when none)."""
+    return ["taskset", "-c", PIN[role], *argv] if PIN[role] else argv
 
 
 # --- 1. encoders ------------------------------------------------------------------------------
@@ -150,7 +162,7 @@ class Servers:
         else:
             argv = [sys.executable, str(HERE / "webrtc_rtt.py"), "--serve-baseline", str(port)]
             self.urls[which] = f"http://127.0.0.1:{port}/whip"
-        self.procs[which] = start(argv, f"http://127.0.0.1:{port}/healthz", self.env, timeout_s=60)
+        self.procs[which] = start(pinned(argv, "server"), f"http://127.0.0.1:{port}/healthz", self.env, timeout_s=60)
         return self.urls[which]
 
     def close(self) -> None:
@@ -159,14 +171,30 @@ class Servers:
 
 
 # --- load generator (a separate process) -----------------------------------------------------------
+def panning_photo(width: int = 640, height: int = 480) -> Any:
+    """A photo panning 4 px a frame: camera-like content (``moving_picture`` is noise, the codecs' worst case)."""
+    import cv2
+
+    base = cv2.resize(cv2.imread(str(ROOT / "tests/data/one_face.jpg")), (width, height))[:, :, ::-1]
+    state = {"i": 0}
+
+    def next_image() -> np.ndarray:
+        state["i"] += 1
+        return np.roll(base, state["i"] * 4, axis=1)
+    return next_image
+
+
+PICTURES = {"noise": moving_picture, "photo": panning_photo}
+
+
 async def loadgen(url: str, streams: int, seconds: float, warmup: float, viewers: str, token: str,
-                  codec: str = "vp8") -> dict:
+                  codec: str = "vp8", picture: str = "noise") -> dict:
     """``streams`` WHIP publishers (+ viewers per stream: "", "mjpeg", "whep"); round trips and loss."""
     from ooblex.webrtc.client import ImageTrack, RoundTrips, WebRTCError, WhepClient, WhipClient
 
     clients, trips, extra, tasks, refused = [], [], [], [], 0
     for _ in range(streams):
-        track = ImageTrack(moving_picture(), fps=30)
+        track = ImageTrack(PICTURES[picture](), fps=30)
         client = WhipClient(url, track, token=token, codec=codec)
         try:
             await client.start()
@@ -229,16 +257,16 @@ async def _mjpeg(url: str, token: str) -> None:
 
 
 def run_load(url: str, streams: int, seconds: float, server_pid: int, viewers: str = "",
-             profile: bool = False, per_process: int = 2, codec: str = "vp8") -> dict:
+             profile: bool = False, per_process: int = 2, codec: str = "vp8", picture: str = "noise") -> dict:
     """Load generators in their own processes; the server's CPU from /proc over the measured window."""
     token = mint("control")
     procs = []
     for i in range(0, streams, per_process):
         n = min(per_process, streams - i)
         out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-        argv = [sys.executable, __file__, "--loadgen", url, str(n), str(seconds), viewers, token, out, codec]
-        procs.append((subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True),
-                      out))
+        argv = [sys.executable, __file__, "--loadgen", url, str(n), str(seconds), viewers, token, out, codec, picture]
+        procs.append((subprocess.Popen(pinned(argv, "clients"), cwd=ROOT, stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True), out))
     for p, _ in procs:
         assert p.stdout.readline().strip() == "ready", "load generator failed to start"
     for p, _ in procs:
@@ -263,6 +291,7 @@ def run_load(url: str, streams: int, seconds: float, server_pid: int, viewers: s
             "p99": round(float(p[2]), 1), "loss_pct": round(100 * (1 - returned / max(1, sent)), 2),
             "server_cpu_s": cpu, "wall_s": wall, "frames": sum(r["received"] for r in results),
             "server_ms_per_stream_s": round(cpu * 1e3 / wall / streams, 1),
+            "server_ms_per_frame": round(cpu * 1e3 / max(1, sum(r["received"] for r in results)), 2),
             "loadgen_ms_per_stream_s": round(gen_cpu * 1e3 / seconds / streams, 1),
             "refused": sum(r["refused"] for r in results),
             "load": round((load0 + os.getloadavg()[0]) / 2, 1), "stacks": stacks}
@@ -278,8 +307,8 @@ def start_profile(pid: int, seconds: float) -> tuple[subprocess.Popen[bytes], st
     if not Path(spy).exists():
         return None
     out = tempfile.NamedTemporaryFile(suffix=".txt", delete=False).name
-    proc = subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "200", "--duration", str(int(seconds)),
-                             "--format", "raw", "--nonblocking", "--full-filenames", "-o", out],
+    proc = subprocess.Popen(pinned([spy, "record", "--pid", str(pid), "--rate", "200", "--duration", str(int(seconds)),
+                             "--format", "raw", "--nonblocking", "--full-filenames", "-o", out], "clients"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return proc, out
 
@@ -321,7 +350,7 @@ def stage_of(stack: str) -> str | None:
         text = linecache.getline(file, line)
         if any(k in text for k in ("to_ndarray", "from_ndarray", "reformat", "to_rgb(")):
             return "colour conversion"
-        if "aiortc/codecs/" in file:
+        if "aiortc/codecs/" in file or file.endswith(("ooblex/webrtc/vp8.py", "ooblex/webrtc/encoders.py")):
             return "receive/decode" if fn == "decode" else "encode"
         if file.endswith("ooblex/jpeg.py") or "gateway/mjpeg.py" in file or "starlette/responses.py" in file:
             return "HTTP/MJPEG/JPEG"
@@ -357,9 +386,13 @@ def split(run: dict) -> dict[str, float] | None:
 # --- main ---------------------------------------------------------------------------------------
 def run_all(args: argparse.Namespace) -> None:
     os.environ.setdefault("OOBLEX_SECRET", secrets.token_urlsafe(32))
+    if args.pin != "none" and (args.pin or (os.cpu_count() or 1) >= 2) and shutil.which("taskset"):
+        PIN["server"], _, PIN["clients"] = (args.pin or f"0:1-{os.cpu_count() - 1}").partition(":")
     root = Path(args.ooblex_root).resolve() if args.ooblex_root else ROOT
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-               f"gateway code from {root}" + (f", encoder_speed={args.encoder_speed}" if args.encoder_speed else ""))
+               f"gateway code from {root}, clients send {args.picture}"
+               + (f", encoder_speed={args.encoder_speed}" if args.encoder_speed else "")
+               + (f", server on CPU {PIN['server']}, clients on CPU {PIN['clients']}" if PIN["server"] else ""))
     print(f"# Gateway capacity ({machine})\n", flush=True)
     if not args.skip_encoders:
         rows = encoder_table(30 if args.quick else 90)
@@ -375,7 +408,7 @@ def run_all(args: argparse.Namespace) -> None:
         pid = servers.procs["ooblex"].pid
         secs = 6 if args.quick else args.seconds
         s = args.profile_streams
-        runs = {v: run_load(url, s, secs, pid, viewers=v, profile=(v == ""), codec=args.codec)
+        runs = {v: run_load(url, s, secs, pid, viewers=v, profile=(v == ""), codec=args.codec, picture=args.picture)
                 for v in ("", "mjpeg", "whep")}
         base = runs[""]
         print(f"## Where the gateway's CPU goes: {s} WHIP streams, 640x480@30 {args.codec.upper()}, identity, "
@@ -402,17 +435,20 @@ def run_all(args: argparse.Namespace) -> None:
         print(flush=True)
         servers.start("baseline")
         print(f"## Streams held: p99 <= {P99_MAX_MS:g} ms and loss < {LOSS_MAX_PCT:g} %, {secs:g} s per row\n")
-        print("| server | streams | p50 ms | p99 ms | loss % | server CPU ms per stream-second | load generator CPU ms "
-              "per stream-second | load average | holds |", flush=True)
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |", flush=True)
+        print("| server | streams | p50 ms | p99 ms | loss % | server CPU ms per frame "
+              "| server CPU ms per stream-second | load generator CPU ms per stream-second | load average | holds |",
+              flush=True)
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |", flush=True)
         held = {}
         for which in ("ooblex", "baseline"):
             held[which] = 0
             for n in range(1, args.max_streams + 1):
-                r = run_load(servers.urls[which], n, secs, servers.procs[which].pid, codec=args.codec)
+                r = run_load(servers.urls[which], n, secs, servers.procs[which].pid, codec=args.codec,
+                             picture=args.picture)
                 ok = r["p99"] <= P99_MAX_MS and r["loss_pct"] < LOSS_MAX_PCT and not r["refused"]
                 verdict = ("yes" if ok else "no") + (f" ({r['refused']} refused)" if r["refused"] else "")
-                print(f"| {which} | {n} | {r['p50']} | {r['p99']} | {r['loss_pct']} | {r['server_ms_per_stream_s']} | "
+                print(f"| {which} | {n} | {r['p50']} | {r['p99']} | {r['loss_pct']} | {r['server_ms_per_frame']} | "
+                      f"{r['server_ms_per_stream_s']} | "
                       f"{r['loadgen_ms_per_stream_s']} | {r['load']} | {verdict} |", flush=True)
                 if ok:
                     held[which] = n
@@ -438,12 +474,15 @@ def main() -> int:
     parser.add_argument("--ooblex-root", help="run the gateway from this checkout (before/after comparisons)")
     parser.add_argument("--encoder-speed", choices=["stock", "fast", "fastest"], help="the gateway's encoder_speed")
     parser.add_argument("--no-netns", action="store_true", help="do not re-run inside unshare -n")
+    parser.add_argument("--pin", help="SERVER_CPUS:CLIENT_CPUS for taskset -c (default 0:1-N with 2+ cores), or none")
     parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="what the clients send and receive")
-    parser.add_argument("--loadgen", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--picture", choices=sorted(PICTURES), default="noise",
+                        help="what the clients send: noise (the codecs' worst case) or a panning photo")
+    parser.add_argument("--loadgen", nargs=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loadgen:
-        url, n, seconds, viewers, token, out, codec = args.loadgen
-        result = asyncio.run(loadgen(url, int(n), float(seconds), 3.0, viewers, token, codec))
+        url, n, seconds, viewers, token, out, codec, picture = args.loadgen
+        result = asyncio.run(loadgen(url, int(n), float(seconds), 3.0, viewers, token, codec, picture))
         Path(out).write_text(json.dumps(result))
         return 0
     if not args.no_netns and os.environ.get("OOBLEX_IN_NETNS") != "1":

@@ -13,7 +13,10 @@ Rows:
   stock jitter buffers), with a stock aiortc client;
 - with ``--cluster [redis] [rabbitmq]`` (needs the servers installed; both when none is named):
   ``ooblex up --broker B`` (gateway -> broker -> one ``ooblex worker``
-  process serving identity), with the ooblex client.
+  process serving identity), with the ooblex client;
+- codec floor: the same numbered frames through the same encoders and decoders, twice (the client's
+  encoder at aiortc's speed, the gateway's at its ``encoder_speed``), in this process: no network, no
+  RTP, no server logic. The round trip cannot be shorter; the rest is what WebRTC and the gateway add.
 Servers run as separate processes; everything runs inside a private network namespace with only
 ``lo`` up (re-executes itself under ``unshare -n`` unless --no-netns).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fractions
 import json
 import os
 import platform
@@ -32,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -40,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ooblex.tokens import mint  # noqa: E402
+from ooblex.webrtc import internals  # noqa: E402
 from ooblex.webrtc.client import ImageTrack, RoundTrips, WhipClient, percentiles_ms  # noqa: E402
 
 
@@ -118,25 +124,75 @@ async def measure(url: str, *, fast: bool, seconds: float, fps: float, codec: st
     trips = RoundTrips(track)
     reader = asyncio.create_task(trips.consume(client.remote))
     await asyncio.sleep(warmup)
-    first, skip = track.count, len(trips.rtts)
+    first, skip, bytes0 = track.count, len(trips.rtts), await received_bytes(client.pc)
     await asyncio.sleep(seconds)
-    last = track.count
+    last, bytes1 = track.count, await received_bytes(client.pc)
     await asyncio.sleep(1.0)  # stragglers
     inside = await gateway_stages(url, client.stream_id)
+    encoder = next((internals.encoder(t.sender) for t in client.pc.getTransceivers() if t.kind == "video"), None)
     reader.cancel()
     await client.close()
     window = {n & 0xFFFF for n in range(first, last)}
     got = window & trips.numbers
     rtts = trips.rtts[skip:]
     return {"sent": len(window), "received": len(got), "loss_pct": round(100 * (1 - len(got) / max(1, len(window))), 2),
-            "fps_sent": round(len(window) / seconds, 1), **percentiles_ms(rtts), **inside}
+            "fps_sent": round(len(window) / seconds, 1), **percentiles_ms(rtts), **inside,
+            "bitrates": (getattr(encoder, "target_bitrate", None), int((bytes1 - bytes0) * 8 / seconds))}
+
+
+async def received_bytes(pc: Any) -> int:
+    """What ``pc`` received so far (SRTP datagrams: media, RTP/SRTP headers, RTCP)."""
+    return sum(s.bytesReceived for s in (await pc.getStats()).values() if s.type == "transport")
+
+
+def codec_floor(frames: int, fps: float, codec: str, gateway_speed: str,
+                bitrates: tuple[int | None, int | None] = (None, None)) -> dict:
+    """Encode + decode twice, per frame (ms): the client's encoder (aiortc's speed, ``realtime_encoders(pc,
+    "stock")`` as ``WhipClient`` sets it) from the RGB frame as the client's track gives it, the gateway's
+    (``gateway_speed``) from the decoded frame as the gateway sends it back; aiortc's decoders, RTP payloads
+    depayloaded in between. ``bitrates``: the encoders' targets, as the measured row ran (the client's
+    encoder where REMB took it; the gateway's by what the client received, ~3 % RTP/SRTP headers
+    included): more bits cost more CPU. None: aiortc's starting 500 kbit/s."""
+    from aiortc.codecs import depayload, get_decoder, get_encoder
+    from aiortc.jitterbuffer import JitterFrame
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from ooblex.webrtc.encoders import encoder_for
+
+    params = RTCRtpCodecParameters(mimeType=f"video/{codec.upper()}", clockRate=90000, payloadType=96)
+    hops = [(encoder_for(params.mimeType, speed) or get_encoder(params), get_decoder(params))
+            for speed in ("stock", gateway_speed)]
+    for (encoder, _), bitrate in zip(hops, bitrates, strict=True):
+        if bitrate and hasattr(encoder, "target_bitrate"):
+            encoder.target_bitrate = bitrate
+    track, times = ImageTrack(moving_picture(), fps=fps), []  # the frames, numbers and pace of the rows
+
+    async def one() -> float:
+        vf = await track.recv()
+        started = time.perf_counter()
+        for encoder, decoder in hops:
+            payloads, timestamp = encoder.encode(vf)
+            data = b"".join(depayload(params, p) for p in payloads)
+            decoded = decoder.decode(JitterFrame(data=data, timestamp=timestamp))
+            if not decoded:
+                return float("nan")
+            vf = decoded[0]
+            vf.pts, vf.time_base = timestamp, fractions.Fraction(1, 90000)  # as ProcessedTrack stamps it
+        return time.perf_counter() - started
+
+    async def all_frames() -> None:
+        for _ in range(frames):
+            times.append(await one())
+    asyncio.run(all_frames())
+    done = [t for t in times[10:] if t == t]  # after the first keyframes
+    return {"sent": len(done), "loss_pct": 0.0, **percentiles_ms(done), "bitrates": bitrates}
 
 
 async def gateway_stages(url: str, stream_id: str | None) -> dict:
     """The gateway's own view (decoded frame in -> processed frame out), from /api/v1/streams."""
     if not stream_id:
         return {}
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {mint('control')}"}) as http:
         r = await http.get(str(httpx.URL(url).join(f"/api/v1/streams/{stream_id}")))
     info = r.json() if r.status_code == 200 else {}
     lat = info.get("latency_ms", {})
@@ -190,11 +246,20 @@ async def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
             result = await measure(url, fast=fast, seconds=args.seconds, fps=args.fps, codec=args.codec)
             rows.append((name, result))
             print(f"  {name}: {result}", flush=True)
+        if not args.no_floor:  # the servers idle, as for the rows above
+            speed = os.environ.get("OOBLEX_ENCODER_SPEED", "fast")
+            floor = await asyncio.to_thread(codec_floor, int(args.seconds * args.fps), args.fps,
+                                          args.codec, speed, rows[0][1].get("bitrates", (None, None)))
+            rows.append((FLOOR, floor))
+            print(f"  {FLOOR}: {floor}", flush=True)
     finally:
         for s in servers:
             s.send_signal(signal.SIGINT)  # `ooblex up` stops its children on SIGINT
             s.wait(20)
     return rows
+
+
+FLOOR = "codec floor: encode + decode twice, no network"
 
 
 def table(rows: list[tuple[str, dict]], args: argparse.Namespace) -> str:
@@ -209,6 +274,11 @@ def table(rows: list[tuple[str, dict]], args: argparse.Namespace) -> str:
     base, ours = dict(rows).get("baseline: plain aiortc server + client", {}), rows[0][1]
     if base.get("p50") and ours.get("p50"):
         lines += ["", f"p50 speed-up over the baseline: {base['p50'] / ours['p50']:.1f}x"]
+    floor = dict(rows).get(FLOOR, {})
+    if floor.get("p50") and ours.get("p50"):
+        kbps = " / ".join(f"{b // 1000}" if b else "500" for b in floor.get("bitrates", (None, None))) + " kbit/s"
+        lines += ["", f"p50 round trip / codec floor ({rows[0][0]}; floor encoders at {kbps}): "
+                      f"{ours['p50'] / floor['p50']:.2f}x"]
     return "\n".join(lines)
 
 
@@ -221,6 +291,7 @@ def main() -> int:
     parser.add_argument("--only", type=int, help="run only this row (0, 1, 2, 3)")
     parser.add_argument("--cluster", nargs="*", choices=["redis", "rabbitmq"],
                         help="add cluster rows through these brokers (default with no names: both)")
+    parser.add_argument("--no-floor", action="store_true", help="leave out the codec floor row")
     parser.add_argument("--no-netns", action="store_true", help="do not re-run inside unshare -n")
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -10,7 +10,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from fastapi import Request, Response
 
 from ..errors import BadRequest, Forbidden, UnsupportedMediaType
-from ..webrtc import accept_rsa_peers, check_offer, loopback_candidates, low_latency, rtc_configuration
+from ..webrtc import accept_rsa_peers, check_offer, hotpath, loopback_candidates, low_latency, rtc_configuration
 from ..webrtc.encoders import realtime_encoders
 from ..webrtc.protection import negotiating, only_with_vp8, protect
 from ..webrtc.recovery import recover_losses
@@ -55,6 +55,7 @@ def session_of(request: Request, kind: str, session_id: str, *, thread: str = ""
 
 def new_peer(settings: Settings) -> RTCPeerConnection:
     accept_rsa_peers()  # GStreamer and other stacks with RSA certificates (ooblex.webrtc.dtls)
+    hotpath.install()  # less Python per packet and per decoded frame (ooblex.webrtc.hotpath)
     return RTCPeerConnection(rtc_configuration(settings.ice_servers))
 
 

@@ -199,9 +199,10 @@ class Settings(BaseSettings):
     audio: bool = True
     #: The most audio is held to stay in step with slow video (ms); the hold follows the video's delay.
     audio_max_delay_ms: float = 1000.0
-    #: Video encoder speed: "fast" (VP8 cpu-used -10, x264 veryfast), "fastest" (-16, ultrafast: VP8
-    #: visibly worse) or "stock" (aiortc's -6 and medium). Encoding is most of what a stream costs. VP8 is
-    #: libvpx driven directly at every speed (``webrtc/vp8.py``: bitrate changes without keyframes).
+    #: Video encoder speed: "fast" (VP8 cpu-used -10 without the temporal denoiser, x264 veryfast),
+    #: "fastest" (-16, ultrafast: VP8 visibly worse) or "stock" (aiortc's -6, denoiser and medium). Encoding
+    #: is most of what a stream costs. VP8 is libvpx driven directly at every speed (``webrtc/vp8.py``:
+    #: bitrate changes without keyframes).
     encoder_speed: str = "fast"
     #: Forward error correction for video (RED + ULPFEC, RFC 2198/5109) with peers that offer it, as
     #: browsers do: parity packets sized to the loss the peer reports rebuild lost packets without a

@@ -22,7 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from ..media.audio import AudioInput, decoded
 from ..supervision import cancel
-from . import framecode
+from . import framecode, hotpath
 from .audio import OPUS_RATE, AudioPacket, MediaClock, PacedAudioTrack, tap_receiver
 from .dtls import accept_rsa_peers
 from .encoders import realtime_encoders
@@ -117,6 +117,8 @@ class _Client:
 
     def _peer(self, ice_servers: list[dict[str, Any]]) -> RTCPeerConnection:
         accept_rsa_peers()
+        if self.fast:
+            hotpath.install()  # process-wide: later stock peers in this process use it too
         pc = RTCPeerConnection(rtc_configuration(ice_servers))
 
         @pc.on("track")

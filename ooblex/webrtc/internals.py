@@ -74,6 +74,16 @@ def _static() -> dict[str, Callable[[], bool]]:
         "RtpPacket._data (set by RTCRtpReceiver._handle_rtp_packet)":
             lambda: "packet._data" in inspect.getsource(receiver._handle_rtp_packet),
         "aiortc.rtcrtpreceiver.NackGenerator": lambda: hasattr(rtp_receiver, "NackGenerator"),
+        # hotpath.py: replaces both, keeping what they read and call
+        "aioice.ice.StunProtocol.datagram_received(data, addr) (receiver, local_candidate, transactions)":
+            lambda: _params(ice.StunProtocol.datagram_received) == ["data", "addr"] and all(
+                n in inspect.getsource(ice.StunProtocol) for n in ("self.receiver", "self.local_candidate",
+                                                                   "self.transactions")),
+        "aiortc.rtcrtpreceiver.decoder_worker(loop, input_q, output_q, decode_error), output_q the track's queue":
+            lambda: _params(rtp_receiver.decoder_worker) == ["loop", "input_q", "output_q", "decode_error"]
+            and "target=decoder_worker" in inspect.getsource(receiver.receive)
+            and "self._track._queue" in inspect.getsource(receiver.receive)
+            and callable(rtp_receiver.get_decoder),
         # vp8.py, encoders.py: aiortc's VP8 encoder subclassed; its codec context set as self.codec
         "aiortc.codecs.vpx (Vp8Encoder, VpxPayloadDescriptor, MAX_FRAME_RATE, number_of_threads)":
             lambda: all(hasattr(vpx, n) for n in ("Vp8Encoder", "VpxPayloadDescriptor", "MAX_FRAME_RATE",

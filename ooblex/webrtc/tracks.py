@@ -127,11 +127,11 @@ class Ingest:
         slot.put(None)
 
     def _remember(self, seq: int, vf: av.VideoFrame, image: object) -> None:
-        if vf.pts is not None and vf.time_base is not None:
-            self.pts[seq] = int(vf.pts * vf.time_base * VIDEO_CLOCK)
-        if len(self.pts) > PTS_MEMORY:
-            for old in sorted(self.pts)[: len(self.pts) - PTS_MEMORY]:
-                del self.pts[old]
+        base = vf.time_base
+        if vf.pts is not None and base is not None:
+            self.pts[seq] = vf.pts * VIDEO_CLOCK * base.numerator // base.denominator  # integers: no Fraction
+        while len(self.pts) > PTS_MEMORY:  # the oldest: seqs are added in order
+            del self.pts[next(iter(self.pts))]
         if image is not None:
             self.decoded[seq] = (image, vf)
             while len(self.decoded) > DECODED_MEMORY:

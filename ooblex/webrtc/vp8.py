@@ -48,6 +48,9 @@ VP8E_SET_NOISE_SENSITIVITY = 15
 VP8E_SET_STATIC_THRESHOLD = 17
 VP8E_SET_TOKEN_PARTITIONS = 18
 VP8E_SET_MAX_INTRA_BITRATE_PCT = 26
+#: ``VP8E_SET_NOISE_SENSITIVITY`` values: no temporal denoiser, and libvpx's adaptive one (aiortc's, and
+#: libwebrtc's on x86 for camera input).
+DENOISE_OFF, DENOISE_ADAPTIVE = 0, 4
 
 #: Rate-control buffer, ms of the target bitrate: size as aiortc's, initial and optimal as
 #: libwebrtc's (and aiortc's own libvpx binding before it moved to PyAV).
@@ -177,15 +180,18 @@ class LibvpxVp8Encoder(Vp8Encoder):
     at a time.
     """
 
-    def __init__(self, cpu_used: int = -6, intra_pct: int | None = None, lib: ctypes.CDLL | None = None) -> None:
+    def __init__(self, cpu_used: int = -6, intra_pct: int | None = None, lib: ctypes.CDLL | None = None,
+                 denoise: int = DENOISE_ADAPTIVE) -> None:
         """``cpu_used``: libvpx's real-time speed (-16 fastest); ``intra_pct``: the keyframe cap in per
-        cent of a frame's share of the bitrate (None: libwebrtc's, ``max_intra_pct()``; 0: no cap)."""
+        cent of a frame's share of the bitrate (None: libwebrtc's, ``max_intra_pct()``; 0: no cap);
+        ``denoise``: libvpx's temporal denoiser (``VP8E_SET_NOISE_SENSITIVITY``: 0 off, 4 adaptive, aiortc's)."""
         super().__init__()
         lib = lib or libvpx()
         if lib is None:
             raise RuntimeError(f"{LIBRARY} (libvpx 1.12, Debian package libvpx7) cannot be loaded")
         self.lib = lib
         self.cpu_used = cpu_used
+        self.denoise = denoise
         self.intra_pct = max_intra_pct() if intra_pct is None else intra_pct
         self.cfg: EncoderConfig | None = None
         self.ctx = Context()
@@ -232,7 +238,7 @@ class LibvpxVp8Encoder(Vp8Encoder):
         cfg.kf_mode, cfg.kf_max_dist = VPX_KF_AUTO, 3000
         self._check(lib.vpx_codec_enc_init_ver(byref(self.ctx), iface, byref(cfg), 0, ENCODER_ABI_VERSION))
         self.cfg = cfg
-        for control, value in ((VP8E_SET_CPUUSED, self.cpu_used), (VP8E_SET_NOISE_SENSITIVITY, 4),
+        for control, value in ((VP8E_SET_CPUUSED, self.cpu_used), (VP8E_SET_NOISE_SENSITIVITY, self.denoise),
                                (VP8E_SET_STATIC_THRESHOLD, 1), (VP8E_SET_TOKEN_PARTITIONS, 0),
                                (VP8E_SET_MAX_INTRA_BITRATE_PCT, self.intra_pct)):
             self._check(lib.vpx_codec_control_(byref(self.ctx), control, value))
