@@ -270,7 +270,8 @@ async def test_one_prometheus_aggregates_a_gateway_and_a_worker(redis_server, tm
             api = f"http://127.0.0.1:{prom_port}/api/v1"
             async with httpx.AsyncClient(timeout=10) as http:
                 async def query(expr: str) -> list:
-                    body = (await http.get(f"{api}/query", params={"query": expr})).json()
+                    resp = (await http.get(f"{api}/query", params={"query": expr})).raise_for_status()
+                    body = resp.json()  # (503 while Prometheus starts: an HTTPError, which all_up waits out)
                     assert body["status"] == "success", (expr, body)
                     return body["data"]["result"]
 
