@@ -105,10 +105,10 @@ def test_jupyterlab_panel_shows_the_cluster_and_deploys_from_the_notebook(tmp_pa
             page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
             try:
                 open_notebook(page, server, "threads.ipynb")
-                run_cell(page, 0)
-                page.click("li.lm-TabBar-tab[data-id='ooblex-console']")
+                page.click("li.lm-TabBar-tab[data-id='ooblex-console']")  # before the thread exists
                 panel = page.locator("#ooblex-console")
                 panel.wait_for(state="visible")
+                run_cell(page, 0)  # defines it: the panel's list follows the cell that ran
                 handle = page.locator(".lm-SplitPanel-handle:visible").first  # widen the side panel
                 box = handle.bounding_box()
                 page.mouse.move(box["x"] + 2, box["y"] + 300)

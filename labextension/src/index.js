@@ -5,7 +5,7 @@
 import { ILabShell } from "@jupyterlab/application";
 import { Dialog, showDialog } from "@jupyterlab/apputils";
 import { URLExt } from "@jupyterlab/coreutils";
-import { INotebookTracker } from "@jupyterlab/notebook";
+import { INotebookTracker, NotebookActions } from "@jupyterlab/notebook";
 import { ServerConnection } from "@jupyterlab/services";
 import { LabIcon } from "@jupyterlab/ui-components";
 import { Widget } from "@lumino/widgets";
@@ -51,7 +51,7 @@ async function inKernel(notebooks, expression) {
   return value;
 }
 
-function deploySection(notebooks, notify, refresh) {
+function deploySection(notebooks, notify, refresh, visible) {
   const select = el("select", { class: "ob-notebook-threads", "aria-label": "tensor thread" });
   const status = el("span", { class: "ob-muted" });
   const load = async () => {
@@ -78,6 +78,10 @@ function deploySection(notebooks, notify, refresh) {
     }
   } });
   notebooks?.currentChanged.connect(load);
+  // A cell that ran may have defined a thread (or the kernel was not up when the panel opened): look again.
+  NotebookActions.executed.connect((_, { notebook }) => {
+    if (visible() && notebook === notebooks?.currentWidget?.content) load();
+  });
   return { node: el("div", { class: "ob-card ob-from-notebook" },
     el("header", {}, el("h3", { text: "Deploy from this notebook" })),
     el("div", { class: "ob-buttons" }, select, el("button", { text: "↻", title: "look again", onclick: load }), deploy),
@@ -125,7 +129,7 @@ function activate(app, labShell, notebooks) {
     },
   };
   let view = null;
-  const deployBox = deploySection(notebooks, notify, () => view?.refresh());
+  const deployBox = deploySection(notebooks, notify, () => view?.refresh(), () => view !== null);
   panel.shown = () => {
     if (!view) view = mountConsole(body, api, { uPlot, confirm, notify, deploySection: deployBox.node, every: 2000 });
     deployBox.load();
