@@ -4,7 +4,8 @@
                         (loss, delay, rate cap, both directions)
 
     sudo python benchmarks/network.py [--seconds 20] [--loss 0 1 3 5] [--delay-ms 40] [--jitter-ms 10]
-                                      [--rate-kbit 1500] [--without-fec] [--json rows.json]
+                                      [--rate-kbit 1500] [--without-fec] [--browser] [--lossy both|up|down]
+                                      [--only SETUP ...] [--json rows.json]
 
 Three network namespaces; the router forwards UDP through:
 - random loss: ``iptables -m statistic --mode random --probability P -j DROP`` (each direction);
@@ -19,6 +20,14 @@ client). The client sends frame-numbered
 of the time covered by gaps of more than 200 ms between returned frames), round trip p50/p99
 (numbered frames from leaving the client's track to decoded back), and the bitrate up and
 down (all the client's transport bytes: media, retransmissions, RTCP). Needs root (``ip netns``), iptables and tc.
+
+``--browser`` adds two rows with Chromium (``/usr/bin/chromium`` through Playwright) as the client,
+publishing its fake camera (640x480, 30 fps) to each server and playing what comes back: freeze % and
+longest gap from the returned frames' presentation times (``requestVideoFrameCallback``), Chromium's
+inbound-rtp counters (packets lost, NACKs, PLIs, its jitter buffer's mean delay, ``fecPacketsReceived``
+where Chromium has it) and, for the gateway, its ``ooblex_fec`` metric: parity sent to Chromium, packets
+rebuilt from Chromium's parity, the loss Chromium reports. No round trip: the fake camera's frames are
+not numbered.
 """
 
 from __future__ import annotations
@@ -131,10 +140,14 @@ BROWSER_PUBLISH = """async ([path, token]) => {
   if (token) headers.Authorization = 'Bearer ' + token;
   const r = await fetch(path, {method: 'POST', headers, body: pc.localDescription.sdp});
   if (r.status !== 201) throw new Error('WHIP ' + r.status + ': ' + await r.text());
+  window.__resource = [new URL(r.headers.get('Location'), location.href).href, headers];
   const answer = await r.text();
   await pc.setRemoteDescription({type: 'answer', sdp: answer});
   return answer;
 }"""
+#: Ends the session the WHIP way (DELETE of its resource), so that the server closes it at once.
+BROWSER_HANG_UP = """async () => { const [url, headers] = window.__resource; window.__pc.close();
+  await fetch(url, {method: 'DELETE', headers: {Authorization: headers.Authorization || ''}}); }"""
 #: The returned video's inbound-rtp stats and the presentation times noted so far.
 BROWSER_STATS = """async () => { let inbound = null, sent = 0, received = 0;
   for (const s of (await window.__pc.getStats()).values()) {
@@ -167,6 +180,7 @@ async def measure_browser(url: str, seconds: float, warmup: float = 4.0) -> dict
             await asyncio.sleep(seconds)
             last, fec1 = await page.evaluate(BROWSER_STATS), await asyncio.to_thread(_gateway_fec, origin)
             times = await page.evaluate("([a, b]) => window.__frames.slice(a, b)", [first["frames"], last["frames"]])
+            await page.evaluate(BROWSER_HANG_UP)
         finally:
             await browser.close()
     row = _browser_row(first, last, times, answer)
@@ -249,11 +263,14 @@ def build(lab: Lab) -> tuple[str, str, str, list[str]]:
     return client, router, server, [towards_client, towards_server]
 
 
-def impair(lab: Lab, router: str, devices: list[str], loss_pct: float, rate_kbit: float) -> None:
-    """Loss (random drop) then delay (NFQUEUE 0) on forwarded UDP; a tbf rate cap on each link."""
+def impair(lab: Lab, router: str, devices: list[str], loss_pct: float, rate_kbit: float, lossy: str = "both") -> None:
+    """Loss (random drop; ``lossy``: on packets going ``up`` to the server, ``down`` to the client or ``both``)
+    then delay (NFQUEUE 0) on forwarded UDP; a tbf rate cap on each link."""
     script = ["iptables -F FORWARD"]
     if loss_pct:
-        script.append(f"iptables -A FORWARD -p udp -m statistic --mode random --probability {loss_pct / 100} -j DROP")
+        coming_in = {"up": f"-i {devices[0]} ", "down": f"-i {devices[1]} ", "both": ""}[lossy]
+        script.append(f"iptables -A FORWARD -p udp {coming_in}-m statistic --mode random "
+                      f"--probability {loss_pct / 100} -j DROP")
     script.append("iptables -A FORWARD -p udp -j NFQUEUE --queue-num 0")
     for dev in devices:
         script.append(f"tc qdisc replace dev {dev} root tbf rate {rate_kbit:g}kbit burst 8kb latency 100ms")
@@ -304,8 +321,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         if args.browser:
             setups += [(f"Chromium, {name}", url, ["--browser"]) for name, url, flags in list(setups)
                        if "--no-fec" not in flags]
+        setups = [s for s in setups if not args.only or s[0] in args.only]
         for loss in args.loss:
-            impair(lab, router, devices, loss, args.rate_kbit)
+            impair(lab, router, devices, loss, args.rate_kbit, args.lossy)
             for name, url, flags in setups:
                 before = cap_drops(lab, router, devices)
                 out = _measure_in(lab, client, url, flags, args, env, token, metrics_token)
@@ -353,6 +371,9 @@ def main() -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--without-fec", action="store_true",
                         help="a third row: ooblex with RED/ULPFEC left out of the offer (NACKs only)")
+    parser.add_argument("--only", nargs="+", metavar="SETUP", help="only these rows, by setup name")
+    parser.add_argument("--lossy", choices=["both", "up", "down"], default="both",
+                        help="which way packets are lost: both, up (client to server) or down (server to client)")
     parser.add_argument("--browser", action="store_true",
                         help="two more rows: Chromium (/usr/bin/chromium, fake camera) publishing to each server")
     parser.add_argument("--no-fec", action="store_true", help=argparse.SUPPRESS)
