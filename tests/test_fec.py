@@ -298,9 +298,9 @@ async def test_chromium_and_the_gateway_exchange_parity_under_random_loss() -> N
 
     Chromium 156 does not count ULPFEC in ``fecPacketsReceived``: libwebrtc fills that field for video
     from a FlexFEC receive stream only (and Chromium offers FlexFEC only behind a field trial), so with
-    RED/ULPFEC the field is absent. That Chromium uses the gateway's parity is what
-    ``test_chromium_rebuilds_packets_from_the_gateways_parity`` shows (withheld packets, no keyframe
-    request); here the inbound counters are only printed, and the picture must keep going."""
+    RED/ULPFEC the field is absent; where a Chromium has it, it must be above 0. That Chromium uses the
+    gateway's parity is what ``test_chromium_rebuilds_packets_from_the_gateways_parity`` shows (withheld
+    packets, no keyframe request); here the picture must keep going."""
     from playwright.async_api import async_playwright
 
     from ooblex.gateway.demo import demo_threads
@@ -328,6 +328,8 @@ async def test_chromium_and_the_gateway_exchange_parity_under_random_loss() -> N
                 assert parity > 100, "the gateway sent Chromium too little parity under 5 % loss"
                 assert end["malformed"] == 0
                 assert moved["packetsLost"] > 0 and moved["framesDecoded"] > 10 * 10, moved
+                if "fecPacketsReceived" in after:  # a Chromium that counts ULPFEC must count the gateway's
+                    assert after["fecPacketsReceived"] > 0, after
             finally:
                 await browser.close()
 
