@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
@@ -188,6 +189,11 @@ async def test_lost_packets_are_rebuilt_both_ways_through_the_gateway() -> None:
             assert ours["malformed"] == theirs["malformed"] == 0
             assert ours["peer_loss"] > 0.01 and theirs["peer_loss"] > 0.01, "reports did not show the loss"
             assert numbers == sorted(numbers), "frames came back out of order"
+            async with httpx.AsyncClient(timeout=10) as http:
+                text = (await http.get(gw.url + "/metrics")).text
+            scraped = {line.split('measure="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                       for line in text.splitlines() if line.startswith("ooblex_fec{")}
+            assert scraped["parity_sent"] >= theirs["parity_sent"] > 0 and scraped["peer_loss"] > 0.01, scraped
 
 
 async def test_stock_aiortc_peer_gets_no_red() -> None:
