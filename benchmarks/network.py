@@ -220,7 +220,7 @@ def _browser_row(first: dict, last: dict, times: list[float], answer: str) -> di
     return {"fps": round(len(times) / span, 1),
             "freeze_pct": round(100 * sum(g for g in gaps if g > FREEZE_S) / span, 1),
             "longest_gap_ms": round(max(gaps) * 1e3), "freezes_ms": [round(g * 1e3) for g in gaps if g > FREEZE_S],
-            "rtt_p50_ms": float("nan"), "rtt_p99_ms": float("nan"),
+            "rtt_p50_ms": None, "rtt_p99_ms": None,
             "kbit_up": round((last["sent"] - first["sent"]) * 8 / span / 1e3),
             "kbit_down": round((last["received"] - first["received"]) * 8 / span / 1e3),
             "jitter_buffer_ms": round(1e3 * moved.get("jitterBufferDelay", 0) / emitted, 1) if emitted else None,
@@ -357,7 +357,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             lines.append(f"| {r['loss_pct']:g} | {r['setup']} | failed: {r['error']} | | | | | | |")
             continue
         lines.append(f"| {r['loss_pct']:g} | {r['setup']} | {r['fps']} | {r['freeze_pct']} | {r['longest_gap_ms']} "
-                     f"| {r['rtt_p50_ms']} | {r['rtt_p99_ms']} | {r['kbit_up']} | {r['kbit_down']} |")
+                     f"| {r['rtt_p50_ms'] or '-'} | {r['rtt_p99_ms'] or '-'} | {r['kbit_up']} | {r['kbit_down']} |")
     return "\n".join(lines)
 
 
