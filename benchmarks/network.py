@@ -4,7 +4,8 @@
                         (loss, delay, rate cap, both directions)
 
     sudo python benchmarks/network.py [--seconds 20] [--loss 0 1 3 5] [--delay-ms 40] [--jitter-ms 10]
-                                      [--rate-kbit 1500] [--without-fec] [--json rows.json]
+                                      [--rate-kbit 1500] [--without-fec] [--browser] [--lossy both|up|down]
+                                      [--only SETUP ...] [--json rows.json]
 
 Three network namespaces; the router forwards UDP through:
 - random loss: ``iptables -m statistic --mode random --probability P -j DROP`` (each direction);
@@ -19,6 +20,14 @@ client). The client sends frame-numbered
 of the time covered by gaps of more than 200 ms between returned frames), round trip p50/p99
 (numbered frames from leaving the client's track to decoded back), and the bitrate up and
 down (all the client's transport bytes: media, retransmissions, RTCP). Needs root (``ip netns``), iptables and tc.
+
+``--browser`` adds two rows with Chromium (``/usr/bin/chromium`` through Playwright) as the client,
+publishing its fake camera (640x480, 30 fps) to each server and playing what comes back: freeze % and
+longest gap from the returned frames' presentation times (``requestVideoFrameCallback``), Chromium's
+inbound-rtp counters (packets lost, NACKs, PLIs, its jitter buffer's mean delay, ``fecPacketsReceived``
+where Chromium has it) and, for the gateway, its ``ooblex_fec`` metric: parity sent to Chromium, packets
+rebuilt from Chromium's parity, the loss Chromium reports. No round trip: the fake camera's frames are
+not numbered.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from tests.netlab import Lab  # noqa: E402
 
 SERVER, CLIENT = "10.30.2.2", "10.30.1.2"
+CHROMIUM = "/usr/bin/chromium"
 GATEWAY_PORT, BASELINE_PORT = 8800, 8801
 FREEZE_S = 0.2
 
@@ -103,6 +113,120 @@ async def measure(url: str, stock: bool, seconds: float, warmup: float = 4.0, fe
             "kbit_down": round((bytes1[1] - bytes0[1]) * 8 / (end - start) / 1e3), **recovery}
 
 
+#: Chromium in the client namespace: fake camera (640x480, 30 fps), the lab's plain-HTTP server origin treated as
+#: secure (getUserMedia needs a secure context), video played without a user gesture.
+CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+                  "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
+                  "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+#: Publishes the fake camera over WHIP (POST from the page: same origin), plays what comes back and notes
+#: each returned frame's presentation time (``requestVideoFrameCallback``).
+BROWSER_PUBLISH = """async ([path, token]) => {
+  const camera = await navigator.mediaDevices.getUserMedia({video: {width: 640, height: 480, frameRate: 30}});
+  const pc = window.__pc = new RTCPeerConnection();
+  window.__frames = [];
+  pc.addTransceiver(camera.getVideoTracks()[0], {direction: 'sendrecv'});
+  pc.ontrack = (e) => {
+    const video = document.createElement('video');
+    video.muted = true; video.autoplay = true; video.playsInline = true;
+    video.srcObject = new MediaStream([e.track]);
+    document.body.appendChild(video);
+    const note = (now) => { window.__frames.push(now); video.requestVideoFrameCallback(note); };
+    video.requestVideoFrameCallback(note);
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => { if (pc.iceGatheringState === 'complete') done();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && done(); });
+  const headers = {'Content-Type': 'application/sdp'};
+  if (token) headers.Authorization = 'Bearer ' + token;
+  const r = await fetch(path, {method: 'POST', headers, body: pc.localDescription.sdp});
+  if (r.status !== 201) throw new Error('WHIP ' + r.status + ': ' + await r.text());
+  window.__resource = [new URL(r.headers.get('Location'), location.href).href, headers];
+  const answer = await r.text();
+  await pc.setRemoteDescription({type: 'answer', sdp: answer});
+  return answer;
+}"""
+#: Ends the session the WHIP way (DELETE of its resource), so that the server closes it at once.
+BROWSER_HANG_UP = """async () => { const [url, headers] = window.__resource; window.__pc.close();
+  await fetch(url, {method: 'DELETE', headers: {Authorization: headers.Authorization || ''}}); }"""
+#: The returned video's inbound-rtp stats and the presentation times noted so far.
+BROWSER_STATS = """async () => { let inbound = null, sent = 0, received = 0;
+  for (const s of (await window.__pc.getStats()).values()) {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') inbound = s;
+    if (s.type === 'transport') { sent += s.bytesSent; received += s.bytesReceived; } }
+  return {inbound, sent, received, frames: window.__frames.length, now: performance.now()}; }"""
+#: Chromium's counters reported for the returned video (``fecPacketsReceived`` is absent unless Chromium has one).
+BROWSER_KEYS = ("framesDecoded", "packetsLost", "packetsReceived", "nackCount", "pliCount", "freezeCount",
+                "totalFreezesDuration", "fecPacketsReceived", "fecPacketsDiscarded", "jitterBufferDelay",
+                "jitterBufferEmittedCount")
+
+
+async def measure_browser(url: str, seconds: float, warmup: float = 4.0) -> dict:
+    """In the client namespace: Chromium publishes its fake camera and plays the returned video; one row."""
+    from urllib.parse import urlsplit
+
+    from playwright.async_api import async_playwright
+
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=[
+            *CHROMIUM_FLAGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"])
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{origin}/healthz")
+            answer = await page.evaluate(BROWSER_PUBLISH, [parts.path, os.environ.get("OOBLEX_TOKEN", "")])
+            await asyncio.sleep(warmup)
+            first, fec0 = await page.evaluate(BROWSER_STATS), await asyncio.to_thread(_gateway_fec, origin)
+            await asyncio.sleep(seconds)
+            last, fec1 = await page.evaluate(BROWSER_STATS), await asyncio.to_thread(_gateway_fec, origin)
+            times = await page.evaluate("([a, b]) => window.__frames.slice(a, b)", [first["frames"], last["frames"]])
+            await page.evaluate(BROWSER_HANG_UP)
+        finally:
+            await browser.close()
+    row = _browser_row(first, last, times, answer)
+    if fec1:
+        row["gateway_fec"] = {**{k: fec1[k] - fec0.get(k, 0) for k in ("parity_sent", "rebuilt")},
+                              "peer_loss": fec1["peer_loss"]}
+    return row
+
+
+def _gateway_fec(origin: str) -> dict:
+    """The gateway's FEC counters over its open sessions (``ooblex_fec`` in /metrics); {} from another server."""
+    import urllib.request
+
+    token = os.environ.get("OOBLEX_METRICS_TOKEN")
+    request = urllib.request.Request(f"{origin}/metrics", headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        text = urllib.request.urlopen(request, timeout=5).read().decode()
+    except OSError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("ooblex_fec{"):
+            measure = line.split('measure="', 1)[1].split('"', 1)[0]
+            values[measure] = float(line.rsplit(" ", 1)[1])
+    return values
+
+
+def _browser_row(first: dict, last: dict, times: list[float], answer: str) -> dict:
+    """Freeze share from the presentation times (ms, the page's clock), and how Chromium's counters moved."""
+    start, end = first["now"], last["now"]
+    edges = [start, *times, end]
+    gaps = [(b - a) / 1e3 for a, b in zip(edges, edges[1:], strict=False)]
+    span = (end - start) / 1e3
+    before, after = first["inbound"] or {}, last["inbound"] or {}
+    moved = {k: round(after[k] - before.get(k, 0), 3) for k in BROWSER_KEYS if k in after}
+    emitted = moved.get("jitterBufferEmittedCount", 0)
+    return {"fps": round(len(times) / span, 1),
+            "freeze_pct": round(100 * sum(g for g in gaps if g > FREEZE_S) / span, 1),
+            "longest_gap_ms": round(max(gaps) * 1e3), "freezes_ms": [round(g * 1e3) for g in gaps if g > FREEZE_S],
+            "rtt_p50_ms": None, "rtt_p99_ms": None,
+            "kbit_up": round((last["sent"] - first["sent"]) * 8 / span / 1e3),
+            "kbit_down": round((last["received"] - first["received"]) * 8 / span / 1e3),
+            "jitter_buffer_ms": round(1e3 * moved.get("jitterBufferDelay", 0) / emitted, 1) if emitted else None,
+            "fec_negotiated": "ulpfec/90000" in answer, "chromium": moved}
+
+
 def _recovery(pc) -> dict:
     """What the client's loss recovery did (ooblex client only): NACK retries, holes given up on or
     stepped over, parity sent and packets it rebuilt, and the encoder's bitrate at the end."""
@@ -139,11 +263,14 @@ def build(lab: Lab) -> tuple[str, str, str, list[str]]:
     return client, router, server, [towards_client, towards_server]
 
 
-def impair(lab: Lab, router: str, devices: list[str], loss_pct: float, rate_kbit: float) -> None:
-    """Loss (random drop) then delay (NFQUEUE 0) on forwarded UDP; a tbf rate cap on each link."""
+def impair(lab: Lab, router: str, devices: list[str], loss_pct: float, rate_kbit: float, lossy: str = "both") -> None:
+    """Loss (random drop; ``lossy``: on packets going ``up`` to the server, ``down`` to the client or ``both``)
+    then delay (NFQUEUE 0) on forwarded UDP; a tbf rate cap on each link."""
     script = ["iptables -F FORWARD"]
     if loss_pct:
-        script.append(f"iptables -A FORWARD -p udp -m statistic --mode random --probability {loss_pct / 100} -j DROP")
+        coming_in = {"up": f"-i {devices[0]} ", "down": f"-i {devices[1]} ", "both": ""}[lossy]
+        script.append(f"iptables -A FORWARD -p udp {coming_in}-m statistic --mode random "
+                      f"--probability {loss_pct / 100} -j DROP")
     script.append("iptables -A FORWARD -p udp -j NFQUEUE --queue-num 0")
     for dev in devices:
         script.append(f"tc qdisc replace dev {dev} root tbf rate {rate_kbit:g}kbit burst 8kb latency 100ms")
@@ -186,15 +313,20 @@ def run(args: argparse.Namespace) -> list[dict]:
         wait_http(lab, client, f"http://{SERVER}:{GATEWAY_PORT}/healthz")
         wait_http(lab, client, f"http://{SERVER}:{BASELINE_PORT}/healthz")
         token = mint("publish", thread="identity", secret=secret)
+        metrics_token = mint("control", secret=secret)
         setups = [("ooblex", f"http://{SERVER}:{GATEWAY_PORT}/whip/identity", []),
                   ("stock aiortc", f"http://{SERVER}:{BASELINE_PORT}/whip", ["--stock"])]
         if args.without_fec:
             setups.insert(1, ("ooblex, NACKs only", setups[0][1], ["--no-fec"]))
+        if args.browser:
+            setups += [(f"Chromium, {name}", url, ["--browser"]) for name, url, flags in list(setups)
+                       if "--no-fec" not in flags]
+        setups = [s for s in setups if not args.only or s[0] in args.only]
         for loss in args.loss:
-            impair(lab, router, devices, loss, args.rate_kbit)
+            impair(lab, router, devices, loss, args.rate_kbit, args.lossy)
             for name, url, flags in setups:
                 before = cap_drops(lab, router, devices)
-                out = _measure_in(lab, client, url, flags, args, env, token)
+                out = _measure_in(lab, client, url, flags, args, env, token, metrics_token)
                 row = {"loss_pct": loss, "setup": name, **out, "cap_drops": cap_drops(lab, router, devices) - before}
                 rows.append(row)
                 print(f"  {row}", flush=True)
@@ -202,9 +334,10 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def _measure_in(lab: Lab, ns: str, url: str, flags: list[str], args: argparse.Namespace, env: dict,
-                token: str) -> dict:
+                token: str, metrics_token: str) -> dict:
     proc = lab.spawn(ns, [sys.executable, __file__, "--measure", url, "--seconds", str(args.seconds), *flags],
-                     env={**env, "OOBLEX_TOKEN": token}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     env={**env, "OOBLEX_TOKEN": token, "OOBLEX_METRICS_TOKEN": metrics_token},
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=args.seconds + 120)
     if proc.returncode != 0:
         return {"error": err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"}
@@ -224,7 +357,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             lines.append(f"| {r['loss_pct']:g} | {r['setup']} | failed: {r['error']} | | | | | | |")
             continue
         lines.append(f"| {r['loss_pct']:g} | {r['setup']} | {r['fps']} | {r['freeze_pct']} | {r['longest_gap_ms']} "
-                     f"| {r['rtt_p50_ms']} | {r['rtt_p99_ms']} | {r['kbit_up']} | {r['kbit_down']} |")
+                     f"| {r['rtt_p50_ms'] or '-'} | {r['rtt_p99_ms'] or '-'} | {r['kbit_up']} | {r['kbit_down']} |")
     return "\n".join(lines)
 
 
@@ -238,6 +371,11 @@ def main() -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--without-fec", action="store_true",
                         help="a third row: ooblex with RED/ULPFEC left out of the offer (NACKs only)")
+    parser.add_argument("--only", nargs="+", metavar="SETUP", help="only these rows, by setup name")
+    parser.add_argument("--lossy", choices=["both", "up", "down"], default="both",
+                        help="which way packets are lost: both, up (client to server) or down (server to client)")
+    parser.add_argument("--browser", action="store_true",
+                        help="two more rows: Chromium (/usr/bin/chromium, fake camera) publishing to each server")
     parser.add_argument("--no-fec", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--measure", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--stock", action="store_true", help=argparse.SUPPRESS)
@@ -247,6 +385,9 @@ def main() -> int:
         from benchmarks.webrtc_rtt import serve_baseline
 
         serve_baseline(args.serve_baseline, host=SERVER)
+        return 0
+    if args.measure and args.browser:
+        print(json.dumps(asyncio.run(measure_browser(args.measure, args.seconds))))
         return 0
     if args.measure:
         print(json.dumps(asyncio.run(measure(args.measure, args.stock, args.seconds, fec=not args.no_fec))))

@@ -169,7 +169,13 @@ def test_nacks_retry_a_bounded_number_of_times(monkeypatch) -> None:
     nacks.add(RtpPacket(sequence_number=10))
     assert nacks.add(RtpPacket(sequence_number=13))       # 11 and 12 missing: NACKed once by aiortc
     assert nacks.due() == []                              # too soon to ask again
-    sent = 1
+    clock[0] += 0.75 * nacks.rtt
+    assert nacks.due() == [11, 12], "3/4 round trip after the first NACK (for aiortc senders)"
+    clock[0] += 0.3 * nacks.rtt
+    assert nacks.due() == [], "one round trip after the first: a browser would ignore it"
+    clock[0] += 0.06 * nacks.rtt
+    assert nacks.due() == [11, 12], "1.1 round trips after the first (for browsers)"
+    sent = 3
     for _ in range(10):
         clock[0] += nacks.rtt
         sent += bool(nacks.due())

@@ -17,6 +17,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from .. import routes
+from ..webrtc.protection import protection_stats
 from .auth import require_control
 from .state import Gateway, gateway
 
@@ -58,6 +59,7 @@ class GatewayCollector(Collector):
         for kind in ("whip", "whep"):
             sessions.add_metric([*me, kind], gw.sessions.count(kind))
         yield sessions
+        yield _fec(gw, me)
         yield _one(CounterMetricFamily("ooblex_sessions_rejected", "WebRTC sessions refused at the limit.",
                                        labels=["gateway"]), me, gw.sessions.rejected)
         yield _one(CounterMetricFamily("ooblex_sessions_evicted", "Unconnected WebRTC sessions closed to make room "
@@ -89,6 +91,18 @@ class GatewayCollector(Collector):
         poisoned = gw.engine.broker.poisoned.count
         yield _one(CounterMetricFamily("ooblex_broker_poisoned", "Broker messages dropped because they could "
                                        "not be decoded or handled.", labels=["gateway"]), me, poisoned)
+
+
+def _fec(gw: Gateway, me: list[str]) -> Metric:
+    """Forward error correction on the open sessions: whether parity goes out, and what it rebuilt."""
+    fec = GaugeMetricFamily("ooblex_fec", "Forward error correction on the open WebRTC sessions: parity packets "
+                            "sent, packets rebuilt from peers' parity, malformed packets dropped, highest loss "
+                            "rate a peer reports.", labels=["gateway", "measure"])
+    stats = [protection_stats(s.pc) for s in list(gw.sessions.items.values())]
+    for measure in ("parity_sent", "rebuilt", "malformed"):
+        fec.add_metric([*me, measure], sum(s[measure] for s in stats))
+    fec.add_metric([*me, "peer_loss"], max((s["peer_loss"] for s in stats), default=0.0))
+    return fec
 
 
 def _one(family: GaugeMetricFamily | CounterMetricFamily, labels: list[str], value: float) -> Metric:

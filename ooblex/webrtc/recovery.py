@@ -5,7 +5,7 @@ decoder raises, and forces a keyframe when it gets a PLI or FIR. What it lacks, 
 video freeze for seconds at a few per cent of loss:
 
 - **NACKs are sent once**: when the NACK or its retransmission is lost as well, the packet never
-  comes. ``RetryingNacks`` NACKs what is still missing again every 3/4 round trip (the round
+  comes. ``RetryingNacks`` NACKs what is still missing again 3/4 and 1.1 round trips later (the round
   trip is learnt from how long retransmissions take to arrive), up to ``MAX_NACKS`` times: more
   would flood a full link with retransmissions.
 - **The jitter buffer waits without limit** for a missing packet: every later frame is held
@@ -47,6 +47,12 @@ GIVE_UP_S = 1.0
 #: NACKs per missing packet at most (the first and the retries): past that, each retry is one
 #: more retransmission on a link that is probably full.
 MAX_NACKS = 4
+#: When a missing packet is NACKed again, in round trips after its first NACK: at 3/4 (aiortc resends
+#: on every NACK, and a retry sent before a lost retransmission was due saves time), then at 1.1,
+#: then 1.1 after each last one. The 1.1 is for browsers: libwebrtc ignores a NACK for a packet it
+#: resent less than a round trip (its estimate) ago, so there the 3/4 retry is dropped; with the next
+#: retry 3/4 after it, a lost retransmission was made good 2.5 round trips after the first NACK, now 2.1.
+RETRY_AT = (0.75, 1.1)
 #: While waiting for a keyframe, the PLI is repeated this often (it may be lost, too).
 PLI_REPEAT_S = 1.0
 H264_IDR, H264_SPS, H264_STAP_A, H264_FU_A = 5, 7, 24, 28
@@ -121,16 +127,21 @@ class RetryingNacks(NackGenerator):
         return missed
 
     def due(self) -> list[int]:
-        """Missing packets to NACK again now: 3/4 of a round trip since the last NACK, at most ``MAX_NACKS``."""
+        """Missing packets to NACK again now (``RETRY_AT``; at most ``MAX_NACKS`` NACKs, 20 ms apart or more)."""
         now = time.monotonic()
-        interval = max(0.02, 0.75 * self.rtt)
-        seqs = sorted(s for s in self.missing if s in self.last and now - self.last[s] >= interval
-                      and self.count[s] < MAX_NACKS)
+        seqs = sorted(s for s in self.missing if s in self.last and self.count[s] < MAX_NACKS
+                      and now - self.last[s] >= 0.02 and now >= self._retry_at(s))
         for seq in seqs:
             self.last[seq] = now
             self.count[seq] += 1
         self.retries += len(seqs)
         return seqs
+
+    def _retry_at(self, seq: int) -> float:
+        retried = self.count[seq] - 1
+        if retried < len(RETRY_AT):
+            return self.first[seq] + RETRY_AT[retried] * self.rtt
+        return self.last[seq] + RETRY_AT[-1] * self.rtt
 
 
 class RecoveringJitterBuffer(MarkerJitterBuffer):
@@ -242,7 +253,7 @@ def recover_losses(pc: RTCPeerConnection) -> int:
 
 
 def _nacking_again(receiver: Any, nacks: RetryingNacks, codec_of: Callable[[int], str | None]) -> Callable[..., Any]:
-    """The receiver's packet handler, followed by NACKs for packets still missing after 3/4 round trip.
+    """The receiver's packet handler, followed by NACKs for packets still missing (``RETRY_AT``).
 
     Retransmissions are kept out of the bitrate estimate (REMB): they carry the send time of the
     original packet, so the estimator would read their late arrival as a fast-draining queue and
