@@ -34,6 +34,11 @@ class InternalsError(RuntimeError):
     """An aiortc/aioice internal Ooblex relies on is missing or changed shape."""
 
 
+# Sources are read of functions only, never of classes: a class's goes through ast.parse, which on CPython
+# 3.11.7 races with any other thread's ast use (a traceback being formatted is one) and fails the start with
+# "SystemError: AST constructor recursion depth mismatch".
+
+
 def _params(func: Any) -> list[str]:
     return [p for p in inspect.signature(func).parameters if p != "self"]
 
@@ -77,8 +82,8 @@ def _static() -> dict[str, Callable[[], bool]]:
         # hotpath.py: replaces both, keeping what they read and call
         "aioice.ice.StunProtocol.datagram_received(data, addr) (receiver, local_candidate, transactions)":
             lambda: _params(ice.StunProtocol.datagram_received) == ["data", "addr"] and all(
-                n in inspect.getsource(ice.StunProtocol) for n in ("self.receiver", "self.local_candidate",
-                                                                   "self.transactions")),
+                n in inspect.getsource(ice.StunProtocol.datagram_received)
+                for n in ("self.receiver", "self.local_candidate", "self.transactions")),
         "aiortc.rtcrtpreceiver.decoder_worker(loop, input_q, output_q, decode_error), output_q the track's queue":
             lambda: _params(rtp_receiver.decoder_worker) == ["loop", "input_q", "output_q", "decode_error"]
             and "target=decoder_worker" in inspect.getsource(receiver.receive)
@@ -88,7 +93,7 @@ def _static() -> dict[str, Callable[[], bool]]:
         "aiortc.codecs.vpx (Vp8Encoder, VpxPayloadDescriptor, MAX_FRAME_RATE, number_of_threads)":
             lambda: all(hasattr(vpx, n) for n in ("Vp8Encoder", "VpxPayloadDescriptor", "MAX_FRAME_RATE",
                                                   "number_of_threads")),
-        "Vp8Encoder sets self.codec": lambda: "self.codec" in inspect.getsource(vpx.Vp8Encoder),
+        "Vp8Encoder sets self.codec": lambda: "self.codec" in inspect.getsource(vpx.Vp8Encoder.encode),
         "aiortc.mediastreams (VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, convert_timebase)":
             lambda: all(hasattr(media, n) for n in ("VIDEO_CLOCK_RATE", "VIDEO_TIME_BASE", "convert_timebase")),
     }
