@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -248,15 +251,10 @@ def lose_every(state: _Sender, nth: int, parity: bool) -> list[int]:
     return withheld
 
 
-@in_netns
-@pytest.mark.slow
-@pytest.mark.timeout(150)
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
-@pytest.mark.parametrize("parity", [True, False])
-async def test_chromium_rebuilds_packets_from_the_gateways_parity(parity: bool) -> None:
-    """Chromium (a stack we did not write) negotiates RED/ULPFEC through the demo page. The gateway
-    withholds every 20th video packet it sends back and never resends it: with parity, Chromium's
-    picture keeps going without a freeze or keyframe request; without (the control), it cannot."""
+@contextlib.asynccontextmanager
+async def chromium_publishing() -> AsyncIterator[tuple[Any, Any]]:
+    """A gateway with the demo threads and Chromium publishing to ``identity`` through the demo page (with
+    ``PEERS`` watching its peer connection): its page and the gateway's one session, once video comes back."""
     from playwright.async_api import async_playwright
 
     from ooblex.gateway.demo import demo_threads
@@ -271,25 +269,38 @@ async def test_chromium_rebuilds_packets_from_the_gateways_parity(parity: bool) 
                 await page.goto(f"{gw.url}/?thread=identity&autostart=1")
                 await until(page, "document.getElementById('output').videoWidth > 0")
                 [session] = gw.state.sessions.items.values()
-                answer = session.pc.localDescription.sdp
-                assert "red/90000" in answer and "ulpfec/90000" in answer, "Chromium did not negotiate RED/ULPFEC"
-                [video] = [t for t in session.pc.getTransceivers() if t.kind == "video"]
-                withheld = lose_every(video.sender._ooblex_protection, 20, parity)
-                before = await page.evaluate(INBOUND_VIDEO)
-                await asyncio.sleep(8)
-                after = await page.evaluate(INBOUND_VIDEO)
-                moved = change(before, after)
-                print(f"parity {parity}: {len(withheld)} packets withheld, chromium {moved}")
-                assert len(withheld) > 10
-                if parity:
-                    assert moved["framesDecoded"] > 8 * 10, "Chromium's picture stalled"
-                    # a withheld packet not rebuilt is never resent: Chromium would ask for a keyframe. One freeze
-                    # without one came in 1 run of 4-5 at load average 2-3 (the machine's, as in earlier code too)
-                    assert moved["pliCount"] == 0 and moved["freezeCount"] <= 1, moved
-                else:
-                    assert moved["pliCount"] > 0 or moved["framesDecoded"] < 8 * 5, moved
+                yield page, session
             finally:
                 await browser.close()
+
+
+@in_netns
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
+@pytest.mark.parametrize("parity", [True, False])
+async def test_chromium_rebuilds_packets_from_the_gateways_parity(parity: bool) -> None:
+    """Chromium (a stack we did not write) negotiates RED/ULPFEC through the demo page. The gateway
+    withholds every 20th video packet it sends back and never resends it: with parity, Chromium's
+    picture keeps going without a freeze or keyframe request; without (the control), it cannot."""
+    async with chromium_publishing() as (page, session):
+        answer = session.pc.localDescription.sdp
+        assert "red/90000" in answer and "ulpfec/90000" in answer, "Chromium did not negotiate RED/ULPFEC"
+        [video] = [t for t in session.pc.getTransceivers() if t.kind == "video"]
+        withheld = lose_every(video.sender._ooblex_protection, 20, parity)
+        before = await page.evaluate(INBOUND_VIDEO)
+        await asyncio.sleep(8)
+        after = await page.evaluate(INBOUND_VIDEO)
+        moved = change(before, after)
+        print(f"parity {parity}: {len(withheld)} packets withheld, chromium {moved}")
+        assert len(withheld) > 10
+        if parity:
+            assert moved["framesDecoded"] > 8 * 10, "Chromium's picture stalled"
+            # a withheld packet not rebuilt is never resent: Chromium would ask for a keyframe. One freeze
+            # without one came in 1 run of 4-5 at load average 2-3 (the machine's, as in earlier code too)
+            assert moved["pliCount"] == 0 and moved["freezeCount"] <= 1, moved
+        else:
+            assert moved["pliCount"] > 0 or moved["framesDecoded"] < 8 * 5, moved
 
 
 @in_netns
@@ -309,37 +320,22 @@ async def test_chromium_and_the_gateway_exchange_parity_under_random_loss() -> N
     RED/ULPFEC the field is absent; where a Chromium has it, it must be above 0. That Chromium uses the
     gateway's parity is what ``test_chromium_rebuilds_packets_from_the_gateways_parity`` shows (withheld
     packets, no keyframe request); here the picture must keep going."""
-    from playwright.async_api import async_playwright
-
-    from ooblex.gateway.demo import demo_threads
-
-    from .gateway_server import running_gateway
-    with running_gateway(threads=demo_threads()) as gw:
-        async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            try:
-                page = await browser.new_page()
-                await page.add_init_script(PEERS)
-                await page.goto(f"{gw.url}/?thread=identity&autostart=1")
-                await until(page, "document.getElementById('output').videoWidth > 0")
-                [session] = gw.state.sessions.items.values()
-                assert "ulpfec/90000" in session.pc.localDescription.sdp, "Chromium did not negotiate RED/ULPFEC"
-                await asyncio.to_thread(subprocess.run, drop(0.05), check=True)
-                start, before = protection_stats(session.pc), await page.evaluate(INBOUND_VIDEO)
-                await asyncio.sleep(10)
-                end, after = protection_stats(session.pc), await page.evaluate(INBOUND_VIDEO)
-                moved = change(before, after)
-                parity = end["parity_sent"] - start["parity_sent"]
-                print(f"gateway {end}, parity in 10 s {parity}, chromium {moved}, "
-                      f"fecPacketsReceived {after.get('fecPacketsReceived', 'absent')}")
-                assert 0.01 < end["peer_loss"] < 0.3, "Chromium's receiver reports did not show the loss"
-                assert parity > 100, "the gateway sent Chromium too little parity under 5 % loss"
-                assert end["malformed"] == 0
-                assert moved["packetsLost"] > 0 and moved["framesDecoded"] > 10 * 10, moved
-                if "fecPacketsReceived" in after:  # a Chromium that counts ULPFEC must count the gateway's
-                    assert after["fecPacketsReceived"] > 0, after
-            finally:
-                await browser.close()
+    async with chromium_publishing() as (page, session):
+        assert "ulpfec/90000" in session.pc.localDescription.sdp, "Chromium did not negotiate RED/ULPFEC"
+        await asyncio.to_thread(subprocess.run, drop(0.05), check=True)
+        start, before = protection_stats(session.pc), await page.evaluate(INBOUND_VIDEO)
+        await asyncio.sleep(10)
+        end, after = protection_stats(session.pc), await page.evaluate(INBOUND_VIDEO)
+        moved = change(before, after)
+        parity = end["parity_sent"] - start["parity_sent"]
+        print(f"gateway {end}, parity in 10 s {parity}, chromium {moved}, "
+              f"fecPacketsReceived {after.get('fecPacketsReceived', 'absent')}")
+        assert 0.01 < end["peer_loss"] < 0.3, "Chromium's receiver reports did not show the loss"
+        assert parity > 100, "the gateway sent Chromium too little parity under 5 % loss"
+        assert end["malformed"] == 0
+        assert moved["packetsLost"] > 0 and moved["framesDecoded"] > 10 * 10, moved
+        if "fecPacketsReceived" in after:  # a Chromium that counts ULPFEC must count the gateway's
+            assert after["fecPacketsReceived"] > 0, after
 
 
 @in_netns
