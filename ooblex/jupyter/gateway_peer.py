@@ -177,6 +177,9 @@ class PeerCall:
         except WebRTCError as exc:
             self.close()
             raise Unavailable(f"the gateway refused {self.label}: {exc}") from None
+        except BaseException:  # e.g. a gateway that cannot keep timestamps: no half-open connection stays
+            self.close()
+            raise
 
     async def _connect(self) -> None:
         url = self.dep.version_urls.get("whip")
