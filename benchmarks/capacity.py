@@ -4,6 +4,7 @@
     python benchmarks/capacity.py --quick        # shorter runs, fewer rows
     python benchmarks/capacity.py --ooblex-root /path/to/other/checkout   # the same for another version
     python benchmarks/capacity.py --picture photo    # camera-like content instead of noise
+    python benchmarks/capacity.py --clients replay   # clients that cost ~40 ms per stream-second (replay.py)
 
 Sections (each prints a table):
 1. Video encoders: CPU and wall ms per 640x480 frame, bitrate and PSNR of aiortc's VP8/H.264
@@ -17,7 +18,9 @@ Sections (each prints a table):
    round trip timed by its number; the largest N with p99 <= 100 ms and < 1 % loss, for the ooblex
    gateway and for a stock aiortc server (``webrtc_rtt.serve_baseline``) in the same run. Gateway CPU
    ms per stream-second from /proc; the load generator runs in separate processes (2 streams each)
-   whose CPU is reported apart.
+   whose CPU is reported apart. ``--clients replay`` sends a pre-encoded VP8 loop and times the returned
+   frames by RTP timestamp, undecoded (``replay.py``): ~40 instead of ~200 ms of client CPU per
+   stream-second, so that one client core can load a gateway core to its limit.
 
 With two or more cores the gateway (and the stock server) is pinned to CPU 0 and the load generators
 (and py-spy) to the others (``taskset``; ``--pin SERVER_CPUS:CLIENT_CPUS`` to choose, ``--pin none`` for
@@ -55,6 +58,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
+import replay  # noqa: E402
 from webrtc_rtt import moving_picture, start  # noqa: E402
 
 from ooblex.tokens import mint  # noqa: E402
@@ -188,14 +192,23 @@ PICTURES = {"noise": moving_picture, "photo": panning_photo}
 
 
 async def loadgen(url: str, streams: int, seconds: float, warmup: float, viewers: str, token: str,
-                  codec: str = "vp8", picture: str = "noise") -> dict:
-    """``streams`` WHIP publishers (+ viewers per stream: "", "mjpeg", "whep"); round trips and loss."""
+                  codec: str = "vp8", picture: str = "noise", client_kind: str = "full") -> dict:
+    """``streams`` WHIP publishers (+ viewers per stream: "", "mjpeg", "whep"); round trips and loss.
+
+    ``client_kind`` "full" encodes, decodes and reads each frame's number; "replay" (``replay.py``, VP8
+    only) sends a pre-encoded loop and times the returned frames by RTP timestamp, undecoded."""
+    from ooblex import routes
     from ooblex.webrtc.client import ImageTrack, RoundTrips, WebRTCError, WhepClient, WhipClient
 
+    replaying = client_kind == "replay"
+    if replaying:
+        replay.install()
+        loop_frames = replay.loop_of_frames(PICTURES[picture]())
     clients, trips, extra, tasks, refused = [], [], [], [], 0
     for _ in range(streams):
-        track = ImageTrack(PICTURES[picture](), fps=30)
-        client = WhipClient(url, track, token=token, codec=codec)
+        track = replay.ReplayTrack(loop_frames) if replaying else ImageTrack(PICTURES[picture](), fps=30)
+        client = WhipClient(url, track, token=token, codec=codec,
+                            prefer=routes.PREFER_INPUT_TIMESTAMPS if replaying else None)
         try:
             await client.start()
         except WebRTCError as exc:  # 503 at capacity (or a failed negotiation): counted, not fatal
@@ -203,7 +216,7 @@ async def loadgen(url: str, streams: int, seconds: float, warmup: float, viewers
             refused += 1
             continue
         clients.append(client)
-        trips.append(RoundTrips(track))
+        trips.append(replay.ReplayTrips(track) if replaying else RoundTrips(track))
     for c, t in zip(clients, trips, strict=True):
         await c.wait_connected()
         tasks.append(asyncio.create_task(t.consume(c.remote)))
@@ -257,14 +270,16 @@ async def _mjpeg(url: str, token: str) -> None:
 
 
 def run_load(url: str, streams: int, seconds: float, server_pid: int, viewers: str = "",
-             profile: bool = False, per_process: int = 2, codec: str = "vp8", picture: str = "noise") -> dict:
+             profile: bool = False, per_process: int = 2, codec: str = "vp8", picture: str = "noise",
+             client_kind: str = "full") -> dict:
     """Load generators in their own processes; the server's CPU from /proc over the measured window."""
     token = mint("control")
     procs = []
     for i in range(0, streams, per_process):
         n = min(per_process, streams - i)
         out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-        argv = [sys.executable, __file__, "--loadgen", url, str(n), str(seconds), viewers, token, out, codec, picture]
+        argv = [sys.executable, __file__, "--loadgen", url, str(n), str(seconds), viewers, token, out, codec, picture,
+                client_kind]
         procs.append((subprocess.Popen(pinned(argv, "clients"), cwd=ROOT, stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, text=True), out))
     for p, _ in procs:
@@ -408,7 +423,8 @@ def run_all(args: argparse.Namespace) -> None:
         pid = servers.procs["ooblex"].pid
         secs = 6 if args.quick else args.seconds
         s = args.profile_streams
-        runs = {v: run_load(url, s, secs, pid, viewers=v, profile=(v == ""), codec=args.codec, picture=args.picture)
+        runs = {v: run_load(url, s, secs, pid, viewers=v, profile=(v == ""), codec=args.codec, picture=args.picture,
+                             client_kind=args.clients)
                 for v in ("", "mjpeg", "whep")}
         base = runs[""]
         print(f"## Where the gateway's CPU goes: {s} WHIP streams, 640x480@30 {args.codec.upper()}, identity, "
@@ -444,7 +460,7 @@ def run_all(args: argparse.Namespace) -> None:
             held[which] = 0
             for n in range(1, args.max_streams + 1):
                 r = run_load(servers.urls[which], n, secs, servers.procs[which].pid, codec=args.codec,
-                             picture=args.picture)
+                             picture=args.picture, client_kind=args.clients)
                 ok = r["p99"] <= P99_MAX_MS and r["loss_pct"] < LOSS_MAX_PCT and not r["refused"]
                 verdict = ("yes" if ok else "no") + (f" ({r['refused']} refused)" if r["refused"] else "")
                 print(f"| {which} | {n} | {r['p50']} | {r['p99']} | {r['loss_pct']} | {r['server_ms_per_frame']} | "
@@ -478,11 +494,15 @@ def main() -> int:
     parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="what the clients send and receive")
     parser.add_argument("--picture", choices=sorted(PICTURES), default="noise",
                         help="what the clients send: noise (the codecs' worst case) or a panning photo")
-    parser.add_argument("--loadgen", nargs=8, help=argparse.SUPPRESS)
+    parser.add_argument("--clients", choices=["full", "replay"], default="full",
+                        help="full: clients encode, decode and read frame numbers (~200 ms CPU per stream-second); "
+                             "replay: pre-encoded VP8, returned frames timed by RTP timestamp undecoded (streams "
+                             "held per gateway core on a machine with few cores)")
+    parser.add_argument("--loadgen", nargs=9, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loadgen:
-        url, n, seconds, viewers, token, out, codec, picture = args.loadgen
-        result = asyncio.run(loadgen(url, int(n), float(seconds), 3.0, viewers, token, codec, picture))
+        url, n, seconds, viewers, token, out, codec, picture, client_kind = args.loadgen
+        result = asyncio.run(loadgen(url, int(n), float(seconds), 3.0, viewers, token, codec, picture, client_kind))
         Path(out).write_text(json.dumps(result))
         return 0
     if not args.no_netns and os.environ.get("OOBLEX_IN_NETNS") != "1":
