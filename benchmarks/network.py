@@ -25,8 +25,10 @@ down (all the client's transport bytes: media, retransmissions, RTCP). Needs roo
 publishing its fake camera (640x480, 30 fps) to each server and playing what comes back: freeze % and
 longest gap from the returned frames' presentation times (``requestVideoFrameCallback``), Chromium's
 inbound-rtp counters (packets lost, NACKs, PLIs, its jitter buffer's mean delay, ``fecPacketsReceived``
-where Chromium has it) and, for the gateway, its ``ooblex_fec`` metric: parity sent to Chromium, packets
-rebuilt from Chromium's parity, the loss Chromium reports. No round trip: the fake camera's frames are
+where Chromium has it), its own video on the way up (``upstream``: packets sent and resent, and the loss
+the server's receiver reports gave it, from ``remote-inbound-rtp``) and, for the gateway, its
+``ooblex_fec`` metric: parity sent to Chromium, packets rebuilt from Chromium's parity, the loss Chromium
+reports. No round trip: the fake camera's frames are
 not numbered.
 """
 
@@ -149,11 +151,13 @@ BROWSER_PUBLISH = """async ([path, token]) => {
 BROWSER_HANG_UP = """async () => { const [url, headers] = window.__resource; window.__pc.close();
   await fetch(url, {method: 'DELETE', headers: {Authorization: headers.Authorization || ''}}); }"""
 #: The returned video's inbound-rtp stats and the presentation times noted so far.
-BROWSER_STATS = """async () => { let inbound = null, sent = 0, received = 0;
+BROWSER_STATS = """async () => { let inbound = null, outbound = null, remote = null, sent = 0, received = 0;
   for (const s of (await window.__pc.getStats()).values()) {
     if (s.type === 'inbound-rtp' && s.kind === 'video') inbound = s;
+    if (s.type === 'outbound-rtp' && s.kind === 'video') outbound = s;
+    if (s.type === 'remote-inbound-rtp' && s.kind === 'video') remote = s;
     if (s.type === 'transport') { sent += s.bytesSent; received += s.bytesReceived; } }
-  return {inbound, sent, received, frames: window.__frames.length, now: performance.now()}; }"""
+  return {inbound, outbound, remote, sent, received, frames: window.__frames.length, now: performance.now()}; }"""
 #: Chromium's counters reported for the returned video (``fecPacketsReceived`` is absent unless Chromium has one).
 BROWSER_KEYS = ("framesDecoded", "packetsLost", "packetsReceived", "nackCount", "pliCount", "freezeCount",
                 "totalFreezesDuration", "fecPacketsReceived", "fecPacketsDiscarded", "jitterBufferDelay",
@@ -224,7 +228,19 @@ def _browser_row(first: dict, last: dict, times: list[float], answer: str) -> di
             "kbit_up": round((last["sent"] - first["sent"]) * 8 / span / 1e3),
             "kbit_down": round((last["received"] - first["received"]) * 8 / span / 1e3),
             "jitter_buffer_ms": round(1e3 * moved.get("jitterBufferDelay", 0) / emitted, 1) if emitted else None,
-            "fec_negotiated": "ulpfec/90000" in answer, "chromium": moved}
+            "fec_negotiated": "ulpfec/90000" in answer, "chromium": moved, "upstream": _upstream(first, last)}
+
+
+def _upstream(first: dict, last: dict) -> dict:
+    """Chromium's video on the way up: packets sent and resent, and the loss the server's receiver reports
+    gave (``remote-inbound-rtp``: the lost count moved, and the last report's fraction)."""
+    out0, out1 = first.get("outbound") or {}, last.get("outbound") or {}
+    rem0, rem1 = first.get("remote") or {}, last.get("remote") or {}
+    sent = out1.get("packetsSent", 0) - out0.get("packetsSent", 0)
+    return {"packets_sent": sent,
+            "resent": out1.get("retransmittedPacketsSent", 0) - out0.get("retransmittedPacketsSent", 0),
+            "reported_lost": rem1.get("packetsLost", 0) - rem0.get("packetsLost", 0),
+            "reported_fraction": rem1.get("fractionLost")}
 
 
 def _recovery(pc) -> dict:

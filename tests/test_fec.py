@@ -104,6 +104,47 @@ def test_red_with_a_redundant_block_keeps_the_primary() -> None:
         red.unwrap(wrapped[:start + 3])
 
 
+class _AiortcReceiver:
+    """What ``_Transport`` needs of aiortc's receiver: its per-SSRC statistics and RTX map, and the packets."""
+
+    def __init__(self, rtx_ssrc: int) -> None:
+        from aiortc.rtcrtpreceiver import StreamStatistics
+
+        self._RTCRtpReceiver__remote_streams = {SSRC: StreamStatistics(90000)}
+        self._RTCRtpReceiver__rtx_ssrc = {rtx_ssrc: SSRC}
+        self.got: list[int] = []
+
+    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        self._RTCRtpReceiver__remote_streams[packet.ssrc].add(packet)
+        self.got.append(packet.sequence_number)
+
+
+async def test_reports_give_the_networks_loss_when_a_browser_resends_in_red() -> None:
+    """Chromium resends RED packets as RTX of RED: the resent packet is handed on, but counted in the
+    receiver reports as what it was on the network, lost; otherwise the sender would see no loss and send
+    no parity."""
+    from types import SimpleNamespace
+
+    from ooblex.webrtc.protection import _Receiver, _Transport
+
+    red_pt, rtx_pt, fec_pt, rtx_ssrc = 118, 119, 120, 0x5151
+    dtls = SimpleNamespace(_send_rtp=None, _handle_rtp_data=None, _rtp_header_extensions_map=extensions())
+    transport = _Transport(dtls)
+    aiortc_receiver = _AiortcReceiver(rtx_ssrc)
+    receiver = _Receiver(aiortc_receiver, red_pt, fec_pt, {rtx_pt}, 97)
+    transport.receivers = {red_pt: receiver, rtx_pt: receiver}
+    for seq in range(1, 11):
+        if seq != 5:
+            await transport.handle_rtp_data(red.wrap(packet(seq, 100), red_pt), 0)
+    lost = red.wrap(packet(5, 100), red_pt)
+    start = red.header_length(lost)
+    resent = (red.with_payload_type(lost[:2], rtx_pt) + (1).to_bytes(2, "big") + lost[4:8]
+              + rtx_ssrc.to_bytes(4, "big") + lost[12:start] + (5).to_bytes(2, "big") + lost[start:])
+    await transport.handle_rtp_data(resent, 0)
+    assert sorted(aiortc_receiver.got) == list(range(1, 11)), "the resent packet was not handed on"
+    assert aiortc_receiver._RTCRtpReceiver__remote_streams[SSRC].packets_lost == 1
+
+
 def test_protection_follows_the_reported_loss() -> None:
     assert group_size(0.0) == 0 and group_size(0.03) == 4 and group_size(0.5) == 2
     sender = _Sender(red_pt=123, fec_pt=124, media_pts={97}, rtx_pt=98)

@@ -16,8 +16,10 @@ rebuilt the moment the parity arrives; NACKs stay for what parity cannot repair.
   encoder's bitrate (REMB) is scaled down by the parity's share so the two fit the estimate.
 - **Receiving** (``_Receiver``). RED is unwrapped (also inside RTX), parity rebuilds what it can,
   and aiortc's receiver sees plain media packets; a parity packet becomes an empty packet in its
-  place so that it is not NACKed and its bytes count in the bitrate estimate. Rebuilt packets are
-  not counted as received in the receiver reports (loss there is the network's, as in browsers).
+  place so that it is not NACKed and its bytes count in the bitrate estimate. Rebuilt and resent
+  packets (RTX of RED, as Chromium resends) are not counted as received in the receiver reports: loss
+  there is the network's, as libwebrtc reports it, so that the sender's parity and its loss-based rate
+  control see the real loss.
 
 ``protect(pc)`` installs both on every video transceiver that negotiated RED and ULPFEC; call it
 after both descriptions are set, before media flows.
@@ -227,7 +229,8 @@ class _Receiver:
         self.malformed = 0
 
     def incoming(self, data: bytes, extensions: Any) -> list[tuple[RtpPacket, bool]]:
-        """(packet for aiortc's receiver, whether it was rebuilt) for one RED (or RTX of RED) packet."""
+        """(packet for aiortc's receiver, whether it is a repair: retransmitted or rebuilt) for one RED (or RTX
+        of RED) packet."""
         try:
             retransmitted = (data[1] & 0x7F) in self.rtx_pts
             if retransmitted:
@@ -244,7 +247,7 @@ class _Receiver:
             return []
         if retransmitted:
             packet.extensions.abs_send_time = None  # the original's send time: not for the estimator
-        return [(packet, False), *self._rebuilt(self.recovery.add_media(inner), extensions)]
+        return [(packet, retransmitted), *self._rebuilt(self.recovery.add_media(inner), extensions)]
 
     def _unwrap_rtx(self, data: bytes) -> bytes:
         start = red.header_length(data)
@@ -313,9 +316,9 @@ class _Transport:
         if receiver is None:
             await self._handle_rtp_data(data, arrival_time_ms)
             return
-        for packet, rebuilt in receiver.incoming(data, self.dtls._rtp_header_extensions_map):
+        for packet, repair in receiver.incoming(data, self.dtls._rtp_header_extensions_map):
             await receiver.receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)
-            if rebuilt:  # receiver reports give the network's loss, not what is left after repair
+            if repair:  # receiver reports give the network's loss, not what is left after repair
                 stats = internals.remote_streams(receiver.receiver).get(packet.ssrc)
                 if stats is not None:
                     stats.packets_received -= 1
