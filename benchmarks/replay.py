@@ -210,4 +210,3 @@ def install(bitrate: int = BITRATE) -> None:
     hotpath.install()  # first: it replaces the same decoder thread
     internals.replace(aiortc.rtcrtpreceiver, "decoder_worker", undecoded_worker)
     internals.replace(aiortc.rtcrtpreceiver, "RemoteBitrateEstimator", capped_estimator(bitrate))
-
