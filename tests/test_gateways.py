@@ -77,9 +77,14 @@ async def publish_to(lb: str, clients: list[Any]) -> Any:
 
 
 async def publish_on_both(lb: str, clients: list[Any]) -> None:
-    """Publishers through the balancer until both gateways hold a stream."""
+    """Publishers through the balancer until both gateways hold a stream, a second apart: under load a
+    gateway that has just started can miss two of HAProxy's health checks in a row, which takes it out of
+    the rotation until two pass (``check inter 1s fall 2 rise 2``); back-to-back publishers then all land
+    on the other one."""
     while len({c.stream_id.split(".")[0] for c in clients}) < 2:
         assert len(clients) < 6, "the balancer sent every session to one gateway"
+        if clients:
+            await asyncio.sleep(1.0)
         await publish_to(lb, clients)
 
 
