@@ -110,21 +110,26 @@ class _AiortcReceiver:
     def __init__(self, rtx_ssrc: int) -> None:
         from aiortc.rtcrtpreceiver import StreamStatistics
 
-        self._RTCRtpReceiver__remote_streams = {SSRC: StreamStatistics(90000)}
-        self._RTCRtpReceiver__rtx_ssrc = {rtx_ssrc: SSRC}
+        from ooblex.webrtc import internals
+
+        setattr(self, internals.REMOTE_STREAMS, {SSRC: StreamStatistics(90000)})
+        setattr(self, internals.RTX_SSRCS, {rtx_ssrc: SSRC})
         self.got: list[int] = []
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        self._RTCRtpReceiver__remote_streams[packet.ssrc].add(packet)
+        from ooblex.webrtc import internals
+
+        internals.remote_streams(self)[packet.ssrc].add(packet)
         self.got.append(packet.sequence_number)
 
 
 async def test_reports_give_the_networks_loss_when_a_browser_resends_in_red() -> None:
     """Chromium resends RED packets as RTX of RED: the resent packet is handed on, but counted in the
-    receiver reports as what it was on the network, lost; otherwise the sender would see no loss and send
-    no parity."""
+    receiver reports as what it was on the network, lost, as libwebrtc counts it; otherwise the sender hears
+    less loss than the network had."""
     from types import SimpleNamespace
 
+    from ooblex.webrtc import internals
     from ooblex.webrtc.protection import _Receiver, _Transport
 
     red_pt, rtx_pt, fec_pt, rtx_ssrc = 118, 119, 120, 0x5151
@@ -142,7 +147,7 @@ async def test_reports_give_the_networks_loss_when_a_browser_resends_in_red() ->
               + rtx_ssrc.to_bytes(4, "big") + lost[12:start] + (5).to_bytes(2, "big") + lost[start:])
     await transport.handle_rtp_data(resent, 0)
     assert sorted(aiortc_receiver.got) == list(range(1, 11)), "the resent packet was not handed on"
-    assert aiortc_receiver._RTCRtpReceiver__remote_streams[SSRC].packets_lost == 1
+    assert internals.remote_streams(aiortc_receiver)[SSRC].packets_lost == 1
 
 
 def test_protection_follows_the_reported_loss() -> None:
