@@ -3,7 +3,8 @@
     python benchmarks/capacity.py                # everything, ~6 min: the tables docs/performance.md shows
     python benchmarks/capacity.py --quick        # shorter runs, fewer rows
     python benchmarks/capacity.py --ooblex-root /path/to/other/checkout   # the same for another version
-    python benchmarks/capacity.py --picture photo    # camera-like content instead of noise
+    python benchmarks/capacity.py --picture photo    # a panning camera's content instead of noise
+    python benchmarks/capacity.py --picture webcam   # a fixed camera: a still scene, a moving part
     python benchmarks/capacity.py --clients replay   # clients that cost ~40 ms per stream-second (replay.py)
 
 Sections (each prints a table):
@@ -188,7 +189,29 @@ def panning_photo(width: int = 640, height: int = 480) -> Any:
     return next_image
 
 
-PICTURES = {"noise": moving_picture, "photo": panning_photo}
+def fixed_camera(width: int = 640, height: int = 480) -> Any:
+    """A fixed camera's content: the photo still, its middle (the face) moving as a person in front of a webcam
+    or a security camera does, and sensor noise of up to 2 levels everywhere. The movement repeats every
+    160 frames, as the pans do (``replay.loop_of_frames``)."""
+    import cv2
+
+    base = cv2.resize(cv2.imread(str(ROOT / "tests/data/one_face.jpg")), (width, height))[:, :, ::-1]
+    y0, x0, h, w = height // 48, width * 9 // 64, height * 2 // 3, width * 15 // 32  # head and shoulders: 31 %
+    part = base[y0:y0 + h, x0:x0 + w].copy()
+    noise = np.random.default_rng(0)
+    state = {"i": 0}
+
+    def next_image() -> np.ndarray:
+        state["i"] += 1
+        phase = 2 * np.pi * state["i"] / 160
+        dy, dx = round(8 * np.sin(2 * phase)), round(24 * np.sin(phase))
+        image = base.copy()
+        image[y0 + dy:y0 + dy + h, x0 + dx:x0 + dx + w] = part
+        return np.clip(image + noise.integers(-2, 3, image.shape), 0, 255).astype(np.uint8)
+    return next_image
+
+
+PICTURES = {"noise": moving_picture, "photo": panning_photo, "webcam": fixed_camera}
 
 
 async def loadgen(url: str, streams: int, seconds: float, warmup: float, viewers: str, token: str,
@@ -493,7 +516,8 @@ def main() -> int:
     parser.add_argument("--pin", help="SERVER_CPUS:CLIENT_CPUS for taskset -c (default 0:1-N with 2+ cores), or none")
     parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="what the clients send and receive")
     parser.add_argument("--picture", choices=sorted(PICTURES), default="noise",
-                        help="what the clients send: noise (the codecs' worst case) or a panning photo")
+                        help="what the clients send: noise (the codecs' worst case), a panning photo, or a fixed "
+                             "camera's picture (a still scene, a part moving)")
     parser.add_argument("--clients", choices=["full", "replay"], default="full",
                         help="full: clients encode, decode and read frame numbers (~200 ms CPU per stream-second); "
                              "replay: pre-encoded VP8, returned frames timed by RTP timestamp undecoded (streams "

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import replay  # noqa: E402
-from webrtc_rtt import moving_picture  # noqa: E402
+from capacity import PICTURES  # noqa: E402
 
 
 @pytest.mark.parametrize("offset", [0, 123_456_789, 2**32 - 1500])
@@ -42,10 +42,12 @@ def test_a_wrong_offset_is_not_kept_when_frames_are_evenly_spaced() -> None:
     assert learnt.value is None
 
 
-def test_the_loop_starts_on_its_only_keyframe_and_decodes_whole() -> None:
+@pytest.mark.parametrize("picture", sorted(PICTURES))
+def test_the_loop_starts_on_its_only_keyframe_and_decodes_whole(picture: str) -> None:
+    """Every picture the benchmark offers makes a seamless loop: no scene cut for the encoder to key on."""
     import av
 
-    frames = replay.loop_of_frames(moving_picture(), frames=160, warmup=10)
+    frames = replay.loop_of_frames(PICTURES[picture](), frames=160, warmup=10)
     decoder = av.CodecContext.create("vp8", "r")
     decoded = [f for data in frames + frames[:5] for f in decoder.decode(av.Packet(data))]
     assert len(frames) == 160 and len(decoded) == 165  # round the loop and on, nothing undecodable
