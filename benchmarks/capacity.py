@@ -177,7 +177,8 @@ class Servers:
 
 # --- load generator (a separate process) -----------------------------------------------------------
 def panning_photo(width: int = 640, height: int = 480) -> Any:
-    """A photo panning 4 px a frame: camera-like content (``moving_picture`` is noise, the codecs' worst case)."""
+    """A photo panning 4 px a frame: a panning camera's content (``moving_picture`` pans noise, which VP8's motion
+    search predicts exactly: the cheapest of the pictures for a gateway)."""
     import cv2
 
     base = cv2.resize(cv2.imread(str(ROOT / "tests/data/one_face.jpg")), (width, height))[:, :, ::-1]
@@ -516,7 +517,7 @@ def main() -> int:
     parser.add_argument("--pin", help="SERVER_CPUS:CLIENT_CPUS for taskset -c (default 0:1-N with 2+ cores), or none")
     parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="what the clients send and receive")
     parser.add_argument("--picture", choices=sorted(PICTURES), default="noise",
-                        help="what the clients send: noise (the codecs' worst case), a panning photo, or a fixed "
+                        help="what the clients send: panning noise (the default), a panning photo, or a fixed "
                              "camera's picture (a still scene, a part moving)")
     parser.add_argument("--clients", choices=["full", "replay"], default="full",
                         help="full: clients encode, decode and read frame numbers (~200 ms CPU per stream-second); "
