@@ -189,8 +189,8 @@ async def measure_browser(url: str, seconds: float, warmup: float = 4.0) -> dict
             await browser.close()
     row = _browser_row(first, last, times, answer)
     if fec1:
-        row["gateway_fec"] = {**{k: fec1[k] - fec0.get(k, 0) for k in ("parity_sent", "rebuilt")},
-                              "peer_loss": fec1["peer_loss"]}
+        counted = [k for k in ("parity_sent", "rebuilt", "nack_copies") if k in fec1]
+        row["gateway_fec"] = {**{k: fec1[k] - fec0.get(k, 0) for k in counted}, "peer_loss": fec1["peer_loss"]}
     return row
 
 

@@ -185,6 +185,24 @@ def test_protection_follows_the_reported_loss() -> None:
     assert rebuilt == [media[1]]
 
 
+def test_a_nack_and_its_copy_bring_one_retransmission(monkeypatch) -> None:
+    """A NACK's copy (``recovery.NACK_COPY_S`` later) asks for what the NACK already brought: one
+    retransmission; a retry 20 ms or more after the last resend brings another."""
+    from ooblex.webrtc import protection
+
+    clock = [100.0]
+    monkeypatch.setattr(protection.time, "monotonic", lambda: clock[0])
+    sender = _Sender(red_pt=123, fec_pt=124, media_pts={97}, rtx_pt=98)
+    wire = [int.from_bytes(sender.outgoing(packet(40 + i, 1000))[0][2:4], "big") for i in range(3)]
+    assert sender.to_resend([wire[0], wire[1]]) == [40, 41]
+    clock[0] += 0.005
+    assert sender.to_resend([wire[0], wire[1]]) == [], "the copy"
+    clock[0] += 0.01
+    assert sender.to_resend([wire[1], wire[2]]) == [42], "41 was resent 15 ms ago, 42 never"
+    clock[0] += 0.01
+    assert sender.to_resend([wire[0], wire[1]]) == [40, 41], "a retry 25 ms after the resend"
+
+
 async def test_red_and_ulpfec_only_where_asked() -> None:
     """Inside ``negotiating()`` an offer carries RED and ULPFEC; a plain aiortc peer's does not."""
     async def offer() -> str:

@@ -183,3 +183,28 @@ def test_nacks_retry_a_bounded_number_of_times(monkeypatch) -> None:
     clock[0] += 0.05
     nacks.add(RtpPacket(sequence_number=11))              # repaired: no longer asked for
     assert 11 not in nacks.missing and 11 not in nacks.count
+
+
+@pytest.mark.parametrize(("loss_back", "sent"), [(0.03, 2), (0.01, 1), (None, 1)])
+async def test_nacks_are_sent_twice_when_the_way_back_loses_packets(loss_back: float | None, sent: int) -> None:
+    """The peer's reports of our video say how lossy the way our NACKs take is: from 2 % each goes twice;
+    without protected video going back nothing says so, and each goes once."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from ooblex.webrtc import recovery
+
+    calls: list[tuple[int, list[int]]] = []
+
+    async def send_rtcp_nack(media_ssrc: int, lost: list[int]) -> None:
+        calls.append((media_ssrc, lost))
+
+    protection = None if loss_back is None else SimpleNamespace(loss=loss_back)
+    transceiver = SimpleNamespace(sender=SimpleNamespace(_ooblex_protection=protection))
+    receiver = SimpleNamespace(_send_rtcp_nack=send_rtcp_nack)
+    nacks = recovery.RetryingNacks()
+    send = recovery._copying_nacks(receiver, nacks, recovery._loss_back(transceiver))
+    await send(1234, [11, 12])
+    assert calls == [(1234, [11, 12])], "the first goes at once"
+    await asyncio.sleep(recovery.NACK_COPY_S + 0.05)
+    assert calls == [(1234, [11, 12])] * sent and nacks.copies == sent - 1

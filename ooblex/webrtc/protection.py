@@ -13,7 +13,9 @@ rebuilt the moment the parity arrives; NACKs stay for what parity cannot repair.
   packets, one per ``group_size(loss)`` packets, the loss being what the peer's receiver reports
   say. Parity needs sequence numbers among the media's, which aiortc's sender numbers itself, so
   packets are renumbered on the way out and NACKs and retransmissions (RTX) are mapped back. The
-  encoder's bitrate (REMB) is scaled down by the parity's share so the two fit the estimate.
+  encoder's bitrate (REMB) is scaled down by the parity's share so the two fit the estimate. A
+  packet NACKed again right after it was resent is not resent again (``RESEND_GUARD_S``): that is a
+  NACK's copy (``recovery``), asking for what the first one brought.
 - **Receiving** (``_Receiver``). RED is unwrapped (also inside RTX), parity rebuilds what it can,
   and aiortc's receiver sees plain media packets; a parity packet becomes an empty packet in its
   place so that it is not NACKed and its bytes count in the bitrate estimate. Rebuilt and resent
@@ -31,6 +33,7 @@ import contextlib
 import copy
 import logging
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -64,6 +67,9 @@ REMEMBER = 1024
 #: ones parity could not rebuild, and a lost retransmission costs another round trip (a freeze, at
 #: ~100 ms round trips over two hops). Twice costs the loss rate in bandwidth again (~3 %).
 DOUBLE_RTX = 0.02
+#: A packet NACKed within this of its last resend is not resent again: a NACK and its copy, sent
+#: ``recovery.NACK_COPY_S`` apart (network jitter on top), ask once. Retries come 20 ms apart or more.
+RESEND_GUARD_S = 0.02
 #: Packets a loss estimate is taken over at least (about a second of 640x480 video).
 LOSS_WINDOW = 100
 
@@ -135,6 +141,7 @@ class _Sender:
         self.next_seq = random.randrange(1 << 16)
         self.wire_of: OrderedDict[int, int] = OrderedDict()  # aiortc's sequence number -> ours
         self.original_of: dict[int, int] = {}
+        self.resent_at: dict[int, float] = {}  # aiortc's sequence number -> when last NACKed and resent
         self.frame: list[bytes] = []
         self.loss = 0.0
         self._mark: tuple[int, int] | None = None  # (highest sequence, cumulative lost) at the last estimate
@@ -161,6 +168,20 @@ class _Sender:
     def originals(self, wire: list[int]) -> list[int]:
         """aiortc's sequence numbers for NACKed ones (parity packets are not resent)."""
         return [self.original_of[s] for s in wire if s in self.original_of]
+
+    def to_resend(self, wire: list[int]) -> list[int]:
+        """``originals`` of NACKed numbers, less those resent within ``RESEND_GUARD_S`` (a NACK's copy)."""
+        now = time.monotonic()
+        resend = []
+        for original in self.originals(wire):
+            last = self.resent_at.pop(original, None)  # popped and put back: the newest stay last
+            if last is None or now - last >= RESEND_GUARD_S:
+                resend.append(original)
+                last = now
+            self.resent_at[original] = last
+        while len(self.resent_at) > REMEMBER:
+            del self.resent_at[next(iter(self.resent_at))]
+        return resend
 
     def note_report(self, highest: int, lost: int) -> None:
         """A receiver report's extended highest sequence number and cumulative loss. The loss rate is
@@ -360,7 +381,7 @@ def _protect_sender(transport: _Transport, sender: Any, red_pt: int, fec_pt: int
     async def handle_rtcp(packet: Any) -> None:
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             packet = copy.copy(packet)
-            packet.lost = state.originals(packet.lost)
+            packet.lost = state.to_resend(packet.lost)
         elif isinstance(packet, RtcpRrPacket | RtcpSrPacket):
             for report in packet.reports:
                 if report.ssrc == sender._ssrc:
@@ -384,8 +405,9 @@ def _share_bitrate(sender: Any, packet: RtcpPsfbPacket, share: float) -> None:
 
 
 def protection_stats(pc: RTCPeerConnection) -> dict[str, float]:
-    """What forward error correction did on ``pc``: parity sent, packets rebuilt, loss last reported."""
-    sent = rebuilt = malformed = 0
+    """What forward error correction did on ``pc``: parity sent, packets rebuilt, loss last reported, and
+    NACKs sent twice for that loss (``recovery``)."""
+    sent = rebuilt = malformed = copies = 0
     loss = 0.0
     for transceiver in pc.getTransceivers():
         sender = getattr(transceiver.sender, "_ooblex_protection", None)
@@ -396,4 +418,6 @@ def protection_stats(pc: RTCPeerConnection) -> dict[str, float]:
         if receiver is not None:
             rebuilt += receiver.recovery.rebuilt
             malformed += receiver.malformed
-    return {"parity_sent": sent, "rebuilt": rebuilt, "malformed": malformed, "peer_loss": round(loss, 4)}
+        copies += getattr(getattr(transceiver.receiver, internals.NACKS, None), "copies", 0)
+    return {"parity_sent": sent, "rebuilt": rebuilt, "malformed": malformed, "peer_loss": round(loss, 4),
+            "nack_copies": copies}

@@ -16,12 +16,18 @@ video freeze for seconds at a few per cent of loss:
 
 - **Retransmissions feed the bitrate estimate** (REMB) with the send time of the original packet,
   which reads as a draining queue while the link loses packets; they are left out of it.
+- **A lost NACK costs a round trip**: the packet is asked for again only when a retry is due (1.1
+  round trips, for browsers). When the peer reports loss on the way our NACKs take (its receiver
+  reports of our video, ``protection``), each NACK is sent twice, ``NACK_COPY_S`` apart. A browser
+  ignores the copy when the first arrived (libwebrtc resends a packet at most once a round trip), and
+  the gateway's own senders do the same (``protection.RESEND_GUARD_S``).
 
-``recover_losses(pc)`` puts all three on every video receiver of ``pc`` (after ``low_latency``).
+``recover_losses(pc)`` puts all four on every video receiver of ``pc`` (after ``low_latency``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -53,6 +59,11 @@ MAX_NACKS = 4
 #: resent less than a round trip (its estimate) ago, so there the 3/4 retry is dropped; with the next
 #: retry 3/4 after it, a lost retransmission was made good 2.5 round trips after the first NACK, now 2.1.
 RETRY_AT = (0.75, 1.1)
+#: From this loss on the way back (the peer's reports of our video), each NACK is sent twice: as
+#: retransmissions are from ``protection.DOUBLE_RTX`` on. A NACK is ~50 bytes.
+COPY_NACKS_FROM = 0.02
+#: How long after a NACK its copy goes: apart, so that one burst does not take both.
+NACK_COPY_S = 0.005
 #: While waiting for a keyframe, the PLI is repeated this often (it may be lost, too).
 PLI_REPEAT_S = 1.0
 H264_IDR, H264_SPS, H264_STAP_A, H264_FU_A = 5, 7, 24, 28
@@ -106,6 +117,7 @@ class RetryingNacks(NackGenerator):
         self.last: dict[int, float] = {}   # seq -> when last NACKed
         self.count: dict[int, int] = {}    # seq -> NACKs sent
         self.retries = 0
+        self.copies = 0                    # NACKs sent twice (``COPY_NACKS_FROM``)
 
     def add(self, packet: RtpPacket) -> bool:
         now = time.monotonic()
@@ -248,9 +260,41 @@ def recover_losses(pc: RTCPeerConnection) -> int:
         nacks = RetryingNacks()
         internals.set_nack_generator(receiver, nacks)
         internals.replace(receiver, "_handle_rtp_packet", _nacking_again(receiver, nacks, codec_of))
+        internals.replace(receiver, "_send_rtcp_nack", _copying_nacks(receiver, nacks, _loss_back(transceiver)))
         changed += 1
     return changed
 
+
+def _loss_back(transceiver: Any) -> Callable[[], float]:
+    """The loss the peer reports of our video on ``transceiver``: the loss on the way our NACKs take (0
+    without protected video going back, ``protection``: then nothing says the way back is lossy)."""
+    def loss() -> float:
+        sender = getattr(transceiver.sender, "_ooblex_protection", None)
+        return sender.loss if sender is not None else 0.0
+    return loss
+
+
+_copies: set[asyncio.Task[None]] = set()
+
+
+def _copying_nacks(receiver: Any, nacks: RetryingNacks, loss_back: Callable[[], float]) -> Callable[..., Any]:
+    """The receiver's NACK sender, sending each NACK again ``NACK_COPY_S`` later from ``COPY_NACKS_FROM``
+    loss on the way back."""
+    send = receiver._send_rtcp_nack
+
+    async def copy_later(media_ssrc: int, lost: list[int]) -> None:
+        await asyncio.sleep(NACK_COPY_S)
+        await send(media_ssrc, lost)
+
+    @functools.wraps(send)
+    async def send_and_copy(media_ssrc: int, lost: list[int]) -> None:
+        await send(media_ssrc, lost)
+        if loss_back() >= COPY_NACKS_FROM:
+            nacks.copies += 1
+            task = asyncio.ensure_future(copy_later(media_ssrc, list(lost)))
+            _copies.add(task)
+            task.add_done_callback(_copies.discard)
+    return send_and_copy
 
 def _nacking_again(receiver: Any, nacks: RetryingNacks, codec_of: Callable[[int], str | None]) -> Callable[..., Any]:
     """The receiver's packet handler, followed by NACKs for packets still missing (``RETRY_AT``).
