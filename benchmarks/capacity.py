@@ -191,7 +191,7 @@ def panning_photo(width: int = 640, height: int = 480) -> Any:
 
 
 def fixed_camera(width: int = 640, height: int = 480) -> Any:
-    """A fixed camera's content: the photo still, its middle (the face) moving as a person in front of a webcam
+    """A fixed camera's content: the photo still, its head and shoulders moving as a person in front of a webcam
     or a security camera does, and sensor noise of up to 2 levels everywhere. The movement repeats every
     160 frames, as the pans do (``replay.loop_of_frames``)."""
     import cv2

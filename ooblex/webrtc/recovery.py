@@ -296,6 +296,7 @@ def _copying_nacks(receiver: Any, nacks: RetryingNacks, loss_back: Callable[[], 
             task.add_done_callback(_copies.discard)
     return send_and_copy
 
+
 def _nacking_again(receiver: Any, nacks: RetryingNacks, codec_of: Callable[[int], str | None]) -> Callable[..., Any]:
     """The receiver's packet handler, followed by NACKs for packets still missing (``RETRY_AT``).
 
