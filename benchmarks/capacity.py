@@ -78,13 +78,12 @@ def pinned(argv: list[str], role: str) -> list[str]:
 # --- 1. encoders ------------------------------------------------------------------------------
 def encoder_table(frames: int = 90) -> list[dict[str, Any]]:
     import av
-    import cv2
     from aiortc.codecs.h264 import H264Encoder
     from aiortc.codecs.vpx import Vp8Encoder
 
     from ooblex.webrtc.encoders import SPEEDS, encoder_for
 
-    photo = cv2.resize(cv2.imread(str(ROOT / "tests/data/one_face.jpg")), (640, 480))[:, :, ::-1]
+    photo = shipped_photo()
     clip = []
     for i in range(frames):
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.roll(photo, i * 4, axis=1)), format="rgb24")
@@ -176,12 +175,17 @@ class Servers:
 
 
 # --- load generator (a separate process) -----------------------------------------------------------
+def shipped_photo(width: int = 640, height: int = 480) -> np.ndarray:
+    """The shipped test photo (a face, a background) as RGB at ``width`` x ``height``."""
+    import cv2
+
+    return cv2.resize(cv2.imread(str(ROOT / "tests/data/one_face.jpg")), (width, height))[:, :, ::-1]
+
+
 def panning_photo(width: int = 640, height: int = 480) -> Any:
     """A photo panning 4 px a frame: a panning camera's content (``moving_picture`` pans noise, which VP8's motion
     search predicts exactly: the cheapest of the pictures for a gateway)."""
-    import cv2
-
-    base = cv2.resize(cv2.imread(str(ROOT / "tests/data/one_face.jpg")), (width, height))[:, :, ::-1]
+    base = shipped_photo(width, height)
     state = {"i": 0}
 
     def next_image() -> np.ndarray:
@@ -194,9 +198,7 @@ def fixed_camera(width: int = 640, height: int = 480) -> Any:
     """A fixed camera's content: the photo still, its head and shoulders moving as a person in front of a webcam
     or a security camera does, and sensor noise of up to 2 levels everywhere. The movement repeats every
     160 frames, as the pans do (``replay.loop_of_frames``)."""
-    import cv2
-
-    base = cv2.resize(cv2.imread(str(ROOT / "tests/data/one_face.jpg")), (width, height))[:, :, ::-1]
+    base = shipped_photo(width, height)
     y0, x0, h, w = height // 48, width * 9 // 64, height * 2 // 3, width * 15 // 32  # head and shoulders: 31 %
     part = base[y0:y0 + h, x0:x0 + w].copy()
     noise = np.random.default_rng(0)
