@@ -189,7 +189,7 @@ async def measure_browser(url: str, seconds: float, warmup: float = 4.0) -> dict
             await browser.close()
     row = _browser_row(first, last, times, answer)
     if fec1:
-        counted = [k for k in ("parity_sent", "rebuilt", "nack_copies") if k in fec1]
+        counted = [k for k in ("parity_sent", "rebuilt", "nack_copies", "tail_probes") if k in fec1]
         row["gateway_fec"] = {**{k: fec1[k] - fec0.get(k, 0) for k in counted}, "peer_loss": fec1["peer_loss"]}
     return row
 

@@ -175,7 +175,9 @@ def test_nacks_retry_a_bounded_number_of_times(monkeypatch) -> None:
     assert nacks.due() == [], "one round trip after the first: a browser would ignore it"
     clock[0] += 0.06 * nacks.rtt
     assert nacks.due() == [11, 12], "1.1 round trips after the first (for browsers)"
-    sent = 3
+    clock[0] += 0.25 * nacks.rtt
+    assert nacks.due() == [11, 12], "1.35 round trips after the first (for browsers, when the 1.1 was early)"
+    sent = 4
     for _ in range(10):
         clock[0] += nacks.rtt
         sent += bool(nacks.due())
@@ -183,6 +185,121 @@ def test_nacks_retry_a_bounded_number_of_times(monkeypatch) -> None:
     clock[0] += 0.05
     nacks.add(RtpPacket(sequence_number=11))              # repaired: no longer asked for
     assert 11 not in nacks.missing and 11 not in nacks.count
+
+
+class _Libwebrtc:
+    """A sender as libwebrtc resends (pure logic): a NACKed packet again only once its round-trip
+    estimate + 5 ms has passed since it last sent it (``RtpPacketHistory::VerifyRtt``)."""
+
+    def __init__(self, rtt: float) -> None:
+        self.guard, self.last_sent = rtt + 0.005, None
+
+    def nacked(self, at: float) -> bool:
+        if self.last_sent is not None and at - self.last_sent < self.guard:
+            return False
+        self.last_sent = at
+        return True
+
+
+@pytest.mark.parametrize("back_ms", [50, 40, 30, 20])
+def test_a_lost_retransmission_is_asked_for_again_in_time_for_libwebrtc(monkeypatch, back_ms: float) -> None:
+    """The first NACK crosses in 50 ms, its retransmission is lost; the retries cross in ``back_ms`` (the
+    path's jitter). Whichever retry libwebrtc takes first, the packet comes within 2.5 round trips."""
+    from aiortc.rtp import RtpPacket
+
+    from ooblex.webrtc import recovery
+
+    clock = [0.0]
+    monkeypatch.setattr(recovery.time, "monotonic", lambda: clock[0])
+    rtt, one_way = 0.09, 0.045
+    nacks, sender = recovery.RetryingNacks(), _Libwebrtc(rtt)
+    nacks.rtt = rtt
+    nacks.add(RtpPacket(sequence_number=10))
+    assert nacks.add(RtpPacket(sequence_number=12))       # 11 missing: the first NACK, at 0
+    assert sender.nacked(0.05)                            # resent, and that is lost
+    arrives = None
+    while clock[0] < 1.0 and arrives is None:
+        clock[0] += 0.005                                 # a packet of the stream every 5 ms
+        if 11 in nacks.due() and sender.nacked(clock[0] + back_ms / 1000):
+            arrives = clock[0] + back_ms / 1000 + one_way
+    assert arrives is not None and arrives <= 2.5 * rtt, f"made good at {arrives}"
+
+
+def _tail_probe():
+    """A ``TailProbe`` on a fresh ``RetryingNacks``, the NACKs it sends, and a way to receive a packet."""
+    from aiortc.rtp import RtpPacket
+
+    from ooblex.webrtc import recovery
+
+    nacks, sent = recovery.RetryingNacks(), []
+
+    async def send(lost: list[int]) -> None:
+        sent.append(lost)
+
+    tail = recovery.TailProbe(nacks, send)
+
+    def receive(seq: int, marker: bool = False, payload: bytes = b"vp8") -> None:
+        packet = RtpPacket(sequence_number=seq, marker=int(marker), payload=payload)
+        nacks.add(packet)
+        if seq == nacks.max_seq:
+            tail.saw(packet)
+    return nacks, tail, sent, receive
+
+
+async def test_the_rest_of_a_frame_that_stopped_arriving_is_nacked() -> None:
+    """A frame's packets came 2 ms apart, then stopped without the marker: its next packet is NACKed once the
+    wait is over, long before the next frame would have shown the loss; then retried as any other."""
+    import asyncio
+
+    from ooblex.webrtc import recovery
+
+    nacks, tail, sent, receive = _tail_probe()
+    for seq in (100, 101, 102):
+        receive(seq)
+        await asyncio.sleep(0.002)
+    assert recovery.TAIL_WAIT_S[0] <= tail.wait() < recovery.TAIL_WAIT_S[1]
+    await asyncio.sleep(recovery.TAIL_WAIT_S[1] + 0.01)
+    assert sent == [[103]] and 103 in nacks.missing and nacks.probes == 1
+    receive(104, marker=True)                             # 103 was lost: no second NACK for it now
+    await asyncio.sleep(recovery.TAIL_WAIT_S[1] + 0.01)
+    assert sent == [[103]] and 103 in nacks.missing
+
+
+@pytest.mark.parametrize("last", ["marker", "parity", "in time"])
+async def test_no_tail_probe_after_a_frame_ends_or_while_packets_come(last: str, monkeypatch) -> None:
+    """Nothing is NACKed after a packet with the marker bit (the frame is whole), after an empty one (parity,
+    ``protection``), or while the frame's packets keep coming."""
+    import asyncio
+
+    from ooblex.webrtc import recovery
+
+    monkeypatch.setattr(recovery, "TAIL_WAIT_S", (0.1, 0.1))  # packets 10 ms apart are in time on a busy machine
+    nacks, _, sent, receive = _tail_probe()
+    receive(100)
+    if last == "in time":
+        for seq in range(101, 106):
+            await asyncio.sleep(0.01)
+            receive(seq, marker=seq == 105)
+    else:
+        receive(101, marker=last == "marker", payload=b"" if last == "parity" else b"vp8")
+    await asyncio.sleep(0.15)
+    assert sent == [] and not nacks.missing and nacks.probes == 0
+
+
+async def test_a_probed_packet_that_was_on_its_way_is_no_round_trip_sample() -> None:
+    """A probed packet may arrive as sent the first time (late, not lost): it leaves the missing set, and its
+    early arrival is not taken for a fast retransmission."""
+    import asyncio
+
+    from ooblex.webrtc import recovery
+
+    nacks, _, sent, receive = _tail_probe()
+    receive(100)
+    await asyncio.sleep(recovery.TAIL_WAIT_S[1] + 0.01)
+    assert sent == [[101]]
+    rtt = nacks.rtt
+    receive(101, marker=True)
+    assert nacks.rtt == rtt and not nacks.missing and not nacks.probed
 
 
 @pytest.mark.parametrize(("loss_back", "sent"), [(0.03, 2), (0.01, 1), (None, 1)])

@@ -97,10 +97,11 @@ def _fec(gw: Gateway, me: list[str]) -> Metric:
     """Forward error correction on the open sessions: whether parity goes out, and what it rebuilt."""
     fec = GaugeMetricFamily("ooblex_fec", "Forward error correction on the open WebRTC sessions: parity packets "
                             "sent, packets rebuilt from peers' parity, malformed packets dropped, NACKs sent twice "
-                            "for loss on the way back, highest loss rate a peer reports.",
+                            "for loss on the way back, NACKs for frames that stopped arriving (tail probes), "
+                            "highest loss rate a peer reports.",
                             labels=["gateway", "measure"])
     stats = [protection_stats(s.pc) for s in list(gw.sessions.items.values())]
-    for measure in ("parity_sent", "rebuilt", "malformed", "nack_copies"):
+    for measure in ("parity_sent", "rebuilt", "malformed", "nack_copies", "tail_probes"):
         fec.add_metric([*me, measure], sum(s[measure] for s in stats))
     fec.add_metric([*me, "peer_loss"], max((s["peer_loss"] for s in stats), default=0.0))
     return fec

@@ -406,8 +406,8 @@ def _share_bitrate(sender: Any, packet: RtcpPsfbPacket, share: float) -> None:
 
 def protection_stats(pc: RTCPeerConnection) -> dict[str, float]:
     """What forward error correction did on ``pc``: parity sent, packets rebuilt, loss last reported, and
-    NACKs sent twice for that loss (``recovery``)."""
-    sent = rebuilt = malformed = copies = 0
+    NACKs sent twice for that loss and NACKs for frames that stopped arriving (``recovery``)."""
+    sent = rebuilt = malformed = copies = probes = 0
     loss = 0.0
     for transceiver in pc.getTransceivers():
         sender = getattr(transceiver.sender, "_ooblex_protection", None)
@@ -418,6 +418,8 @@ def protection_stats(pc: RTCPeerConnection) -> dict[str, float]:
         if receiver is not None:
             rebuilt += receiver.recovery.rebuilt
             malformed += receiver.malformed
-        copies += getattr(getattr(transceiver.receiver, internals.NACKS, None), "copies", 0)
+        nacks = getattr(transceiver.receiver, internals.NACKS, None)
+        copies += getattr(nacks, "copies", 0)
+        probes += getattr(nacks, "probes", 0)
     return {"parity_sent": sent, "rebuilt": rebuilt, "malformed": malformed, "peer_loss": round(loss, 4),
-            "nack_copies": copies}
+            "nack_copies": copies, "tail_probes": probes}

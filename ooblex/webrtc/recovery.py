@@ -5,9 +5,9 @@ decoder raises, and forces a keyframe when it gets a PLI or FIR. What it lacks, 
 video freeze for seconds at a few per cent of loss:
 
 - **NACKs are sent once**: when the NACK or its retransmission is lost as well, the packet never
-  comes. ``RetryingNacks`` NACKs what is still missing again 3/4 and 1.1 round trips later (the round
-  trip is learnt from how long retransmissions take to arrive), up to ``MAX_NACKS`` times: more
-  would flood a full link with retransmissions.
+  comes. ``RetryingNacks`` NACKs what is still missing again 3/4, 1.1 and 1.35 round trips later
+  (the round trip is learnt from how long retransmissions take to arrive), up to ``MAX_NACKS``
+  times: more would flood a full link with retransmissions.
 - **The jitter buffer waits without limit** for a missing packet: every later frame is held
   behind it until 512 packets (seconds of video) have piled up. ``RecoveringJitterBuffer`` gives
   up on a hole after ``give_up_s``, asks for a keyframe (PLI), and drops frames until one comes:
@@ -21,8 +21,12 @@ video freeze for seconds at a few per cent of loss:
   reports of our video, ``protection``), each NACK is sent twice, ``NACK_COPY_S`` apart. A browser
   ignores the copy when the first arrived (libwebrtc resends a packet at most once a round trip), and
   the gateway's own senders do the same (``protection.RESEND_GUARD_S``).
+- **A frame's lost last packet is noticed a frame late**: a gap shows when a later packet arrives,
+  and after a frame's last packet the next one is the next frame's first, 33-50 ms on. ``TailProbe``
+  NACKs it as soon as it is later than the packets of a frame usually are apart (TCP's tail loss
+  probe, for RTP).
 
-``recover_losses(pc)`` puts all four on every video receiver of ``pc`` (after ``low_latency``).
+``recover_losses(pc)`` puts all five on every video receiver of ``pc`` (after ``low_latency``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiortc import RTCPeerConnection
@@ -52,18 +56,28 @@ INITIAL_RTT_S = 0.1
 GIVE_UP_S = 1.0
 #: NACKs per missing packet at most (the first and the retries): past that, each retry is one
 #: more retransmission on a link that is probably full.
-MAX_NACKS = 4
+MAX_NACKS = 5
 #: When a missing packet is NACKed again, in round trips after its first NACK: at 3/4 (aiortc resends
-#: on every NACK, and a retry sent before a lost retransmission was due saves time), then at 1.1,
-#: then 1.1 after each last one. The 1.1 is for browsers: libwebrtc ignores a NACK for a packet it
-#: resent less than a round trip (its estimate) ago, so there the 3/4 retry is dropped; with the next
-#: retry 3/4 after it, a lost retransmission was made good 2.5 round trips after the first NACK, now 2.1.
-RETRY_AT = (0.75, 1.1)
+#: on every NACK, and a retry sent before a lost retransmission was due saves time), then at 1.1 and
+#: 1.35, then 1.1 after each last one. The later ones are for browsers: libwebrtc ignores a NACK for a
+#: packet it resent less than its round-trip estimate (+5 ms) ago, so there the 3/4 retry is dropped.
+#: The 1.1 one gets through when the path's delay varies little; when the NACK happens to cross
+#: faster than the first did (jitter), it is dropped too, and the 1.35 one gets through: a lost
+#: retransmission is made good ~2.1-2.4 round trips after the first NACK, not 3.2.
+RETRY_AT = (0.75, 1.1, 1.35)
 #: From this loss on the way back (the peer's reports of our video), each NACK is sent twice: as
 #: retransmissions are from ``protection.DOUBLE_RTX`` on. A NACK is ~50 bytes.
 COPY_NACKS_FROM = 0.02
 #: How long after a NACK its copy goes: apart, so that one burst does not take both.
 NACK_COPY_S = 0.005
+#: After a packet that does not end its frame, how long until the next one is taken for lost
+#: (``TailProbe``): the largest recent gap between packets of a frame plus ``TAIL_MARGIN_S``,
+#: within these bounds. The margin is for jitter: a packet held up holds up the ones behind it.
+#: Past a frame interval (33 ms at 30 fps) the next frame shows the loss anyway.
+TAIL_WAIT_S = (0.015, 0.035)
+TAIL_MARGIN_S = 0.010
+#: How much of that largest gap is kept per packet that follows (it is forgotten in a few seconds).
+GAP_KEPT = 0.99
 #: While waiting for a keyframe, the PLI is repeated this often (it may be lost, too).
 PLI_REPEAT_S = 1.0
 H264_IDR, H264_SPS, H264_STAP_A, H264_FU_A = 5, 7, 24, 28
@@ -118,25 +132,43 @@ class RetryingNacks(NackGenerator):
         self.count: dict[int, int] = {}    # seq -> NACKs sent
         self.retries = 0
         self.copies = 0                    # NACKs sent twice (``COPY_NACKS_FROM``)
+        self.probed: set[int] = set()      # NACKed before a later packet showed them missing (``TailProbe``)
+        self.probes = 0
 
     def add(self, packet: RtpPacket) -> bool:
         now = time.monotonic()
         self.media_ssrc = packet.ssrc
-        if packet.sequence_number in self.missing and self.last.get(packet.sequence_number) == self.first.get(
-                packet.sequence_number) and not getattr(packet, "_ooblex_rebuilt", False):  # resent after one NACK:
-            # a round trip sample (a packet rebuilt from parity, ``protection``, is not)
-            sample = now - self.first[packet.sequence_number]
+        seq = packet.sequence_number
+        if seq in self.missing and self.last.get(seq) == self.first.get(seq) and seq not in self.probed and \
+                not getattr(packet, "_ooblex_rebuilt", False):  # resent after one NACK: a round trip sample (a
+            # packet rebuilt from parity, ``protection``, is not; nor one probed for, which may have been on its way)
+            sample = now - self.first[seq]
             self.rtt = 0.8 * self.rtt + 0.2 * min(max(sample, 0.005), 1.0)
         missed = super().add(packet)
         for seq in list(self.first):
             if seq not in self.missing:
                 del self.first[seq], self.last[seq], self.count[seq]
+                self.probed.discard(seq)
         if missed:  # aiortc NACKs every missing packet now
             for seq in self.missing:
                 self.first.setdefault(seq, now)
                 self.last[seq] = now
                 self.count[seq] = self.count.get(seq, 0) + 1
         return missed
+
+    def probe(self, seq: int) -> bool:
+        """Take ``seq``, the packet after the newest one, for missing before a later one shows it (``TailProbe``):
+        NACKed now by the caller, and retried as any other. False if it is not the next one."""
+        if self.max_seq is None or seq != (self.max_seq + 1) & 0xFFFF:
+            return False
+        now = time.monotonic()
+        self.max_seq = seq
+        self.missing.add(seq)
+        self.first[seq] = self.last[seq] = now
+        self.count[seq] = 1
+        self.probed.add(seq)
+        self.probes += 1
+        return True
 
     def due(self) -> list[int]:
         """Missing packets to NACK again now (``RETRY_AT``; at most ``MAX_NACKS`` NACKs, 20 ms apart or more)."""
@@ -154,6 +186,51 @@ class RetryingNacks(NackGenerator):
         if retried < len(RETRY_AT):
             return self.first[seq] + RETRY_AT[retried] * self.rtt
         return self.last[seq] + RETRY_AT[-1] * self.rtt
+
+
+class TailProbe:
+    """NACKs the rest of a frame that stopped arriving: TCP's tail loss probe, for RTP.
+
+    A lost packet shows when a later one arrives. When the lost one ends its frame, the next to arrive
+    is the next frame's first, a frame interval later, and the frame and all behind it wait that long
+    before its NACK even goes. A frame's packets come close together (paced), so when a packet without
+    the marker bit is not followed within the largest recent gap between packets of a frame (plus a
+    margin, ``TAIL_WAIT_S``), the next one is NACKed then. A NACK for a packet not sent yet costs ~50
+    bytes: libwebrtc and aiortc senders ignore it (neither has it in its history).
+    """
+
+    def __init__(self, nacks: RetryingNacks, send: Callable[[list[int]], Awaitable[None]]) -> None:
+        self.nacks, self.send = nacks, send
+        self.gap = 0.0                  # largest recent gap between packets of a frame
+        self.open: int | None = None    # the newest packet, when it did not end its frame
+        self.at = 0.0                   # when that came
+        self._timer: asyncio.TimerHandle | None = None
+
+    def wait(self) -> float:
+        low, high = TAIL_WAIT_S
+        return min(max(self.gap + TAIL_MARGIN_S, low), high)
+
+    def saw(self, packet: RtpPacket) -> None:
+        """A packet newer than all before it has arrived."""
+        now = time.monotonic()
+        follows = self.open is not None and packet.sequence_number == (self.open + 1) & 0xFFFF
+        self.gap = max(now - self.at if follows else 0.0, self.gap * GAP_KEPT)
+        self.open = packet.sequence_number if packet.payload and not packet.marker else None
+        self.at = now
+        if self.open is not None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.wait(), self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.open is None:
+            return
+        early = self.at + self.wait() - time.monotonic()
+        if early > 0:  # a packet came since the timer was set: wait from that one
+            self._timer = asyncio.get_running_loop().call_later(early, self._check)
+            return
+        seq, self.open = (self.open + 1) & 0xFFFF, None
+        if self.nacks.probe(seq):
+            _in_background(self.send([seq]))
 
 
 class RecoveringJitterBuffer(MarkerJitterBuffer):
@@ -274,7 +351,14 @@ def _loss_back(transceiver: Any) -> Callable[[], float]:
     return loss
 
 
-_copies: set[asyncio.Task[None]] = set()
+_sending: set[asyncio.Task[None]] = set()
+
+
+def _in_background(coro: Awaitable[None]) -> None:
+    """Run ``coro`` (a NACK going out) without waiting for it, keeping the task referenced until done."""
+    task = asyncio.ensure_future(coro)
+    _sending.add(task)
+    task.add_done_callback(_sending.discard)
 
 
 def _copying_nacks(receiver: Any, nacks: RetryingNacks, loss_back: Callable[[], float]) -> Callable[..., Any]:
@@ -291,26 +375,29 @@ def _copying_nacks(receiver: Any, nacks: RetryingNacks, loss_back: Callable[[], 
         await send(media_ssrc, lost)
         if loss_back() >= COPY_NACKS_FROM:
             nacks.copies += 1
-            task = asyncio.ensure_future(copy_later(media_ssrc, list(lost)))
-            _copies.add(task)
-            task.add_done_callback(_copies.discard)
+            _in_background(copy_later(media_ssrc, list(lost)))
     return send_and_copy
 
 
 def _nacking_again(receiver: Any, nacks: RetryingNacks, codec_of: Callable[[int], str | None]) -> Callable[..., Any]:
-    """The receiver's packet handler, followed by NACKs for packets still missing (``RETRY_AT``).
+    """The receiver's packet handler, followed by NACKs for packets still missing (``RETRY_AT``), and for the
+    rest of a frame that stopped arriving (``TailProbe``).
 
     Retransmissions are kept out of the bitrate estimate (REMB): they carry the send time of the
     original packet, so the estimator would read their late arrival as a fast-draining queue and
     raise the estimate just when the link is losing packets.
     """
     handle = receiver._handle_rtp_packet
+    tail = TailProbe(nacks, lambda lost: receiver._send_rtcp_nack(nacks.media_ssrc, lost))
 
     @functools.wraps(handle)
     async def handle_and_retry(packet: RtpPacket, arrival_time_ms: int) -> None:
-        if codec_of(packet.payload_type) == "rtx":
+        resent = codec_of(packet.payload_type) == "rtx"
+        if resent:
             packet.extensions.abs_send_time = None
         await handle(packet, arrival_time_ms=arrival_time_ms)
+        if not resent and packet.sequence_number == nacks.max_seq:
+            tail.saw(packet)
         due = nacks.due() if nacks.missing else []
         if due and nacks.media_ssrc is not None:
             await receiver._send_rtcp_nack(nacks.media_ssrc, due)
