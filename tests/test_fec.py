@@ -261,6 +261,7 @@ async def test_lost_packets_are_rebuilt_both_ways_through_the_gateway() -> None:
             scraped = {line.split('measure="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
                        for line in text.splitlines() if line.startswith("ooblex_fec{")}
             assert scraped["parity_sent"] >= theirs["parity_sent"] > 0 and scraped["peer_loss"] > 0.01, scraped
+            assert {"nack_copies", "tail_probes"} <= scraped.keys(), scraped
 
 
 async def test_stock_aiortc_peer_gets_no_red() -> None:
