@@ -196,7 +196,10 @@ class TailProbe:
     before its NACK even goes. A frame's packets come close together (paced), so when a packet without
     the marker bit is not followed within the largest recent gap between packets of a frame (plus a
     margin, ``TAIL_WAIT_S``), the next one is NACKed then. A NACK for a packet not sent yet costs ~50
-    bytes: libwebrtc and aiortc senders ignore it (neither has it in its history).
+    bytes: libwebrtc and aiortc senders ignore it (neither has it in its history). Should that packet
+    then be lost, it is NACKed again only at the first retry (``RETRY_AT``), not when the next packet
+    shows the gap: rare (a frame's packets are paced milliseconds apart), and cheaper than a second
+    NACK, and so a second retransmission from aiortc senders, after every probe.
     """
 
     def __init__(self, nacks: RetryingNacks, send: Callable[[list[int]], Awaitable[None]]) -> None:
