@@ -425,6 +425,39 @@ def split(run: dict) -> dict[str, float] | None:
 
 
 # --- main ---------------------------------------------------------------------------------------
+def profile_and_fan_out(args: argparse.Namespace, url: str, pid: int, secs: float) -> float:
+    """Section 1: where the gateway's CPU goes with ``--profile-streams`` streams, and what a viewer adds;
+    returns the gateway's CPU ms per frame."""
+    s = args.profile_streams
+    runs = {v: run_load(url, s, secs, pid, viewers=v, profile=(v == ""), codec=args.codec, picture=args.picture,
+                         client_kind=args.clients)
+            for v in ("", "mjpeg", "whep")}
+    base = runs[""]
+    print(f"## Where the gateway's CPU goes: {s} WHIP streams, 640x480@30 {args.codec.upper()}, identity, "
+          f"video back "
+          f"(load {base['load']})\n")
+    stages = split(base)
+    total_ms = base["server_cpu_s"] * 1e3 / max(1, base["frames"])
+    print(f"{base['frames']} frames processed in {base['wall_s']:.0f} s; gateway CPU {total_ms:.2f} ms per frame, "
+          f"{base['server_ms_per_stream_s']} ms per stream-second (p50 {base['p50']} ms, p99 {base['p99']} ms, "
+          f"loss {base['loss_pct']} %)\n")
+    if stages:
+        print("| stage | CPU ms/frame | share |\n| --- | ---: | ---: |")
+        for k, v in stages.items():
+            print(f"| {k} | {v} | {100 * v / max(total_ms, 1e-9):.0f} % |")
+    else:
+        print("(no stage split: py-spy missing or not allowed to sample; pip install py-spy, run as root)")
+    print("\n| fan-out, per stream | gateway CPU ms per stream-second | extra ms per viewer-frame |\n"
+          "| --- | ---: | ---: |")
+    print(f"| none (publisher gets video back) | {base['server_ms_per_stream_s']} | - |")
+    for v, name in (("mjpeg", "+1 MJPEG viewer (JPEG encode, HTTP)"), ("whep", "+1 WHEP viewer (VP8 encode)")):
+        r = runs[v]
+        extra = (r["server_ms_per_stream_s"] - base["server_ms_per_stream_s"]) / 30
+        print(f"| {name} | {r['server_ms_per_stream_s']} | {extra:.2f} |")
+    print(flush=True)
+    return total_ms
+
+
 def run_all(args: argparse.Namespace) -> None:
     os.environ.setdefault("OOBLEX_SECRET", secrets.token_urlsafe(32))
     if args.pin != "none" and (args.pin or (os.cpu_count() or 1) >= 2) and shutil.which("taskset"):
@@ -448,33 +481,7 @@ def run_all(args: argparse.Namespace) -> None:
         url = servers.start("ooblex")
         pid = servers.procs["ooblex"].pid
         secs = 6 if args.quick else args.seconds
-        s = args.profile_streams
-        runs = {v: run_load(url, s, secs, pid, viewers=v, profile=(v == ""), codec=args.codec, picture=args.picture,
-                             client_kind=args.clients)
-                for v in ("", "mjpeg", "whep")}
-        base = runs[""]
-        print(f"## Where the gateway's CPU goes: {s} WHIP streams, 640x480@30 {args.codec.upper()}, identity, "
-              f"video back "
-              f"(load {base['load']})\n")
-        stages = split(base)
-        total_ms = base["server_cpu_s"] * 1e3 / max(1, base["frames"])
-        print(f"{base['frames']} frames processed in {base['wall_s']:.0f} s; gateway CPU {total_ms:.2f} ms per frame, "
-              f"{base['server_ms_per_stream_s']} ms per stream-second (p50 {base['p50']} ms, p99 {base['p99']} ms, "
-              f"loss {base['loss_pct']} %)\n")
-        if stages:
-            print("| stage | CPU ms/frame | share |\n| --- | ---: | ---: |")
-            for k, v in stages.items():
-                print(f"| {k} | {v} | {100 * v / max(total_ms, 1e-9):.0f} % |")
-        else:
-            print("(no stage split: py-spy missing or not allowed to sample; pip install py-spy, run as root)")
-        print("\n| fan-out, per stream | gateway CPU ms per stream-second | extra ms per viewer-frame |\n"
-              "| --- | ---: | ---: |")
-        print(f"| none (publisher gets video back) | {base['server_ms_per_stream_s']} | - |")
-        for v, name in (("mjpeg", "+1 MJPEG viewer (JPEG encode, HTTP)"), ("whep", "+1 WHEP viewer (VP8 encode)")):
-            r = runs[v]
-            extra = (r["server_ms_per_stream_s"] - base["server_ms_per_stream_s"]) / 30
-            print(f"| {name} | {r['server_ms_per_stream_s']} | {extra:.2f} |")
-        print(flush=True)
+        total_ms = profile_and_fan_out(args, url, pid, secs) if args.profile_streams > 0 else None
         servers.start("baseline")
         print(f"## Streams held: p99 <= {P99_MAX_MS:g} ms and loss < {LOSS_MAX_PCT:g} %, {secs:g} s per row\n")
         print("| server | streams | p50 ms | p99 ms | loss % | server CPU ms per frame "
@@ -498,10 +505,11 @@ def run_all(args: argparse.Namespace) -> None:
                     break  # two rows past the last that held
         print(f"\nLargest number of streams held: ooblex {held['ooblex']}, stock aiortc {held['baseline']} "
               f"(clients on the same machine; see the CPU columns for what one stream costs)")
-        per_second = total_ms * 30  # what a stream delivered at its full 30 fps costs
-        per_core = 1000 / max(per_second, 1e-9)
-        print(f"Sizing: {total_ms:.2f} ms per frame x 30 fps = {per_second:.0f} ms per stream-second: one gateway "
-              f"core carries ~{per_core:.1f} such streams at 100 %, {0.7 * per_core:.1f} at 70 %.")
+        if total_ms is not None:
+            per_second = total_ms * 30  # what a stream delivered at its full 30 fps costs
+            per_core = 1000 / max(per_second, 1e-9)
+            print(f"Sizing: {total_ms:.2f} ms per frame x 30 fps = {per_second:.0f} ms per stream-second: one "
+                  f"gateway core carries ~{per_core:.1f} such streams at 100 %, {0.7 * per_core:.1f} at 70 %.")
     finally:
         servers.close()
 
@@ -510,7 +518,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per row")
     parser.add_argument("--max-streams", type=int, default=10)
-    parser.add_argument("--profile-streams", type=int, default=2)
+    parser.add_argument("--profile-streams", type=int, default=2, help="streams in the profile row; 0 skips it")
     parser.add_argument("--quick", action="store_true", help="6 s rows, fewer encoder frames")
     parser.add_argument("--skip-encoders", action="store_true")
     parser.add_argument("--ooblex-root", help="run the gateway from this checkout (before/after comparisons)")

@@ -5,6 +5,7 @@ publishers through a gateway whose thresholds are moved below the load they caus
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import pytest
@@ -75,6 +76,22 @@ def test_the_cap_is_the_same_for_every_stream() -> None:
     assert all(140 <= n <= 160 for n in taken.values()), taken  # 15 fps each
     g.level = 0
     assert all(g.allow("a", now=20 + i / 1000) for i in range(5)), "no cap: every frame"
+
+
+def test_a_cap_gives_its_own_rate_from_a_faster_jittered_source() -> None:
+    """30 fps under a 24 or 20 fps cap must give 24 or 20, not every other frame (15), also when the
+    frames come jittered (decoded in a busy thread) or in pairs."""
+    rng = random.Random(7)
+    for cap in (24.0, 20.0, 15.0, 12.0, 10.0, 8.0, 5.0):
+        g = Governor(min_fps=5)
+        g.level = g.steps.index((cap, 1.0))
+        arrivals = sorted(i / 30 + rng.uniform(-0.008, 0.008) for i in range(300))  # 10 s at 30 fps
+        arrivals += [10 + i // 2 * 2 / 30 + i % 2 * 0.001 for i in range(300)]  # 10 s more, in pairs
+        taken = [now for now in arrivals if g.allow("a", now=now)]
+        for first, last in ((0, 10), (10, 20)):
+            n = sum(first <= t < last for t in taken)
+            assert abs(n - cap * 10) <= 2, (cap, first, n)
+        assert g.skipped == len(arrivals) - len(taken)
 
 
 def test_only_requests_that_start_work_are_refused() -> None:

@@ -43,6 +43,11 @@ SUSTAIN = 3
 RECOVER = 0.7
 #: Seconds the load must stay low before one step is undone (quick down, slow up: no flapping).
 RECOVER_S = 3.0
+#: Frames a stream may have in hand under a frame-rate cap (a token bucket of this depth, filled at the
+#: cap): deeper than one so that each frame of a faster source keeps the fraction of a frame it brings
+#: (30 fps under a 24 fps cap gives 24, 4 frames of 5, not 15 by taking every other one), also when a
+#: busy decoder hands its frames over in pairs; shallow so that after a pause at most three go through.
+BURST = 3.0
 #: Routes that start new work, by method: the ones refused with 503 when overloaded.
 NEW_WORK = {"POST": tuple(routes.prefix(t) for t in (routes.WHIP, routes.WHEP, routes.FRAMES, routes.JOBS)),
             "GET": (routes.prefix(routes.WS), routes.prefix(routes.MJPEG))}
@@ -118,7 +123,7 @@ class Governor:
         self.level = 0
         self.load = Load()
         self._low_since: float | None = None
-        self._last: dict[str, float] = {}
+        self._bucket: dict[str, tuple[float, float]] = {}  # stream -> (frames in hand, when last filled)
         self.skipped = 0  # frames left out under a frame-rate cap
         self.refused = 0  # requests refused with 503 (``Admission``)
 
@@ -159,20 +164,26 @@ class Governor:
             self._low_since = None
 
     def allow(self, stream_id: str, now: float | None = None) -> bool:
-        """True if ``stream_id`` may take a frame now under the current cap (then it counts as taken)."""
+        """True if ``stream_id`` may take a frame now under the current cap (then it counts as taken).
+
+        A token bucket per stream (``BURST`` deep, filled at the cap): the rate it lets through is the
+        cap's for any source faster than it, however the source's frames are spaced or jittered."""
         cap = self.fps_cap
         if not cap:
+            self._bucket.pop(stream_id, None)
             return True
         now = time.monotonic() if now is None else now
-        last = self._last.get(stream_id, 0.0)
-        if now - last < 1.0 / cap * 0.9:  # 10 % slack: a 30 fps source under a 15 fps cap gives 15, not 10
+        tokens, filled = self._bucket.get(stream_id, (1.0, now))
+        tokens = min(BURST, tokens + (now - filled) * cap)
+        if tokens < 1.0 - 1e-6:  # (the tolerance: float sums of 1/30 s x 15 fall short of 1 by an ulp)
+            self._bucket[stream_id] = (tokens, now)
             self.skipped += 1
             return False
-        self._last[stream_id] = now
+        self._bucket[stream_id] = (tokens - 1.0, now)
         return True
 
     def forget(self, stream_id: str) -> None:
-        self._last.pop(stream_id, None)
+        self._bucket.pop(stream_id, None)
 
     def describe(self) -> dict[str, Any]:
         return {"overloaded": self.overloaded, "level": self.level, "fps_cap": self.fps_cap, "scale": self.scale,
