@@ -10,7 +10,16 @@ import time
 
 import pytest
 
-from ooblex.gateway.admission import RECOVER_S, Governor, Load, LoadMeter, starts_work
+from ooblex.gateway.admission import (
+    PROBE_MAX_S,
+    PROBE_S,
+    PROBE_WINDOW_S,
+    RECOVER_S,
+    Governor,
+    Load,
+    LoadMeter,
+    starts_work,
+)
 
 from .cluster_fixtures import wait_for
 from .netns import in_netns
@@ -38,9 +47,46 @@ def test_overload_lowers_fps_first_then_resolution_and_recovers_slowly() -> None
     assert g.level == level, "no step back before the load stayed low for RECOVER_S"
     g.update(COOL, now=100 + RECOVER_S)
     assert g.level == level - 1 and not g.overloaded
-    g.update(Load(loop=0.8), now=200)  # between RECOVER and the threshold: hold
-    g.update(Load(loop=0.8), now=300)
-    assert g.level == level - 1
+
+
+def test_between_recover_and_the_threshold_a_step_is_undone_only_as_a_probe_that_backs_off() -> None:
+    """The cap saves less than its share of frames (each is still decoded): a gateway pushed down by a
+    burst can sit between RECOVER and the threshold at a capped rate with room for more. It probes one
+    step up after PROBE_S there; a probe that overloads again doubles the wait, one that holds resets it."""
+    band, hot = Load(cpu=0.8), Load(cpu=0.95)
+    g = Governor(max_cpu=0.9, sustain=2)
+    t = 0.0
+
+    def feed(load: Load, seconds: float) -> None:
+        nonlocal t
+        for _ in range(int(seconds / 0.5)):
+            t += 0.5
+            g.update(load, now=t)
+
+    feed(hot, 1.5)
+    assert g.level == 2, g.describe()
+    feed(band, PROBE_S - 1)
+    assert g.level == 2, "held in the band for less than PROBE_S"
+    feed(band, 1.5)
+    assert g.level == 1, "then one step up, a probe"
+    feed(hot, 1.0)  # the probe overloads: back down, and twice the wait
+    assert g.level == 2 and g.probe_wait_s == 2 * PROBE_S, g.describe()
+    feed(band, 2 * PROBE_S - 1)
+    assert g.level == 2
+    feed(band, 1.5)
+    assert g.level == 1
+    feed(band, PROBE_WINDOW_S + 1)  # this probe holds: the wait is PROBE_S again
+    assert g.probe_wait_s == PROBE_S
+    feed(band, PROBE_S)
+    assert g.level == 0, "and the next probe comes after PROBE_S"
+    feed(hot, 1.0)
+    waits = []
+    for _ in range(6):  # probes that keep failing: the wait doubles up to PROBE_MAX_S
+        feed(band, g.probe_wait_s + 0.5)
+        assert g.level == 0
+        feed(hot, 1.0)
+        waits.append(g.probe_wait_s)
+    assert waits == [min(PROBE_S * 2 ** n, PROBE_MAX_S) for n in range(1, 7)], waits
 
 
 def test_a_short_burst_is_no_overload() -> None:

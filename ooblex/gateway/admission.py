@@ -17,6 +17,11 @@ Over a threshold (``Settings.max_loop_busy``, ``max_cpu``, ``max_loop_lag_ms``) 
    ``min_fps``, then a lower resolution (``min_scale``), which also lowers the encoders' bitrate.
    Frames over the cap are skipped before colour conversion, so they cost only their decode.
    When the load falls below ``RECOVER`` times the thresholds the steps are undone, one at a time.
+   Between that and the thresholds a step is undone only as a probe, after ``PROBE_S``: the cap saves
+   less than its share of the frames (every frame is still received and decoded), so a gateway that
+   one burst pushed down could otherwise stay there with room for its full rate. A probe that
+   overloads again within ``PROBE_WINDOW_S`` doubles the wait for the next (libwebrtc's CPU
+   adaptation backs off its ramp-ups the same way).
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ SUSTAIN = 3
 RECOVER = 0.7
 #: Seconds the load must stay low before one step is undone (quick down, slow up: no flapping).
 RECOVER_S = 3.0
+#: Seconds in the band between ``RECOVER`` and the thresholds before a step is undone as a probe; the
+#: wait doubles after each probe that overloads within ``PROBE_WINDOW_S``, up to ``PROBE_MAX_S``.
+PROBE_S = 10.0
+PROBE_WINDOW_S = 6.0
+PROBE_MAX_S = 160.0
 #: Frames a stream may have in hand under a frame-rate cap (a token bucket of this depth, filled at the
 #: cap): deeper than one so that each frame of a faster source keeps the fraction of a frame it brings
 #: (30 fps under a 24 fps cap gives 24, 4 frames of 5, not 15 by taking every other one), also when a
@@ -94,6 +104,11 @@ class LoadMeter:
                                (self.load.loop, self.load.cpu, self.load.lag_ms), strict=True)))
 
 
+def _since(start: float | None, now: float) -> float:
+    """When a condition that holds now began: ``start`` if it held already, else now."""
+    return now if start is None else start
+
+
 def usable_cores() -> float:
     """Cores this process may use: its CPU affinity, capped by a cgroup v2 quota (a container's CPU limit)."""
     cores = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
@@ -122,7 +137,10 @@ class Governor:
         self.steps += [(self.steps[-1][0], s) for s in SCALE_STEPS[1:] if s >= min_scale]
         self.level = 0
         self.load = Load()
-        self._low_since: float | None = None
+        self._low_since: float | None = None  # below RECOVER since
+        self._calm_since: float | None = None  # below the thresholds since
+        self._probed_at: float | None = None  # the last probe, until it has held for PROBE_WINDOW_S
+        self.probe_wait_s = PROBE_S
         self._bucket: dict[str, tuple[float, float]] = {}  # stream -> (frames in hand, when last filled)
         self.skipped = 0  # frames left out under a frame-rate cap
         self.refused = 0  # requests refused with 503 (``Admission``)
@@ -146,22 +164,33 @@ class Governor:
         return max((v / limit for v, limit in pairs if limit > 0), default=0.0)
 
     def update(self, load: Load, now: float | None = None) -> None:
-        """Take a new measurement: one step down per sample while overloaded, one up after ``RECOVER_S`` below."""
+        """Take a new measurement: one step down per sample while overloaded; one up after ``RECOVER_S``
+        below ``RECOVER``, or as a probe after ``probe_wait_s`` below the thresholds."""
         now = time.monotonic() if now is None else now
         self.load = load
         ratio = self._ratio(load)
         self._over = self._over + 1 if ratio > 1.0 else 0
+        if self._probed_at is not None and now - self._probed_at > PROBE_WINDOW_S:
+            self._probed_at, self.probe_wait_s = None, PROBE_S  # the probe held
         if self.overloaded:
+            if self._probed_at is not None:  # the probe failed: wait longer before the next
+                self._probed_at, self.probe_wait_s = None, min(2 * self.probe_wait_s, PROBE_MAX_S)
             self.level = min(self.level + 1, len(self.steps) - 1)
-            self._low_since = None
-        elif ratio < RECOVER and self.level > 0:
-            if self._low_since is None:
-                self._low_since = now
-            elif now - self._low_since >= RECOVER_S:
-                self.level -= 1
-                self._low_since = now
-        else:
-            self._low_since = None
+        self._low_since = _since(self._low_since, now) if ratio < RECOVER else None
+        self._calm_since = _since(self._calm_since, now) if ratio <= 1.0 else None
+        if self.level == 0 or self.overloaded:
+            return
+        if self._low_since is not None and now - self._low_since >= RECOVER_S:
+            self._step_up(now, probe=False)
+        elif self._calm_since is not None and now - self._calm_since >= self.probe_wait_s:
+            self._step_up(now, probe=True)
+
+    def _step_up(self, now: float, probe: bool) -> None:
+        """Undo one step; the next waits its full time again from now."""
+        self.level -= 1
+        self._low_since = None if self._low_since is None else now
+        self._calm_since = now
+        self._probed_at = now if probe else None
 
     def allow(self, stream_id: str, now: float | None = None) -> bool:
         """True if ``stream_id`` may take a frame now under the current cap (then it counts as taken).
@@ -187,7 +216,8 @@ class Governor:
 
     def describe(self) -> dict[str, Any]:
         return {"overloaded": self.overloaded, "level": self.level, "fps_cap": self.fps_cap, "scale": self.scale,
-                "skipped": self.skipped, "refused": self.refused, "load": self.load.as_dict()}
+                "skipped": self.skipped, "refused": self.refused, "probe_wait_s": self.probe_wait_s,
+                "load": self.load.as_dict()}
 
 
 class Admission:
